@@ -1,0 +1,254 @@
+//! The admin commands' side of the `Admin` API: connect with the CLI certificate, call, print.
+
+use std::time::Duration;
+
+use ouroboros_proto::v1 as pb;
+use ouroboros_proto::v1::admin_client::AdminClient;
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health, HostMode};
+use ouroboros_shared::pki::ClientPem;
+use ouroboros_shared::time_fmt::{age, now_unix_ms, rfc3339_ms, rfc3339_secs};
+use serde_json::json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::cli::{AdminArgs, Failure};
+use crate::output::{OutputFormat, table};
+
+/// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
+pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
+    let pki = ouroboros_shared::pki::PkiDir::new(&args.pki_dir);
+    let ca = args.ca.clone().unwrap_or_else(|| pki.ca_cert());
+    let cert = args.cert.clone().unwrap_or_else(|| pki.cli_cert());
+    let key = args.key.clone().unwrap_or_else(|| pki.cli_key());
+    let pem = ClientPem::read(&ca, &cert, &key).map_err(Failure::usage)?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem.ca))
+        .identity(Identity::from_pem(pem.cert, pem.key));
+    let endpoint = Endpoint::from_shared(args.server.clone())
+        .and_then(|e| e.tls_config(tls))
+        .map_err(|e| Failure::usage(format!("--server {}: {e}", args.server)))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::runtime(format!(
+            "cannot reach the coordinator at {}: {}",
+            args.server,
+            error_chain(&e)
+        ))
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn call_failed(status: tonic::Status) -> Failure {
+    let message = format!("coordinator refused: {}", status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => Failure::usage(message),
+        _ => Failure::runtime(message),
+    }
+}
+
+/// `hosts`.
+pub async fn hosts(args: &AdminArgs) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let hosts = client
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .hosts;
+    print!("{}", render_hosts(&hosts, args.output, now_unix_ms()));
+    Ok(())
+}
+
+/// `containers [--host H]`.
+pub async fn containers(args: &AdminArgs, host: Option<&HostName>) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let request = pb::ListContainersRequest {
+        host: host.map(ToString::to_string).unwrap_or_default(),
+    };
+    let containers = client
+        .list_containers(request)
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .containers;
+    let mut rows = Vec::with_capacity(containers.len());
+    for c in containers {
+        let info = c
+            .container
+            .ok_or_else(|| Failure::runtime("coordinator sent a host entry without container"))
+            .and_then(|x| ContainerInfo::try_from(x).map_err(Failure::runtime))?;
+        rows.push((c.host, info));
+    }
+    print!("{}", render_containers(&rows, args.output));
+    Ok(())
+}
+
+fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: i64) -> String {
+    match format {
+        OutputFormat::Json => {
+            let items: Vec<_> = hosts
+                .iter()
+                .map(|h| {
+                    let engine = h.engine.clone().unwrap_or_default();
+                    json!({
+                        "host": h.host,
+                        "connected": h.connected,
+                        "last_seen": rfc3339_ms(h.last_seen_unix_ms),
+                        "connected_since": rfc3339_ms(h.connected_since_unix_ms),
+                        "agent_version": h.agent_version,
+                        "engine_version": engine.version,
+                        "api_version": engine.api_version,
+                        "os": engine.os,
+                        "arch": engine.arch,
+                        "mode": HostMode::from(h.mode()).as_str(),
+                        "containers": h.container_count,
+                    })
+                })
+                .collect();
+            pretty(&items)
+        }
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = hosts
+                .iter()
+                .map(|h| {
+                    let engine = h.engine.clone().unwrap_or_default();
+                    vec![
+                        h.host.clone(),
+                        if h.connected {
+                            "connected"
+                        } else {
+                            "disconnected"
+                        }
+                        .to_owned(),
+                        age(h.last_seen_unix_ms, now),
+                        h.agent_version.clone(),
+                        engine.version,
+                        engine.api_version,
+                        HostMode::from(h.mode()).as_str().to_owned(),
+                        h.container_count.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "HOST",
+                    "STATUS",
+                    "LAST SEEN",
+                    "AGENT",
+                    "ENGINE",
+                    "API",
+                    "MODE",
+                    "CONTAINERS",
+                ],
+                &rows,
+            )
+        }
+    }
+}
+
+fn render_containers(rows: &[(String, ContainerInfo)], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Json => {
+            let items: Vec<_> = rows
+                .iter()
+                .map(|(host, c)| {
+                    json!({
+                        "host": host,
+                        "id": c.id,
+                        "name": c.name,
+                        "image": c.image,
+                        "image_id": c.image_id,
+                        "repo_digests": c.repo_digests,
+                        "labels": c.labels,
+                        "state": c.state.as_str(),
+                        "health": match c.health { Health::None => "none", h => h.as_str() },
+                        "restart_count": c.restart_count,
+                        "created": rfc3339_secs(c.created_unix),
+                    })
+                })
+                .collect();
+            pretty(&items)
+        }
+        OutputFormat::Table => {
+            let table_rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|(host, c)| {
+                    let state = match (c.state, c.health) {
+                        (ContainerState::Running, Health::None) => "running".to_owned(),
+                        (ContainerState::Running, h) => format!("running ({})", h.as_str()),
+                        (s, _) => s.as_str().to_owned(),
+                    };
+                    vec![
+                        host.clone(),
+                        c.name.clone(),
+                        c.image.clone(),
+                        state,
+                        c.restart_count.to_string(),
+                        c.id.chars().take(12).collect(),
+                    ]
+                })
+                .collect();
+            table(
+                &["HOST", "NAME", "IMAGE", "STATE", "RESTARTS", "ID"],
+                &table_rows,
+            )
+        }
+    }
+}
+
+fn pretty(items: &[serde_json::Value]) -> String {
+    let mut text = serde_json::to_string_pretty(items).unwrap_or_else(|_| "[]".to_owned());
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_json_is_stable() {
+        let h = pb::HostStatus {
+            host: "h1".into(),
+            connected: false,
+            last_seen_unix_ms: 1_000,
+            agent_version: "0.1.0".into(),
+            engine: Some(pb::EngineInfo {
+                version: "20.10.24".into(),
+                api_version: "1.41".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+            }),
+            mode: pb::HostMode::Standalone.into(),
+            container_count: 3,
+            connected_since_unix_ms: 0,
+        };
+        let v: serde_json::Value = serde_json::from_str(&render_hosts(
+            std::slice::from_ref(&h),
+            OutputFormat::Json,
+            0,
+        ))
+        .unwrap();
+        assert_eq!(v[0]["host"], "h1");
+        assert_eq!(v[0]["connected"], false);
+        assert_eq!(v[0]["last_seen"], "1970-01-01T00:00:01Z");
+        assert_eq!(v[0]["connected_since"], serde_json::Value::Null);
+        assert_eq!(v[0]["api_version"], "1.41");
+        assert_eq!(v[0]["mode"], "standalone");
+        assert_eq!(v[0]["containers"], 3);
+        let t = render_hosts(&[h], OutputFormat::Table, 61_000);
+        assert!(t.contains("disconnected  1m ago"), "{t}");
+    }
+}

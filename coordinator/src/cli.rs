@@ -1,0 +1,210 @@
+//! The `ouroboros-coordinator` command line: flags, their environment-variable fallbacks and
+//! defaults (flag > environment > default), and the dispatch to each command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::names::*;
+use ouroboros_shared::pki::{self, DEFAULT_LEAF_DAYS, PkiDir};
+use ouroboros_shared::telemetry::parse_filter;
+
+use crate::admin_client;
+use crate::output::OutputFormat;
+use crate::server::{self, ServeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ouroboros-coordinator",
+    version,
+    about = "Ouroboros coordinator: keeps a fleet of Docker hosts on the newest images.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log level: trace, debug, info, warn, error (or a tracing filter).
+    #[arg(long, global = true, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the fleet's certificate authority and certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Run the coordinator.
+    Serve(ServeArgs),
+    /// List the hosts of the fleet.
+    Hosts(AdminArgs),
+    /// List the containers of the fleet.
+    Containers(ContainersArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Write a new CA, the coordinator's server certificate and the CLI's client certificate.
+    Init {
+        /// Directory to write to (created with mode 0700).
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Extra DNS name or IP address of the coordinator for its server certificate
+        /// (`localhost` and `127.0.0.1` are always included). Repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
+    /// Write a client certificate for one host's agent, signed by the CA in --dir.
+    Issue {
+        /// Directory made by `pki init`.
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// The host's name; the certificate's subject alternative name, the agent's identity.
+        #[arg(long, value_name = "HOST", value_parser = parse_host)]
+        agent: HostName,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for agents and the admin CLI.
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Directory made by `pki init`.
+    #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
+    pub pki_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Coordinator URL.
+    #[arg(long, env = ENV_SERVER, default_value = DEFAULT_SERVER, value_name = "URL", value_parser = parse_https_url)]
+    pub server: String,
+    /// Directory made by `pki init`; the CLI certificate is read from there by default.
+    #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
+    pub pki_dir: PathBuf,
+    /// CA certificate [default: PKI_DIR/ca.pem].
+    #[arg(long, env = ENV_CA, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate [default: PKI_DIR/cli.pem].
+    #[arg(long, env = ENV_CERT, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client private key [default: PKI_DIR/cli-key.pem].
+    #[arg(long, env = ENV_KEY, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Only this host's containers.
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub host: Option<HostName>,
+}
+
+fn parse_host(value: &str) -> Result<HostName, String> {
+    HostName::parse(value).map_err(|e| e.to_string())
+}
+
+/// Accepts `https://HOST[:PORT]`.
+pub fn parse_https_url(value: &str) -> Result<String, String> {
+    let uri: tonic::transport::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must start with https:// (the coordinator only speaks mutual TLS)".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// A failure to report with its exit code: 64 for the operator's input, 1 otherwise.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+    pub fn runtime(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Pki(PkiCommand::Init { dir, sans }) => {
+            let pki = PkiDir::new(dir);
+            let written = pki::init(&pki, &sans).map_err(Failure::usage)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "Next: issue one certificate per host with `ouroboros-coordinator pki issue --dir {} --agent HOST`.",
+                pki.dir().display()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Issue { dir, agent, days }) => {
+            let pki = PkiDir::new(dir);
+            let written = pki::issue_agent(&pki, &agent, days).map_err(Failure::usage)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+        Command::Hosts(args) => admin_client::hosts(&args).await,
+        Command::Containers(args) => {
+            admin_client::containers(&args.admin, args.host.as_ref()).await
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let config = ServeConfig {
+        data_dir: args.data_dir,
+        pki: PkiDir::new(args.pki_dir),
+        heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
+        missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
+    };
+    let prepared = server::prepare(config).map_err(|e| {
+        if e.is_config() {
+            Failure::usage(e)
+        } else {
+            Failure::runtime(e)
+        }
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::usage(format!("--listen {}: cannot listen: {e}", args.listen)))?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(addr = %addr, "Coordinator listening.");
+    server::run(prepared, listener, ouroboros_shared::shutdown::signal())
+        .await
+        .map_err(Failure::runtime)?;
+    tracing::info!("Coordinator stopped.");
+    Ok(())
+}

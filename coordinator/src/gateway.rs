@@ -1,0 +1,198 @@
+//! `AgentGateway.Connect`: one long-lived stream per agent. The agent's host is its
+//! certificate's; a `Hello` that claims another host is refused.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use ouroboros_proto::v1 as pb;
+use ouroboros_proto::v1::agent_message::Kind;
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::inventory::{Hello, Inventory};
+use ouroboros_shared::pki::PeerIdentity;
+use ouroboros_shared::time_fmt::now_unix_ms;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::fleet::{Fleet, SessionHandle};
+use crate::tls::peer;
+
+/// How long an agent has to send `Hello` after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `AgentGateway` service.
+pub struct Gateway {
+    fleet: Arc<Fleet>,
+    heartbeat: Duration,
+    missed_heartbeats: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Gateway {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        heartbeat: Duration,
+        missed_heartbeats: u32,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            fleet,
+            heartbeat,
+            missed_heartbeats,
+            shutdown,
+        }
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_gateway_server::AgentGateway for Gateway {
+    type ConnectStream = OutStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = peer(&request)?.clone();
+        let PeerIdentity::Agent(host) = peer.identity.clone() else {
+            // The interceptor already refuses other roles; this guards a misconfigured router.
+            return Err(Status::permission_denied("not an agent certificate"));
+        };
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                warn!(peer = %peer.addr, host = %host, "Refused agent: no Hello within {HELLO_TIMEOUT:?}.");
+                return Err(Status::deadline_exceeded("no Hello received"));
+            }
+        };
+        let hello = match first.kind {
+            Some(Kind::Hello(h)) => Hello::try_from(h).map_err(|e| {
+                warn!(peer = %peer.addr, host = %host, error = %e, "Refused agent: invalid Hello.");
+                Status::invalid_argument(e.to_string())
+            })?,
+            _ => {
+                warn!(peer = %peer.addr, host = %host, "Refused agent: first message is not Hello.");
+                return Err(Status::invalid_argument("the first message must be Hello"));
+            }
+        };
+        if HostName::parse(&hello.host).ok().as_ref() != Some(&host) {
+            warn!(
+                peer = %peer.addr,
+                certificate_host = %host,
+                claimed_host = %hello.host,
+                "Refused agent: its Hello claims a host other than its certificate's."
+            );
+            return Err(Status::permission_denied(format!(
+                "certificate is for host {host}, Hello claims {:?}",
+                hello.host
+            )));
+        }
+        let session = self
+            .fleet
+            .connect(&host, &hello, now_unix_ms())
+            .map_err(|e| {
+                warn!(host = %host, error = %e, "Refused agent: cannot record its connection.");
+                Status::unavailable("coordinator store unavailable")
+            })?;
+        info!(
+            peer = %peer.addr,
+            host = %host,
+            agent_version = %hello.agent_version,
+            engine = %hello.engine.version,
+            api = %hello.engine.api_version,
+            mode = hello.mode.as_str(),
+            "Agent connected."
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Welcome(pb::Welcome {
+                host: host.to_string(),
+                heartbeat_interval_secs: u32::try_from(self.heartbeat.as_secs()).unwrap_or(5),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        let link = AgentLink {
+            fleet: self.fleet.clone(),
+            host,
+            session,
+            silence_limit: self.heartbeat * self.missed_heartbeats,
+            shutdown: self.shutdown.clone(),
+            _outbound: tx,
+        };
+        tokio::spawn(link.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The coordinator's side of one connected agent.
+struct AgentLink {
+    fleet: Arc<Fleet>,
+    host: HostName,
+    session: SessionHandle,
+    silence_limit: Duration,
+    shutdown: watch::Receiver<bool>,
+    /// Keeps the response stream open while the link lives; commands go here later.
+    _outbound: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+}
+
+impl AgentLink {
+    async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>) {
+        let reason = loop {
+            let message = tokio::select! {
+                m = tokio::time::timeout(self.silence_limit, inbound.message()) => m,
+                _ = self.session.replaced.wait_for(|r| *r) => break "replaced by a newer connection".to_owned(),
+                _ = self.shutdown.wait_for(|s| *s) => break "coordinator shutting down".to_owned(),
+            };
+            let message = match message {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => break "stream closed".to_owned(),
+                Ok(Err(status)) => break format!("stream error: {}", status.message()),
+                Err(_) => break format!("silent for {:?}", self.silence_limit),
+            };
+            if let Err(reason) = self.handle(message) {
+                break reason;
+            }
+        };
+        self.fleet
+            .disconnect(&self.host, self.session.id, now_unix_ms());
+        info!(host = %self.host, reason = %reason, "Agent disconnected.");
+    }
+
+    fn handle(&self, message: pb::AgentMessage) -> Result<(), String> {
+        let now = now_unix_ms();
+        match message.kind {
+            Some(Kind::Inventory(inventory)) => {
+                let inventory = Inventory::try_from(inventory).map_err(|e| e.to_string())?;
+                let count = inventory.containers.len();
+                match self
+                    .fleet
+                    .inventory(&self.host, self.session.id, inventory, now)
+                {
+                    Ok(_) => {
+                        tracing::debug!(host = %self.host, containers = count, "Inventory received.");
+                        Ok(())
+                    }
+                    Err(error) => {
+                        warn!(host = %self.host, %error, "Cannot store the host's inventory.");
+                        Ok(())
+                    }
+                }
+            }
+            Some(Kind::Heartbeat(_)) => {
+                self.fleet.seen(&self.host, self.session.id, now);
+                Ok(())
+            }
+            Some(Kind::Hello(_)) => Err("protocol error: second Hello".to_owned()),
+            None => Err("protocol error: empty message".to_owned()),
+        }
+    }
+}

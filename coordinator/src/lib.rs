@@ -1,0 +1,18 @@
+//! The Ouroboros coordinator: one central service for the whole fleet.
+//!
+//! Layout:
+//! - [`cli`]: the command line (`pki`, `serve`, admin commands) and its dispatch.
+//! - [`server`]: `serve`, the gRPC server behind [`tls`] (mutual TLS, identities, roles).
+//! - [`gateway`]: `AgentGateway.Connect`, one stream per agent.
+//! - [`admin`]: the `Admin` API; [`admin_client`] and [`output`]: the CLI side of it.
+//! - [`fleet`]: the fleet view; [`store`]: its persistence (redb).
+
+pub mod admin;
+pub mod admin_client;
+pub mod cli;
+pub mod fleet;
+pub mod gateway;
+pub mod output;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,131 @@
+//! `serve`: the coordinator's gRPC server behind mutual TLS, with the fleet view and store.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ouroboros_proto::v1::admin_server::AdminServer;
+use ouroboros_proto::v1::agent_gateway_server::AgentGatewayServer;
+use ouroboros_shared::pki::{self, PkiDir, PkiError, Role};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::admin::AdminApi;
+use crate::fleet::Fleet;
+use crate::gateway::Gateway;
+use crate::store::{RedbStore, StoreError};
+use crate::tls::{incoming, require_role};
+
+/// How often heartbeat times are written to the store.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub pki: PkiDir,
+    pub heartbeat: Duration,
+    pub missed_heartbeats: u32,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "--pki-dir {dir}: {source} (create it with `ouroboros-coordinator pki init --dir {dir}`)"
+    )]
+    Pki { dir: String, source: PkiError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeError {
+    /// Whether this is the operator's configuration (exit 64) rather than a runtime failure.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Pki { .. } | Self::Store(StoreError::Locked(_) | StoreError::DataDir { .. })
+        )
+    }
+}
+
+/// Everything `serve` opens before it accepts connections: checked first, so that bad
+/// configuration fails before anything listens.
+pub struct Prepared {
+    config: ServeConfig,
+    tls: Arc<rustls::ServerConfig>,
+    fleet: Arc<Fleet>,
+}
+
+/// Loads the PKI and opens the store.
+pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
+    let p = &config.pki;
+    let tls = pki::server_config(&p.ca_cert(), &p.coordinator_cert(), &p.coordinator_key())
+        .map_err(|source| ServeError::Pki {
+            dir: p.dir().display().to_string(),
+            source,
+        })?;
+    let store = Arc::new(RedbStore::open(&config.data_dir)?);
+    let fleet = Arc::new(Fleet::open(store)?);
+    Ok(Prepared { config, tls, fleet })
+}
+
+/// Serves until `shutdown` completes, then lets agent streams end and stores what is pending.
+pub async fn run(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Prepared { config, tls, fleet } = prepared;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let flusher = {
+        let fleet = fleet.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(error) = fleet.flush() {
+                    warn!(%error, "Cannot store heartbeat times.");
+                }
+            }
+        })
+    };
+
+    let gateway = AgentGatewayServer::with_interceptor(
+        Gateway::new(
+            fleet.clone(),
+            config.heartbeat,
+            config.missed_heartbeats,
+            stop_rx,
+        ),
+        require_role(Role::Agent, "AgentGateway"),
+    );
+    let admin = AdminServer::with_interceptor(
+        AdminApi::new(fleet.clone()),
+        require_role(Role::Admin, "Admin"),
+    );
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(gateway)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming(listener, tls), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    flusher.abort();
+    if let Err(error) = fleet.flush() {
+        warn!(%error, "Cannot store heartbeat times at shutdown.");
+    }
+    result.map_err(ServeError::from)
+}

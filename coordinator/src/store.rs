@@ -1,0 +1,225 @@
+//! The coordinator's embedded store, behind [`FleetStore`] so it stays replaceable.
+//!
+//! [`RedbStore`] keeps one JSON record per host in a redb table. redb rather than sled: sled's
+//! last release is from 2021 and its README calls it beta with an on-disk format still to change,
+//! while redb has a stable file format and crash-safe ACID commits.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Host records by host name, JSON values.
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts_v1");
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "ouroboros.redb";
+/// Lock file that keeps a second coordinator off the same data dir.
+const LOCK_FILE: &str = "coordinator.lock";
+
+/// What the coordinator remembers of one host across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host: String,
+    pub agent_version: String,
+    pub engine: EngineInfo,
+    pub mode: HostMode,
+    pub last_seen_unix_ms: i64,
+    pub inventory_at_unix_ms: i64,
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// Store failures, each naming what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {0} is in use by another coordinator")]
+    Locked(PathBuf),
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
+    #[error("cannot {op} in the store: {source}")]
+    Db {
+        op: &'static str,
+        source: Box<redb::Error>,
+    },
+    #[error("corrupt record for host {host}: {source}")]
+    Corrupt {
+        host: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Persistence of the fleet view.
+pub trait FleetStore: Send + Sync {
+    /// Every stored host.
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Inserts or replaces the records, in one transaction.
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError>;
+}
+
+/// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
+pub struct RedbStore {
+    db: Database,
+    _lock: File,
+}
+
+fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Db {
+        op,
+        source: Box::new(e.into()),
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::DataDir {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(data_dir.to_owned()));
+        }
+        let path = data_dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        })?;
+        // Create the table so that reads never meet a missing table.
+        let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
+        txn.open_table(HOSTS)
+            .map_err(db_err("create the hosts table"))?;
+        txn.commit().map_err(db_err("commit"))?;
+        Ok(Self { db, _lock: lock })
+    }
+}
+
+impl FleetStore for RedbStore {
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(HOSTS)
+            .map_err(db_err("open the hosts table"))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err("read hosts"))? {
+            let (key, value) = row.map_err(db_err("read a host"))?;
+            let record =
+                serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt {
+                    host: key.value().to_owned(),
+                    source,
+                })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        {
+            let mut table = txn
+                .open_table(HOSTS)
+                .map_err(db_err("open the hosts table"))?;
+            for record in records {
+                // Serializing plain data cannot fail.
+                let json = serde_json::to_vec(record).unwrap_or_default();
+                table
+                    .insert(record.host.as_str(), json.as_slice())
+                    .map_err(db_err("write a host"))?;
+            }
+        }
+        txn.commit().map_err(db_err("commit hosts"))
+    }
+}
+
+/// An in-memory store for unit tests, with an injectable write failure.
+#[derive(Default)]
+pub struct MemoryStore {
+    hosts: Mutex<BTreeMap<String, HostRecord>>,
+    fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryStore {
+    /// Makes every following write fail (or succeed again).
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl FleetStore for MemoryStore {
+    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(hosts.values().cloned().collect())
+    }
+
+    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Db {
+                op: "write a host",
+                source: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
+            });
+        }
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        for r in records {
+            hosts.insert(r.host.clone(), (*r).clone());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(host: &str) -> HostRecord {
+        HostRecord {
+            host: host.into(),
+            agent_version: "0.1.0".into(),
+            engine: EngineInfo::default(),
+            mode: HostMode::Standalone,
+            last_seen_unix_ms: 42,
+            inventory_at_unix_ms: 41,
+            containers: vec![],
+        }
+    }
+
+    #[test]
+    fn redb_store_survives_reopen_and_locks_its_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store.save_hosts(&[&record("a"), &record("b")]).unwrap();
+            let second = RedbStore::open(dir.path());
+            assert!(matches!(second, Err(StoreError::Locked(_))));
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        let hosts = store.load_hosts().unwrap();
+        assert_eq!(hosts, vec![record("a"), record("b")]);
+    }
+}

@@ -1,0 +1,215 @@
+//! Mutual TLS in front of the gRPC server. TLS is terminated here (not inside tonic) so that
+//! every refused handshake gets a clear log line, and so that each accepted connection carries
+//! its verified [`PeerIdentity`] into the request extensions, where [`require_role`] checks it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ouroboros_shared::pki::{PeerIdentity, Role, identify};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+use tracing::{debug, info, warn};
+
+/// A handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is connected, as established by the TLS handshake.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub identity: PeerIdentity,
+}
+
+/// A TLS connection whose client certificate was verified and identified.
+pub struct PeerStream {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, runs the TLS handshake of each in its own task, and yields the
+/// verified ones. Ends when the returned stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> ReceiverStream<Result<PeerStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        warn!(%error, "Cannot accept a connection.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(stream) = handshake(&acceptor, tcp, addr).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> Option<PeerStream> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            log_refused_handshake(addr, &error);
+            return None;
+        }
+        Err(_) => {
+            info!(peer = %addr, "Refused connection: TLS handshake timed out.");
+            return None;
+        }
+    };
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let Some(cert) = cert else {
+        warn!(peer = %addr, "Refused connection: no client certificate.");
+        return None;
+    };
+    match identify(&cert) {
+        Ok(identity) => {
+            debug!(peer = %addr, %identity, "Client authenticated.");
+            Some(PeerStream {
+                inner: tls,
+                info: PeerInfo { addr, identity },
+            })
+        }
+        Err(error) => {
+            warn!(peer = %addr, %error, "Refused connection: certificate carries no Ouroboros role.");
+            None
+        }
+    }
+}
+
+fn log_refused_handshake(addr: SocketAddr, error: &io::Error) {
+    use rustls::{CertificateError, Error as TlsError};
+    let tls_error = error.get_ref().and_then(|e| e.downcast_ref::<TlsError>());
+    let reason = match tls_error {
+        Some(TlsError::NoCertificatesPresented) => "no client certificate",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => "client certificate not signed by the fleet CA",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "client certificate expired",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        )) => "client certificate not valid yet",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        )) => "certificate not made for client authentication",
+        Some(TlsError::InvalidCertificate(CertificateError::Revoked)) => {
+            "client certificate revoked"
+        }
+        Some(TlsError::InvalidCertificate(_)) => "invalid client certificate",
+        Some(_) => "TLS error",
+        None if error.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!(peer = %addr, "Connection closed during the TLS handshake.");
+            return;
+        }
+        None => "TLS handshake failed",
+    };
+    warn!(peer = %addr, %error, "Refused connection: {reason}.");
+}
+
+/// The verified peer of a request, from the connection's TLS handshake.
+pub fn peer<T>(request: &Request<T>) -> Result<&PeerInfo, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+}
+
+/// An interceptor that lets through only peers whose certificate has `role`.
+pub fn require_role(
+    role: Role,
+    service: &'static str,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |request: Request<()>| {
+        let peer = peer(&request)?;
+        if peer.identity.role() == role {
+            return Ok(request);
+        }
+        warn!(
+            peer = %peer.addr,
+            identity = %peer.identity,
+            service,
+            "Refused call: a {} certificate may not call {service}.",
+            peer.identity.role()
+        );
+        Err(Status::permission_denied(format!(
+            "{} may not call {service}: it needs a {role} certificate",
+            peer.identity
+        )))
+    }
+}

@@ -1,0 +1,4 @@
+//! Component tests: the real coordinator server (tonic, mutual TLS, redb) on port 0, with
+//! certificates made in the test.
+
+mod mtls;

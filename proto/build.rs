@@ -1,0 +1,17 @@
+//! Compiles `ouroboros/v1/*.proto` with protox (pure Rust): no system `protoc` needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["ouroboros/v1/agent.proto", "ouroboros/v1/admin.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // `AgentGateway.Connect` would clash with the generated `connect(dst)` constructor;
+        // clients are built from a `Channel` with `new` instead.
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! What runs on a host, as domain types, and the one place where they cross to and from the
+//! wire (`ouroboros.v1`). Conversions from the wire reject missing or invalid fields.
+
+use std::collections::BTreeMap;
+
+use ouroboros_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// A message from the wire that cannot become a domain value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {message}: {reason}")]
+pub struct InvalidMessage {
+    message: &'static str,
+    reason: String,
+}
+
+impl InvalidMessage {
+    fn new(message: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            message,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Lifecycle state of a container, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    Unknown,
+}
+
+impl ContainerState {
+    /// Parses the engine's `State.Status` / list `State` string.
+    pub fn from_docker(status: &str) -> Self {
+        match status {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Lower-case name, as Docker prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Result of the container's Docker healthcheck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The container has no healthcheck.
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    /// Parses the engine's `State.Health.Status` (absent means no healthcheck).
+    pub fn from_docker(status: Option<&str>) -> Self {
+        match status {
+            Some("starting") => Self::Starting,
+            Some("healthy") => Self::Healthy,
+            Some("unhealthy") => Self::Unhealthy,
+            _ => Self::None,
+        }
+    }
+
+    /// Lower-case name; `-` for none.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What role the host's engine plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostMode {
+    Standalone,
+    SwarmManager,
+    SwarmWorker,
+    Unknown,
+}
+
+impl HostMode {
+    /// Name as printed by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::SwarmManager => "swarm-manager",
+            Self::SwarmWorker => "swarm-worker",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The Docker engine of a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    pub os: String,
+    pub arch: String,
+}
+
+/// One container as reported by its host's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Without the leading slash.
+    pub name: String,
+    /// Image reference as configured (`Config.Image`).
+    pub image: String,
+    pub image_id: String,
+    pub repo_digests: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    pub health: Health,
+    pub restart_count: u32,
+    pub created_unix: i64,
+}
+
+/// The first message of an agent stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub host: String,
+    pub agent_version: String,
+    pub engine: EngineInfo,
+    pub mode: HostMode,
+}
+
+/// A full snapshot of one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub containers: Vec<ContainerInfo>,
+    pub swarm_manager: bool,
+    pub observed_at_unix_ms: i64,
+}
+
+impl From<ContainerState> for pb::ContainerState {
+    fn from(s: ContainerState) -> Self {
+        match s {
+            ContainerState::Created => Self::Created,
+            ContainerState::Running => Self::Running,
+            ContainerState::Paused => Self::Paused,
+            ContainerState::Restarting => Self::Restarting,
+            ContainerState::Removing => Self::Removing,
+            ContainerState::Exited => Self::Exited,
+            ContainerState::Dead => Self::Dead,
+            ContainerState::Unknown => Self::Unspecified,
+        }
+    }
+}
+
+impl From<pb::ContainerState> for ContainerState {
+    fn from(s: pb::ContainerState) -> Self {
+        match s {
+            pb::ContainerState::Created => Self::Created,
+            pb::ContainerState::Running => Self::Running,
+            pb::ContainerState::Paused => Self::Paused,
+            pb::ContainerState::Restarting => Self::Restarting,
+            pb::ContainerState::Removing => Self::Removing,
+            pb::ContainerState::Exited => Self::Exited,
+            pb::ContainerState::Dead => Self::Dead,
+            pb::ContainerState::Unspecified => Self::Unknown,
+        }
+    }
+}
+
+impl From<Health> for pb::HealthStatus {
+    fn from(h: Health) -> Self {
+        match h {
+            Health::None => Self::None,
+            Health::Starting => Self::Starting,
+            Health::Healthy => Self::Healthy,
+            Health::Unhealthy => Self::Unhealthy,
+        }
+    }
+}
+
+impl From<pb::HealthStatus> for Health {
+    fn from(h: pb::HealthStatus) -> Self {
+        match h {
+            pb::HealthStatus::Starting => Self::Starting,
+            pb::HealthStatus::Healthy => Self::Healthy,
+            pb::HealthStatus::Unhealthy => Self::Unhealthy,
+            pb::HealthStatus::None | pb::HealthStatus::Unspecified => Self::None,
+        }
+    }
+}
+
+impl From<HostMode> for pb::HostMode {
+    fn from(m: HostMode) -> Self {
+        match m {
+            HostMode::Standalone => Self::Standalone,
+            HostMode::SwarmManager => Self::SwarmManager,
+            HostMode::SwarmWorker => Self::SwarmWorker,
+            HostMode::Unknown => Self::Unspecified,
+        }
+    }
+}
+
+impl From<pb::HostMode> for HostMode {
+    fn from(m: pb::HostMode) -> Self {
+        match m {
+            pb::HostMode::Standalone => Self::Standalone,
+            pb::HostMode::SwarmManager => Self::SwarmManager,
+            pb::HostMode::SwarmWorker => Self::SwarmWorker,
+            pb::HostMode::Unspecified => Self::Unknown,
+        }
+    }
+}
+
+impl From<EngineInfo> for pb::EngineInfo {
+    fn from(e: EngineInfo) -> Self {
+        Self {
+            version: e.version,
+            api_version: e.api_version,
+            os: e.os,
+            arch: e.arch,
+        }
+    }
+}
+
+impl From<pb::EngineInfo> for EngineInfo {
+    fn from(e: pb::EngineInfo) -> Self {
+        Self {
+            version: e.version,
+            api_version: e.api_version,
+            os: e.os,
+            arch: e.arch,
+        }
+    }
+}
+
+impl From<ContainerInfo> for pb::Container {
+    fn from(c: ContainerInfo) -> Self {
+        Self {
+            id: c.id,
+            name: c.name,
+            image: c.image,
+            image_id: c.image_id,
+            repo_digests: c.repo_digests,
+            labels: c.labels.into_iter().collect(),
+            state: pb::ContainerState::from(c.state).into(),
+            health: pb::HealthStatus::from(c.health).into(),
+            restart_count: c.restart_count,
+            created_unix: c.created_unix,
+        }
+    }
+}
+
+impl TryFrom<pb::Container> for ContainerInfo {
+    type Error = InvalidMessage;
+    fn try_from(c: pb::Container) -> Result<Self, Self::Error> {
+        if c.id.is_empty() {
+            return Err(InvalidMessage::new("container", "empty id"));
+        }
+        if c.name.is_empty() {
+            return Err(InvalidMessage::new(
+                "container",
+                format!("container {} has no name", c.id),
+            ));
+        }
+        Ok(Self {
+            state: c.state().into(),
+            health: c.health().into(),
+            id: c.id,
+            name: c.name,
+            image: c.image,
+            image_id: c.image_id,
+            repo_digests: c.repo_digests,
+            labels: c.labels.into_iter().collect(),
+            restart_count: c.restart_count,
+            created_unix: c.created_unix,
+        })
+    }
+}
+
+impl From<Hello> for pb::Hello {
+    fn from(h: Hello) -> Self {
+        Self {
+            host: h.host,
+            agent_version: h.agent_version,
+            engine: Some(h.engine.into()),
+            mode: pb::HostMode::from(h.mode).into(),
+        }
+    }
+}
+
+impl TryFrom<pb::Hello> for Hello {
+    type Error = InvalidMessage;
+    fn try_from(h: pb::Hello) -> Result<Self, Self::Error> {
+        if h.host.is_empty() {
+            return Err(InvalidMessage::new("hello", "empty host"));
+        }
+        if h.agent_version.is_empty() {
+            return Err(InvalidMessage::new("hello", "empty agent version"));
+        }
+        let mode = h.mode().into();
+        let engine = h
+            .engine
+            .ok_or_else(|| InvalidMessage::new("hello", "no engine information"))?;
+        Ok(Self {
+            host: h.host,
+            agent_version: h.agent_version,
+            engine: engine.into(),
+            mode,
+        })
+    }
+}
+
+impl From<Inventory> for pb::Inventory {
+    fn from(i: Inventory) -> Self {
+        Self {
+            containers: i.containers.into_iter().map(Into::into).collect(),
+            swarm_manager: i.swarm_manager,
+            observed_at_unix_ms: i.observed_at_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::Inventory> for Inventory {
+    type Error = InvalidMessage;
+    fn try_from(i: pb::Inventory) -> Result<Self, Self::Error> {
+        let containers = i
+            .containers
+            .into_iter()
+            .map(ContainerInfo::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            containers,
+            swarm_manager: i.swarm_manager,
+            observed_at_unix_ms: i.observed_at_unix_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> ContainerInfo {
+        ContainerInfo {
+            id: "abc".into(),
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            image_id: "sha256:1".into(),
+            repo_digests: vec!["nginx@sha256:2".into()],
+            labels: [("a".to_owned(), "b".to_owned())].into(),
+            state: ContainerState::Running,
+            health: Health::Healthy,
+            restart_count: 2,
+            created_unix: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn container_round_trips_through_the_wire() {
+        let wire = pb::Container::from(container());
+        assert_eq!(ContainerInfo::try_from(wire), Ok(container()));
+    }
+
+    #[test]
+    fn wire_container_without_id_or_name_is_refused() {
+        let mut wire = pb::Container::from(container());
+        wire.name.clear();
+        assert!(ContainerInfo::try_from(wire.clone()).is_err());
+        wire.id.clear();
+        assert!(ContainerInfo::try_from(wire).is_err());
+    }
+
+    #[test]
+    fn hello_needs_host_version_and_engine() {
+        let hello = Hello {
+            host: "h1".into(),
+            agent_version: "0.1.0".into(),
+            engine: EngineInfo::default(),
+            mode: HostMode::SwarmManager,
+        };
+        let wire = pb::Hello::from(hello.clone());
+        assert_eq!(Hello::try_from(wire.clone()), Ok(hello));
+        let mut no_engine = wire.clone();
+        no_engine.engine = None;
+        assert!(Hello::try_from(no_engine).is_err());
+        let mut no_host = wire;
+        no_host.host.clear();
+        assert!(Hello::try_from(no_host).is_err());
+    }
+}

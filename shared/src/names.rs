@@ -1,0 +1,53 @@
+//! Names that operators and other programs depend on: environment variables, file names,
+//! defaults. Ouroboros' own environment-variable names are kept where an option existed there.
+
+/// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
+pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
+
+/// Coordinator: address the gRPC server listens on.
+pub const ENV_LISTEN: &str = "OUROBOROS_LISTEN";
+/// Coordinator: directory of the embedded store.
+pub const ENV_DATA_DIR: &str = "OUROBOROS_DATA_DIR";
+/// Coordinator and admin commands: directory made by `pki init`.
+pub const ENV_PKI_DIR: &str = "OUROBOROS_PKI_DIR";
+/// Admin commands: coordinator URL.
+pub const ENV_SERVER: &str = "OUROBOROS_SERVER";
+/// Agent: coordinator URL.
+pub const ENV_COORDINATOR: &str = "OUROBOROS_COORDINATOR";
+/// Agent and admin commands: CA certificate (PEM).
+pub const ENV_CA: &str = "OUROBOROS_CA";
+/// Agent and admin commands: client certificate (PEM).
+pub const ENV_CERT: &str = "OUROBOROS_CERT";
+/// Agent and admin commands: client private key (PEM).
+pub const ENV_KEY: &str = "OUROBOROS_KEY";
+/// Agent: Docker engine address, as the Docker CLI reads it.
+pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
+/// Agent: directory with `ca.pem`, `cert.pem`, `key.pem` for a TLS Docker engine.
+pub const ENV_DOCKER_CERT_PATH: &str = "DOCKER_CERT_PATH";
+/// Agent: verify the TLS Docker engine's certificate (any non-empty value but `0`).
+pub const ENV_DOCKER_TLS_VERIFY: &str = "DOCKER_TLS_VERIFY";
+/// Agent: Ouroboros' name for "talk TLS to the Docker engine".
+pub const ENV_DOCKER_TLS: &str = "DOCKER_TLS";
+/// Agent: directory for the agent's own state.
+pub const ENV_AGENT_DATA_DIR: &str = "OUROBOROS_AGENT_DATA_DIR";
+
+/// Default coordinator listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+/// Default coordinator URL for the admin commands.
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7443";
+/// Default coordinator data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ouroboros";
+/// Default PKI directory.
+pub const DEFAULT_PKI_DIR: &str = "/var/lib/ouroboros/pki";
+/// Default agent data directory.
+pub const DEFAULT_AGENT_DATA_DIR: &str = "/var/lib/ouroboros-agent";
+/// Default Docker engine address.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Heartbeat interval the coordinator asks agents for.
+pub const HEARTBEAT_INTERVAL_SECS: u32 = 5;
+/// A stream silent for this many heartbeat intervals is dropped.
+pub const HEARTBEAT_MISSES_ALLOWED: u32 = 3;
+
+/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
