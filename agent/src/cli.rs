@@ -1,0 +1,130 @@
+//! The `ouroboros-agent` command line. Every flag has an environment-variable fallback
+//! (flag > environment > default); bad values exit with code 64 and one line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ouroboros_shared::names::*;
+use ouroboros_shared::pki::{ClientPem, PeerIdentity, identify, load_certs};
+use ouroboros_shared::telemetry::parse_filter;
+
+use crate::AgentConfig;
+use crate::engine::DockerEndpoint;
+use crate::link::LinkConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ouroboros-agent",
+    version,
+    about = "Ouroboros agent: reports this Docker host to the coordinator and carries out its commands."
+)]
+pub struct Cli {
+    /// Coordinator URL, e.g. https://coordinator.example:7443.
+    #[arg(long, env = ENV_COORDINATOR, value_name = "URL", value_parser = parse_https_url)]
+    pub coordinator: String,
+    /// The fleet's CA certificate (ca.pem from `pki init`).
+    #[arg(long, env = ENV_CA, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// This host's agent certificate (from `pki issue --agent HOST`); it names the host.
+    #[arg(long, env = ENV_CERT, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// The agent certificate's private key.
+    #[arg(long, env = ENV_KEY, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Docker engine: unix:///PATH, tcp://HOST:PORT or https://HOST:PORT.
+    #[arg(long, env = ENV_DOCKER_HOST, default_value = DEFAULT_DOCKER_HOST, value_name = "URL")]
+    pub docker_host: String,
+    /// Talk TLS to a TCP engine, with client certificates from --docker-cert-path.
+    #[arg(long, env = ENV_DOCKER_TLS, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub docker_tls: bool,
+    /// Same as --docker-tls (the Docker CLI's name); the engine's certificate is always verified.
+    #[arg(long, env = ENV_DOCKER_TLS_VERIFY, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub docker_tls_verify: bool,
+    /// Directory with ca.pem, cert.pem and key.pem for a TLS engine [default: ~/.docker].
+    #[arg(long, env = ENV_DOCKER_CERT_PATH, value_name = "DIR")]
+    pub docker_cert_path: Option<PathBuf>,
+    /// Directory for the agent's own state.
+    #[arg(long, env = ENV_AGENT_DATA_DIR, default_value = DEFAULT_AGENT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Log level: trace, debug, info, warn, error (or a tracing filter).
+    #[arg(long, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
+    pub log_level: String,
+}
+
+/// Accepts `https://HOST[:PORT]`.
+fn parse_https_url(value: &str) -> Result<String, String> {
+    let uri: tonic::transport::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must start with https:// (the coordinator only speaks mutual TLS)".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// Booleans as the Docker CLI and Ouroboros read them: `1`/`true`/`yes`/`on` and
+/// `0`/`false`/`no`/`off`/empty.
+fn parse_flag(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true/false, 1/0)")),
+    }
+}
+
+impl Cli {
+    /// Reads the certificate files and checks every value; the error names the option.
+    pub fn into_config(self) -> Result<AgentConfig, String> {
+        let tls = ClientPem::read(&self.ca, &self.cert, &self.key)
+            .map_err(|e| format!("--ca/--cert/--key: {e}"))?;
+        let cert = load_certs(&self.cert).map_err(|e| format!("--cert: {e}"))?;
+        let host = match cert.first().map(|c| identify(c)) {
+            Some(Ok(PeerIdentity::Agent(host))) => host,
+            Some(Ok(other)) => {
+                return Err(format!(
+                    "--cert {}: a {} certificate, not an agent's (make one with `ouroboros-coordinator pki issue --agent HOST`)",
+                    self.cert.display(),
+                    other.role()
+                ));
+            }
+            Some(Err(e)) => return Err(format!("--cert {}: {e}", self.cert.display())),
+            None => return Err(format!("--cert {}: no certificate", self.cert.display())),
+        };
+        let docker = DockerEndpoint::new(
+            &self.docker_host,
+            self.docker_tls || self.docker_tls_verify,
+            self.docker_cert_path,
+        )
+        .map_err(|e| format!("--docker-host: {e}"))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| format!("--data-dir {}: {e}", self.data_dir.display()))?;
+        Ok(AgentConfig {
+            link: LinkConfig {
+                coordinator: self.coordinator,
+                tls,
+                host,
+                reconnect_initial: Duration::from_millis(500),
+                reconnect_max: Duration::from_secs(30),
+            },
+            docker,
+            data_dir: self.data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_read_like_docker() {
+        assert_eq!(parse_flag("1"), Ok(true));
+        assert_eq!(parse_flag("TRUE"), Ok(true));
+        assert_eq!(parse_flag(""), Ok(false));
+        assert!(parse_flag("maybe").is_err());
+        assert!(parse_https_url("http://x:1").is_err());
+        assert!(parse_https_url("https://x:1/").is_ok());
+    }
+}

@@ -1,0 +1,246 @@
+//! The agent's link to the coordinator: one bidirectional stream, re-opened with backoff
+//! whenever it breaks. Each session sends `Hello`, then a full inventory, then a fresh
+//! inventory after Docker events (debounced) and heartbeats.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ouroboros_proto::v1 as pb;
+use ouroboros_proto::v1::agent_gateway_client::AgentGatewayClient;
+use ouroboros_proto::v1::coordinator_message::Kind;
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::inventory::Hello;
+use ouroboros_shared::names::HEARTBEAT_INTERVAL_SECS;
+use ouroboros_shared::pki::ClientPem;
+use ouroboros_shared::time_fmt::now_unix_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::engine::Engine;
+
+/// Quiet time after a Docker event before the inventory is sent.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a burst of events can hold back the inventory.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// How the agent reaches the coordinator.
+#[derive(Clone)]
+pub struct LinkConfig {
+    pub coordinator: String,
+    pub tls: ClientPem,
+    pub host: HostName,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("coordinator refused the stream: {0}")]
+    Refused(tonic::Status),
+    #[error("stream broken: {0}")]
+    Stream(tonic::Status),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// Keeps a session open until `shutdown` becomes true.
+pub async fn run(config: LinkConfig, engine: Engine, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = session(&config, &engine, &mut backoff) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match result {
+            Ok(()) => info!(coordinator = %config.coordinator, "Coordinator closed the stream."),
+            Err(error) => {
+                warn!(coordinator = %config.coordinator, %error, "Link to the coordinator lost.")
+            }
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        info!(
+            delay_ms = delay.as_millis(),
+            "Reconnecting to the coordinator."
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn endpoint(config: &LinkConfig) -> Result<Endpoint, SessionError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&config.tls.ca))
+        .identity(Identity::from_pem(&config.tls.cert, &config.tls.key));
+    Ok(Endpoint::from_shared(config.coordinator.clone())
+        .and_then(|e| e.tls_config(tls))
+        .map_err(|e| SessionError::Connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+fn message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(kind) }
+}
+
+async fn session(
+    config: &LinkConfig,
+    engine: &Engine,
+    backoff: &mut Backoff,
+) -> Result<(), SessionError> {
+    let channel = endpoint(config)?
+        .connect()
+        .await
+        .map_err(|e| SessionError::Connect(error_chain(&e)))?;
+    let (engine_info, mode) = engine.describe().await?;
+    let hello = Hello {
+        host: config.host.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        engine: engine_info,
+        mode,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let send = |m| {
+        let tx = tx.clone();
+        async move {
+            tx.send(m)
+                .await
+                .map_err(|_| SessionError::Protocol("outbound stream closed"))
+        }
+    };
+    send(message(pb::agent_message::Kind::Hello(
+        hello.clone().into(),
+    )))
+    .await?;
+    let mut inbound = AgentGatewayClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(SessionError::Refused)?
+        .into_inner();
+    let heartbeat = match inbound.message().await.map_err(SessionError::Stream)? {
+        Some(pb::CoordinatorMessage {
+            kind: Some(Kind::Welcome(w)),
+        }) => Duration::from_secs(u64::from(if w.heartbeat_interval_secs == 0 {
+            HEARTBEAT_INTERVAL_SECS
+        } else {
+            w.heartbeat_interval_secs
+        })),
+        Some(_) => return Err(SessionError::Protocol("expected Welcome")),
+        None => return Err(SessionError::Protocol("stream closed before Welcome")),
+    };
+    backoff.reset();
+    info!(
+        coordinator = %config.coordinator,
+        host = %config.host,
+        engine = %hello.engine.version,
+        api = %hello.engine.api_version,
+        "Connected to the coordinator."
+    );
+
+    // Follow events before taking the inventory, so no change falls between the two.
+    let mut events = Box::pin(engine.events());
+    let inventory = engine.inventory().await?;
+    debug!(
+        containers = inventory.containers.len(),
+        "Sending inventory."
+    );
+    send(message(pb::agent_message::Kind::Inventory(
+        inventory.into(),
+    )))
+    .await?;
+
+    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    // (first event of a burst, deadline) while an inventory is pending.
+    let mut pending: Option<(Instant, Instant)> = None;
+    let mut events_retry: Option<Instant> = None;
+    loop {
+        let flush_at = pending.map(|(first, quiet)| quiet.min(first + DEBOUNCE_MAX));
+        tokio::select! {
+            _ = beat.tick() => {
+                let hb = pb::Heartbeat { sent_at_unix_ms: now_unix_ms() };
+                send(message(pb::agent_message::Kind::Heartbeat(hb))).await?;
+            }
+            event = events.next(), if events_retry.is_none() => match event {
+                Some(Ok(e)) => {
+                    debug!(action = e.action.as_deref().unwrap_or(""), "Docker event.");
+                    let now = Instant::now();
+                    let first = pending.map_or(now, |(first, _)| first);
+                    pending = Some((first, now + DEBOUNCE));
+                }
+                Some(Err(error)) => {
+                    warn!(%error, "Docker event stream broke; following it again shortly.");
+                    events_retry = Some(Instant::now() + Duration::from_secs(1));
+                }
+                None => {
+                    warn!("Docker event stream ended; following it again shortly.");
+                    events_retry = Some(Instant::now() + Duration::from_secs(1));
+                }
+            },
+            () = sleep_until(events_retry) => {
+                events_retry = None;
+                events = Box::pin(engine.events());
+                // Whatever happened meanwhile is in the next inventory.
+                let now = Instant::now();
+                pending = Some((now, now));
+            }
+            () = sleep_until(flush_at) => {
+                pending = None;
+                match engine.inventory().await {
+                    Ok(inventory) => {
+                        debug!(containers = inventory.containers.len(), "Sending inventory.");
+                        send(message(pb::agent_message::Kind::Inventory(inventory.into()))).await?;
+                    }
+                    Err(error) => {
+                        warn!(%error, "Cannot take the inventory; trying again shortly.");
+                        let retry = Instant::now() + Duration::from_secs(1);
+                        pending = Some((retry, retry));
+                    }
+                }
+            }
+            m = inbound.message() => match m.map_err(SessionError::Stream)? {
+                Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => {
+                    let now = Instant::now();
+                    pending = Some((now, now));
+                }
+                Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,36 @@
+//! `ouroboros-agent`: parse, validate, set up logging and TLS, run until SIGTERM.
+
+use std::process::ExitCode;
+
+use ouroboros_agent::cli::Cli;
+use ouroboros_shared::names::EXIT_USAGE;
+
+fn main() -> ExitCode {
+    ouroboros_shared::install_crypto_provider();
+    let cli: Cli = ouroboros_shared::cli::parse_or_exit();
+    ouroboros_shared::telemetry::init(&cli.log_level);
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(ouroboros_agent::run(
+        config,
+        ouroboros_shared::shutdown::signal(),
+    ));
+    tracing::info!("Agent stopped.");
+    ExitCode::SUCCESS
+}
