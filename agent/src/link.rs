@@ -179,7 +179,11 @@ async fn session(
             }
             event = events.next(), if events_retry.is_none() => match event {
                 Some(Ok(e)) => {
-                    debug!(action = e.action.as_deref().unwrap_or(""), "Docker event.");
+                    let action = e.action.as_deref().unwrap_or("");
+                    if !changes_inventory(action) {
+                        continue;
+                    }
+                    debug!(action, "Docker event.");
                     let now = Instant::now();
                     let first = pending.map_or(now, |(first, _)| first);
                     pending = Some((first, now + DEBOUNCE));
@@ -226,6 +230,22 @@ async fn session(
     }
 }
 
+/// Whether a Docker event can change what the inventory reports. Healthcheck probes alone
+/// produce `exec_*` events every interval; those (and terminal I/O) do not count.
+fn changes_inventory(action: &str) -> bool {
+    const IGNORED: [&str; 8] = [
+        "attach",
+        "detach",
+        "resize",
+        "top",
+        "copy",
+        "export",
+        "archive-path",
+        "extract-to-dir",
+    ];
+    !action.starts_with("exec_") && !IGNORED.contains(&action)
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -243,4 +263,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthcheck_probes_do_not_trigger_inventories() {
+        for quiet in [
+            "exec_create: test -f /version",
+            "exec_start: sh",
+            "exec_die",
+            "attach",
+            "resize",
+        ] {
+            assert!(!changes_inventory(quiet), "{quiet}");
+        }
+        for change in [
+            "create",
+            "start",
+            "die",
+            "destroy",
+            "rename",
+            "health_status: healthy",
+            "pull",
+            "tag",
+            "untag",
+            "delete",
+        ] {
+            assert!(changes_inventory(change), "{change}");
+        }
+    }
 }

@@ -33,20 +33,37 @@ pub fn report(error: &clap::Error) -> i32 {
     }
 }
 
-/// The first non-empty line of clap's rendered error, e.g.
-/// `error: invalid value 'x' for '--listen <ADDR>': invalid socket address syntax`.
+/// Clap's rendered error up to its usage hint, folded into one line, e.g.
+/// `error: invalid value 'x' for '--listen <ADDR>': invalid socket address syntax` or
+/// `error: the following required arguments were not provided: --coordinator <URL>`.
 fn first_line(rendered: &str) -> String {
-    rendered
+    let text = rendered
         .lines()
-        .map(str::trim_end)
-        .find(|l| !l.is_empty())
-        .unwrap_or("error: invalid command line")
-        .to_owned()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.is_empty() {
+        "error: invalid command line".to_owned()
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folds_the_missing_arguments_into_the_line() {
+        assert_eq!(
+            first_line(
+                "error: the following required arguments were not provided:\n  --coordinator <URL>\n  --key <FILE>\n\nUsage: x --coordinator <URL>\n\nFor more information, try '--help'.\n"
+            ),
+            "error: the following required arguments were not provided: --coordinator <URL> --key <FILE>"
+        );
+    }
 
     #[test]
     fn keeps_only_the_first_line() {
