@@ -1,0 +1,188 @@
+//! Bad configuration fails closed: exit code 64, one line naming the option, nothing changed.
+//! Flag beats environment beats default.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ouroboros_tests::Binaries;
+
+const EXIT_USAGE: i32 = 64;
+
+fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin)
+        .args(args)
+        // Only what the test sets, not the caller's environment.
+        .env_remove("OUROBOROS_LISTEN")
+        .env_remove("OUROBOROS_PKI_DIR")
+        .env_remove("LOG_LEVEL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Asserts exit 64 and exactly one stderr line that contains `needle`.
+fn assert_usage_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_USAGE), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "{:?} does not name {needle}",
+        lines[0]
+    );
+}
+
+#[test]
+fn invalid_values_exit_64_with_one_line_naming_the_option() {
+    let bins = Binaries::get().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-config-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let c = &bins.coordinator;
+
+    assert_usage_error(
+        &output(c, &["serve", "--listen", "nowhere"], &[]),
+        "--listen",
+    );
+    // The environment fallback is validated the same way.
+    assert_usage_error(
+        &output(c, &["serve"], &[("OUROBOROS_LISTEN", "1.2.3.4")]),
+        "--listen",
+    );
+    assert_usage_error(
+        &output(c, &["hosts"], &[("LOG_LEVEL", "verbose")]),
+        "--log-level",
+    );
+    assert_usage_error(
+        &output(c, &["hosts", "--server", "http://127.0.0.1:1"], &[]),
+        "--server",
+    );
+    assert_usage_error(&output(c, &["hosts", "--output", "yaml"], &[]), "--output");
+    assert_usage_error(
+        &output(c, &["pki", "issue", "--dir", d, "--agent", "bad_name"], &[]),
+        "--agent",
+    );
+    assert_usage_error(
+        &output(c, &["pki", "init", "--dir", d, "--san", "not a name"], &[]),
+        "--san",
+    );
+    // serve without a PKI says which directory and how to make one, and creates no store.
+    let data = dir.path().join("data");
+    let out = output(
+        c,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pki-dir",
+            d,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "--pki-dir");
+    assert!(!data.exists(), "a failed start created the data dir");
+
+    let a = &bins.agent;
+    let agent_args = |coordinator: &'static str| {
+        vec![
+            "--coordinator",
+            coordinator,
+            "--ca",
+            "/nonexistent/ca.pem",
+            "--cert",
+            "/nonexistent/cert.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ]
+    };
+    assert_usage_error(
+        &output(a, &agent_args("http://127.0.0.1:1"), &[]),
+        "--coordinator",
+    );
+    assert_usage_error(
+        &output(a, &agent_args("https://127.0.0.1:1"), &[]),
+        "--ca/--cert/--key",
+    );
+    assert_usage_error(&output(a, &["--ca", "x"], &[]), "--coordinator");
+}
+
+#[test]
+fn pki_refuses_to_overwrite_and_agent_refuses_a_non_agent_certificate() {
+    let bins = Binaries::get().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-pki-")
+        .tempdir()
+        .unwrap();
+    let pki = dir.path().join("pki");
+    let p = pki.to_str().unwrap();
+    let c = &bins.coordinator;
+    let first = output(c, &["pki", "init", "--dir", p], &[]);
+    assert!(first.status.success(), "{first:?}");
+    let ca_before = std::fs::read(pki.join("ca.pem")).unwrap();
+    let again = output(c, &["pki", "init", "--dir", p], &[]);
+    assert_usage_error(&again, "refusing to overwrite");
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), ca_before);
+
+    let issued = output(c, &["pki", "issue", "--dir", p, "--agent", "Web-01"], &[]);
+    assert!(issued.status.success(), "{issued:?}");
+    assert!(pki.join("agent-web-01.pem").exists());
+    let twice = output(c, &["pki", "issue", "--dir", p, "--agent", "web-01"], &[]);
+    assert_usage_error(&twice, "refusing to overwrite");
+
+    // The CLI certificate cannot serve as an agent's.
+    let out = output(
+        &bins.agent,
+        &[
+            "--coordinator",
+            "https://127.0.0.1:1",
+            "--ca",
+            pki.join("ca.pem").to_str().unwrap(),
+            "--cert",
+            pki.join("cli.pem").to_str().unwrap(),
+            "--key",
+            pki.join("cli-key.pem").to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("agent").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_usage_error(&out, "not an agent's");
+}
+
+#[test]
+fn flag_beats_environment_beats_default() {
+    let bins = Binaries::get().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-prec-")
+        .tempdir()
+        .unwrap();
+    let from_env = dir.path().join("from-env");
+    let from_flag = dir.path().join("from-flag");
+    // Environment used when no flag is given...
+    let out = output(
+        &bins.coordinator,
+        &["pki", "init"],
+        &[("OUROBOROS_PKI_DIR", from_env.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(from_env.join("ca.pem").exists());
+    // ...and the flag wins over it.
+    let out = output(
+        &bins.coordinator,
+        &["pki", "init", "--dir", from_flag.to_str().unwrap()],
+        &[("OUROBOROS_PKI_DIR", from_env.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(from_flag.join("ca.pem").exists());
+    // The default of --listen is documented in --help.
+    let help = output(&bins.coordinator, &["serve", "--help"], &[]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("[default: 0.0.0.0:7443]"), "{text}");
+    assert!(text.contains("[env: OUROBOROS_LISTEN="), "{text}");
+}
