@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ouroboros_shared::cli::parse_https_url;
 use ouroboros_shared::names::*;
 use ouroboros_shared::pki::{ClientPem, PeerIdentity, identify, load_certs};
 use ouroboros_shared::telemetry::parse_filter;
@@ -50,18 +51,6 @@ pub struct Cli {
     /// Log level: trace, debug, info, warn, error (or a tracing filter).
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
     pub log_level: String,
-}
-
-/// Accepts `https://HOST[:PORT]`.
-fn parse_https_url(value: &str) -> Result<String, String> {
-    let uri: tonic::transport::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err("must start with https:// (the coordinator only speaks mutual TLS)".into());
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err("has no host".into());
-    }
-    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// Booleans as the Docker CLI and Ouroboros read them: `1`/`true`/`yes`/`on` and

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use ouroboros_proto::v1 as pb;
 use ouroboros_proto::v1::agent_gateway_client::AgentGatewayClient;
 use ouroboros_proto::v1::coordinator_message::Kind;
+use ouroboros_shared::cli::error_chain;
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::inventory::Hello;
 use ouroboros_shared::names::HEARTBEAT_INTERVAL_SECS;
@@ -252,17 +253,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

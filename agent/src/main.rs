@@ -16,17 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64));
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = ouroboros_shared::cli::runtime_or_exit();
     runtime.block_on(ouroboros_agent::run(
         config,
         ouroboros_shared::shutdown::signal(),

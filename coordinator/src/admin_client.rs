@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
 use ouroboros_proto::v1::admin_client::AdminClient;
+use ouroboros_shared::cli::error_chain;
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health, HostMode};
 use ouroboros_shared::pki::ClientPem;
@@ -37,17 +38,6 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
         ))
     })?;
     Ok(AdminClient::new(channel))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn call_failed(status: tonic::Status) -> Failure {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ouroboros_shared::cli::parse_https_url;
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::names::*;
 use ouroboros_shared::pki::{self, DEFAULT_LEAF_DAYS, PkiDir};
@@ -116,18 +117,6 @@ pub struct ContainersArgs {
 
 fn parse_host(value: &str) -> Result<HostName, String> {
     HostName::parse(value).map_err(|e| e.to_string())
-}
-
-/// Accepts `https://HOST[:PORT]`.
-pub fn parse_https_url(value: &str) -> Result<String, String> {
-    let uri: tonic::transport::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err("must start with https:// (the coordinator only speaks mutual TLS)".into());
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err("has no host".into());
-    }
-    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// A failure to report with its exit code: 64 for the operator's input, 1 otherwise.

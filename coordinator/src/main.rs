@@ -8,16 +8,7 @@ fn main() -> ExitCode {
     ouroboros_shared::install_crypto_provider();
     let cli: Cli = ouroboros_shared::cli::parse_or_exit();
     ouroboros_shared::telemetry::init(&cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = ouroboros_shared::cli::runtime_or_exit();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

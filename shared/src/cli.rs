@@ -51,6 +51,45 @@ fn first_line(rendered: &str) -> String {
     }
 }
 
+/// The multi-threaded async runtime both binaries run on; exits 1 with one line if the
+/// operating system refuses it.
+pub fn runtime_or_exit() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Accepts the coordinator URL, `https://HOST[:PORT]`.
+pub fn parse_https_url(value: &str) -> Result<String, String> {
+    let uri: tonic::transport::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must start with https:// (the coordinator only speaks mutual TLS)".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// An error with all its sources, `outer: inner: innermost`, for one-line reports.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
