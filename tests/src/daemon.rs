@@ -65,7 +65,7 @@ pub(crate) struct ExtraDaemon {
 
 impl ExtraDaemon {
     /// Starts a daemon and waits until it answers `/_ping`.
-    pub(crate) fn start() -> anyhow::Result<ExtraDaemon> {
+    pub(crate) fn start(extra_args: &[String]) -> anyhow::Result<ExtraDaemon> {
         let bridge = Bridge::create()?;
         let state_dir = tempfile::Builder::new()
             .prefix("ouroboros-test-engine-")
@@ -79,7 +79,7 @@ impl ExtraDaemon {
                 return Err(error).context("creating the engine exec-root under /tmp");
             }
         };
-        let process = match spawn_dockerd(&state_dir, &exec_root, &bridge.name) {
+        let process = match spawn_dockerd(&state_dir, &exec_root, &bridge.name, extra_args) {
             Ok(process) => process,
             Err(error) => {
                 remove_dirs(&[&state_dir, &exec_root]);
@@ -156,7 +156,12 @@ impl Drop for ExtraDaemon {
     }
 }
 
-fn spawn_dockerd(state_dir: &Path, exec_root: &Path, bridge: &str) -> anyhow::Result<Process> {
+fn spawn_dockerd(
+    state_dir: &Path,
+    exec_root: &Path,
+    bridge: &str,
+    extra_args: &[String],
+) -> anyhow::Result<Process> {
     let config = state_dir.join("daemon.json");
     fs::write(&config, "{}\n").context("writing daemon.json")?;
     let mut command = Command::new(dockerd_binary());
@@ -176,7 +181,8 @@ fn spawn_dockerd(state_dir: &Path, exec_root: &Path, bridge: &str) -> anyhow::Re
         .arg(state_dir.join("docker.pid"))
         .arg(format!("--bridge={bridge}"))
         .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
-        .args(["--storage-driver", "vfs"]);
+        .args(["--storage-driver", "vfs"])
+        .args(extra_args);
     Process::spawn_command(command)
 }
 

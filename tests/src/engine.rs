@@ -35,13 +35,15 @@ struct Inner {
     host: String,
     config_dir: tempfile::TempDir,
     daemon: Option<ExtraDaemon>,
+    /// TLS TCP address, for engines from [`Engine::start_extra_tls`].
+    tcp: Option<String>,
 }
 
 impl Engine {
     /// The engine at `DOCKER_HOST` (or [`DEFAULT_HOST`]) if it answers, `None` if not.
     pub fn system() -> anyhow::Result<Option<Engine>> {
         let host = system_host();
-        let engine = Engine::with_host(host, None)?;
+        let engine = Engine::with_host(host, None, None)?;
         Ok(engine.ping().is_ok().then_some(engine))
     }
 
@@ -49,12 +51,43 @@ impl Engine {
     ///
     /// Needs root and `dockerd`. Run its containers with `--network none`.
     pub fn start_extra() -> anyhow::Result<Engine> {
-        let daemon = ExtraDaemon::start().context("starting an extra dockerd")?;
+        let daemon = ExtraDaemon::start(&[]).context("starting an extra dockerd")?;
         let host = format!("unix://{}", daemon.socket().display());
-        Engine::with_host(host, Some(daemon))
+        Engine::with_host(host, Some(daemon), None)
     }
 
-    fn with_host(host: String, daemon: Option<ExtraDaemon>) -> anyhow::Result<Engine> {
+    /// Starts an extra `dockerd` that also listens on `tcp://127.0.0.1:<free port>` with
+    /// mutual TLS (`--tlsverify`): `tls_dir` holds `ca.pem`, `server.pem` and `server-key.pem`
+    /// (a server certificate for `127.0.0.1`). The harness's own `docker` commands keep using
+    /// the unix socket; [`Engine::tcp_host`] is the TLS address.
+    pub fn start_extra_tls(tls_dir: &Path) -> anyhow::Result<Engine> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port")?
+            .port();
+        let file = |name: &str| tls_dir.join(name).display().to_string();
+        let args = [
+            "--tlsverify".to_owned(),
+            format!("--tlscacert={}", file("ca.pem")),
+            format!("--tlscert={}", file("server.pem")),
+            format!("--tlskey={}", file("server-key.pem")),
+            format!("-H=tcp://127.0.0.1:{port}"),
+        ];
+        let daemon = ExtraDaemon::start(&args).context("starting an extra dockerd with TLS")?;
+        let host = format!("unix://{}", daemon.socket().display());
+        Engine::with_host(host, Some(daemon), Some(format!("tcp://127.0.0.1:{port}")))
+    }
+
+    /// The TLS TCP address of an engine made by [`Engine::start_extra_tls`].
+    pub fn tcp_host(&self) -> Option<&str> {
+        self.inner.tcp.as_deref()
+    }
+
+    fn with_host(
+        host: String,
+        daemon: Option<ExtraDaemon>,
+        tcp: Option<String>,
+    ) -> anyhow::Result<Engine> {
         let config_dir = tempfile::Builder::new()
             .prefix("ouroboros-test-docker-config-")
             .tempdir()
@@ -64,6 +97,7 @@ impl Engine {
                 host,
                 config_dir,
                 daemon,
+                tcp,
             }),
         })
     }

@@ -15,16 +15,16 @@ const CONVERGE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 
 /// The coordinator's files and how to reach it.
-struct Coordinator {
+pub(crate) struct Coordinator {
     bin: PathBuf,
     pki: PathBuf,
     data: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Coordinator {
     /// `pki init` plus an agent certificate per host.
-    fn init(bin: &Path, dir: &Path, hosts: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn init(bin: &Path, dir: &Path, hosts: &[&str]) -> anyhow::Result<Self> {
         let pki = dir.join("pki");
         run(Command::new(bin).args(["pki", "init", "--dir"]).arg(&pki))?;
         for host in hosts {
@@ -41,7 +41,7 @@ impl Coordinator {
     }
 
     /// Starts `serve` on `listen` and learns its address from its log.
-    fn serve(&mut self, listen: &str) -> anyhow::Result<Process> {
+    pub(crate) fn serve(&mut self, listen: &str) -> anyhow::Result<Process> {
         let process = Process::spawn(
             &self.bin,
             &[
@@ -66,34 +66,48 @@ impl Coordinator {
         Ok(process)
     }
 
-    fn agent(&self, agent_bin: &Path, host: &str, engine: &Engine) -> anyhow::Result<Process> {
+    pub(crate) fn agent(
+        &self,
+        agent_bin: &Path,
+        host: &str,
+        engine: &Engine,
+    ) -> anyhow::Result<Process> {
+        self.agent_with(agent_bin, host, &["--docker-host", engine.host()], &[])
+    }
+
+    /// Starts the agent of `host` with extra arguments and environment (its Docker engine
+    /// given either way).
+    pub(crate) fn agent_with(
+        &self,
+        agent_bin: &Path,
+        host: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let cert = self.pki.join(format!("agent-{host}.pem"));
         let key = self.pki.join(format!("agent-{host}-key.pem"));
         let data = self.data.with_file_name(format!("agent-{host}"));
-        Process::spawn(
-            agent_bin,
-            &[
-                "--coordinator",
-                &self.url,
-                "--ca",
-                path_str(&self.pki.join("ca.pem"))?,
-                "--cert",
-                path_str(&cert)?,
-                "--key",
-                path_str(&key)?,
-                "--docker-host",
-                engine.host(),
-                "--data-dir",
-                path_str(&data)?,
-                "--log-level",
-                "debug",
-            ],
-            &[],
-        )
+        let ca = self.pki.join("ca.pem");
+        let mut args = vec![
+            "--coordinator",
+            &self.url,
+            "--ca",
+            path_str(&ca)?,
+            "--cert",
+            path_str(&cert)?,
+            "--key",
+            path_str(&key)?,
+            "--data-dir",
+            path_str(&data)?,
+            "--log-level",
+            "debug",
+        ];
+        args.extend_from_slice(extra_args);
+        Process::spawn(agent_bin, &args, env)
     }
 
     /// Runs an admin command with `--output json` and parses its answer.
-    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+    pub(crate) fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
         let out = run(Command::new(&self.bin)
             .args(args)
             .args(["--output", "json", "--server", &self.url, "--pki-dir"])
@@ -101,7 +115,7 @@ impl Coordinator {
         serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))
     }
 
-    fn hosts(&self) -> anyhow::Result<Vec<Value>> {
+    pub(crate) fn hosts(&self) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .json(&["hosts"])?
             .as_array()
@@ -109,7 +123,7 @@ impl Coordinator {
             .unwrap_or_default())
     }
 
-    fn host(&self, name: &str) -> anyhow::Result<Value> {
+    pub(crate) fn host(&self, name: &str) -> anyhow::Result<Value> {
         self.hosts()?
             .into_iter()
             .find(|h| h["host"] == name)
@@ -117,7 +131,7 @@ impl Coordinator {
     }
 
     /// The container called `name` as the coordinator reports it for `host`.
-    fn container(&self, host: &str, name: &str) -> anyhow::Result<Value> {
+    pub(crate) fn container(&self, host: &str, name: &str) -> anyhow::Result<Value> {
         let all = self.json(&["containers", "--host", host])?;
         all.as_array()
             .into_iter()
