@@ -142,6 +142,17 @@ impl Coordinator {
     }
 }
 
+/// Leaves the Swarm on drop and removes the `docker_gwbridge` network it made, so no bridge
+/// of ours stays on the machine.
+struct SwarmGuard<'a>(&'a Engine);
+
+impl Drop for SwarmGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.docker(&["swarm", "leave", "--force"]);
+        let _ = self.0.docker(&["network", "rm", "docker_gwbridge"]);
+    }
+}
+
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
@@ -249,10 +260,24 @@ fn two_hosts_report_reconnect_and_survive_a_coordinator_restart() -> anyhow::Res
         ensure!(h["last_seen"].is_string(), "no last_seen: {h}");
         Ok(())
     })?;
+    // Meanwhile host B became a Swarm manager: the restarted agent says so.
+    let swarm_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _swarm = SwarmGuard(&engine_b);
+    engine_b.docker(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1",
+        "--listen-addr",
+        &format!("127.0.0.1:{swarm_port}"),
+    ])?;
     agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
     eventually(CONVERGE, POLL, || {
         let h = coordinator.host("host-b")?;
         ensure!(h["connected"] == true, "not reconnected: {h}");
+        ensure!(h["mode"] == "swarm-manager", "mode not updated: {h}");
         coordinator.container("host-b", &b1)
     })?;
     assert!(agent_b.is_running());
