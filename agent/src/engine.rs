@@ -173,7 +173,7 @@ impl Engine {
     /// Every container on the host, running or not.
     pub async fn inventory(&self) -> Result<Inventory, EngineError> {
         let observed_at_unix_ms = now_unix_ms();
-        let swarm_manager = self.describe().await?.1 == HostMode::SwarmManager;
+        let mode = self.describe().await?.1;
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
@@ -210,7 +210,7 @@ impl Engine {
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Inventory {
             containers,
-            swarm_manager,
+            mode,
             observed_at_unix_ms,
         })
     }
@@ -260,11 +260,20 @@ impl Engine {
         }))
     }
 
-    /// Container and image events, from now on.
-    pub fn events(&self) -> impl Stream<Item = Result<EventMessage, EngineError>> + '_ {
-        let filters = HashMap::from([("type", vec!["container", "image"])]);
+    /// Container, image, daemon and Swarm node events since `since_unix` (seconds). The
+    /// engine replays events from that time, so none falls into the gap between taking an
+    /// inventory and the first poll of this stream.
+    pub fn events(
+        &self,
+        since_unix: i64,
+    ) -> impl Stream<Item = Result<EventMessage, EngineError>> + '_ {
+        let filters = HashMap::from([("type", vec!["container", "image", "daemon", "node"])]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since_unix.to_string())
+            .filters(&filters)
+            .build();
         self.docker
-            .events(Some(EventsOptionsBuilder::new().filters(&filters).build()))
+            .events(Some(options))
             .map(|r| r.map_err(self.err("follow events")))
     }
 }

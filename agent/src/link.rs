@@ -10,25 +10,29 @@ use ouroboros_proto::v1::agent_gateway_client::AgentGatewayClient;
 use ouroboros_proto::v1::coordinator_message::Kind;
 use ouroboros_shared::cli::error_chain;
 use ouroboros_shared::host::HostName;
-use ouroboros_shared::inventory::Hello;
+use ouroboros_shared::inventory::{Hello, Inventory};
 use ouroboros_shared::names::HEARTBEAT_INTERVAL_SECS;
 use ouroboros_shared::pki::ClientPem;
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// Quiet time after a Docker event before the inventory is sent.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Longest a burst of events can hold back the inventory.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
-/// A session that lasted this long resets the backoff.
+/// A session that lasted this long resets the backoff; shorter ones (refused, replaced,
+/// dropped at once) keep backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// A full inventory at least this often, whatever the events say.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// How the agent reaches the coordinator.
 #[derive(Clone)]
@@ -60,7 +64,7 @@ pub async fn run(config: LinkConfig, engine: Engine, mut shutdown: watch::Receiv
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&config, &engine, &mut backoff) => r,
+            r = session(&config, &engine) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match result {
@@ -101,11 +105,7 @@ fn message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(kind) }
 }
 
-async fn session(
-    config: &LinkConfig,
-    engine: &Engine,
-    backoff: &mut Backoff,
-) -> Result<(), SessionError> {
+async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionError> {
     let channel = endpoint(config)?
         .connect()
         .await
@@ -146,7 +146,6 @@ async fn session(
         Some(_) => return Err(SessionError::Protocol("expected Welcome")),
         None => return Err(SessionError::Protocol("stream closed before Welcome")),
     };
-    backoff.reset();
     info!(
         coordinator = %config.coordinator,
         host = %config.host,
@@ -155,32 +154,34 @@ async fn session(
         "Connected to the coordinator."
     );
 
-    // Follow events before taking the inventory, so no change falls between the two.
-    let mut events = Box::pin(engine.events());
-    let inventory = engine.inventory().await?;
-    debug!(
-        containers = inventory.containers.len(),
-        "Sending inventory."
-    );
-    send(message(pb::agent_message::Kind::Inventory(
-        inventory.into(),
-    )))
-    .await?;
-
-    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    // (first event of a burst, deadline) while an inventory is pending.
-    let mut pending: Option<(Instant, Instant)> = None;
+    // Events are replayed from before the first inventory, so no change falls between.
+    let mut events_since = now_unix_ms() / 1000 - 1;
+    let mut events = Box::pin(engine.events(events_since));
     let mut events_retry: Option<Instant> = None;
+    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
+    // (first event of a burst, quiet deadline) while an inventory is due; the first one now.
+    let now = Instant::now();
+    let mut pending: Option<(Instant, Instant)> = Some((now, now));
+    // The inventory being taken; heartbeats go on meanwhile.
+    let mut job: Option<JoinHandle<Result<Inventory, EngineError>>> = None;
     loop {
-        let flush_at = pending.map(|(first, quiet)| quiet.min(first + DEBOUNCE_MAX));
+        let flush_at = match job {
+            Some(_) => None,
+            None => pending.map(|(first, quiet)| quiet.min(first + DEBOUNCE_MAX)),
+        };
         tokio::select! {
             _ = beat.tick() => {
                 let hb = pb::Heartbeat { sent_at_unix_ms: now_unix_ms() };
                 send(message(pb::agent_message::Kind::Heartbeat(hb))).await?;
             }
+            _ = resync.tick() => due(&mut pending),
             event = events.next(), if events_retry.is_none() => match event {
                 Some(Ok(e)) => {
                     let action = e.action.as_deref().unwrap_or("");
+                    if let Some(t) = e.time {
+                        events_since = events_since.max(t);
+                    }
                     if !changes_inventory(action) {
                         continue;
                     }
@@ -200,34 +201,54 @@ async fn session(
             },
             () = sleep_until(events_retry) => {
                 events_retry = None;
-                events = Box::pin(engine.events());
+                events = Box::pin(engine.events(events_since));
                 // Whatever happened meanwhile is in the next inventory.
-                let now = Instant::now();
-                pending = Some((now, now));
+                due(&mut pending);
             }
             () = sleep_until(flush_at) => {
                 pending = None;
-                match engine.inventory().await {
-                    Ok(inventory) => {
+                let engine = engine.clone();
+                job = Some(tokio::spawn(async move { engine.inventory().await }));
+            }
+            taken = join(&mut job) => {
+                job = None;
+                match taken {
+                    Ok(Ok(inventory)) => {
                         debug!(containers = inventory.containers.len(), "Sending inventory.");
                         send(message(pb::agent_message::Kind::Inventory(inventory.into()))).await?;
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         warn!(%error, "Cannot take the inventory; trying again shortly.");
                         let retry = Instant::now() + Duration::from_secs(1);
-                        pending = Some((retry, retry));
+                        pending.get_or_insert((retry, retry));
+                    }
+                    Err(error) => {
+                        warn!(%error, "Inventory task failed; trying again shortly.");
+                        let retry = Instant::now() + Duration::from_secs(1);
+                        pending.get_or_insert((retry, retry));
                     }
                 }
             }
             m = inbound.message() => match m.map_err(SessionError::Stream)? {
-                Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => {
-                    let now = Instant::now();
-                    pending = Some((now, now));
-                }
+                Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => due(&mut pending),
                 Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// Makes an inventory due now.
+fn due(pending: &mut Option<(Instant, Instant)>) {
+    let now = Instant::now();
+    *pending = Some((now, now));
+}
+
+/// Waits for the running inventory task, or forever when none runs.
+async fn join<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match job {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 

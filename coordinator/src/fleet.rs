@@ -1,18 +1,20 @@
 //! The fleet view: every host the coordinator has heard of, its agent's latest report and
-//! whether it is connected now. Hosts and their containers are written through to the store,
-//! so a restarted coordinator still lists every host (as disconnected, with its last-seen time)
-//! until its agent reconnects.
+//! whether it is connected now. Changes go to the store through the [`StoreWriter`] thread,
+//! so a restarted coordinator still lists every host (as disconnected, with its last-seen
+//! time) until its agent reconnects, and no disk write ever runs under the fleet's lock.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory};
+use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
-use tracing::warn;
 
 use crate::store::{FleetStore, HostRecord, StoreError};
+use crate::writer::StoreWriter;
 
 /// Identifies one agent connection; a newer connection of the same host replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,7 @@ pub struct SessionId(u64);
 
 struct Session {
     id: SessionId,
+    peer: SocketAddr,
     since_unix_ms: i64,
     /// Set to true to end the session (replaced by a newer one).
     end: watch::Sender<bool>,
@@ -28,8 +31,8 @@ struct Session {
 struct HostEntry {
     record: HostRecord,
     session: Option<Session>,
-    /// `last_seen` changed since the last write to the store.
-    dirty: bool,
+    /// `last_seen` changed since it was last queued for the store.
+    seen_dirty: bool,
 }
 
 /// One host as shown to operators.
@@ -40,22 +43,31 @@ pub struct HostView {
     pub connected_since_unix_ms: i64,
 }
 
-/// A live agent connection registered with [`Fleet::connect`].
-pub struct SessionHandle {
+/// A live agent connection registered with [`Fleet::connect`]. Dropping it marks the host
+/// disconnected (unless a newer connection replaced it), whatever ends the connection.
+pub struct SessionGuard {
+    fleet: Arc<Fleet>,
+    host: HostName,
     pub id: SessionId,
     /// Becomes true when a newer connection of the same host replaced this one.
     pub replaced: watch::Receiver<bool>,
 }
 
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.fleet.disconnect(&self.host, self.id, now_unix_ms());
+    }
+}
+
 /// The in-memory fleet view, written through to a [`FleetStore`].
 pub struct Fleet {
     hosts: Mutex<BTreeMap<String, HostEntry>>,
-    store: Arc<dyn FleetStore>,
+    writer: Mutex<StoreWriter>,
     next_session: AtomicU64,
 }
 
 impl Fleet {
-    /// Loads every stored host; all start disconnected.
+    /// Loads every stored host (all start disconnected) and starts the store writer.
     pub fn open(store: Arc<dyn FleetStore>) -> Result<Self, StoreError> {
         let hosts = store
             .load_hosts()?
@@ -64,14 +76,18 @@ impl Fleet {
                 let entry = HostEntry {
                     record,
                     session: None,
-                    dirty: false,
+                    seen_dirty: false,
                 };
                 (entry.record.host.clone(), entry)
             })
             .collect();
+        let writer = StoreWriter::spawn(store).map_err(|source| StoreError::DataDir {
+            path: "store writer thread".into(),
+            source,
+        })?;
         Ok(Self {
             hosts: Mutex::new(hosts),
-            store,
+            writer: Mutex::new(writer),
             next_session: AtomicU64::new(1),
         })
     }
@@ -80,48 +96,61 @@ impl Fleet {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn writer(&self) -> MutexGuard<'_, StoreWriter> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Registers a new connection of `host` after a valid `Hello`. An older connection of the
-    /// same host is told to end.
+    /// same host is told to end; its peer address is returned.
     pub fn connect(
-        &self,
+        self: &Arc<Self>,
         host: &HostName,
         hello: &Hello,
+        peer: SocketAddr,
         now_unix_ms: i64,
-    ) -> Result<SessionHandle, StoreError> {
+    ) -> (SessionGuard, Option<SocketAddr>) {
         let id = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (end, replaced) = watch::channel(false);
-        let mut hosts = self.lock();
-        let entry = hosts.entry(host.to_string()).or_insert_with(|| HostEntry {
-            record: HostRecord {
-                host: host.to_string(),
-                agent_version: String::new(),
-                engine: Default::default(),
-                mode: hello.mode,
-                last_seen_unix_ms: 0,
-                inventory_at_unix_ms: 0,
-                containers: Vec::new(),
-            },
-            session: None,
-            dirty: false,
-        });
-        entry.record.agent_version = hello.agent_version.clone();
-        entry.record.engine = hello.engine.clone();
-        entry.record.mode = hello.mode;
-        entry.record.last_seen_unix_ms = now_unix_ms;
-        if let Some(old) = entry.session.replace(Session {
+        let (record, old_peer) = {
+            let mut hosts = self.lock();
+            let entry = hosts.entry(host.to_string()).or_insert_with(|| HostEntry {
+                record: HostRecord {
+                    host: host.to_string(),
+                    agent_version: String::new(),
+                    engine: Default::default(),
+                    mode: hello.mode,
+                    last_seen_unix_ms: 0,
+                    inventory_at_unix_ms: 0,
+                    containers: Vec::new(),
+                },
+                session: None,
+                seen_dirty: false,
+            });
+            entry.record.agent_version = hello.agent_version.clone();
+            entry.record.engine = hello.engine.clone();
+            entry.record.mode = hello.mode;
+            entry.record.last_seen_unix_ms = now_unix_ms;
+            entry.seen_dirty = false;
+            let old = entry.session.replace(Session {
+                id,
+                peer,
+                since_unix_ms: now_unix_ms,
+                end,
+            });
+            let old_peer = old.map(|old| {
+                let _ = old.end.send(true);
+                old.peer
+            });
+            (entry.record.clone(), old_peer)
+        };
+        self.writer().host(record);
+        let guard = SessionGuard {
+            fleet: self.clone(),
+            host: host.clone(),
             id,
-            since_unix_ms: now_unix_ms,
-            end,
-        }) {
-            let _ = old.end.send(true);
-        }
-        entry.dirty = false;
-        if let Err(e) = self.store.save_hosts(&[&entry.record]) {
-            // The connection is refused: do not show it as connected.
-            entry.session = None;
-            return Err(e);
-        }
-        Ok(SessionHandle { id, replaced })
+            replaced,
+        };
+        (guard, old_peer)
     }
 
     /// Records a full inventory from the current session of `host`. Reports from a replaced
@@ -132,56 +161,71 @@ impl Fleet {
         session: SessionId,
         inventory: Inventory,
         now_unix_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let mut hosts = self.lock();
-        let Some(entry) = current(&mut hosts, host, session) else {
-            return Ok(false);
+    ) -> bool {
+        let record = {
+            let mut hosts = self.lock();
+            let Some(entry) = current(&mut hosts, host, session) else {
+                return false;
+            };
+            entry.record.containers = inventory.containers;
+            entry.record.mode = inventory.mode;
+            entry.record.inventory_at_unix_ms = inventory.observed_at_unix_ms;
+            entry.record.last_seen_unix_ms = now_unix_ms;
+            entry.seen_dirty = false;
+            entry.record.clone()
         };
-        entry.record.containers = inventory.containers;
-        entry.record.inventory_at_unix_ms = inventory.observed_at_unix_ms;
-        entry.record.last_seen_unix_ms = now_unix_ms;
-        entry.dirty = false;
-        self.store.save_hosts(&[&entry.record])?;
-        Ok(true)
+        self.writer().host(record);
+        true
     }
 
-    /// Records that the current session of `host` is alive (heartbeat). Kept in memory and
-    /// written by the next [`Fleet::flush`].
+    /// Records that the current session of `host` is alive (heartbeat). Stored by the next
+    /// [`Fleet::flush_last_seen`].
     pub fn seen(&self, host: &HostName, session: SessionId, now_unix_ms: i64) {
         let mut hosts = self.lock();
         if let Some(entry) = current(&mut hosts, host, session) {
             entry.record.last_seen_unix_ms = now_unix_ms;
-            entry.dirty = true;
+            entry.seen_dirty = true;
         }
     }
 
     /// Ends the session of `host` if it is still the current one.
-    pub fn disconnect(&self, host: &HostName, session: SessionId, now_unix_ms: i64) {
+    fn disconnect(&self, host: &HostName, session: SessionId, now_unix_ms: i64) {
         let mut hosts = self.lock();
         if let Some(entry) = current(&mut hosts, host, session) {
             entry.session = None;
             entry.record.last_seen_unix_ms = now_unix_ms;
-            entry.dirty = false;
-            if let Err(error) = self.store.save_hosts(&[&entry.record]) {
-                warn!(host = %host, %error, "Cannot store the host's last-seen time.");
-                entry.dirty = true;
-            }
+            entry.seen_dirty = false;
+            let seen = [(host.to_string(), now_unix_ms)];
+            drop(hosts);
+            self.writer().last_seen(seen);
         }
     }
 
-    /// Writes heartbeat times not yet stored.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        let mut hosts = self.lock();
-        let dirty: Vec<&HostRecord> = hosts
-            .values()
-            .filter(|e| e.dirty)
-            .map(|e| &e.record)
-            .collect();
-        self.store.save_hosts(&dirty)?;
-        for entry in hosts.values_mut() {
-            entry.dirty = false;
-        }
-        Ok(())
+    /// Queues the heartbeat times not yet stored.
+    pub fn flush_last_seen(&self) {
+        let times: Vec<(String, i64)> = {
+            let mut hosts = self.lock();
+            hosts
+                .values_mut()
+                .filter(|e| e.seen_dirty)
+                .map(|e| {
+                    e.seen_dirty = false;
+                    (e.record.host.clone(), e.record.last_seen_unix_ms)
+                })
+                .collect()
+        };
+        self.writer().last_seen(times);
+    }
+
+    /// Blocks until everything so far is stored; false if the store failed.
+    pub fn sync(&self) -> bool {
+        self.writer().sync()
+    }
+
+    /// Stores what is pending and stops the writer.
+    pub fn close(&self) {
+        self.flush_last_seen();
+        self.writer().close();
     }
 
     /// Every host, sorted by name.
@@ -229,6 +273,12 @@ mod tests {
     use crate::store::MemoryStore;
     use ouroboros_shared::inventory::{ContainerState, EngineInfo, Health, HostMode};
 
+    const PEER: &str = "127.0.0.1:1000";
+
+    fn peer() -> SocketAddr {
+        PEER.parse().unwrap()
+    }
+
     fn hello(host: &str) -> Hello {
         Hello {
             host: host.into(),
@@ -242,7 +292,7 @@ mod tests {
         }
     }
 
-    fn inventory(names: &[&str]) -> Inventory {
+    fn inventory(names: &[&str], mode: HostMode) -> Inventory {
         Inventory {
             containers: names
                 .iter()
@@ -259,7 +309,7 @@ mod tests {
                     created_unix: 1,
                 })
                 .collect(),
-            swarm_manager: false,
+            mode,
             observed_at_unix_ms: 5,
         }
     }
@@ -267,17 +317,14 @@ mod tests {
     #[test]
     fn hosts_survive_a_reopen_as_disconnected_with_last_seen() {
         let store = Arc::new(MemoryStore::default());
-        let fleet = Fleet::open(store.clone()).unwrap();
+        let fleet = Arc::new(Fleet::open(store.clone()).unwrap());
         let h = HostName::parse("h1").unwrap();
-        let s = fleet.connect(&h, &hello("h1"), 10).unwrap();
-        assert!(
-            fleet
-                .inventory(&h, s.id, inventory(&["a", "b"]), 20)
-                .unwrap()
-        );
+        let (s, _) = fleet.connect(&h, &hello("h1"), peer(), 10);
+        assert!(fleet.inventory(&h, s.id, inventory(&["a", "b"], HostMode::SwarmManager), 20));
         fleet.seen(&h, s.id, 30);
-        fleet.flush().unwrap();
         assert!(fleet.hosts()[0].connected);
+        assert_eq!(fleet.hosts()[0].record.mode, HostMode::SwarmManager);
+        fleet.close();
 
         let reopened = Fleet::open(store).unwrap();
         let hosts = reopened.hosts();
@@ -285,36 +332,43 @@ mod tests {
         assert!(!hosts[0].connected);
         assert_eq!(hosts[0].record.last_seen_unix_ms, 30);
         assert_eq!(hosts[0].record.engine.api_version, "1.41");
+        assert_eq!(hosts[0].record.mode, HostMode::SwarmManager);
         assert_eq!(reopened.containers(Some(&h)).unwrap().len(), 2);
+        drop(s);
     }
 
     #[test]
     fn a_replaced_session_is_told_to_end_and_cannot_change_the_view() {
-        let fleet = Fleet::open(Arc::new(MemoryStore::default())).unwrap();
+        let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
         let h = HostName::parse("h1").unwrap();
-        let old = fleet.connect(&h, &hello("h1"), 10).unwrap();
-        let new = fleet.connect(&h, &hello("h1"), 11).unwrap();
+        let (old, none) = fleet.connect(&h, &hello("h1"), peer(), 10);
+        assert_eq!(none, None);
+        let other: SocketAddr = "127.0.0.2:2000".parse().unwrap();
+        let (new, replaced_peer) = fleet.connect(&h, &hello("h1"), other, 11);
+        assert_eq!(replaced_peer, Some(peer()));
         assert!(*old.replaced.borrow());
         assert!(!*new.replaced.borrow());
-        assert!(!fleet.inventory(&h, old.id, inventory(&["x"]), 12).unwrap());
-        fleet.disconnect(&h, old.id, 13);
+        assert!(!fleet.inventory(&h, old.id, inventory(&["x"], HostMode::Standalone), 12));
+        drop(old);
         assert!(
             fleet.hosts()[0].connected,
             "old session disconnected the new one"
         );
-        fleet.disconnect(&h, new.id, 14);
+        drop(new);
         let view = &fleet.hosts()[0];
         assert!(!view.connected);
-        assert_eq!(view.record.last_seen_unix_ms, 14);
+        assert!(view.record.last_seen_unix_ms >= 11);
     }
 
     #[test]
     fn unknown_host_has_no_containers_and_all_hosts_are_listed() {
-        let fleet = Fleet::open(Arc::new(MemoryStore::default())).unwrap();
+        let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
+        let mut sessions = Vec::new();
         for name in ["b", "a"] {
             let h = HostName::parse(name).unwrap();
-            let s = fleet.connect(&h, &hello(name), 1).unwrap();
-            fleet.inventory(&h, s.id, inventory(&["c1"]), 2).unwrap();
+            let (s, _) = fleet.connect(&h, &hello(name), peer(), 1);
+            fleet.inventory(&h, s.id, inventory(&["c1"], HostMode::Standalone), 2);
+            sessions.push(s);
         }
         assert!(
             fleet
@@ -329,12 +383,17 @@ mod tests {
     }
 
     #[test]
-    fn a_store_failure_is_reported_not_swallowed() {
+    fn a_store_failure_does_not_lose_the_view_and_is_written_later() {
         let store = Arc::new(MemoryStore::default());
-        let fleet = Fleet::open(store.clone()).unwrap();
+        let fleet = Arc::new(Fleet::open(store.clone()).unwrap());
         let h = HostName::parse("h1").unwrap();
         store.fail_writes(true);
-        assert!(fleet.connect(&h, &hello("h1"), 1).is_err());
-        assert!(!fleet.hosts()[0].connected);
+        let (s, _) = fleet.connect(&h, &hello("h1"), peer(), 1);
+        assert!(!fleet.sync());
+        assert!(fleet.hosts()[0].connected);
+        store.fail_writes(false);
+        assert!(fleet.sync());
+        assert_eq!(store.load_hosts().unwrap().len(), 1);
+        drop(s);
     }
 }

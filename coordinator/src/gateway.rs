@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::fleet::{Fleet, SessionHandle};
+use crate::fleet::{Fleet, SessionGuard};
 use crate::tls::peer;
 
 /// How long an agent has to send `Hello` after opening the stream.
@@ -94,13 +94,15 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
                 hello.host
             )));
         }
-        let session = self
-            .fleet
-            .connect(&host, &hello, now_unix_ms())
-            .map_err(|e| {
-                warn!(host = %host, error = %e, "Refused agent: cannot record its connection.");
-                Status::unavailable("coordinator store unavailable")
-            })?;
+        let (session, replaced) = self.fleet.connect(&host, &hello, peer.addr, now_unix_ms());
+        if let Some(old_peer) = replaced {
+            warn!(
+                host = %host,
+                peer = %peer.addr,
+                old_peer = %old_peer,
+                "Host connected again while its previous connection was open; the previous one is closed. Two agents sharing one certificate look like this."
+            );
+        }
         info!(
             peer = %peer.addr,
             host = %host,
@@ -126,7 +128,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
             session,
             silence_limit: self.heartbeat * self.missed_heartbeats,
             shutdown: self.shutdown.clone(),
-            _outbound: tx,
+            outbound: tx,
         };
         tokio::spawn(link.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -137,62 +139,92 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
 struct AgentLink {
     fleet: Arc<Fleet>,
     host: HostName,
-    session: SessionHandle,
+    /// Marks the host disconnected when the link ends, however it ends.
+    session: SessionGuard,
     silence_limit: Duration,
     shutdown: watch::Receiver<bool>,
-    /// Keeps the response stream open while the link lives; commands go here later.
-    _outbound: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    /// The response stream; open while the link lives.
+    outbound: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+}
+
+/// Why a link ended, and what the agent is told.
+enum LinkEnd {
+    /// The agent closed its side; nothing to tell.
+    Closed(String),
+    /// The coordinator ends the stream with this status.
+    Ended(Status),
 }
 
 impl AgentLink {
     async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>) {
-        let reason = loop {
+        let end = loop {
             let message = tokio::select! {
                 m = tokio::time::timeout(self.silence_limit, inbound.message()) => m,
-                _ = self.session.replaced.wait_for(|r| *r) => break "replaced by a newer connection".to_owned(),
-                _ = self.shutdown.wait_for(|s| *s) => break "coordinator shutting down".to_owned(),
+                _ = self.session.replaced.wait_for(|r| *r) => break LinkEnd::Ended(
+                    Status::aborted("replaced by a newer connection of the same host"),
+                ),
+                _ = self.shutdown.wait_for(|s| *s) => break LinkEnd::Ended(
+                    Status::unavailable("coordinator shutting down"),
+                ),
             };
             let message = match message {
                 Ok(Ok(Some(m))) => m,
-                Ok(Ok(None)) => break "stream closed".to_owned(),
-                Ok(Err(status)) => break format!("stream error: {}", status.message()),
-                Err(_) => break format!("silent for {:?}", self.silence_limit),
+                Ok(Ok(None)) => break LinkEnd::Closed("stream closed".to_owned()),
+                Ok(Err(status)) => {
+                    break LinkEnd::Closed(format!("stream error: {}", status.message()));
+                }
+                Err(_) => {
+                    break LinkEnd::Ended(Status::deadline_exceeded(format!(
+                        "no message for {:?}",
+                        self.silence_limit
+                    )));
+                }
             };
-            if let Err(reason) = self.handle(message) {
-                break reason;
+            if let Err(status) = self.handle(message) {
+                break LinkEnd::Ended(status);
             }
         };
-        self.fleet
-            .disconnect(&self.host, self.session.id, now_unix_ms());
-        info!(host = %self.host, reason = %reason, "Agent disconnected.");
+        match end {
+            LinkEnd::Closed(reason) => {
+                info!(host = %self.host, %reason, "Agent disconnected.");
+            }
+            LinkEnd::Ended(status) => {
+                let reason = status.message().to_owned();
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::DeadlineExceeded
+                ) {
+                    warn!(host = %self.host, %reason, "Agent disconnected.");
+                } else {
+                    info!(host = %self.host, %reason, "Agent disconnected.");
+                }
+                let _ = self.outbound.try_send(Err(status));
+            }
+        }
+        // Dropping `self.session` marks the host disconnected.
     }
 
-    fn handle(&self, message: pb::AgentMessage) -> Result<(), String> {
+    fn handle(&self, message: pb::AgentMessage) -> Result<(), Status> {
         let now = now_unix_ms();
         match message.kind {
             Some(Kind::Inventory(inventory)) => {
-                let inventory = Inventory::try_from(inventory).map_err(|e| e.to_string())?;
+                let inventory = Inventory::try_from(inventory)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let count = inventory.containers.len();
-                match self
+                if self
                     .fleet
                     .inventory(&self.host, self.session.id, inventory, now)
                 {
-                    Ok(_) => {
-                        tracing::debug!(host = %self.host, containers = count, "Inventory received.");
-                        Ok(())
-                    }
-                    Err(error) => {
-                        warn!(host = %self.host, %error, "Cannot store the host's inventory.");
-                        Ok(())
-                    }
+                    tracing::debug!(host = %self.host, containers = count, "Inventory received.");
                 }
+                Ok(())
             }
             Some(Kind::Heartbeat(_)) => {
                 self.fleet.seen(&self.host, self.session.id, now);
                 Ok(())
             }
-            Some(Kind::Hello(_)) => Err("protocol error: second Hello".to_owned()),
-            None => Err("protocol error: empty message".to_owned()),
+            Some(Kind::Hello(_)) => Err(Status::invalid_argument("protocol error: second Hello")),
+            None => Err(Status::invalid_argument("protocol error: empty message")),
         }
     }
 }

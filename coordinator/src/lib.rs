@@ -5,7 +5,7 @@
 //! - [`server`]: `serve`, the gRPC server behind [`tls`] (mutual TLS, identities, roles).
 //! - [`gateway`]: `AgentGateway.Connect`, one stream per agent.
 //! - [`admin`]: the `Admin` API; [`admin_client`] and [`output`]: the CLI side of it.
-//! - [`fleet`]: the fleet view; [`store`]: its persistence (redb).
+//! - [`fleet`]: the fleet view; [`store`]: its persistence (redb), written by [`writer`].
 
 pub mod admin;
 pub mod admin_client;
@@ -16,3 +16,4 @@ pub mod output;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod writer;

@@ -10,7 +10,6 @@ use ouroboros_proto::v1::agent_gateway_server::AgentGatewayServer;
 use ouroboros_shared::pki::{self, PkiDir, PkiError, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::warn;
 
 use crate::admin::AdminApi;
 use crate::fleet::Fleet;
@@ -18,7 +17,7 @@ use crate::gateway::Gateway;
 use crate::store::{RedbStore, StoreError};
 use crate::tls::{incoming, require_role};
 
-/// How often heartbeat times are written to the store.
+/// How often heartbeat times are queued for the store.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Validated settings of `serve`.
@@ -93,9 +92,7 @@ pub async fn run(
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if let Err(error) = fleet.flush() {
-                    warn!(%error, "Cannot store heartbeat times.");
-                }
+                fleet.flush_last_seen();
             }
         })
     };
@@ -124,8 +121,8 @@ pub async fn run(
         })
         .await;
     flusher.abort();
-    if let Err(error) = fleet.flush() {
-        warn!(%error, "Cannot store heartbeat times at shutdown.");
-    }
+    // Links have ended; store what is pending before returning.
+    let closing = fleet.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     result.map_err(ServeError::from)
 }

@@ -1,20 +1,24 @@
 //! The coordinator's embedded store, behind [`FleetStore`] so it stays replaceable.
 //!
-//! [`RedbStore`] keeps one JSON record per host in a redb table. redb rather than sled: sled's
-//! last release is from 2021 and its README calls it beta with an on-disk format still to change,
-//! while redb has a stable file format and crash-safe ACID commits.
+//! [`RedbStore`] keeps one JSON record per host in a redb table, and the hosts' last-seen times
+//! (written far more often) in a table of their own. redb rather than sled: sled's last release
+//! is from 2021 and its README calls it beta with an on-disk format still to change, while redb
+//! has a stable file format and crash-safe ACID commits.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Host records by host name, JSON values.
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts_v1");
+/// Last-seen times by host name (unix ms).
+const LAST_SEEN: TableDefinition<&str, i64> = TableDefinition::new("last_seen_v1");
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "ouroboros.redb";
 /// Lock file that keeps a second coordinator off the same data dir.
@@ -59,12 +63,31 @@ pub enum StoreError {
     },
 }
 
+/// Changes to write in one transaction; later changes to the same host replace earlier ones.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub last_seen: BTreeMap<String, i64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.last_seen.is_empty()
+    }
+
+    /// Adds `newer` on top of this batch.
+    pub fn merge(&mut self, newer: Batch) {
+        self.hosts.extend(newer.hosts);
+        self.last_seen.extend(newer.last_seen);
+    }
+}
+
 /// Persistence of the fleet view.
 pub trait FleetStore: Send + Sync {
-    /// Every stored host.
+    /// Every stored host, with its latest stored last-seen time.
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
-    /// Inserts or replaces the records, in one transaction.
-    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError>;
+    /// Writes the batch in one transaction.
+    fn save(&self, batch: &Batch) -> Result<(), StoreError>;
 }
 
 /// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
@@ -105,10 +128,12 @@ impl RedbStore {
             path: path.clone(),
             source: Box::new(e.into()),
         })?;
-        // Create the table so that reads never meet a missing table.
+        // Create the tables so that reads never meet a missing table.
         let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
         txn.open_table(HOSTS)
             .map_err(db_err("create the hosts table"))?;
+        txn.open_table(LAST_SEEN)
+            .map_err(db_err("create the last-seen table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self { db, _lock: lock })
     }
@@ -116,25 +141,35 @@ impl RedbStore {
 
 impl FleetStore for RedbStore {
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        use redb::ReadableTable;
         let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let table = txn
+        let hosts = txn
             .open_table(HOSTS)
             .map_err(db_err("open the hosts table"))?;
+        let seen = txn
+            .open_table(LAST_SEEN)
+            .map_err(db_err("open the last-seen table"))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(db_err("read hosts"))? {
+        for row in hosts.iter().map_err(db_err("read hosts"))? {
             let (key, value) = row.map_err(db_err("read a host"))?;
-            let record =
+            let mut record: HostRecord =
                 serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt {
                     host: key.value().to_owned(),
                     source,
                 })?;
+            if let Some(ms) = seen
+                .get(key.value())
+                .map_err(db_err("read a last-seen time"))?
+            {
+                record.last_seen_unix_ms = record.last_seen_unix_ms.max(ms.value());
+            }
             out.push(record);
         }
         Ok(out)
     }
 
-    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
+    fn save(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
             return Ok(());
         }
         let txn = self
@@ -142,18 +177,25 @@ impl FleetStore for RedbStore {
             .begin_write()
             .map_err(db_err("begin a transaction"))?;
         {
-            let mut table = txn
+            let mut hosts = txn
                 .open_table(HOSTS)
                 .map_err(db_err("open the hosts table"))?;
-            for record in records {
+            for (host, record) in &batch.hosts {
                 // Serializing plain data cannot fail.
                 let json = serde_json::to_vec(record).unwrap_or_default();
-                table
-                    .insert(record.host.as_str(), json.as_slice())
+                hosts
+                    .insert(host.as_str(), json.as_slice())
                     .map_err(db_err("write a host"))?;
             }
+            let mut seen = txn
+                .open_table(LAST_SEEN)
+                .map_err(db_err("open the last-seen table"))?;
+            for (host, ms) in &batch.last_seen {
+                seen.insert(host.as_str(), *ms)
+                    .map_err(db_err("write a last-seen time"))?;
+            }
         }
-        txn.commit().map_err(db_err("commit hosts"))
+        txn.commit().map_err(db_err("commit"))
     }
 }
 
@@ -161,14 +203,13 @@ impl FleetStore for RedbStore {
 #[derive(Default)]
 pub struct MemoryStore {
     hosts: Mutex<BTreeMap<String, HostRecord>>,
-    fail_writes: std::sync::atomic::AtomicBool,
+    fail_writes: AtomicBool,
 }
 
 impl MemoryStore {
     /// Makes every following write fail (or succeed again).
     pub fn fail_writes(&self, fail: bool) {
-        self.fail_writes
-            .store(fail, std::sync::atomic::Ordering::SeqCst);
+        self.fail_writes.store(fail, Ordering::SeqCst);
     }
 }
 
@@ -178,16 +219,24 @@ impl FleetStore for MemoryStore {
         Ok(hosts.values().cloned().collect())
     }
 
-    fn save_hosts(&self, records: &[&HostRecord]) -> Result<(), StoreError> {
-        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+    fn save(&self, batch: &Batch) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Db {
                 op: "write a host",
                 source: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
             });
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        for r in records {
-            hosts.insert(r.host.clone(), (*r).clone());
+        for (host, record) in &batch.hosts {
+            let kept_seen = hosts.get(host).map_or(0, |r| r.last_seen_unix_ms);
+            let mut record = record.clone();
+            record.last_seen_unix_ms = record.last_seen_unix_ms.max(kept_seen);
+            hosts.insert(host.clone(), record);
+        }
+        for (host, ms) in &batch.last_seen {
+            if let Some(r) = hosts.get_mut(host) {
+                r.last_seen_unix_ms = r.last_seen_unix_ms.max(*ms);
+            }
         }
         Ok(())
     }
@@ -214,12 +263,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = RedbStore::open(dir.path()).unwrap();
-            store.save_hosts(&[&record("a"), &record("b")]).unwrap();
+            let mut batch = Batch::default();
+            for r in [record("a"), record("b")] {
+                batch.hosts.insert(r.host.clone(), r);
+            }
+            store.save(&batch).unwrap();
+            let mut seen = Batch::default();
+            seen.last_seen.insert("b".into(), 99);
+            store.save(&seen).unwrap();
             let second = RedbStore::open(dir.path());
             assert!(matches!(second, Err(StoreError::Locked(_))));
         }
         let store = RedbStore::open(dir.path()).unwrap();
-        let hosts = store.load_hosts().unwrap();
-        assert_eq!(hosts, vec![record("a"), record("b")]);
+        let mut b = record("b");
+        b.last_seen_unix_ms = 99;
+        assert_eq!(store.load_hosts().unwrap(), vec![record("a"), b]);
     }
 }

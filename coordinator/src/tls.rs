@@ -12,7 +12,8 @@ use std::time::Duration;
 use ouroboros_shared::pki::{PeerIdentity, Role, identify};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +23,11 @@ use tracing::{debug, info, warn};
 
 /// A handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections are dropped until one finishes, so
+/// that unauthenticated peers cannot hold every file descriptor.
+const MAX_HANDSHAKES: usize = 256;
+/// At most one "too many handshakes" warning per this interval.
+const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Who is connected, as established by the TLS handshake.
 #[derive(Debug, Clone)]
@@ -87,7 +93,9 @@ pub fn incoming(
 ) -> ReceiverStream<Result<PeerStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let limit = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
+        let mut last_overload_log: Option<Instant> = None;
         loop {
             let (tcp, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -101,11 +109,20 @@ pub fn incoming(
                 },
                 () = tx.closed() => return,
             };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                if last_overload_log.is_none_or(|t| t.elapsed() >= OVERLOAD_LOG_INTERVAL) {
+                    warn!(peer = %addr, "Refused connection: {MAX_HANDSHAKES} TLS handshakes already in progress.");
+                    last_overload_log = Some(Instant::now());
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Some(stream) = handshake(&acceptor, tcp, addr).await {
+                let handshake = handshake(&acceptor, tcp, addr).await;
+                drop(permit);
+                if let Some(stream) = handshake {
                     let _ = tx.send(Ok(stream)).await;
                 }
             });

@@ -30,6 +30,16 @@ impl HostName {
         if name.len() > 253 {
             return refuse("it is longer than 253 characters");
         }
+        if name.parse::<std::net::IpAddr>().is_ok()
+            || name
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return refuse(
+                "an IP address (or an all-numeric last label) cannot name a host; use its host name",
+            );
+        }
         for label in name.split('.') {
             if label.is_empty() {
                 return refuse("it has an empty label (leading, trailing or double dot)");
@@ -94,6 +104,9 @@ mod tests {
             "a b",
             "a/b",
             "ä",
+            "10.0.0.5",
+            "123",
+            "::1",
             &"x".repeat(64),
             &format!("{}.b", "a.".repeat(127)),
         ] {

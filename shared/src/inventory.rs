@@ -161,7 +161,7 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
-    pub swarm_manager: bool,
+    pub mode: HostMode,
     pub observed_at_unix_ms: i64,
 }
 
@@ -342,8 +342,9 @@ impl From<Inventory> for pb::Inventory {
     fn from(i: Inventory) -> Self {
         Self {
             containers: i.containers.into_iter().map(Into::into).collect(),
-            swarm_manager: i.swarm_manager,
+            swarm_manager: i.mode == HostMode::SwarmManager,
             observed_at_unix_ms: i.observed_at_unix_ms,
+            mode: pb::HostMode::from(i.mode).into(),
         }
     }
 }
@@ -351,6 +352,10 @@ impl From<Inventory> for pb::Inventory {
 impl TryFrom<pb::Inventory> for Inventory {
     type Error = InvalidMessage;
     fn try_from(i: pb::Inventory) -> Result<Self, Self::Error> {
+        let mode = match (i.mode(), i.swarm_manager) {
+            (pb::HostMode::Unspecified, true) => HostMode::SwarmManager,
+            (m, _) => m.into(),
+        };
         let containers = i
             .containers
             .into_iter()
@@ -358,7 +363,7 @@ impl TryFrom<pb::Inventory> for Inventory {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             containers,
-            swarm_manager: i.swarm_manager,
+            mode,
             observed_at_unix_ms: i.observed_at_unix_ms,
         })
     }

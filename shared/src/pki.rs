@@ -212,11 +212,20 @@ impl PkiDir {
     }
 }
 
-/// A certificate and its private key, in PEM.
-#[derive(Debug, Clone)]
+/// A certificate and its private key, in PEM. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// When a certificate is valid.
@@ -472,12 +481,23 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
     })
 }
 
-/// PEM files for a client (agent or CLI) connection, read once at startup.
-#[derive(Debug, Clone)]
+/// PEM files for a client (agent or CLI) connection, read once at startup. `Debug` never
+/// shows the key.
+#[derive(Clone)]
 pub struct ClientPem {
     pub ca: String,
     pub cert: String,
     pub key: String,
+}
+
+impl std::fmt::Debug for ClientPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPem")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl ClientPem {
@@ -600,6 +620,22 @@ mod tests {
             issue_agent(&pki, &host, 30),
             Err(PkiError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_private_key() {
+        let ca = CertificateAuthority::generate(Validity::days_from_now(1)).unwrap();
+        let issued = ca
+            .issue(&LeafKind::Admin, Validity::days_from_now(1))
+            .unwrap();
+        let text = format!("{issued:?}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        let pem = ClientPem {
+            ca: String::new(),
+            cert: issued.cert_pem.clone(),
+            key: issued.key_pem.clone(),
+        };
+        assert!(!format!("{pem:?}").contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -61,6 +61,10 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Self {
+        Self::start_with_heartbeat(Duration::from_secs(5)).await
+    }
+
+    async fn start_with_heartbeat(heartbeat: Duration) -> Self {
         ouroboros_shared::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = PkiDir::new(dir.path().join("pki"));
@@ -71,8 +75,8 @@ impl Fixture {
         let config = ServeConfig {
             data_dir: dir.path().join("data"),
             pki: pki.clone(),
-            heartbeat: Duration::from_secs(5),
-            missed_heartbeats: 3,
+            heartbeat,
+            missed_heartbeats: 2,
         };
         let prepared = server::prepare(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,6 +173,7 @@ fn inventory(names: &[&str]) -> pb::AgentMessage {
                 .collect(),
             swarm_manager: false,
             observed_at_unix_ms: 1,
+            mode: pb::HostMode::Standalone.into(),
         })),
     }
 }
@@ -389,5 +394,86 @@ async fn hello_claiming_another_host_is_refused() {
         .into_inner()
         .hosts;
     assert!(hosts.is_empty(), "spoofed host recorded: {hosts:?}");
+    fx.stop().await;
+}
+
+async fn admin_hosts(fx: &Fixture) -> Vec<pb::HostStatus> {
+    AdminClient::new(fx.channel(Some(&fx.cli())))
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts
+}
+
+async fn wait_connected(fx: &Fixture, host: &str, want: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = admin_hosts(fx).await;
+        if hosts.iter().any(|h| h.host == host && h.connected == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{host} never became connected={want}: {hosts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_dropped_after_missed_heartbeats() {
+    let (logs, _guard) = capture_logs();
+    // Two missed heartbeats of 200 ms: dropped after 400 ms of silence.
+    let fx = Fixture::start_with_heartbeat(Duration::from_millis(200)).await;
+    let (_tx, answer) =
+        open_agent_stream(fx.channel(Some(&fx.agent("host-a"))), hello("host-a")).await;
+    let mut inbound = answer.expect("valid agent refused");
+    inbound.message().await.unwrap().expect("no Welcome");
+    wait_connected(&fx, "host-a", true).await;
+    // The agent keeps its stream open but sends nothing, like a host cut off the network.
+    wait_connected(&fx, "host-a", false).await;
+    let status = inbound
+        .message()
+        .await
+        .expect_err("stream not ended with a status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    logs.wait_for(&["Agent disconnected.", "host-a", "no message for"])
+        .await;
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_host_replaces_the_first() {
+    let (logs, _guard) = capture_logs();
+    let fx = Fixture::start().await;
+    let (_tx1, first) =
+        open_agent_stream(fx.channel(Some(&fx.agent("host-a"))), hello("host-a")).await;
+    let mut first = first.expect("first connection refused");
+    first.message().await.unwrap().expect("no Welcome");
+    let (tx2, second) =
+        open_agent_stream(fx.channel(Some(&fx.agent("host-a"))), hello("host-a")).await;
+    let mut second = second.expect("second connection refused");
+    second.message().await.unwrap().expect("no Welcome");
+
+    let status = first.message().await.expect_err("first stream not ended");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    logs.wait_for(&[
+        "connected again while its previous connection was open",
+        "old_peer=",
+    ])
+    .await;
+    // The replaced connection's end does not disconnect the host; the new one reports.
+    tx2.send(inventory(&["after"])).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts = admin_hosts(&fx).await;
+        if hosts[0].container_count == 1 {
+            assert!(hosts[0].connected);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{hosts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     fx.stop().await;
 }
