@@ -4,12 +4,14 @@
 //! Layout:
 //! - [`cli`]: flags, environment fallbacks, validation into [`AgentConfig`].
 //! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
-//! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`].
+//! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
+//!   decides when it takes the next inventory.
 
 pub mod backoff;
 pub mod cli;
 pub mod engine;
 pub mod link;
+pub mod schedule;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -23,11 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::engine::{Engine, EngineError};
+use crate::schedule::InventorySchedule;
 
-/// Quiet time after a Docker event before the inventory is sent.
-const DEBOUNCE: Duration = Duration::from_millis(300);
-/// Longest a burst of events can hold back the inventory.
-const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 /// A session that lasted this long resets the backoff; shorter ones (refused, replaced,
 /// dropped at once) keep backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
@@ -160,22 +157,17 @@ async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionErro
     let mut events_retry: Option<Instant> = None;
     let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
-    // (first event of a burst, quiet deadline) while an inventory is due; the first one now.
-    let now = Instant::now();
-    let mut pending: Option<(Instant, Instant)> = Some((now, now));
+    let mut schedule = InventorySchedule::new(Instant::now());
     // The inventory being taken; heartbeats go on meanwhile.
     let mut job: Option<JoinHandle<Result<Inventory, EngineError>>> = None;
     loop {
-        let flush_at = match job {
-            Some(_) => None,
-            None => pending.map(|(first, quiet)| quiet.min(first + DEBOUNCE_MAX)),
-        };
+        let start_at = schedule.next_start();
         tokio::select! {
             _ = beat.tick() => {
                 let hb = pb::Heartbeat { sent_at_unix_ms: now_unix_ms() };
                 send(message(pb::agent_message::Kind::Heartbeat(hb))).await?;
             }
-            _ = resync.tick() => due(&mut pending),
+            _ = resync.tick() => schedule.due_now(Instant::now()),
             event = events.next(), if events_retry.is_none() => match event {
                 Some(Ok(e)) => {
                     let action = e.action.as_deref().unwrap_or("");
@@ -186,9 +178,7 @@ async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionErro
                         continue;
                     }
                     debug!(action, "Docker event.");
-                    let now = Instant::now();
-                    let first = pending.map_or(now, |(first, _)| first);
-                    pending = Some((first, now + DEBOUNCE));
+                    schedule.event(Instant::now());
                 }
                 Some(Err(error)) => {
                     warn!(%error, "Docker event stream broke; following it again shortly.");
@@ -203,15 +193,16 @@ async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionErro
                 events_retry = None;
                 events = Box::pin(engine.events(events_since));
                 // Whatever happened meanwhile is in the next inventory.
-                due(&mut pending);
+                schedule.due_now(Instant::now());
             }
-            () = sleep_until(flush_at) => {
-                pending = None;
+            () = sleep_until(start_at) => {
+                schedule.started();
                 let engine = engine.clone();
                 job = Some(tokio::spawn(async move { engine.inventory().await }));
             }
             taken = join(&mut job) => {
                 job = None;
+                schedule.finished(matches!(taken, Ok(Ok(_))), Instant::now());
                 match taken {
                     Ok(Ok(inventory)) => {
                         debug!(containers = inventory.containers.len(), "Sending inventory.");
@@ -219,29 +210,21 @@ async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionErro
                     }
                     Ok(Err(error)) => {
                         warn!(%error, "Cannot take the inventory; trying again shortly.");
-                        let retry = Instant::now() + Duration::from_secs(1);
-                        pending.get_or_insert((retry, retry));
                     }
                     Err(error) => {
                         warn!(%error, "Inventory task failed; trying again shortly.");
-                        let retry = Instant::now() + Duration::from_secs(1);
-                        pending.get_or_insert((retry, retry));
                     }
                 }
             }
             m = inbound.message() => match m.map_err(SessionError::Stream)? {
-                Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => due(&mut pending),
+                Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => {
+                    schedule.due_now(Instant::now());
+                }
                 Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
                 None => return Ok(()),
             },
         }
     }
-}
-
-/// Makes an inventory due now.
-fn due(pending: &mut Option<(Instant, Instant)>) {
-    let now = Instant::now();
-    *pending = Some((now, now));
 }
 
 /// Waits for the running inventory task, or forever when none runs.
