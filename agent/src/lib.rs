@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cli;
 pub mod engine;
 pub mod link;
+pub mod recreate;
 pub mod schedule;
 
 use std::path::PathBuf;
