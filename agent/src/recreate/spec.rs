@@ -129,6 +129,14 @@ pub fn derive(
     host_config.links = host_config
         .links
         .map(|links| links.iter().map(|l| rewrite_link(l)).collect());
+    // Anonymous volumes are mounted into the replacement by name, so their data stays.
+    let anonymous = anonymous_volumes(container, &host_config);
+    if !anonymous.is_empty() {
+        host_config
+            .binds
+            .get_or_insert_with(Vec::new)
+            .extend(anonymous);
+    }
 
     // Networks: user-set parts of each endpoint; the primary one at create time.
     let endpoints = container
@@ -289,6 +297,40 @@ fn healthcheck(value: Option<HealthConfig>, image: Option<&HealthConfig>) -> Opt
         start_interval: keep(value.start_interval, image.start_interval),
     };
     (kept != HealthConfig::default()).then_some(kept)
+}
+
+/// `NAME:/dest[:ro]` binds for the container's anonymous volumes: volume mounts whose
+/// destination no bind or mount of the user's declares.
+fn anonymous_volumes(
+    container: &ContainerInspectResponse,
+    host_config: &bollard::models::HostConfig,
+) -> Vec<String> {
+    let mut declared: HashSet<String> = HashSet::new();
+    for bind in host_config.binds.iter().flatten() {
+        if let Some(dest) = bind.split(':').nth(1) {
+            declared.insert(dest.to_owned());
+        }
+    }
+    for mount in host_config.mounts.iter().flatten() {
+        if let Some(target) = &mount.target {
+            declared.insert(target.clone());
+        }
+    }
+    container
+        .mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.typ.as_deref() == Some("volume"))
+        .filter_map(|m| {
+            let name = m.name.as_deref()?;
+            let dest = m.destination.as_deref()?;
+            if declared.contains(dest) {
+                return None;
+            }
+            let read_only = if m.rw == Some(false) { ":ro" } else { "" };
+            Some(format!("{name}:{dest}{read_only}"))
+        })
+        .collect()
 }
 
 /// `/db:/web/alias` (as inspect shows a legacy link) to `db:alias` (as create takes it).
@@ -469,6 +511,27 @@ mod tests {
         assert!(plan.extra_networks.is_empty());
         let mode = plan.body.host_config.unwrap().network_mode.unwrap();
         assert!(mode.starts_with("container:"), "{mode}");
+    }
+
+    #[test]
+    fn anonymous_volumes_are_mounted_by_name_and_declared_ones_left_alone() {
+        let old = web();
+        let anon = old.mounts.clone().unwrap_or_default();
+        assert_eq!(anon.len(), 1, "fixture has the image's /data volume");
+        let name = anon[0].name.clone().unwrap();
+        let plan = derive(&old, &image(), "new:2", API_41, None).unwrap();
+        let binds = plan.body.host_config.unwrap().binds.unwrap();
+        assert_eq!(binds, vec![format!("{name}:/data")]);
+
+        let mut declared = web();
+        if let Some(hc) = declared.host_config.as_mut() {
+            hc.binds = Some(vec!["mydata:/data".into()]);
+        }
+        let plan = derive(&declared, &image(), "new:2", API_41, None).unwrap();
+        assert_eq!(
+            plan.body.host_config.unwrap().binds,
+            Some(vec!["mydata:/data".into()])
+        );
     }
 
     #[test]
