@@ -131,6 +131,20 @@ impl Engine {
         }
     }
 
+    /// The Docker client, at the negotiated API version.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The negotiated API version as numbers.
+    pub fn api(&self) -> crate::recreate::spec::ApiVersion {
+        let v = self.docker.client_version();
+        crate::recreate::spec::ApiVersion::new(
+            u32::try_from(v.major_version).unwrap_or(1),
+            u32::try_from(v.minor_version).unwrap_or(0),
+        )
+    }
+
     /// The negotiated API version, e.g. "1.41".
     pub fn api_version(&self) -> String {
         let v = self.docker.client_version();
@@ -278,7 +292,7 @@ impl Engine {
     }
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
         bollard::errors::Error::DockerResponseServerError {

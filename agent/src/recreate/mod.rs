@@ -2,5 +2,6 @@
 //! issue 3). So far: [`spec`], the pure derivation of the replacement's create request from
 //! the old container and images. The safe sequence, journal and recovery build on it.
 
+pub mod executor;
 pub mod journal;
 pub mod spec;

@@ -1,0 +1,519 @@
+//! The safe recreate sequence (DESIGN.md section 5): never destroy before the replacement
+//! runs. Pull and inspect first; then stop, rename the old container aside, create the new one
+//! under the original name, connect its networks, start it, pass the health gate, and only
+//! then remove the old container (never its volumes). Any failure after the stop rolls back:
+//! the new container is removed, the old one renamed back and started again. Every step is
+//! journaled before it is taken (see [`super::journal`]).
+
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ImageInspect, NetworkConnectRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::journal::{Entry, Journal, JournalError, Outcome, Step};
+use super::spec::{self, ApiVersion, CreatePlan};
+use crate::engine::{Engine, is_not_found};
+
+/// How long each part may take; each deadline acts (the step fails and rolls back).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub pull: Duration,
+    /// Upper bound for the health gate.
+    pub health: Duration,
+    /// Without a healthcheck: how long the new container must run without a restart.
+    pub min_running: Duration,
+    /// How often the health gate looks.
+    pub poll: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            pull: Duration::from_secs(600),
+            health: Duration::from_secs(120),
+            min_running: Duration::from_secs(10),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// One recreate request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub op_id: String,
+    /// Container name or id.
+    pub container: String,
+    /// Image to recreate it from; its configured reference when `None`.
+    pub image: Option<String>,
+}
+
+/// Failures that leave nothing to report as an outcome (the journal itself failed).
+#[derive(Debug, thiserror::Error)]
+pub enum RecreateError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("operation {0} is still in progress")]
+    InProgress(String),
+}
+
+/// Recreates containers of one engine.
+pub struct Recreator {
+    docker: Docker,
+    api: ApiVersion,
+    journal: Journal,
+    deadlines: Deadlines,
+    own_id: Option<String>,
+}
+
+/// A failed step: what was being done and why it failed.
+pub(crate) struct StepFailure {
+    step: &'static str,
+    reason: String,
+}
+
+fn failed(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> StepFailure {
+    move |e| StepFailure {
+        step,
+        reason: e.to_string(),
+    }
+}
+
+impl Recreator {
+    pub fn new(
+        engine: &Engine,
+        journal: Journal,
+        deadlines: Deadlines,
+        own_id: Option<String>,
+    ) -> Self {
+        Self {
+            docker: engine.docker().clone(),
+            api: engine.api(),
+            journal,
+            deadlines,
+            own_id,
+        }
+    }
+
+    /// Runs one recreate. A repeated op id gets the stored outcome, without doing anything.
+    pub async fn recreate(&self, request: &Request) -> Result<Outcome, RecreateError> {
+        if let Some(entry) = self.journal.get(&request.op_id)? {
+            return match entry.step {
+                Step::Done { outcome } => Ok(outcome),
+                _ => Err(RecreateError::InProgress(request.op_id.clone())),
+            };
+        }
+        let prepared = match self.prepare(request).await {
+            Ok(p) => p,
+            Err(outcome) => {
+                self.finish_without_change(request, &outcome)?;
+                return Ok(outcome);
+            }
+        };
+        let Prepared {
+            plan,
+            old_id,
+            image_id,
+            target,
+        } = prepared;
+        let aside_name = format!("{}-ouroboros-old-{}", plan.name, short(&request.op_id));
+        let mut entry = Entry {
+            op_id: request.op_id.clone(),
+            name: plan.name.clone(),
+            old_id: old_id.clone(),
+            aside_name,
+            was_running: plan.was_running,
+            target_image: target,
+            step: Step::Planned,
+        };
+        self.journal.record(&entry)?;
+        let outcome = match self.swap(&mut entry, &plan).await {
+            Ok(new_id) => {
+                entry.step = Step::RemovingOld {
+                    new_id: new_id.clone(),
+                };
+                self.journal.record(&entry)?;
+                if let Err(e) = self.remove(&old_id).await {
+                    // The update holds; the old container only lingers under its aside name.
+                    warn!(container = %plan.name, old = %old_id, error = %e, "Cannot remove the old container.");
+                }
+                info!(container = %plan.name, new = %new_id, "Container updated.");
+                Outcome::Updated { new_id, image_id }
+            }
+            Err(failure) => {
+                warn!(container = %plan.name, step = failure.step, reason = %failure.reason, "Update failed; rolling back.");
+                let new_id = match &entry.step {
+                    Step::Created { new_id } => Some(new_id.clone()),
+                    _ => None,
+                };
+                entry.step = Step::RollingBack {
+                    new_id: new_id.clone(),
+                    reason: failure.reason.clone(),
+                };
+                self.journal.record(&entry)?;
+                self.roll_back(&entry, new_id.as_deref(), failure).await
+            }
+        };
+        entry.step = Step::Done {
+            outcome: outcome.clone(),
+        };
+        self.journal.record(&entry)?;
+        Ok(outcome)
+    }
+
+    fn finish_without_change(
+        &self,
+        request: &Request,
+        outcome: &Outcome,
+    ) -> Result<(), JournalError> {
+        self.journal.record(&Entry {
+            op_id: request.op_id.clone(),
+            name: request.container.clone(),
+            old_id: String::new(),
+            aside_name: String::new(),
+            was_running: false,
+            target_image: request.image.clone().unwrap_or_default(),
+            step: Step::Done {
+                outcome: outcome.clone(),
+            },
+        })
+    }
+
+    /// Inspect, pull and derive; nothing is changed. Err is the outcome to report.
+    async fn prepare(&self, request: &Request) -> Result<Prepared, Outcome> {
+        let refused = |reason: String| Outcome::Refused { reason };
+        let old = self
+            .docker
+            .inspect_container(&request.container, None)
+            .await
+            .map_err(|e| {
+                refused(format!(
+                    "cannot inspect container {}: {e}",
+                    request.container
+                ))
+            })?;
+        let old_id = old.id.clone().unwrap_or_default();
+        let configured = old
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let target = request.image.clone().unwrap_or(configured);
+        if target.is_empty() {
+            return Err(refused("no image to recreate from".into()));
+        }
+        self.pull(&target).await.map_err(refused)?;
+        let new_image = self
+            .docker
+            .inspect_image(&target)
+            .await
+            .map_err(|e| refused(format!("cannot inspect image {target}: {e}")))?;
+        let image_id = new_image.id.clone().unwrap_or_default();
+        if old.image.as_deref() == Some(image_id.as_str()) {
+            return Err(Outcome::AlreadyCurrent);
+        }
+        let old_image = match old.image.as_deref() {
+            Some(id) => match self.docker.inspect_image(id).await {
+                Ok(i) => i,
+                // The old image is gone: nothing can be told apart, so everything is kept.
+                Err(e) if is_not_found(&e) => ImageInspect::default(),
+                Err(e) => return Err(refused(format!("cannot inspect the old image: {e}"))),
+            },
+            None => ImageInspect::default(),
+        };
+        let plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(Prepared {
+            plan,
+            old_id,
+            image_id,
+            target,
+        })
+    }
+
+    async fn pull(&self, reference: &str) -> Result<(), String> {
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(reference)
+            .build();
+        let pulling = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                item.map_err(|e| format!("cannot pull {reference}: {e}"))?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.deadlines.pull, pulling)
+            .await
+            .map_err(|_| format!("pull of {reference} exceeded {:?}", self.deadlines.pull))?
+    }
+
+    /// Stop, rename aside, create, connect, start, health gate. Returns the new id.
+    async fn swap(&self, entry: &mut Entry, plan: &CreatePlan) -> Result<String, StepFailure> {
+        let journal = |e: JournalError| StepFailure {
+            step: "journal",
+            reason: e.to_string(),
+        };
+        entry.step = Step::Stopping;
+        self.journal.record(entry).map_err(journal)?;
+        let mut stop = StopContainerOptionsBuilder::new();
+        if let Some(t) = plan.stop_timeout.and_then(|t| i32::try_from(t).ok()) {
+            stop = stop.t(t);
+        }
+        if let Some(signal) = &plan.stop_signal {
+            stop = stop.signal(signal);
+        }
+        self.docker
+            .stop_container(&entry.old_id, Some(stop.build()))
+            .await
+            .or_else(not_modified)
+            .map_err(failed("stop"))?;
+
+        entry.step = Step::RenamingAside;
+        self.journal.record(entry).map_err(journal)?;
+        self.docker
+            .rename_container(
+                &entry.old_id,
+                RenameContainerOptionsBuilder::new()
+                    .name(&entry.aside_name)
+                    .build(),
+            )
+            .await
+            .map_err(failed("rename"))?;
+
+        entry.step = Step::Creating;
+        self.journal.record(entry).map_err(journal)?;
+        let new_id = self.create(plan).await.map_err(failed("create"))?;
+        entry.step = Step::Created {
+            new_id: new_id.clone(),
+        };
+        self.journal.record(entry).map_err(journal)?;
+
+        for (network, endpoint) in &plan.extra_networks {
+            self.docker
+                .connect_network(
+                    network,
+                    NetworkConnectRequest {
+                        container: new_id.clone(),
+                        endpoint_config: Some(endpoint.clone()),
+                    },
+                )
+                .await
+                .map_err(failed("connect network"))?;
+        }
+        if plan.was_running {
+            self.docker
+                .start_container(&new_id, None)
+                .await
+                .map_err(failed("start"))?;
+            self.health_gate(&new_id).await?;
+        }
+        Ok(new_id)
+    }
+
+    /// Creates the replacement; on engines before API 1.44 a user-set MAC goes into
+    /// `Config.MacAddress`, which the typed request body cannot carry.
+    async fn create(&self, plan: &CreatePlan) -> Result<String, bollard::errors::Error> {
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&plan.name)
+            .build();
+        let docker = match &plan.legacy_mac {
+            Some(mac) => with_legacy_mac(&self.docker, &plan.body, mac),
+            None => self.docker.clone(),
+        };
+        Ok(docker
+            .create_container(Some(options), plan.body.clone())
+            .await?
+            .id)
+    }
+
+    /// Healthy (with a healthcheck), or running without a restart for the minimum time;
+    /// both within the health deadline.
+    async fn health_gate(&self, id: &str) -> Result<(), StepFailure> {
+        let gate = |reason: String| StepFailure {
+            step: "health gate",
+            reason,
+        };
+        let started = Instant::now();
+        let deadline = started + self.deadlines.health;
+        let mut first_restarts = None;
+        loop {
+            let state = self
+                .docker
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| gate(format!("cannot inspect the new container: {e}")))?;
+            let restarts = state.restart_count.unwrap_or(0);
+            let first = *first_restarts.get_or_insert(restarts);
+            let s = state.state.clone().unwrap_or_default();
+            if s.running != Some(true) || s.restarting == Some(true) {
+                return Err(gate(format!(
+                    "the new container is not running (exit code {})",
+                    s.exit_code.unwrap_or_default()
+                )));
+            }
+            if restarts != first {
+                return Err(gate("the new container restarted".into()));
+            }
+            match s.health.and_then(|h| h.status).map(|h| h.to_string()) {
+                Some(h) if h == "healthy" => return Ok(()),
+                Some(h) if h == "unhealthy" => {
+                    return Err(gate("the new container is unhealthy".into()));
+                }
+                Some(h) if h == "starting" => {}
+                // No healthcheck: running without a restart for the minimum time.
+                _ if started.elapsed() >= self.deadlines.min_running => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(gate(format!(
+                    "not healthy within {:?}",
+                    self.deadlines.health
+                )));
+            }
+            tokio::time::sleep(self.deadlines.poll).await;
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), bollard::errors::Error> {
+        // Volumes are never removed (v=false).
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes the replacement and puts the old container back under its name, running if it
+    /// was.
+    pub(crate) async fn roll_back(
+        &self,
+        entry: &Entry,
+        new_id: Option<&str>,
+        failure: StepFailure,
+    ) -> Outcome {
+        let mut problems = Vec::new();
+        // The replacement: by id if known, else whatever now holds the name, unless that is
+        // the old container itself.
+        let holder = match new_id {
+            Some(id) => Some(id.to_owned()),
+            None => self
+                .id_of(&entry.name)
+                .await
+                .filter(|id| *id != entry.old_id),
+        };
+        if let Some(id) = holder
+            && let Err(e) = self.remove(&id).await
+        {
+            problems.push(format!("cannot remove the new container: {e}"));
+        }
+        match self.name_of(&entry.old_id).await {
+            Some(name) if name == entry.name => {}
+            Some(_) => {
+                if let Err(e) = self
+                    .docker
+                    .rename_container(
+                        &entry.old_id,
+                        RenameContainerOptionsBuilder::new()
+                            .name(&entry.name)
+                            .build(),
+                    )
+                    .await
+                {
+                    problems.push(format!("cannot rename the old container back: {e}"));
+                }
+            }
+            None => problems.push("the old container is gone".into()),
+        }
+        if entry.was_running
+            && let Err(e) = self
+                .docker
+                .start_container(&entry.old_id, None)
+                .await
+                .or_else(not_modified)
+        {
+            problems.push(format!("cannot start the old container: {e}"));
+        }
+        if problems.is_empty() {
+            info!(container = %entry.name, "Old container restored.");
+            Outcome::RolledBack {
+                step: failure.step.to_owned(),
+                reason: failure.reason,
+            }
+        } else {
+            warn!(container = %entry.name, problems = %problems.join("; "), "Rollback incomplete.");
+            Outcome::RollbackFailed {
+                step: failure.step.to_owned(),
+                reason: format!("{}; rollback: {}", failure.reason, problems.join("; ")),
+            }
+        }
+    }
+
+    async fn inspect(&self, id_or_name: &str) -> Option<ContainerInspectResponse> {
+        self.docker.inspect_container(id_or_name, None).await.ok()
+    }
+
+    async fn id_of(&self, name: &str) -> Option<String> {
+        self.inspect(name).await.and_then(|c| c.id)
+    }
+
+    async fn name_of(&self, id: &str) -> Option<String> {
+        self.inspect(id)
+            .await
+            .and_then(|c| c.name)
+            .map(|n| n.trim_start_matches('/').to_owned())
+    }
+}
+
+struct Prepared {
+    plan: CreatePlan,
+    old_id: String,
+    image_id: String,
+    target: String,
+}
+
+/// 304 Not Modified from stop/start means "already so".
+fn not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors::Error> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304, ..
+        } => Ok(()),
+        other => Err(other),
+    }
+}
+
+fn short(op_id: &str) -> String {
+    op_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect()
+}
+
+/// A client whose create request carries `Config.MacAddress` (engines before API 1.44).
+fn with_legacy_mac(docker: &Docker, body: &ContainerCreateBody, mac: &str) -> Docker {
+    let mut json = serde_json::to_value(body).unwrap_or_default();
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert(
+            "MacAddress".into(),
+            serde_json::Value::String(mac.to_owned()),
+        );
+    }
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+    docker.clone().with_request_modifier(move |mut request| {
+        if request.uri().path().ends_with("/containers/create") {
+            *request.body_mut() = bollard::body_full(bytes.clone());
+        }
+        request
+    })
+}

@@ -1,0 +1,6 @@
+//! The agent against a real Docker engine and a real registry. Skips without an engine,
+//! except with `CI=true`, where it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod recreate;
