@@ -63,6 +63,43 @@ pub enum RecreateError {
     Journal(#[from] JournalError),
     #[error("operation {0} is still in progress")]
     InProgress(String),
+    #[error("stopped at crash point {0:?} (fault injection)")]
+    Crashed(CrashPoint),
+}
+
+/// Places where a crash is injected for tests: right after the named step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    AfterStop,
+    AfterRename,
+    AfterCreate,
+    AfterStart,
+    /// While waiting for the health gate (after its first look).
+    DuringHealthWait,
+}
+
+impl CrashPoint {
+    /// Parses `after-stop`, `after-rename`, `after-create`, `after-start`, `during-health`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "after-stop" => Some(Self::AfterStop),
+            "after-rename" => Some(Self::AfterRename),
+            "after-create" => Some(Self::AfterCreate),
+            "after-start" => Some(Self::AfterStart),
+            "during-health" => Some(Self::DuringHealthWait),
+            _ => None,
+        }
+    }
+}
+
+/// What an injected crash does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Return [`RecreateError::Crashed`] at once, leaving Docker and the journal as they are
+    /// (library tests).
+    Return,
+    /// Abort the process, like SIGKILL (end-to-end tests of the binary).
+    Abort,
 }
 
 /// Recreates containers of one engine.
@@ -72,6 +109,19 @@ pub struct Recreator {
     journal: Journal,
     deadlines: Deadlines,
     own_id: Option<String>,
+    crash: Option<(CrashPoint, CrashMode)>,
+}
+
+/// Why the sequence stopped before the end.
+pub(crate) enum Interrupt {
+    Failed(StepFailure),
+    Crashed(CrashPoint),
+}
+
+impl From<StepFailure> for Interrupt {
+    fn from(f: StepFailure) -> Self {
+        Self::Failed(f)
+    }
 }
 
 /// A failed step: what was being done and why it failed.
@@ -100,6 +150,24 @@ impl Recreator {
             journal,
             deadlines,
             own_id,
+            crash: None,
+        }
+    }
+
+    /// Injects a crash right after `point` (tests only).
+    pub fn with_crash(mut self, point: CrashPoint, mode: CrashMode) -> Self {
+        self.crash = Some((point, mode));
+        self
+    }
+
+    fn crash_point(&self, point: CrashPoint) -> Result<(), Interrupt> {
+        match self.crash {
+            Some((p, CrashMode::Abort)) if p == point => {
+                warn!(?point, "Aborting at the injected crash point.");
+                std::process::abort()
+            }
+            Some((p, CrashMode::Return)) if p == point => Err(Interrupt::Crashed(point)),
+            _ => Ok(()),
         }
     }
 
@@ -148,7 +216,8 @@ impl Recreator {
                 info!(container = %plan.name, new = %new_id, "Container updated.");
                 Outcome::Updated { new_id, image_id }
             }
-            Err(failure) => {
+            Err(Interrupt::Crashed(point)) => return Err(RecreateError::Crashed(point)),
+            Err(Interrupt::Failed(failure)) => {
                 warn!(container = %plan.name, step = failure.step, reason = %failure.reason, "Update failed; rolling back.");
                 let new_id = match &entry.step {
                     Step::Created { new_id } => Some(new_id.clone()),
@@ -256,7 +325,7 @@ impl Recreator {
     }
 
     /// Stop, rename aside, create, connect, start, health gate. Returns the new id.
-    async fn swap(&self, entry: &mut Entry, plan: &CreatePlan) -> Result<String, StepFailure> {
+    async fn swap(&self, entry: &mut Entry, plan: &CreatePlan) -> Result<String, Interrupt> {
         let journal = |e: JournalError| StepFailure {
             step: "journal",
             reason: e.to_string(),
@@ -275,6 +344,7 @@ impl Recreator {
             .await
             .or_else(not_modified)
             .map_err(failed("stop"))?;
+        self.crash_point(CrashPoint::AfterStop)?;
 
         entry.step = Step::RenamingAside;
         self.journal.record(entry).map_err(journal)?;
@@ -287,6 +357,7 @@ impl Recreator {
             )
             .await
             .map_err(failed("rename"))?;
+        self.crash_point(CrashPoint::AfterRename)?;
 
         entry.step = Step::Creating;
         self.journal.record(entry).map_err(journal)?;
@@ -295,6 +366,7 @@ impl Recreator {
             new_id: new_id.clone(),
         };
         self.journal.record(entry).map_err(journal)?;
+        self.crash_point(CrashPoint::AfterCreate)?;
 
         for (network, endpoint) in &plan.extra_networks {
             self.docker
@@ -313,6 +385,7 @@ impl Recreator {
                 .start_container(&new_id, None)
                 .await
                 .map_err(failed("start"))?;
+            self.crash_point(CrashPoint::AfterStart)?;
             self.health_gate(&new_id).await?;
         }
         Ok(new_id)
@@ -336,7 +409,7 @@ impl Recreator {
 
     /// Healthy (with a healthcheck), or running without a restart for the minimum time;
     /// both within the health deadline.
-    async fn health_gate(&self, id: &str) -> Result<(), StepFailure> {
+    async fn health_gate(&self, id: &str) -> Result<(), Interrupt> {
         let gate = |reason: String| StepFailure {
             step: "health gate",
             reason,
@@ -350,6 +423,7 @@ impl Recreator {
                 .inspect_container(id, None)
                 .await
                 .map_err(|e| gate(format!("cannot inspect the new container: {e}")))?;
+            self.crash_point(CrashPoint::DuringHealthWait)?;
             let restarts = state.restart_count.unwrap_or(0);
             let first = *first_restarts.get_or_insert(restarts);
             let s = state.state.clone().unwrap_or_default();
@@ -357,15 +431,16 @@ impl Recreator {
                 return Err(gate(format!(
                     "the new container is not running (exit code {})",
                     s.exit_code.unwrap_or_default()
-                )));
+                ))
+                .into());
             }
             if restarts != first {
-                return Err(gate("the new container restarted".into()));
+                return Err(gate("the new container restarted".into()).into());
             }
             match s.health.and_then(|h| h.status).map(|h| h.to_string()) {
                 Some(h) if h == "healthy" => return Ok(()),
                 Some(h) if h == "unhealthy" => {
-                    return Err(gate("the new container is unhealthy".into()));
+                    return Err(gate("the new container is unhealthy".into()).into());
                 }
                 Some(h) if h == "starting" => {}
                 // No healthcheck: running without a restart for the minimum time.
@@ -373,10 +448,7 @@ impl Recreator {
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(gate(format!(
-                    "not healthy within {:?}",
-                    self.deadlines.health
-                )));
+                return Err(gate(format!("not healthy within {:?}", self.deadlines.health)).into());
             }
             tokio::time::sleep(self.deadlines.poll).await;
         }
@@ -459,6 +531,57 @@ impl Recreator {
         }
     }
 
+    /// Finishes or reverts every operation a crash interrupted (call before taking new
+    /// work). An operation whose replacement had passed the health gate is finished (the old
+    /// container removed); every other one is reverted to the old container. Returns each
+    /// operation with its outcome.
+    pub async fn recover(&self) -> Result<Vec<(String, Outcome)>, RecreateError> {
+        let mut done = Vec::new();
+        for mut entry in self.journal.unfinished()? {
+            let outcome = match entry.step.clone() {
+                Step::RemovingOld { new_id } => {
+                    if let Err(e) = self.remove(&entry.old_id).await {
+                        warn!(container = %entry.name, error = %e, "Cannot remove the old container.");
+                    }
+                    let image_id = self
+                        .inspect(&new_id)
+                        .await
+                        .and_then(|c| c.image)
+                        .unwrap_or_default();
+                    Outcome::Updated { new_id, image_id }
+                }
+                Step::Planned => Outcome::Refused {
+                    reason: "the agent restarted before anything was changed".into(),
+                },
+                step => {
+                    let new_id = match &step {
+                        Step::Created { new_id } => Some(new_id.clone()),
+                        Step::RollingBack { new_id, .. } => new_id.clone(),
+                        _ => None,
+                    };
+                    let interrupted = step_name(&step);
+                    let failure = StepFailure {
+                        step: interrupted,
+                        reason: format!("the agent restarted during {interrupted}"),
+                    };
+                    entry.step = Step::RollingBack {
+                        new_id: new_id.clone(),
+                        reason: failure.reason.clone(),
+                    };
+                    self.journal.record(&entry)?;
+                    self.roll_back(&entry, new_id.as_deref(), failure).await
+                }
+            };
+            info!(op = %entry.op_id, container = %entry.name, ?outcome, "Interrupted operation recovered.");
+            entry.step = Step::Done {
+                outcome: outcome.clone(),
+            };
+            self.journal.record(&entry)?;
+            done.push((entry.op_id, outcome));
+        }
+        Ok(done)
+    }
+
     async fn inspect(&self, id_or_name: &str) -> Option<ContainerInspectResponse> {
         self.docker.inspect_container(id_or_name, None).await.ok()
     }
@@ -480,6 +603,19 @@ struct Prepared {
     old_id: String,
     image_id: String,
     target: String,
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Planned => "planning",
+        Step::Stopping => "stop",
+        Step::RenamingAside => "rename",
+        Step::Creating => "create",
+        Step::Created { .. } => "start and health gate",
+        Step::RemovingOld { .. } => "removing the old container",
+        Step::RollingBack { .. } => "rollback",
+        Step::Done { .. } => "done",
+    }
 }
 
 /// 304 Not Modified from stop/start means "already so".

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_agent::engine::{DockerEndpoint, Engine as AgentEngine};
-use ouroboros_agent::recreate::executor::{Deadlines, Recreator, Request};
+use ouroboros_agent::recreate::executor::{
+    CrashMode, CrashPoint, Deadlines, RecreateError, Recreator, Request,
+};
 use ouroboros_agent::recreate::journal::{Journal, Outcome};
 use ouroboros_tests::{
     Cleanup, Engine, ImageSpec, Registry, TestImage, publish, require_engine, unique_name,
@@ -20,7 +22,8 @@ struct Setup {
     repo: String,
     v1: TestImage,
     recreator: Recreator,
-    _journal_dir: tempfile::TempDir,
+    agent_engine: AgentEngine,
+    journal_dir: tempfile::TempDir,
 }
 
 impl Setup {
@@ -35,16 +38,10 @@ impl Setup {
         let journal_dir = tempfile::Builder::new()
             .prefix("ouroboros-test-journal-")
             .tempdir()?;
-        let deadlines = Deadlines {
-            pull: Duration::from_secs(60),
-            health: Duration::from_secs(20),
-            min_running: Duration::from_secs(2),
-            poll: Duration::from_millis(100),
-        };
         let recreator = Recreator::new(
             &agent_engine,
             Journal::open(journal_dir.path())?,
-            deadlines,
+            DEADLINES,
             None,
         );
         Ok(Self {
@@ -54,8 +51,19 @@ impl Setup {
             repo,
             v1,
             recreator,
-            _journal_dir: journal_dir,
+            agent_engine,
+            journal_dir,
         })
+    }
+
+    /// A fresh recreator on the same journal, as after an agent restart.
+    fn restarted(&self) -> anyhow::Result<Recreator> {
+        Ok(Recreator::new(
+            &self.agent_engine,
+            Journal::open(self.journal_dir.path())?,
+            DEADLINES,
+            None,
+        ))
     }
 
     /// Publishes `spec` under the same tag as v1.
@@ -89,6 +97,13 @@ impl Setup {
         Ok(out.split_whitespace().map(str::to_owned).collect())
     }
 }
+
+const DEADLINES: Deadlines = Deadlines {
+    pull: Duration::from_secs(60),
+    health: Duration::from_secs(20),
+    min_running: Duration::from_secs(2),
+    poll: Duration::from_millis(100),
+};
 
 fn request(op: &str, container: &str) -> Request {
     Request {
@@ -298,4 +313,76 @@ async fn an_unknown_container_is_refused_and_nothing_changes() -> anyhow::Result
         .map(|n| assert!(n.is_empty()))
         .context("listing")?;
     Ok(())
+}
+
+/// A crash right after `point`, then a restart: recovery leaves exactly one container under
+/// the name, running, on the old image, and nothing else.
+async fn crash_then_recover(point: CrashPoint, prefix: &str) -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let name = s
+        .cleanup
+        .run_container(prefix, &["--network", "none"], &s.v1.reference, &[])?;
+    let old_id = s.inspect(&name, "{{.Id}}")?;
+    s.publish_next(ImageSpec::new(2))?;
+    let crashing = s.restarted()?.with_crash(point, CrashMode::Return);
+    let op = format!("op-{prefix}");
+    match crashing.recreate(&request(&op, &name)).await {
+        Err(RecreateError::Crashed(p)) => assert_eq!(p, point),
+        other => anyhow::bail!("expected the injected crash, got {other:?}"),
+    }
+    // The same op id while unfinished is not started again.
+    assert!(matches!(
+        s.restarted()?.recreate(&request(&op, &name)).await,
+        Err(RecreateError::InProgress(_))
+    ));
+
+    let recovered = s.restarted()?.recover().await?;
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(
+        matches!(recovered[0].1, Outcome::RolledBack { .. }),
+        "{recovered:?}"
+    );
+    assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
+    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
+    let others: Vec<String> = s
+        .named_like(&name)?
+        .into_iter()
+        .filter(|n| *n != name)
+        .collect();
+    assert!(others.is_empty(), "left behind: {others:?}");
+    // Recovered operations answer their outcome; a second recovery has nothing to do.
+    assert_eq!(
+        s.restarted()?.recreate(&request(&op, &name)).await?,
+        recovered[0].1
+    );
+    assert!(s.restarted()?.recover().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn crash_after_stop_is_recovered() -> anyhow::Result<()> {
+    crash_then_recover(CrashPoint::AfterStop, "rc-crash-stop").await
+}
+
+#[tokio::test]
+async fn crash_after_rename_is_recovered() -> anyhow::Result<()> {
+    crash_then_recover(CrashPoint::AfterRename, "rc-crash-rename").await
+}
+
+#[tokio::test]
+async fn crash_after_create_is_recovered() -> anyhow::Result<()> {
+    crash_then_recover(CrashPoint::AfterCreate, "rc-crash-create").await
+}
+
+#[tokio::test]
+async fn crash_after_start_is_recovered() -> anyhow::Result<()> {
+    crash_then_recover(CrashPoint::AfterStart, "rc-crash-start").await
+}
+
+#[tokio::test]
+async fn crash_during_the_health_wait_is_recovered() -> anyhow::Result<()> {
+    crash_then_recover(CrashPoint::DuringHealthWait, "rc-crash-health").await
 }
