@@ -99,8 +99,28 @@ impl Cli {
             },
             docker,
             data_dir: self.data_dir,
+            crash: crash_point()?,
         })
     }
+}
+
+/// `OUROBOROS_FAILPOINT` (after-stop, after-rename, after-create, after-start,
+/// during-health): hang the agent at that point of every recreate, for a test to SIGKILL it. Only in builds with the
+/// `failpoints` feature, which release builds do not have.
+#[cfg(feature = "failpoints")]
+fn crash_point() -> Result<Option<crate::recreate::executor::CrashPoint>, String> {
+    use crate::recreate::executor::CrashPoint;
+    match std::env::var("OUROBOROS_FAILPOINT") {
+        Ok(v) if !v.is_empty() => CrashPoint::parse(&v)
+            .map(Some)
+            .ok_or_else(|| format!("OUROBOROS_FAILPOINT: unknown crash point {v:?}")),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn crash_point() -> Result<Option<crate::recreate::executor::CrashPoint>, String> {
+    Ok(None)
 }
 
 #[cfg(test)]

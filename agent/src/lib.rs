@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod commands;
 pub mod engine;
 pub mod link;
 pub mod recreate;
@@ -18,10 +19,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::commands::CommandRunner;
 use crate::engine::{DockerEndpoint, Engine};
 use crate::link::LinkConfig;
+use crate::recreate::executor::{CrashMode, CrashPoint, Deadlines, Recreator};
+use crate::recreate::journal::Journal;
 
 /// Validated configuration of the agent.
 #[derive(Clone)]
@@ -29,11 +33,25 @@ pub struct AgentConfig {
     pub link: LinkConfig,
     pub docker: DockerEndpoint,
     pub data_dir: PathBuf,
+    /// Fault injection for tests (built with the `failpoints` feature only).
+    pub crash: Option<CrashPoint>,
+}
+
+/// The agent's own container id, when it runs in a container (Docker sets `HOSTNAME` to the
+/// short id unless told otherwise).
+fn own_container_id() -> Option<String> {
+    let host = std::env::var("HOSTNAME").ok()?;
+    (host.len() == 12 && host.bytes().all(|b| b.is_ascii_hexdigit())).then_some(host)
 }
 
 /// Runs the agent until `shutdown` completes. Waits (with backoff) for the Docker engine when it
-/// is not reachable yet.
-pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) {
+/// is not reachable yet; before it connects to the coordinator it finishes or reverts every
+/// recreate a crash interrupted. Fails only when its journal cannot be used.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = async move {
         let mut backoff =
@@ -54,7 +72,26 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             host = %config.link.host,
             "Docker engine connected."
         );
-        link::run(config.link, engine, stop_rx).await;
+        let mut recreator =
+            Recreator::new(&engine, journal, Deadlines::default(), own_container_id());
+        if let Some(point) = config.crash {
+            warn!(
+                ?point,
+                "Fault injection: the agent hangs at this point of every recreate, to be killed."
+            );
+            recreator = recreator.with_crash(point, CrashMode::Hang);
+        }
+        match recreator.recover().await {
+            Ok(recovered) => {
+                for (op, outcome) in recovered {
+                    info!(op = %op, ?outcome, "Recovered an interrupted recreate.");
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "Cannot recover interrupted recreates; the journal needs an operator.")
+            }
+        }
+        link::run(config.link, engine, CommandRunner::new(recreator), stop_rx).await;
     };
     tokio::pin!(agent);
     tokio::select! {
@@ -65,4 +102,5 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
         }
     }
+    Ok(())
 }

@@ -21,7 +21,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+
 use crate::backoff::Backoff;
+use crate::commands::CommandRunner;
 use crate::engine::{Engine, EngineError};
 use crate::schedule::InventorySchedule;
 
@@ -56,12 +59,17 @@ enum SessionError {
 }
 
 /// Keeps a session open until `shutdown` becomes true.
-pub async fn run(config: LinkConfig, engine: Engine, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    config: LinkConfig,
+    engine: Engine,
+    commands: Arc<CommandRunner>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&config, &engine) => r,
+            r = session(&config, &engine, &commands) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match result {
@@ -102,7 +110,11 @@ fn message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(kind) }
 }
 
-async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionError> {
+async fn session(
+    config: &LinkConfig,
+    engine: &Engine,
+    commands: &Arc<CommandRunner>,
+) -> Result<(), SessionError> {
     let channel = endpoint(config)?
         .connect()
         .await
@@ -219,6 +231,11 @@ async fn session(config: &LinkConfig, engine: &Engine) -> Result<(), SessionErro
             m = inbound.message() => match m.map_err(SessionError::Stream)? {
                 Some(pb::CoordinatorMessage { kind: Some(Kind::Refresh(_)) }) => {
                     schedule.due_now(Instant::now());
+                }
+                Some(pb::CoordinatorMessage { kind: Some(Kind::Recreate(command)) }) => {
+                    let commands = commands.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move { commands.recreate(command, tx).await });
                 }
                 Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
                 None => return Ok(()),

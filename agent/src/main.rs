@@ -17,10 +17,17 @@ fn main() -> ExitCode {
         }
     };
     let runtime = ouroboros_shared::cli::runtime_or_exit();
-    runtime.block_on(ouroboros_agent::run(
+    match runtime.block_on(ouroboros_agent::run(
         config,
         ouroboros_shared::shutdown::signal(),
-    ));
-    tracing::info!("Agent stopped.");
-    ExitCode::SUCCESS
+    )) {
+        Ok(()) => {
+            tracing::info!("Agent stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

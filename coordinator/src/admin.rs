@@ -6,16 +6,27 @@ use ouroboros_proto::v1 as pb;
 use ouroboros_shared::host::HostName;
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::commands::{CommandError, Dispatcher};
 use crate::fleet::Fleet;
 
 /// The `Admin` service.
 pub struct AdminApi {
     fleet: Arc<Fleet>,
+    commands: Arc<Dispatcher>,
+    update_timeout: Duration,
 }
 
 impl AdminApi {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    pub fn new(fleet: Arc<Fleet>, commands: Arc<Dispatcher>, update_timeout: Duration) -> Self {
+        Self {
+            fleet,
+            commands,
+            update_timeout,
+        }
     }
 }
 
@@ -64,5 +75,37 @@ impl pb::admin_server::Admin for AdminApi {
             })
             .collect();
         Ok(Response::new(pb::ListContainersResponse { containers }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let r = request.into_inner();
+        let host = HostName::parse(&r.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.container.trim().is_empty() {
+            return Err(Status::invalid_argument("no container given"));
+        }
+        if !r.image.is_empty() && r.image.chars().any(char::is_whitespace) {
+            return Err(Status::invalid_argument(format!(
+                "invalid image reference {:?}",
+                r.image
+            )));
+        }
+        let outcome = self
+            .commands
+            .recreate(host.as_str(), &r.container, &r.image, self.update_timeout)
+            .await
+            .map_err(|e| match e {
+                CommandError::NotConnected(_) => Status::failed_precondition(e.to_string()),
+                CommandError::AgentGone { .. } => Status::unavailable(e.to_string()),
+                CommandError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
+            })?;
+        info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
+        Ok(Response::new(pb::UpdateResponse {
+            op_id: outcome.op_id,
+            result: outcome.result.recreate,
+            steps: outcome.steps,
+        }))
     }
 }

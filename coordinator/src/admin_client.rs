@@ -12,7 +12,7 @@ use ouroboros_shared::time_fmt::{age, now_unix_ms, rfc3339_ms, rfc3339_secs};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::cli::{AdminArgs, Failure};
+use crate::cli::{AdminArgs, Failure, UpdateArgs};
 use crate::output::{OutputFormat, table};
 
 /// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
@@ -83,6 +83,76 @@ pub async fn containers(args: &AdminArgs, host: Option<&HostName>) -> Result<(),
     }
     print!("{}", render_containers(&rows, args.output));
     Ok(())
+}
+
+/// `update --host H --container C [--image REF]`: exit 0 when the container runs the target
+/// image, 1 with one line when it was refused or rolled back.
+pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.admin).await?;
+    let request = pb::UpdateRequest {
+        host: args.host.to_string(),
+        container: args.container.clone(),
+        image: args.image.clone().unwrap_or_default(),
+    };
+    let response = client
+        .update(request)
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    let result = response.result.clone().unwrap_or_default();
+    use pb::recreate_result::Status;
+    let status = match result.status() {
+        Status::Updated => "updated",
+        Status::AlreadyCurrent => "already-current",
+        Status::Refused => "refused",
+        Status::RolledBack => "rolled-back",
+        Status::RollbackFailed => "rollback-failed",
+        Status::Error | Status::Unspecified => "error",
+    };
+    match args.admin.output {
+        OutputFormat::Json => print!(
+            "{}",
+            pretty(&[json!({
+                "host": args.host.as_str(),
+                "container": args.container,
+                "op_id": response.op_id,
+                "status": status,
+                "new_id": result.new_id,
+                "image_id": result.image_id,
+                "failed_step": result.step,
+                "reason": result.reason,
+                "steps": response.steps,
+            })])
+        ),
+        OutputFormat::Table => print!(
+            "{}",
+            table(
+                &["HOST", "CONTAINER", "STATUS", "STEPS", "OP"],
+                &[vec![
+                    args.host.to_string(),
+                    args.container.clone(),
+                    status.to_owned(),
+                    response.steps.join(","),
+                    response.op_id.clone(),
+                ]],
+            )
+        ),
+    }
+    match result.status() {
+        Status::Updated | Status::AlreadyCurrent => Ok(()),
+        Status::RolledBack => Err(Failure::runtime(format!(
+            "update of {} on {} failed at {}: {}; the old container was restored",
+            args.container, args.host, result.step, result.reason
+        ))),
+        Status::RollbackFailed => Err(Failure::runtime(format!(
+            "update of {} on {} failed at {} and the rollback did not complete: {}",
+            args.container, args.host, result.step, result.reason
+        ))),
+        _ => Err(Failure::runtime(format!(
+            "update of {} on {} refused: {}",
+            args.container, args.host, result.reason
+        ))),
+    }
 }
 
 fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: i64) -> String {

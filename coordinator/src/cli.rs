@@ -43,6 +43,9 @@ pub enum Command {
     Hosts(AdminArgs),
     /// List the containers of the fleet.
     Containers(ContainersArgs),
+    /// Recreate one container now on the current image of its tag (or on --image), with the
+    /// safe sequence: health-gated, rolled back on failure.
+    Update(UpdateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +118,40 @@ pub struct ContainersArgs {
     pub host: Option<HostName>,
 }
 
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The container's host.
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub host: HostName,
+    /// Container name or id.
+    #[arg(long, value_name = "NAME", value_parser = parse_container)]
+    pub container: String,
+    /// Image reference to recreate from [default: the container's configured reference].
+    #[arg(long, value_name = "REF", value_parser = parse_image)]
+    pub image: Option<String>,
+}
+
+fn parse_container(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("a container name or id: letters, digits, '_', '.' and '-'".into())
+    }
+}
+
+fn parse_image(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("not an image reference".into());
+    }
+    Ok(value.to_owned())
+}
+
 fn parse_host(value: &str) -> Result<HostName, String> {
     HostName::parse(value).map_err(|e| e.to_string())
 }
@@ -169,6 +206,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Containers(args) => {
             admin_client::containers(&args.admin, args.host.as_ref()).await
         }
+        Command::Update(args) => admin_client::update(&args).await,
     }
 }
 

@@ -20,6 +20,14 @@ use crate::writer::StoreWriter;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionId(u64);
 
+impl SessionId {
+    /// A fixed id for unit tests of other modules.
+    #[cfg(test)]
+    pub fn for_tests(n: u64) -> Self {
+        Self(n)
+    }
+}
+
 struct Session {
     id: SessionId,
     peer: SocketAddr,

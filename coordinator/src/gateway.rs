@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::commands::Dispatcher;
 use crate::fleet::{Fleet, SessionGuard};
 use crate::tls::peer;
 
@@ -26,6 +27,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `AgentGateway` service.
 pub struct Gateway {
     fleet: Arc<Fleet>,
+    commands: Arc<Dispatcher>,
     heartbeat: Duration,
     missed_heartbeats: u32,
     shutdown: watch::Receiver<bool>,
@@ -34,12 +36,14 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         fleet: Arc<Fleet>,
+        commands: Arc<Dispatcher>,
         heartbeat: Duration,
         missed_heartbeats: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             fleet,
+            commands,
             heartbeat,
             missed_heartbeats,
             shutdown,
@@ -122,8 +126,11 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
+        self.commands
+            .register(host.as_str(), session.id, tx.clone());
         let link = AgentLink {
             fleet: self.fleet.clone(),
+            commands: self.commands.clone(),
             host,
             session,
             silence_limit: self.heartbeat * self.missed_heartbeats,
@@ -138,6 +145,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
 /// The coordinator's side of one connected agent.
 struct AgentLink {
     fleet: Arc<Fleet>,
+    commands: Arc<Dispatcher>,
     host: HostName,
     /// Marks the host disconnected when the link ends, however it ends.
     session: SessionGuard,
@@ -201,6 +209,8 @@ impl AgentLink {
                 let _ = self.outbound.try_send(Err(status));
             }
         }
+        self.commands
+            .unregister(self.host.as_str(), self.session.id);
         // Dropping `self.session` marks the host disconnected.
     }
 
@@ -221,6 +231,15 @@ impl AgentLink {
             }
             Some(Kind::Heartbeat(_)) => {
                 self.fleet.seen(&self.host, self.session.id, now);
+                Ok(())
+            }
+            Some(Kind::Progress(progress)) => {
+                info!(host = %self.host, op = %progress.op_id, step = %progress.step, "Command progress.");
+                self.commands.progress(self.host.as_str(), progress);
+                Ok(())
+            }
+            Some(Kind::Result(result)) => {
+                self.commands.result(self.host.as_str(), result);
                 Ok(())
             }
             Some(Kind::Hello(_)) => Err(Status::invalid_argument("protocol error: second Hello")),

@@ -12,11 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::AdminApi;
+use crate::commands::Dispatcher;
 use crate::fleet::Fleet;
 use crate::gateway::Gateway;
 use crate::store::{RedbStore, StoreError};
 use crate::tls::{incoming, require_role};
 
+/// Longest an `update` waits for the agent's result (pull, stop, health gate included).
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often heartbeat times are queued for the store.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -97,9 +100,11 @@ pub async fn run(
         })
     };
 
+    let commands = Arc::new(Dispatcher::default());
     let gateway = AgentGatewayServer::with_interceptor(
         Gateway::new(
             fleet.clone(),
+            commands.clone(),
             config.heartbeat,
             config.missed_heartbeats,
             stop_rx,
@@ -107,7 +112,7 @@ pub async fn run(
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(
-        AdminApi::new(fleet.clone()),
+        AdminApi::new(fleet.clone(), commands, UPDATE_TIMEOUT),
         require_role(Role::Admin, "Admin"),
     );
     let result = tonic::transport::Server::builder()

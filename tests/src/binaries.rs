@@ -2,7 +2,8 @@
 //!
 //! Cargo sets `CARGO_BIN_EXE_<name>` only for the binaries of the package under test, so this
 //! crate builds `ouroboros-agent` and `ouroboros-coordinator` itself: `$CARGO build --bins -p
-//! ouroboros-agent -p ouroboros-coordinator`, into the target directory and profile of the
+//! ouroboros-agent -p ouroboros-coordinator --features ouroboros-agent/failpoints`, into the
+//! target directory and profile of the
 //! running test binary (found from `std::env::current_exe()`: `<target>/[<triple>/]<profile>/
 //! deps/<test>`). When the binaries are up to date that build takes well under a second.
 //!
@@ -101,6 +102,9 @@ impl BuildLayout {
             .arg("build")
             .arg("--bins")
             .args(["-p", AGENT, "-p", COORDINATOR])
+            // Fault injection for the crash tests (OUROBOROS_FAILPOINT); inert without the
+            // variable.
+            .args(["--features", "ouroboros-agent/failpoints"])
             .arg("--manifest-path")
             .arg(manifest)
             .arg("--target-dir")

@@ -98,8 +98,9 @@ pub enum CrashMode {
     /// Return [`RecreateError::Crashed`] at once, leaving Docker and the journal as they are
     /// (library tests).
     Return,
-    /// Abort the process, like SIGKILL (end-to-end tests of the binary).
-    Abort,
+    /// Log and hang at the point, for the test to SIGKILL the process (end-to-end tests of
+    /// the binary).
+    Hang,
 }
 
 /// Recreates containers of one engine.
@@ -160,11 +161,14 @@ impl Recreator {
         self
     }
 
-    fn crash_point(&self, point: CrashPoint) -> Result<(), Interrupt> {
+    async fn crash_point(&self, point: CrashPoint) -> Result<(), Interrupt> {
         match self.crash {
-            Some((p, CrashMode::Abort)) if p == point => {
-                warn!(?point, "Aborting at the injected crash point.");
-                std::process::abort()
+            Some((p, CrashMode::Hang)) if p == point => {
+                warn!(
+                    ?point,
+                    "Hanging at the injected crash point; waiting to be killed."
+                );
+                std::future::pending().await
             }
             Some((p, CrashMode::Return)) if p == point => Err(Interrupt::Crashed(point)),
             _ => Ok(()),
@@ -173,12 +177,22 @@ impl Recreator {
 
     /// Runs one recreate. A repeated op id gets the stored outcome, without doing anything.
     pub async fn recreate(&self, request: &Request) -> Result<Outcome, RecreateError> {
+        self.recreate_reporting(request, &|_| {}).await
+    }
+
+    /// [`Recreator::recreate`], calling `report` with the name of each step as it starts.
+    pub async fn recreate_reporting(
+        &self,
+        request: &Request,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Outcome, RecreateError> {
         if let Some(entry) = self.journal.get(&request.op_id)? {
             return match entry.step {
                 Step::Done { outcome } => Ok(outcome),
                 _ => Err(RecreateError::InProgress(request.op_id.clone())),
             };
         }
+        report("prepare");
         let prepared = match self.prepare(request).await {
             Ok(p) => p,
             Err(outcome) => {
@@ -203,8 +217,9 @@ impl Recreator {
             step: Step::Planned,
         };
         self.journal.record(&entry)?;
-        let outcome = match self.swap(&mut entry, &plan).await {
+        let outcome = match self.swap(&mut entry, &plan, report).await {
             Ok(new_id) => {
+                report("remove old");
                 entry.step = Step::RemovingOld {
                     new_id: new_id.clone(),
                 };
@@ -228,6 +243,7 @@ impl Recreator {
                     reason: failure.reason.clone(),
                 };
                 self.journal.record(&entry)?;
+                report("rollback");
                 self.roll_back(&entry, new_id.as_deref(), failure).await
             }
         };
@@ -325,13 +341,19 @@ impl Recreator {
     }
 
     /// Stop, rename aside, create, connect, start, health gate. Returns the new id.
-    async fn swap(&self, entry: &mut Entry, plan: &CreatePlan) -> Result<String, Interrupt> {
+    async fn swap(
+        &self,
+        entry: &mut Entry,
+        plan: &CreatePlan,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<String, Interrupt> {
         let journal = |e: JournalError| StepFailure {
             step: "journal",
             reason: e.to_string(),
         };
         entry.step = Step::Stopping;
         self.journal.record(entry).map_err(journal)?;
+        report("stop");
         let mut stop = StopContainerOptionsBuilder::new();
         if let Some(t) = plan.stop_timeout.and_then(|t| i32::try_from(t).ok()) {
             stop = stop.t(t);
@@ -344,10 +366,11 @@ impl Recreator {
             .await
             .or_else(not_modified)
             .map_err(failed("stop"))?;
-        self.crash_point(CrashPoint::AfterStop)?;
+        self.crash_point(CrashPoint::AfterStop).await?;
 
         entry.step = Step::RenamingAside;
         self.journal.record(entry).map_err(journal)?;
+        report("rename");
         self.docker
             .rename_container(
                 &entry.old_id,
@@ -357,16 +380,17 @@ impl Recreator {
             )
             .await
             .map_err(failed("rename"))?;
-        self.crash_point(CrashPoint::AfterRename)?;
+        self.crash_point(CrashPoint::AfterRename).await?;
 
         entry.step = Step::Creating;
         self.journal.record(entry).map_err(journal)?;
+        report("create");
         let new_id = self.create(plan).await.map_err(failed("create"))?;
         entry.step = Step::Created {
             new_id: new_id.clone(),
         };
         self.journal.record(entry).map_err(journal)?;
-        self.crash_point(CrashPoint::AfterCreate)?;
+        self.crash_point(CrashPoint::AfterCreate).await?;
 
         for (network, endpoint) in &plan.extra_networks {
             self.docker
@@ -381,11 +405,13 @@ impl Recreator {
                 .map_err(failed("connect network"))?;
         }
         if plan.was_running {
+            report("start");
             self.docker
                 .start_container(&new_id, None)
                 .await
                 .map_err(failed("start"))?;
-            self.crash_point(CrashPoint::AfterStart)?;
+            self.crash_point(CrashPoint::AfterStart).await?;
+            report("health gate");
             self.health_gate(&new_id).await?;
         }
         Ok(new_id)
@@ -423,7 +449,7 @@ impl Recreator {
                 .inspect_container(id, None)
                 .await
                 .map_err(|e| gate(format!("cannot inspect the new container: {e}")))?;
-            self.crash_point(CrashPoint::DuringHealthWait)?;
+            self.crash_point(CrashPoint::DuringHealthWait).await?;
             let restarts = state.restart_count.unwrap_or(0);
             let first = *first_restarts.get_or_insert(restarts);
             let s = state.state.clone().unwrap_or_default();

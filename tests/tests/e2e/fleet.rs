@@ -16,8 +16,8 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// The coordinator's files and how to reach it.
 pub(crate) struct Coordinator {
-    bin: PathBuf,
-    pki: PathBuf,
+    pub(crate) bin: PathBuf,
+    pub(crate) pki: PathBuf,
     data: PathBuf,
     pub(crate) url: String,
 }

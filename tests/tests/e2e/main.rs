@@ -10,3 +10,4 @@ mod config;
 mod docker_tls;
 mod fleet;
 mod harness;
+mod update;

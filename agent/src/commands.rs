@@ -1,0 +1,73 @@
+//! Commands from the coordinator, run one at a time, with their progress and result sent back
+//! on the link. A command outlives the link it came on: if the stream breaks, the journal still
+//! records its end, and a repeated op id gets that stored result.
+
+use std::sync::Arc;
+
+use ouroboros_proto::v1 as pb;
+use pb::agent_message::Kind;
+use pb::recreate_result::Status;
+use tokio::sync::{Mutex, mpsc};
+use tracing::info;
+
+use crate::recreate::executor::{Recreator, Request};
+
+/// Runs the coordinator's commands on this host.
+pub struct CommandRunner {
+    recreator: Recreator,
+    /// One destructive operation at a time on a host.
+    one_at_a_time: Mutex<()>,
+}
+
+impl CommandRunner {
+    pub fn new(recreator: Recreator) -> Arc<Self> {
+        Arc::new(Self {
+            recreator,
+            one_at_a_time: Mutex::new(()),
+        })
+    }
+
+    /// Runs a `Recreate` and sends its progress and result on `tx`.
+    pub async fn recreate(&self, command: pb::Recreate, tx: mpsc::Sender<pb::AgentMessage>) {
+        let _turn = self.one_at_a_time.lock().await;
+        let op_id = command.op_id.clone();
+        info!(op = %op_id, container = %command.container, image = %command.image, "Recreate requested.");
+        let request = Request {
+            op_id: op_id.clone(),
+            container: command.container,
+            image: (!command.image.is_empty()).then_some(command.image),
+        };
+        let progress = tx.clone();
+        let progress_op = op_id.clone();
+        let report = move |step: &'static str| {
+            let message = pb::AgentMessage {
+                kind: Some(Kind::Progress(pb::CommandProgress {
+                    op_id: progress_op.clone(),
+                    step: step.to_owned(),
+                })),
+            };
+            // Progress is informative: never wait for the link because of it.
+            let _ = progress.try_send(message);
+        };
+        let result = match self.recreator.recreate_reporting(&request, &report).await {
+            Ok(outcome) => pb::RecreateResult::from(&outcome),
+            Err(error) => {
+                let mut r = pb::RecreateResult {
+                    reason: error.to_string(),
+                    ..Default::default()
+                };
+                r.set_status(Status::Error);
+                r
+            }
+        };
+        info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
+        let _ = tx
+            .send(pb::AgentMessage {
+                kind: Some(Kind::Result(pb::CommandResult {
+                    op_id,
+                    recreate: Some(result),
+                })),
+            })
+            .await;
+    }
+}

@@ -1,0 +1,248 @@
+//! Commands to agents: the coordinator's side. Each connected agent's link registers its
+//! outbound stream here; a command gets a fresh op id, goes down that stream, and its caller
+//! waits for the agent's result (with a deadline), collecting the progress steps meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ouroboros_proto::v1 as pb;
+use ouroboros_shared::time_fmt::now_unix_ms;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::fleet::SessionId;
+
+type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+struct Waiting {
+    result: oneshot::Sender<(pb::CommandResult, Vec<String>)>,
+    steps: Vec<String>,
+}
+
+struct Link {
+    session: SessionId,
+    outbound: Outbound,
+    waiting: HashMap<String, Waiting>,
+}
+
+/// Why a command got no result.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("host {0} is not connected")]
+    NotConnected(String),
+    #[error(
+        "host {host}'s agent went away during operation {op_id}; its journal finishes or reverts the operation when it is back"
+    )]
+    AgentGone { host: String, op_id: String },
+    #[error("no result for operation {op_id} on host {host} within {timeout:?}")]
+    TimedOut {
+        host: String,
+        op_id: String,
+        timeout: Duration,
+    },
+}
+
+/// What the agent answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    pub op_id: String,
+    pub result: pb::CommandResult,
+    pub steps: Vec<String>,
+}
+
+/// The links of connected agents, by host.
+#[derive(Default)]
+pub struct Dispatcher {
+    links: Mutex<HashMap<String, Link>>,
+    next_op: AtomicU64,
+}
+
+impl Dispatcher {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection of `host`; replaces an older one.
+    pub fn register(&self, host: &str, session: SessionId, outbound: Outbound) {
+        self.lock().insert(
+            host.to_owned(),
+            Link {
+                session,
+                outbound,
+                waiting: HashMap::new(),
+            },
+        );
+    }
+
+    /// The connection ended; its waiting callers learn that the agent went away.
+    pub fn unregister(&self, host: &str, session: SessionId) {
+        let mut links = self.lock();
+        if links.get(host).is_some_and(|l| l.session == session) {
+            links.remove(host);
+        }
+    }
+
+    /// A progress step from `host`'s agent.
+    pub fn progress(&self, host: &str, progress: pb::CommandProgress) {
+        if let Some(w) = self
+            .lock()
+            .get_mut(host)
+            .and_then(|l| l.waiting.get_mut(&progress.op_id))
+        {
+            w.steps.push(progress.step);
+        }
+    }
+
+    /// A result from `host`'s agent.
+    pub fn result(&self, host: &str, result: pb::CommandResult) {
+        let waiting = self
+            .lock()
+            .get_mut(host)
+            .and_then(|l| l.waiting.remove(&result.op_id));
+        if let Some(w) = waiting {
+            let _ = w.result.send((result, w.steps));
+        }
+    }
+
+    fn new_op_id(&self) -> String {
+        let n = self.next_op.fetch_add(1, Ordering::Relaxed);
+        format!("op-{}-{n}", now_unix_ms())
+    }
+
+    /// Sends `Recreate` to `host` and waits for its result.
+    pub async fn recreate(
+        &self,
+        host: &str,
+        container: &str,
+        image: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, CommandError> {
+        let op_id = self.new_op_id();
+        let (tx, rx) = oneshot::channel();
+        let outbound = {
+            let mut links = self.lock();
+            let link = links
+                .get_mut(host)
+                .ok_or_else(|| CommandError::NotConnected(host.to_owned()))?;
+            link.waiting.insert(
+                op_id.clone(),
+                Waiting {
+                    result: tx,
+                    steps: Vec::new(),
+                },
+            );
+            link.outbound.clone()
+        };
+        let command = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Recreate(pb::Recreate {
+                op_id: op_id.clone(),
+                container: container.to_owned(),
+                image: image.to_owned(),
+            })),
+        };
+        let gone = || CommandError::AgentGone {
+            host: host.to_owned(),
+            op_id: op_id.clone(),
+        };
+        if outbound.send(Ok(command)).await.is_err() {
+            self.forget(host, &op_id);
+            return Err(gone());
+        }
+        let (result, steps) = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => {
+                self.forget(host, &op_id);
+                return Err(CommandError::TimedOut {
+                    host: host.to_owned(),
+                    op_id,
+                    timeout,
+                });
+            }
+        };
+        Ok(CommandOutcome {
+            op_id,
+            result,
+            steps,
+        })
+    }
+
+    fn forget(&self, host: &str, op_id: &str) {
+        if let Some(link) = self.lock().get_mut(host) {
+            link.waiting.remove(op_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionId {
+        SessionId::for_tests(7)
+    }
+
+    #[tokio::test]
+    async fn a_command_gets_its_result_and_steps() {
+        let d = std::sync::Arc::new(Dispatcher::default());
+        let (tx, mut rx) = mpsc::channel(4);
+        d.register("h1", session(), tx);
+        let agent = {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let Some(Ok(pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Recreate(cmd)),
+                })) = rx.recv().await
+                else {
+                    panic!("no Recreate sent");
+                };
+                assert_eq!(cmd.container, "web");
+                d.progress(
+                    "h1",
+                    pb::CommandProgress {
+                        op_id: cmd.op_id.clone(),
+                        step: "stop".into(),
+                    },
+                );
+                d.result(
+                    "h1",
+                    pb::CommandResult {
+                        op_id: cmd.op_id,
+                        recreate: Some(pb::RecreateResult::default()),
+                    },
+                );
+            })
+        };
+        let outcome = d
+            .recreate("h1", "web", "", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(outcome.steps, ["stop"]);
+        assert_eq!(outcome.result.op_id, outcome.op_id);
+        agent.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_host_gone_agent_and_timeout_are_errors() {
+        let d = Dispatcher::default();
+        assert_eq!(
+            d.recreate("nope", "web", "", Duration::from_secs(1)).await,
+            Err(CommandError::NotConnected("nope".into()))
+        );
+        let (tx, rx) = mpsc::channel(4);
+        d.register("h1", session(), tx);
+        let timed_out = d.recreate("h1", "web", "", Duration::from_millis(50)).await;
+        assert!(
+            matches!(timed_out, Err(CommandError::TimedOut { .. })),
+            "{timed_out:?}"
+        );
+        drop(rx);
+        let gone = d.recreate("h1", "web", "", Duration::from_secs(1)).await;
+        assert!(
+            matches!(gone, Err(CommandError::AgentGone { .. })),
+            "{gone:?}"
+        );
+    }
+}

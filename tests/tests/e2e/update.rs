@@ -1,0 +1,210 @@
+//! `ouroboros-coordinator update` end to end: the command reaches the agent, the container
+//! moves to the new image, and an agent killed with SIGKILL at each step of the sequence
+//! recovers on restart to exactly one container under the name, running, with no leftovers.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ouroboros_tests::{
+    Binaries, Cleanup, ImageSpec, Process, Registry, eventually, publish, require_engine,
+    unique_name,
+};
+use serde_json::Value;
+
+use crate::fleet::Coordinator;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs `update` and returns its exit code and parsed JSON answer (if any).
+fn update(coordinator: &Coordinator, container: &str) -> anyhow::Result<(i32, Option<Value>)> {
+    let out = std::process::Command::new(&coordinator.bin)
+        .args(["update", "--host", "host-a", "--container", container])
+        .args([
+            "--output",
+            "json",
+            "--server",
+            &coordinator.url,
+            "--pki-dir",
+        ])
+        .arg(&coordinator.pki)
+        .output()
+        .context("running update")?;
+    let json = serde_json::from_slice::<Value>(&out.stdout).ok();
+    Ok((out.status.code().unwrap_or(-1), json))
+}
+
+#[test]
+fn update_moves_a_container_to_the_new_image_of_its_tag() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let cleanup = Cleanup::new(&engine);
+    let repo = unique_name("upd");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+    let name = cleanup.run_container("upd", &["--network", "none"], &v1.reference, &[])?;
+    let v2 = publish(&cleanup, &registry, &repo, "stable", 2)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-upd-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let _server = coordinator.serve("127.0.0.1:0")?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || coordinator.container("host-a", &name))?;
+
+    let (code, answer) = update(&coordinator, &name)?;
+    let answer = answer.context("no JSON answer")?;
+    let result = &answer[0];
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(result["status"], "updated", "{answer}");
+    let steps: Vec<&str> = result["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for step in [
+        "prepare",
+        "stop",
+        "rename",
+        "create",
+        "start",
+        "health gate",
+        "remove old",
+    ] {
+        assert!(steps.contains(&step), "{step} not reported: {steps:?}");
+    }
+    let image_id = engine.docker(&["image", "inspect", &v2.pinned(), "--format", "{{.Id}}"])?;
+    assert_eq!(engine.inspect(&name, "{{.Image}}")?, image_id);
+    assert_eq!(result["image_id"], image_id.as_str());
+    // The coordinator's view follows.
+    eventually(CONVERGE, POLL, || {
+        let c = coordinator.container("host-a", &name)?;
+        ensure!(c["image_id"] == image_id.as_str(), "view not updated: {c}");
+        Ok(())
+    })?;
+
+    // Again: nothing to do, and it says so.
+    let (code, answer) = update(&coordinator, &name)?;
+    assert_eq!(code, 0);
+    assert_eq!(answer.context("no JSON")?[0]["status"], "already-current");
+
+    // An unknown container: refused, exit 1, nothing changed.
+    let missing = unique_name("upd-missing");
+    let (code, answer) = update(&coordinator, &missing)?;
+    assert_eq!(code, 1);
+    assert_eq!(answer.context("no JSON")?[0]["status"], "refused");
+    Ok(())
+}
+
+/// The agent aborts at `point` during an update; restarted, it recovers the container.
+fn crash_and_recover(point: &str) -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let cleanup = Cleanup::new(&engine);
+    let repo = unique_name("crash");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+    let name = cleanup.run_container("crash", &["--network", "none"], &v1.reference, &[])?;
+    let old_id = engine.inspect(&name, "{{.Id}}")?;
+    publish(&cleanup, &registry, &repo, "stable", ImageSpec::new(2))?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-crash-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let _server = coordinator.serve("127.0.0.1:0")?;
+    let crashing = coordinator.agent_with(
+        &bins.agent,
+        "host-a",
+        &["--docker-host", engine.host()],
+        &[("OUROBOROS_FAILPOINT", point)],
+    )?;
+    eventually(CONVERGE, POLL, || coordinator.container("host-a", &name))?;
+    // The update runs in the background; the agent hangs at the crash point and is killed.
+    let updating = {
+        let bin = coordinator.bin.clone();
+        let url = coordinator.url.clone();
+        let pki = coordinator.pki.clone();
+        let name = name.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(["update", "--host", "host-a", "--container", &name])
+                .args(["--server", &url, "--pki-dir"])
+                .arg(pki)
+                .output()
+        })
+    };
+    crashing
+        .wait_for_log("Hanging at the injected crash point", CONVERGE)
+        .with_context(|| format!("the agent never reached {point}"))?;
+    crashing.kill9()?;
+    let out = updating
+        .join()
+        .map_err(|_| anyhow::anyhow!("update thread panicked"))??;
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "update succeeded although the agent was killed at {point}"
+    );
+
+    let restarted: Process = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    restarted.wait_for_log("Recovered an interrupted recreate.", CONVERGE)?;
+    assert_eq!(
+        engine.inspect(&name, "{{.Id}}")?,
+        old_id,
+        "not the old container"
+    );
+    assert_eq!(engine.inspect(&name, "{{.State.Running}}")?, "true");
+    let others: Vec<String> = engine
+        .docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Names}}",
+        ])?
+        .lines()
+        .filter(|n| *n != name)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "left behind after a crash at {point}: {others:?}"
+    );
+    // And the update goes through now.
+    let (code, answer) = update(&coordinator, &name)?;
+    assert_eq!(code, 0, "{answer:?}");
+    Ok(())
+}
+
+#[test]
+fn agent_killed_after_stop_recovers() -> anyhow::Result<()> {
+    crash_and_recover("after-stop")
+}
+
+#[test]
+fn agent_killed_after_rename_recovers() -> anyhow::Result<()> {
+    crash_and_recover("after-rename")
+}
+
+#[test]
+fn agent_killed_after_create_recovers() -> anyhow::Result<()> {
+    crash_and_recover("after-create")
+}
+
+#[test]
+fn agent_killed_after_start_recovers() -> anyhow::Result<()> {
+    crash_and_recover("after-start")
+}
+
+#[test]
+fn agent_killed_during_the_health_wait_recovers() -> anyhow::Result<()> {
+    crash_and_recover("during-health")
+}
