@@ -186,6 +186,87 @@ impl Recreator {
         request: &Request,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> Result<Outcome, RecreateError> {
+        let outcome = self
+            .recreate_one(request, &Dependency::None, report)
+            .await?;
+        let dependants_of = match &outcome {
+            Outcome::Updated { .. } | Outcome::RolledBack { .. } => {
+                self.journal.get(&request.op_id)?.map(|e| e.old_id)
+            }
+            _ => None,
+        };
+        if let Some(old_id) = dependants_of {
+            self.follow_dependants(request, &old_id, &outcome, report)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Containers in `container:<old_id>` network mode run in a namespace that is gone once
+    /// the old container stopped. After an update they are recreated pointing at the new
+    /// container; after a rollback they are restarted to rejoin the restored one.
+    async fn follow_dependants(
+        &self,
+        request: &Request,
+        old_id: &str,
+        outcome: &Outcome,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<(), RecreateError> {
+        let mode = format!("container:{old_id}");
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .build();
+        let listed = match self.docker.list_containers(Some(options)).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "Cannot list containers to find dependants.");
+                return Ok(());
+            }
+        };
+        let dependants: Vec<(String, bool)> = listed
+            .into_iter()
+            .filter(|c| {
+                c.host_config
+                    .as_ref()
+                    .and_then(|h| h.network_mode.as_deref())
+                    == Some(mode.as_str())
+            })
+            .filter_map(|c| {
+                let running = c.state.map(|s| s.to_string()) == Some("running".into());
+                c.id.map(|id| (id, running))
+            })
+            .collect();
+        for (i, (id, running)) in dependants.into_iter().enumerate() {
+            match outcome {
+                Outcome::Updated { new_id, .. } => {
+                    report("dependant");
+                    let dependant = Request {
+                        op_id: format!("{}-dep{i}", request.op_id),
+                        container: id.clone(),
+                        image: None,
+                    };
+                    let provider = Dependency::NetworkOf(new_id.clone());
+                    let result = Box::pin(self.recreate_one(&dependant, &provider, report)).await?;
+                    info!(dependant = %id, ?result, "Dependant recreated on the new container's network.");
+                }
+                _ if running => {
+                    report("dependant");
+                    if let Err(e) = self.docker.restart_container(&id, None).await {
+                        warn!(dependant = %id, error = %e, "Cannot restart a dependant after the rollback.");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn recreate_one(
+        &self,
+        request: &Request,
+        dependency: &Dependency,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Outcome, RecreateError> {
         if let Some(entry) = self.journal.get(&request.op_id)? {
             return match entry.step {
                 Step::Done { outcome } => Ok(outcome),
@@ -193,7 +274,7 @@ impl Recreator {
             };
         }
         report("prepare");
-        let prepared = match self.prepare(request).await {
+        let prepared = match self.prepare(request, dependency).await {
             Ok(p) => p,
             Err(outcome) => {
                 self.finish_without_change(request, &outcome)?;
@@ -273,7 +354,11 @@ impl Recreator {
     }
 
     /// Inspect, pull and derive; nothing is changed. Err is the outcome to report.
-    async fn prepare(&self, request: &Request) -> Result<Prepared, Outcome> {
+    async fn prepare(
+        &self,
+        request: &Request,
+        dependency: &Dependency,
+    ) -> Result<Prepared, Outcome> {
         let refused = |reason: String| Outcome::Refused { reason };
         let old = self
             .docker
@@ -295,14 +380,18 @@ impl Recreator {
         if target.is_empty() {
             return Err(refused("no image to recreate from".into()));
         }
-        self.pull(&target).await.map_err(refused)?;
+        // A dependant keeps its image: it is recreated only to follow its provider.
+        let follows = matches!(dependency, Dependency::NetworkOf(_));
+        if !follows {
+            self.pull(&target).await.map_err(refused)?;
+        }
         let new_image = self
             .docker
             .inspect_image(&target)
             .await
             .map_err(|e| refused(format!("cannot inspect image {target}: {e}")))?;
         let image_id = new_image.id.clone().unwrap_or_default();
-        if old.image.as_deref() == Some(image_id.as_str()) {
+        if old.image.as_deref() == Some(image_id.as_str()) && !follows {
             return Err(Outcome::AlreadyCurrent);
         }
         let old_image = match old.image.as_deref() {
@@ -314,8 +403,13 @@ impl Recreator {
             },
             None => ImageInspect::default(),
         };
-        let plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
+        let mut plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
             .map_err(|e| refused(e.to_string()))?;
+        if let Dependency::NetworkOf(provider) = dependency
+            && let Some(hc) = plan.body.host_config.as_mut()
+        {
+            hc.network_mode = Some(format!("container:{provider}"));
+        }
         Ok(Prepared {
             plan,
             old_id,
@@ -622,6 +716,15 @@ impl Recreator {
             .and_then(|c| c.name)
             .map(|n| n.trim_start_matches('/').to_owned())
     }
+}
+
+/// What a recreate follows.
+enum Dependency {
+    /// A container of its own: pulled, skipped when already current.
+    None,
+    /// A dependant sharing the network namespace of this (new) container: recreated on its
+    /// configured reference without a pull, joined to the provider's namespace.
+    NetworkOf(String),
 }
 
 struct Prepared {
