@@ -166,6 +166,11 @@ impl Cleanup {
                 if kind == Kind::ImageId && !self.is_test_image(name) {
                     continue;
                 }
+                if kind == Kind::Container {
+                    // A recreate interrupted by a failing test leaves the old container under
+                    // `<name>-ouroboros-old-<op>`: it belongs to the test too.
+                    self.remove_set_aside(name);
+                }
                 let mut args = kind.remove_args().to_vec();
                 args.push(name);
                 if let Err(error) = self.engine.docker(&args) {
@@ -182,6 +187,17 @@ impl Cleanup {
             failures.join("; ")
         );
         Ok(())
+    }
+
+    /// Removes containers named `<name>-ouroboros-old-…` (best effort).
+    fn remove_set_aside(&self, name: &str) {
+        let filter = format!("name=^/{name}-ouroboros-old-");
+        let Ok(listed) = self.engine.docker(&["ps", "-aq", "--filter", &filter]) else {
+            return;
+        };
+        for id in listed.lines().filter(|l| !l.is_empty()) {
+            let _ = self.engine.docker(&["rm", "--force", "--volumes", id]);
+        }
     }
 
     /// Whether image `id` still exists and carries the test label.

@@ -60,6 +60,9 @@ pub struct ImageSpec {
     pub version: u32,
     /// What the container does.
     pub behaviour: Behaviour,
+    /// More image configuration, as Dockerfile instructions (`WORKDIR /srv`, `USER 1000`, ...),
+    /// applied after the defaults (so a `HEALTHCHECK` or `CMD` here replaces the default one).
+    pub extra: &'static [&'static str],
 }
 
 impl ImageSpec {
@@ -68,7 +71,13 @@ impl ImageSpec {
         ImageSpec {
             version,
             behaviour: Behaviour::Healthy,
+            extra: &[],
         }
+    }
+
+    /// The same image with more configuration (see [`ImageSpec::extra`]).
+    pub fn with_config(self, extra: &'static [&'static str]) -> ImageSpec {
+        ImageSpec { extra, ..self }
     }
 
     /// The same version, never healthy.
@@ -113,6 +122,9 @@ impl ImageSpec {
             ),
             format!("CMD {}", self.cmd()),
         ]
+        .into_iter()
+        .chain(self.extra.iter().map(|i| (*i).to_owned()))
+        .collect()
     }
 }
 

@@ -15,23 +15,28 @@ use ouroboros_tests::{
 };
 
 /// What every test here needs: an engine, a registry, v1 published and a container of it.
-struct Setup {
-    engine: Engine,
-    cleanup: Cleanup,
-    registry: Registry,
-    repo: String,
-    v1: TestImage,
-    recreator: Recreator,
+pub(crate) struct Setup {
+    pub(crate) engine: Engine,
+    pub(crate) cleanup: Cleanup,
+    pub(crate) registry: Registry,
+    pub(crate) repo: String,
+    pub(crate) v1: TestImage,
+    pub(crate) recreator: Recreator,
     agent_engine: AgentEngine,
     journal_dir: tempfile::TempDir,
 }
 
 impl Setup {
-    async fn new(engine: Engine) -> anyhow::Result<Self> {
+    pub(crate) async fn new(engine: Engine) -> anyhow::Result<Self> {
+        Self::with_v1(engine, ImageSpec::new(1)).await
+    }
+
+    /// Like [`Setup::new`], with `v1` built from `spec`.
+    pub(crate) async fn with_v1(engine: Engine, spec: ImageSpec) -> anyhow::Result<Self> {
         let registry = Registry::start()?;
         let cleanup = Cleanup::new(&engine);
         let repo = unique_name("rc");
-        let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+        let v1 = publish(&cleanup, &registry, &repo, "stable", spec)?;
         let endpoint =
             DockerEndpoint::new(engine.host(), false, None).map_err(anyhow::Error::msg)?;
         let agent_engine = AgentEngine::connect(&endpoint).await?;
@@ -67,16 +72,16 @@ impl Setup {
     }
 
     /// Publishes `spec` under the same tag as v1.
-    fn publish_next(&self, spec: ImageSpec) -> anyhow::Result<TestImage> {
+    pub(crate) fn publish_next(&self, spec: ImageSpec) -> anyhow::Result<TestImage> {
         publish(&self.cleanup, &self.registry, &self.repo, "stable", spec)
     }
 
-    fn inspect(&self, container: &str, format: &str) -> anyhow::Result<String> {
+    pub(crate) fn inspect(&self, container: &str, format: &str) -> anyhow::Result<String> {
         self.engine.inspect(container, format)
     }
 
     /// Containers whose name contains `part`.
-    fn named_like(&self, part: &str) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn named_like(&self, part: &str) -> anyhow::Result<Vec<String>> {
         let out = self.engine.docker(&[
             "ps",
             "-a",
@@ -89,7 +94,7 @@ impl Setup {
     }
 
     /// The anonymous volumes mounted into `container`, removed by the test at its end.
-    fn volumes_of(&self, container: &str) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn volumes_of(&self, container: &str) -> anyhow::Result<Vec<String>> {
         let out = self.inspect(
             container,
             "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
@@ -105,7 +110,7 @@ const DEADLINES: Deadlines = Deadlines {
     poll: Duration::from_millis(100),
 };
 
-fn request(op: &str, container: &str) -> Request {
+pub(crate) fn request(op: &str, container: &str) -> Request {
     Request {
         op_id: op.into(),
         container: container.into(),
