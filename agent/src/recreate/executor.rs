@@ -76,6 +76,8 @@ pub enum CrashPoint {
     AfterStart,
     /// While waiting for the health gate (after its first look).
     DuringHealthWait,
+    /// When a failure is about to be rolled back.
+    BeforeRollback,
 }
 
 impl CrashPoint {
@@ -87,6 +89,7 @@ impl CrashPoint {
             "after-create" => Some(Self::AfterCreate),
             "after-start" => Some(Self::AfterStart),
             "during-health" => Some(Self::DuringHealthWait),
+            "before-rollback" => Some(Self::BeforeRollback),
             _ => None,
         }
     }
@@ -111,7 +114,11 @@ pub struct Recreator {
     deadlines: Deadlines,
     own_id: Option<String>,
     crash: Option<(CrashPoint, CrashMode)>,
+    hooks: Vec<(CrashPoint, Hook)>,
 }
+
+/// A test's action at a [`CrashPoint`] (fault injection: take a port, kill a process, ...).
+pub type Hook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// Why the sequence stopped before the end.
 pub(crate) enum Interrupt {
@@ -152,7 +159,14 @@ impl Recreator {
             deadlines,
             own_id,
             crash: None,
+            hooks: Vec::new(),
         }
+    }
+
+    /// Runs `hook` whenever a recreate passes `point` (tests only), then goes on.
+    pub fn with_hook(mut self, point: CrashPoint, hook: Hook) -> Self {
+        self.hooks.push((point, hook));
+        self
     }
 
     /// Injects a crash right after `point` (tests only).
@@ -162,6 +176,11 @@ impl Recreator {
     }
 
     async fn crash_point(&self, point: CrashPoint) -> Result<(), Interrupt> {
+        for (p, hook) in &self.hooks {
+            if *p == point {
+                hook();
+            }
+        }
         match self.crash {
             Some((p, CrashMode::Hang)) if p == point => {
                 warn!(
@@ -324,6 +343,11 @@ impl Recreator {
                     reason: failure.reason.clone(),
                 };
                 self.journal.record(&entry)?;
+                if let Err(Interrupt::Crashed(point)) =
+                    self.crash_point(CrashPoint::BeforeRollback).await
+                {
+                    return Err(RecreateError::Crashed(point));
+                }
                 report("rollback");
                 self.roll_back(&entry, new_id.as_deref(), failure).await
             }

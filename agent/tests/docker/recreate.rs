@@ -473,3 +473,129 @@ async fn a_dependant_rejoins_the_restored_provider_after_a_rollback() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_host_port_taken_meanwhile_rolls_back() -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let name = s.cleanup.run_container(
+        "rc-port",
+        &["-p", &format!("127.0.0.1:{port}:8080")],
+        &s.v1.reference,
+        &[],
+    )?;
+    let old_id = s.inspect(&name, "{{.Id}}")?;
+    s.publish_next(ImageSpec::new(2))?;
+    // Someone takes the port between the old container's stop and the new one's start, and
+    // lets it go again while the update rolls back.
+    let squatter: Arc<Mutex<Option<std::net::TcpListener>>> = Arc::default();
+    let took = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let take = {
+        let (squatter, took) = (squatter.clone(), took.clone());
+        Arc::new(move || {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+            took.store(listener.is_some(), std::sync::atomic::Ordering::SeqCst);
+            *squatter.lock().unwrap() = listener;
+        })
+    };
+    let release = {
+        let squatter = squatter.clone();
+        Arc::new(move || {
+            squatter.lock().unwrap().take();
+        })
+    };
+    let recreator = s
+        .restarted()?
+        .with_hook(CrashPoint::AfterCreate, take)
+        .with_hook(CrashPoint::BeforeRollback, release);
+    let outcome = recreator.recreate(&request("op-port", &name)).await?;
+    assert!(
+        took.load(std::sync::atomic::Ordering::SeqCst),
+        "the port was not taken"
+    );
+    match &outcome {
+        Outcome::RolledBack { step, reason } => {
+            assert_eq!(step, "start", "{outcome:?}");
+            assert!(
+                reason.contains(&port.to_string()) || reason.contains("address"),
+                "{reason}"
+            );
+        }
+        other => anyhow::bail!("expected a rollback, got {other:?}"),
+    }
+    assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
+    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
+    let others: Vec<String> = s
+        .named_like(&name)?
+        .into_iter()
+        .filter(|n| *n != name)
+        .collect();
+    assert!(others.is_empty(), "left behind: {others:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_set_mac_address_is_kept() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let network = unique_name("rc-macnet");
+    s.engine.docker(&[
+        "network",
+        "create",
+        "--label",
+        "com.ouroboros.test=1",
+        &network,
+    ])?;
+    s.cleanup.track_network(&network)?;
+    // The Docker CLI refuses --mac-address against API 1.41; the Engine API takes it.
+    let name = unique_name("rc-mac");
+    s.cleanup.track_container(&name)?;
+    let mac = "02:aa:bb:cc:dd:01";
+    let body = serde_json::json!({
+        "Image": s.v1.reference,
+        "MacAddress": mac,
+        "Labels": {"com.ouroboros.test": "1"},
+        "HostConfig": {"NetworkMode": network},
+    });
+    s.engine.docker(&["pull", &s.v1.reference])?;
+    let socket = s.engine.host().trim_start_matches("unix://").to_owned();
+    let created = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--unix-socket",
+            &socket,
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-d", &body.to_string()])
+        .arg(format!(
+            "http://localhost/v1.41/containers/create?name={name}"
+        ))
+        .output()?;
+    ensure!(
+        created.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    s.engine.docker(&["start", &name])?;
+    let mac_of = |c: &str| {
+        s.inspect(
+            c,
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").MacAddress}}}}"),
+        )
+    };
+    assert_eq!(mac_of(&name)?, mac);
+    s.publish_next(ImageSpec::new(2))?;
+    let outcome = s.recreator.recreate(&request("op-mac", &name)).await?;
+    assert!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
+    assert_eq!(mac_of(&name)?, mac, "user-set MAC lost");
+    Ok(())
+}
