@@ -10,7 +10,7 @@ use pb::recreate_result::Status;
 use tokio::sync::{Mutex, mpsc};
 use tracing::info;
 
-use crate::recreate::executor::{Recreator, Request};
+use crate::recreate::executor::{Recreator, RegistryAuth, Request};
 
 /// Runs the coordinator's commands on this host.
 pub struct CommandRunner {
@@ -36,6 +36,10 @@ impl CommandRunner {
             op_id: op_id.clone(),
             container: command.container,
             image: (!command.image.is_empty()).then_some(command.image),
+            auth: command.auth.map(|a| RegistryAuth {
+                username: a.username,
+                password: a.password,
+            }),
         };
         let progress = tx.clone();
         let progress_op = op_id.clone();

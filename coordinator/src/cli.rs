@@ -13,6 +13,7 @@ use ouroboros_shared::pki::{self, DEFAULT_LEAF_DAYS, PkiDir};
 use ouroboros_shared::telemetry::parse_filter;
 
 use crate::admin_client;
+use crate::commands::RegistryCredentials;
 use crate::output::OutputFormat;
 use crate::server::{self, ServeConfig};
 
@@ -85,6 +86,12 @@ pub struct ServeArgs {
     /// Directory made by `pki init`.
     #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
     pub pki_dir: PathBuf,
+    /// Registry user handed to agents for pulls (with --repo-pass).
+    #[arg(long, env = ENV_REPO_USER, value_name = "USER", requires = "repo_pass")]
+    pub repo_user: Option<String>,
+    /// Registry password handed to agents for pulls (with --repo-user). Never logged.
+    #[arg(long, env = ENV_REPO_PASS, value_name = "PASSWORD", requires = "repo_user", hide_env_values = true)]
+    pub repo_pass: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +223,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         pki: PkiDir::new(args.pki_dir),
         heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
         missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
+        registry_auth: match (args.repo_user, args.repo_pass) {
+            (Some(username), Some(password)) => Some(RegistryCredentials { username, password }),
+            _ => None,
+        },
     };
     let prepared = server::prepare(config).map_err(|e| {
         if e.is_config() {

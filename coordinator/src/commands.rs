@@ -52,14 +52,38 @@ pub struct CommandOutcome {
     pub steps: Vec<String>,
 }
 
+/// Registry credentials the coordinator hands to agents. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The links of connected agents, by host.
 #[derive(Default)]
 pub struct Dispatcher {
     links: Mutex<HashMap<String, Link>>,
     next_op: AtomicU64,
+    credentials: Option<RegistryCredentials>,
 }
 
 impl Dispatcher {
+    pub fn new(credentials: Option<RegistryCredentials>) -> Self {
+        Self {
+            credentials,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -140,6 +164,10 @@ impl Dispatcher {
                 op_id: op_id.clone(),
                 container: container.to_owned(),
                 image: image.to_owned(),
+                auth: self.credentials.as_ref().map(|c| pb::RegistryAuth {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                }),
             })),
         };
         let gone = || CommandError::AgentGone {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::AdminApi;
-use crate::commands::Dispatcher;
+use crate::commands::{Dispatcher, RegistryCredentials};
 use crate::fleet::Fleet;
 use crate::gateway::Gateway;
 use crate::store::{RedbStore, StoreError};
@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub pki: PkiDir,
     pub heartbeat: Duration,
     pub missed_heartbeats: u32,
+    /// Handed to agents with every pull.
+    pub registry_auth: Option<RegistryCredentials>,
 }
 
 /// Why the server could not run.
@@ -100,7 +102,7 @@ pub async fn run(
         })
     };
 
-    let commands = Arc::new(Dispatcher::default());
+    let commands = Arc::new(Dispatcher::new(config.registry_auth.clone()));
     let gateway = AgentGatewayServer::with_interceptor(
         Gateway::new(
             fleet.clone(),

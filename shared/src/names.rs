@@ -1,6 +1,11 @@
 //! Names that operators and other programs depend on: environment variables, file names,
 //! defaults. Ouroboros' own environment-variable names are kept where an option existed there.
 
+/// Registry user for pulls, as in Ouroboros.
+pub const ENV_REPO_USER: &str = "REPO_USER";
+/// Registry password for pulls, as in Ouroboros.
+pub const ENV_REPO_PASS: &str = "REPO_PASS";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

@@ -47,13 +47,87 @@ impl Default for Deadlines {
 }
 
 /// One recreate request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub op_id: String,
     /// Container name or id.
     pub container: String,
-    /// Image to recreate it from; its configured reference when `None`.
+    /// Image to recreate it from; its configured reference when `None`. `repo:tag@sha256:…`
+    /// pulls exactly that manifest and points `repo:tag` at it.
     pub image: Option<String>,
+    /// Credentials for the pull.
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Registry credentials. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The `X-Registry-Auth` header value: JSON in URL-safe base64, which is what the engine
+/// decodes (bollard's standard alphabet silently turns some passwords into an anonymous pull).
+pub fn registry_auth_header(auth: &RegistryAuth, server: &str) -> String {
+    let json = serde_json::json!({
+        "username": auth.username,
+        "password": auth.password,
+        "serveraddress": server,
+    });
+    base64_url(json.to_string().as_bytes())
+}
+
+/// Base64 with the URL-safe alphabet (RFC 4648 section 5), padded.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let sextet = (n >> (18 - 6 * i)) & 63;
+                out.push(char::from(ALPHABET[sextet as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The registry host of an image reference (`docker.io` when it names none).
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// Splits `repo:tag@sha256:…` into the pinned reference to pull and the tag to point at it.
+fn split_pinned(reference: &str) -> Option<(String, Option<String>)> {
+    let (named, digest) = reference.split_once('@')?;
+    let repo_end = named.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match named[repo_end..].rfind(':') {
+        Some(i) => (&named[..repo_end + i], Some(named.to_owned())),
+        None => (named, None),
+    };
+    Some((format!("{repo}@{digest}"), tag))
 }
 
 /// Failures that leave nothing to report as an outcome (the journal itself failed).
@@ -263,6 +337,7 @@ impl Recreator {
                         op_id: format!("{}-dep{i}", request.op_id),
                         container: id.clone(),
                         image: None,
+                        auth: None,
                     };
                     let provider = Dependency::NetworkOf(new_id.clone());
                     let result = Box::pin(self.recreate_one(&dependant, &provider, report)).await?;
@@ -400,14 +475,32 @@ impl Recreator {
             .as_ref()
             .and_then(|c| c.image.clone())
             .unwrap_or_default();
-        let target = request.image.clone().unwrap_or(configured);
+        let mut target = request.image.clone().unwrap_or(configured);
         if target.is_empty() {
             return Err(refused("no image to recreate from".into()));
         }
+        let pinned_request = split_pinned(&target);
+        if let Some((pinned, tag)) = &pinned_request {
+            // Exactly this manifest; the container keeps following its tag afterwards.
+            self.pull(pinned, request.auth.as_ref())
+                .await
+                .map_err(refused)?;
+            match tag {
+                Some(tag) => {
+                    self.tag(pinned, tag).await.map_err(refused)?;
+                    target = tag.clone();
+                }
+                None => target = pinned.clone(),
+            }
+        }
         // A dependant keeps its image: it is recreated only to follow its provider.
         let follows = matches!(dependency, Dependency::NetworkOf(_));
-        if !follows {
-            self.pull(&target).await.map_err(refused)?;
+        // An image id names a local image; there is nothing to pull.
+        let local = target.starts_with("sha256:") || pinned_request.is_some();
+        if !follows && !local {
+            self.pull(&target, request.auth.as_ref())
+                .await
+                .map_err(refused)?;
         }
         let new_image = self
             .docker
@@ -442,12 +535,45 @@ impl Recreator {
         })
     }
 
-    async fn pull(&self, reference: &str) -> Result<(), String> {
+    /// Points `tag` (`repo:tag`) at the image `source`.
+    async fn tag(&self, source: &str, tag: &str) -> Result<(), String> {
+        let repo_end = tag.rfind('/').map_or(0, |i| i + 1);
+        let (repo, name) = match tag[repo_end..].rfind(':') {
+            Some(i) => (&tag[..repo_end + i], &tag[repo_end + i + 1..]),
+            None => (tag, "latest"),
+        };
+        let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repo)
+            .tag(name)
+            .build();
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| format!("cannot tag {source} as {tag}: {e}"))
+    }
+
+    async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<(), String> {
         let options = CreateImageOptionsBuilder::new()
             .from_image(reference)
             .build();
+        let docker = match auth {
+            Some(auth) => {
+                let header = registry_auth_header(auth, registry_of(reference));
+                self.docker
+                    .clone()
+                    .with_request_modifier(move |mut request| {
+                        if request.uri().path().ends_with("/images/create")
+                            && let Ok(value) = header.parse()
+                        {
+                            request.headers_mut().insert("X-Registry-Auth", value);
+                        }
+                        request
+                    })
+            }
+            None => self.docker.clone(),
+        };
         let pulling = async {
-            let mut stream = self.docker.create_image(Some(options), None, None);
+            let mut stream = docker.create_image(Some(options), None, None);
             while let Some(item) = stream.next().await {
                 item.map_err(|e| format!("cannot pull {reference}: {e}"))?;
             }
@@ -805,4 +931,61 @@ fn with_legacy_mac(docker: &Docker, body: &ContainerCreateBody, mac: &str) -> Do
         }
         request
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_url_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_url(plain.as_bytes()), encoded);
+        }
+        // Bytes that need the two alphabet-specific characters.
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8=");
+    }
+
+    #[test]
+    fn auth_header_is_url_safe_and_carries_the_server() {
+        let auth = RegistryAuth {
+            username: "ci".into(),
+            password: "s3cr?t>>~~??".into(),
+        };
+        let header = registry_auth_header(&auth, "127.0.0.1:5000");
+        assert!(!header.contains('+') && !header.contains('/'), "{header}");
+        assert!(header.contains('-') || header.contains('_'), "{header}");
+        assert!(
+            !format!("{auth:?}").contains("s3cr"),
+            "password in Debug output"
+        );
+    }
+
+    #[test]
+    fn registries_and_pinned_references() {
+        assert_eq!(registry_of("nginx:1"), "docker.io");
+        assert_eq!(registry_of("library/nginx"), "docker.io");
+        assert_eq!(registry_of("127.0.0.1:5000/app:1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("ghcr.io/o/app"), "ghcr.io");
+        assert_eq!(
+            split_pinned("127.0.0.1:5000/app:stable@sha256:ab"),
+            Some((
+                "127.0.0.1:5000/app@sha256:ab".into(),
+                Some("127.0.0.1:5000/app:stable".into())
+            ))
+        );
+        assert_eq!(
+            split_pinned("127.0.0.1:5000/app@sha256:ab"),
+            Some(("127.0.0.1:5000/app@sha256:ab".into(), None))
+        );
+        assert_eq!(split_pinned("app:1"), None);
+    }
 }

@@ -114,7 +114,7 @@ pub(crate) fn request(op: &str, container: &str) -> Request {
     Request {
         op_id: op.into(),
         container: container.into(),
-        image: None,
+        ..Request::default()
     }
 }
 

@@ -77,6 +77,7 @@ impl Fixture {
             pki: pki.clone(),
             heartbeat,
             missed_heartbeats: 2,
+            registry_auth: None,
         };
         let prepared = server::prepare(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

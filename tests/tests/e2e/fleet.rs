@@ -42,6 +42,15 @@ impl Coordinator {
 
     /// Starts `serve` on `listen` and learns its address from its log.
     pub(crate) fn serve(&mut self, listen: &str) -> anyhow::Result<Process> {
+        self.serve_with_env(listen, &[])
+    }
+
+    /// [`Coordinator::serve`] with extra environment variables.
+    pub(crate) fn serve_with_env(
+        &mut self,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let process = Process::spawn(
             &self.bin,
             &[
@@ -55,7 +64,7 @@ impl Coordinator {
                 "--log-level",
                 "debug",
             ],
-            &[],
+            env,
         )?;
         let line = process.wait_for_log("Coordinator listening.", CONVERGE)?;
         let addr = line

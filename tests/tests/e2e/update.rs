@@ -208,3 +208,91 @@ fn agent_killed_after_start_recovers() -> anyhow::Result<()> {
 fn agent_killed_during_the_health_wait_recovers() -> anyhow::Result<()> {
     crash_and_recover("during-health")
 }
+
+#[test]
+fn update_pulls_with_the_coordinators_credentials_and_pins_a_digest() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    // A password whose standard base64 needs '+' or '/': the engine only decodes the
+    // URL-safe alphabet.
+    let (user, password) = ("ouroboros", "s3cr?t>>~~??");
+    let registry = Registry::start_with_auth(user, password)?;
+    engine.login(registry.addr(), user, password)?;
+    let cleanup = Cleanup::new(&engine);
+    let repo = unique_name("auth");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+    let name = cleanup.run_container("auth", &["--network", "none"], &v1.reference, &[])?;
+    let v2 = publish(&cleanup, &registry, &repo, "stable", 2)?;
+    // The tag moves on to v3; the update asks for v2 by digest.
+    publish(&cleanup, &registry, &repo, "stable", 3)?;
+    engine.logout(registry.addr())?;
+    let pinned = format!("{}@{}", v1.reference, v2.digest);
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-auth-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let run_update = |coordinator: &Coordinator| {
+        std::process::Command::new(&coordinator.bin)
+            .args([
+                "update",
+                "--host",
+                "host-a",
+                "--container",
+                &name,
+                "--image",
+                &pinned,
+            ])
+            .args([
+                "--output",
+                "json",
+                "--server",
+                &coordinator.url,
+                "--pki-dir",
+            ])
+            .arg(&coordinator.pki)
+            .output()
+    };
+
+    // Without credentials the pull is refused and nothing changes.
+    let server = coordinator.serve("127.0.0.1:0")?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || coordinator.container("host-a", &name))?;
+    let before = engine.inspect(&name, "{{.Id}}")?;
+    let out = run_update(&coordinator)?;
+    let answer: Value = serde_json::from_slice(&out.stdout).context("no JSON")?;
+    assert_eq!(out.status.code(), Some(1), "{answer}");
+    assert_eq!(answer[0]["status"], "refused", "{answer}");
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, before);
+
+    // With REPO_USER/REPO_PASS the agent pulls exactly v2 and the container keeps its tag.
+    let listen = coordinator.url.trim_start_matches("https://").to_owned();
+    drop(server);
+    let server =
+        coordinator.serve_with_env(&listen, &[("REPO_USER", user), ("REPO_PASS", password)])?;
+    eventually(CONVERGE, POLL, || {
+        let h = coordinator.host("host-a")?;
+        ensure!(h["connected"] == true, "agent not back: {h}");
+        Ok(())
+    })?;
+    let out = run_update(&coordinator)?;
+    let answer: Value = serde_json::from_slice(&out.stdout).context("no JSON")?;
+    assert_eq!(out.status.code(), Some(0), "{answer}");
+    assert_eq!(answer[0]["status"], "updated", "{answer}");
+    let v2_id = engine.docker(&["image", "inspect", "--format", "{{.Id}}", &pinned])?;
+    assert_eq!(engine.inspect(&name, "{{.Image}}")?, v2_id, "not v2");
+    assert_eq!(
+        engine.inspect(&name, "{{.Config.Image}}")?,
+        v1.reference,
+        "the container no longer follows its tag"
+    );
+    assert_eq!(engine.docker(&["exec", &name, "cat", "/version"])?, "2");
+    // The password never shows in the coordinator's log.
+    assert!(
+        !server.log().contains(password),
+        "password in the coordinator's log"
+    );
+    Ok(())
+}
