@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::recreate::{Setup, request};
 
 const V1: &[&str] = &[
+    r#"ENTRYPOINT ["/bin/sh","-c"]"#,
+    r#"CMD ["trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done # v1"]"#,
     "WORKDIR /srv/v1",
     "USER 1000:1000",
     "ENV SHARED=v1",
@@ -22,7 +24,8 @@ const V2: &[&str] = &[
     "USER 1001:1001",
     "EXPOSE 7002",
     "HEALTHCHECK --interval=2s --timeout=3s --retries=2 CMD test -f /version",
-    r#"CMD ["sh","-c","trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done # v2"]"#,
+    r#"ENTRYPOINT ["sh","-c"]"#,
+    r#"CMD ["trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done # v2"]"#,
 ];
 
 fn inspect_json(s: &Setup, container: &str) -> anyhow::Result<Value> {
@@ -257,6 +260,7 @@ async fn image_settings_follow_the_new_image_and_user_settings_stay() -> anyhow:
     assert_eq!(ca["User"], "1001:1001");
     assert_eq!(ca["Healthcheck"]["Interval"], 2_000_000_000u64);
     assert!(ca["Cmd"].to_string().contains("# v2"), "{}", ca["Cmd"]);
+    assert_eq!(ca["Entrypoint"], serde_json::json!(["sh", "-c"]));
     let env_a = strings(&ca["Env"]);
     assert!(env_a.contains("OUROBOROS_TEST_VERSION=2"), "{env_a:?}");
     assert!(

@@ -63,10 +63,15 @@ impl Setup {
 
     /// A fresh recreator on the same journal, as after an agent restart.
     fn restarted(&self) -> anyhow::Result<Recreator> {
+        self.restarted_with(DEADLINES)
+    }
+
+    /// Like [`Setup::restarted`], with other deadlines.
+    fn restarted_with(&self, deadlines: Deadlines) -> anyhow::Result<Recreator> {
         Ok(Recreator::new(
             &self.agent_engine,
             Journal::open(self.journal_dir.path())?,
-            DEADLINES,
+            deadlines,
             None,
         ))
     }
@@ -597,5 +602,43 @@ async fn a_user_set_mac_address_is_kept() -> anyhow::Result<()> {
     let outcome = s.recreator.recreate(&request("op-mac", &name)).await?;
     assert!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
     assert_eq!(mac_of(&name)?, mac, "user-set MAC lost");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_health_deadline_acts() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let name = s
+        .cleanup
+        .run_container("rc-slow", &["--network", "none"], &s.v1.reference, &[])?;
+    let old_id = s.inspect(&name, "{{.Id}}")?;
+    // Stays "starting" for two minutes: only the deadline can end the wait.
+    s.publish_next(
+        ImageSpec::new(2)
+            .with_config(&["HEALTHCHECK --interval=1s --start-period=120s CMD test -f /never"]),
+    )?;
+    let recreator = s.restarted_with(Deadlines {
+        health: Duration::from_secs(3),
+        ..DEADLINES
+    })?;
+    let started = std::time::Instant::now();
+    let outcome = recreator.recreate(&request("op-slow", &name)).await?;
+    let took = started.elapsed();
+    match &outcome {
+        Outcome::RolledBack { step, reason } => {
+            assert_eq!(step, "health gate");
+            assert!(reason.contains("not healthy within 3s"), "{reason}");
+        }
+        other => anyhow::bail!("expected a rollback, got {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(60),
+        "the deadline did not act: {took:?}"
+    );
+    assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
+    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
     Ok(())
 }
