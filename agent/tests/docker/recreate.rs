@@ -98,6 +98,26 @@ impl Setup {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
+    /// Asserts that `name` is the old container, running, and that nothing else carries the
+    /// name (no replacement, no set-aside container).
+    pub(crate) fn assert_old_restored(&self, name: &str, old_id: &str) -> anyhow::Result<()> {
+        ensure!(
+            self.inspect(name, "{{.Id}}")? == old_id,
+            "the name is not on the old container"
+        );
+        ensure!(
+            self.inspect(name, "{{.State.Running}}")? == "true",
+            "{name} not running"
+        );
+        let others: Vec<String> = self
+            .named_like(name)?
+            .into_iter()
+            .filter(|n| n != name)
+            .collect();
+        ensure!(others.is_empty(), "left behind: {others:?}");
+        Ok(())
+    }
+
     /// The anonymous volumes mounted into `container`, removed by the test at its end.
     pub(crate) fn volumes_of(&self, container: &str) -> anyhow::Result<Vec<String>> {
         let out = self.inspect(
@@ -254,19 +274,8 @@ async fn rolls_back_to_the_old_container(
         Outcome::RolledBack { step, .. } => assert_eq!(step, failed_step, "{outcome:?}"),
         other => anyhow::bail!("expected a rollback, got {other:?}"),
     }
-    assert_eq!(
-        s.inspect(&name, "{{.Id}}")?,
-        old_id,
-        "the name is not on the old container"
-    );
     assert_eq!(s.inspect(&name, "{{.Image}}")?, old_image);
-    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
-    let leftovers: Vec<String> = s
-        .named_like(&name)?
-        .into_iter()
-        .filter(|n| *n != name)
-        .collect();
-    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    s.assert_old_restored(&name, &old_id)?;
     // The failed target image is pulled but unused; the harness removes it.
     Ok(())
 }
@@ -355,14 +364,7 @@ async fn crash_then_recover(point: CrashPoint, prefix: &str) -> anyhow::Result<(
         matches!(recovered[0].1, Outcome::RolledBack { .. }),
         "{recovered:?}"
     );
-    assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
-    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
-    let others: Vec<String> = s
-        .named_like(&name)?
-        .into_iter()
-        .filter(|n| *n != name)
-        .collect();
-    assert!(others.is_empty(), "left behind: {others:?}");
+    s.assert_old_restored(&name, &old_id)?;
     // Recovered operations answer their outcome; a second recovery has nothing to do.
     assert_eq!(
         s.restarted()?.recreate(&request(&op, &name)).await?,
@@ -534,14 +536,7 @@ async fn a_host_port_taken_meanwhile_rolls_back() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("expected a rollback, got {other:?}"),
     }
-    assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
-    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
-    let others: Vec<String> = s
-        .named_like(&name)?
-        .into_iter()
-        .filter(|n| *n != name)
-        .collect();
-    assert!(others.is_empty(), "left behind: {others:?}");
+    s.assert_old_restored(&name, &old_id)?;
     Ok(())
 }
 
