@@ -483,7 +483,7 @@ async fn a_dependant_rejoins_the_restored_provider_after_a_rollback() -> anyhow:
 
 #[tokio::test]
 async fn a_host_port_taken_meanwhile_rolls_back() -> anyhow::Result<()> {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let Some(engine) = require_engine() else {
         return Ok(());
     };
@@ -499,22 +499,34 @@ async fn a_host_port_taken_meanwhile_rolls_back() -> anyhow::Result<()> {
     )?;
     let old_id = s.inspect(&name, "{{.Id}}")?;
     s.publish_next(ImageSpec::new(2))?;
-    // Someone takes the port between the old container's stop and the new one's start, and
-    // lets it go again while the update rolls back.
-    let squatter: Arc<Mutex<Option<std::net::TcpListener>>> = Arc::default();
+    // Another container takes the port between the old container's stop and the new one's
+    // start, and goes away again while the update rolls back.
+    let squatter = unique_name("rc-squatter");
+    s.cleanup.track_container(&squatter)?;
     let took = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let take = {
-        let (squatter, took) = (squatter.clone(), took.clone());
+        let (engine, took, squatter) = (s.engine.clone(), took.clone(), squatter.clone());
+        let image = s.v1.reference.clone();
+        let publish = format!("127.0.0.1:{port}:8080");
         Arc::new(move || {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok();
-            took.store(listener.is_some(), std::sync::atomic::Ordering::SeqCst);
-            *squatter.lock().unwrap() = listener;
+            let ran = engine.docker(&[
+                "run",
+                "-d",
+                "--name",
+                &squatter,
+                "--label",
+                "com.ouroboros.test=1",
+                "-p",
+                &publish,
+                &image,
+            ]);
+            took.store(ran.is_ok(), std::sync::atomic::Ordering::SeqCst);
         })
     };
     let release = {
-        let squatter = squatter.clone();
+        let (engine, squatter) = (s.engine.clone(), squatter.clone());
         Arc::new(move || {
-            squatter.lock().unwrap().take();
+            let _ = engine.docker(&["rm", "-f", &squatter]);
         })
     };
     let recreator = s
