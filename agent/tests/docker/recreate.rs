@@ -649,3 +649,30 @@ async fn the_health_deadline_acts() -> anyhow::Result<()> {
     assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_pull_deadline_acts_before_anything_is_stopped() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let name = s
+        .cleanup
+        .run_container("rc-pull", &["--network", "none"], &s.v1.reference, &[])?;
+    let old_id = s.inspect(&name, "{{.Id}}")?;
+    let started_at = s.inspect(&name, "{{.State.StartedAt}}")?;
+    s.publish_next(ImageSpec::new(2))?;
+    let recreator = s.restarted_with(Deadlines {
+        pull: Duration::from_millis(1),
+        ..DEADLINES
+    })?;
+    let outcome = recreator.recreate(&request("op-pull", &name)).await?;
+    match &outcome {
+        Outcome::Refused { reason } => assert!(reason.contains("exceeded"), "{reason}"),
+        other => anyhow::bail!("expected a refusal, got {other:?}"),
+    }
+    // Nothing was touched: same container, never restarted.
+    s.assert_old_restored(&name, &old_id)?;
+    assert_eq!(s.inspect(&name, "{{.State.StartedAt}}")?, started_at);
+    Ok(())
+}
