@@ -3,6 +3,7 @@
 //! - [`names`]: label keys, environment-variable names, file names and defaults, in one place.
 //! - [`host`]: [`host::HostName`], the validated identity of a Docker host.
 //! - [`inventory`]: domain types for what runs on a host, and their proto conversions.
+//! - [`reference`]: image references normalized the way Docker does.
 //! - [`pki`]: the certificate authority, certificate issuing and peer identities for mutual TLS.
 //! - [`telemetry`]: log setup.
 //! - [`time_fmt`]: timestamps for people and for JSON.
@@ -12,6 +13,7 @@ pub mod host;
 pub mod inventory;
 pub mod names;
 pub mod pki;
+pub mod reference;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time_fmt;

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::journal::{Entry, Journal, JournalError, Outcome, Step};
 use super::spec::{self, ApiVersion, CreatePlan};
 use crate::engine::{Engine, is_not_found};
+use ouroboros_shared::reference::ImageRef;
 
 /// How long each part may take; each deadline acts (the step fails and rolls back).
 #[derive(Debug, Clone, Copy)]
@@ -107,16 +108,6 @@ fn base64_url(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The registry host of an image reference (`docker.io` when it names none).
-pub fn registry_of(reference: &str) -> &str {
-    match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
 }
 
 /// Splits `repo:tag@sha256:…` into the pinned reference to pull and the tag to point at it.
@@ -558,7 +549,11 @@ impl Recreator {
             .build();
         let docker = match auth {
             Some(auth) => {
-                let header = registry_auth_header(auth, registry_of(reference));
+                // The server as a docker config.json keys it (Docker Hub's v1 URL).
+                let server = ImageRef::parse(reference)
+                    .map(|r| r.auth_key().to_owned())
+                    .map_err(|e| e.to_string())?;
+                let header = registry_auth_header(auth, &server);
                 self.docker
                     .clone()
                     .with_request_modifier(move |mut request| {
@@ -970,11 +965,7 @@ mod tests {
     }
 
     #[test]
-    fn registries_and_pinned_references() {
-        assert_eq!(registry_of("nginx:1"), "docker.io");
-        assert_eq!(registry_of("library/nginx"), "docker.io");
-        assert_eq!(registry_of("127.0.0.1:5000/app:1"), "127.0.0.1:5000");
-        assert_eq!(registry_of("ghcr.io/o/app"), "ghcr.io");
+    fn pinned_references_split_into_pull_and_tag() {
         assert_eq!(
             split_pinned("127.0.0.1:5000/app:stable@sha256:ab"),
             Some((
