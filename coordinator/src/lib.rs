@@ -14,6 +14,7 @@ pub mod commands;
 pub mod fleet;
 pub mod gateway;
 pub mod output;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,590 @@
+//! The registry client: what digest does a tag have now, without pulling.
+//!
+//! One `HEAD /v2/<repository>/manifests/<tag>` with all four manifest media types in `Accept`
+//! (so `Docker-Content-Digest` is the digest `docker pull` records in RepoDigests, the list
+//! digest for multi-arch tags). When the header is missing, a `GET` of the manifest is hashed.
+//! Authentication follows the registry's `WWW-Authenticate` challenge: Bearer tokens
+//! (`token` or `access_token`, cached per realm, service and scope for `expires_in`) or Basic.
+//! Every request has a deadline, each registry a concurrency limit, a `429` is retried after its
+//! `Retry-After` (within limits) and `ratelimit-remaining` is captured. TLS is always verified;
+//! plain HTTP is used only for loopback registries and those listed as insecure.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ouroboros_shared::reference::ImageRef;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// The four manifest media types, so the digest is the one `docker pull` records.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.oci.image.manifest.v1+json";
+
+/// Settings of the client.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    /// `REPO_USER`/`REPO_PASS`, used for Basic and for token requests.
+    pub credentials: Option<(String, String)>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Deadline of each request.
+    pub timeout: Duration,
+    /// Requests in flight per registry.
+    pub per_registry: usize,
+    /// Longest `Retry-After` honoured by waiting; longer ones fail the probe.
+    pub max_retry_after: Duration,
+    /// Extra CA certificates (PEM) trusted for registries.
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            credentials: None,
+            insecure: Vec::new(),
+            timeout: Duration::from_secs(10),
+            per_registry: 8,
+            max_retry_after: Duration::from_secs(30),
+            extra_ca_pem: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("insecure", &self.insecure)
+            .field("timeout", &self.timeout)
+            .field("per_registry", &self.per_registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tag's current digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub digest: String,
+    /// The registry's `ratelimit-remaining`, when it sends one.
+    pub ratelimit_remaining: Option<String>,
+}
+
+/// Why a probe gave no digest. Each names the image; none carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{image}: registry refused the credentials (401){detail}")]
+    Unauthorized { image: String, detail: String },
+    #[error("{image}: access denied (403)")]
+    Forbidden { image: String },
+    #[error("{image}: no such repository or tag (404)")]
+    NotFound { image: String },
+    #[error("{image}: rate limited (429), retry after {retry_after:?}")]
+    RateLimited {
+        image: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{image}: registry error {status}")]
+    Server { image: String, status: u16 },
+    #[error("{image}: no answer within {timeout:?}")]
+    Timeout { image: String, timeout: Duration },
+    #[error("{image}: malformed answer: {reason}")]
+    Malformed { image: String, reason: String },
+    #[error("{image}: {reason}")]
+    Transport { image: String, reason: String },
+}
+
+#[derive(Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+/// Probes tag digests. Cheap to share (`Arc`).
+pub struct RegistryClient {
+    http: reqwest::Client,
+    config: RegistryConfig,
+    tokens: Mutex<HashMap<String, Token>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Registries that asked for Basic: later requests send it at once.
+    basic: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Basic,
+}
+
+impl RegistryClient {
+    pub fn new(config: RegistryConfig) -> Result<Self, String> {
+        // reqwest needs the process-wide provider; installing it again is a no-op.
+        ouroboros_shared::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.extra_ca_pem {
+            for cert in
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("extra CA: {e}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot build the registry client: {e}"))?;
+        Ok(Self {
+            http,
+            config,
+            tokens: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            basic: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    fn limit(&self, registry: &str) -> Arc<Semaphore> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .entry(registry.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_registry.max(1))))
+            .clone()
+    }
+
+    fn scheme(&self, registry: &str) -> &'static str {
+        let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                registry
+            }
+        });
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback || self.config.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// The tag's (or pinned digest's) manifest digest now.
+    pub async fn digest(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
+        let name = image.to_string();
+        let limit = self.limit(&image.registry);
+        let _permit = limit.acquire().await.map_err(|_| ProbeError::Transport {
+            image: name.clone(),
+            reason: "client shut down".into(),
+        })?;
+        let reference = image
+            .tag
+            .as_deref()
+            .or(image.digest.as_deref())
+            .unwrap_or("latest");
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme(image.api_host()),
+            image.api_host(),
+            image.repository,
+            reference
+        );
+        let scope = format!("repository:{}:pull", image.repository);
+        let mut auth: Option<String> = self.cached_token(&image.registry, &scope).or_else(|| {
+            let known_basic = self
+                .basic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&image.registry);
+            match (&self.config.credentials, known_basic) {
+                (Some((user, pass)), true) => Some(basic(user, pass)),
+                _ => None,
+            }
+        });
+        let mut authenticated_once = false;
+        let mut rate_limited = 0;
+        loop {
+            let response = self
+                .send(reqwest::Method::HEAD, &url, auth.as_deref(), &name)
+                .await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            match status {
+                s if s.is_success() => {
+                    let remaining = header(&headers, "ratelimit-remaining");
+                    let digest = match header(&headers, "docker-content-digest") {
+                        Some(d) => d,
+                        None => self.hash_manifest(&url, auth.as_deref(), &name).await?,
+                    };
+                    validate_digest(&digest).map_err(|reason| ProbeError::Malformed {
+                        image: name.clone(),
+                        reason,
+                    })?;
+                    return Ok(Probe {
+                        digest,
+                        ratelimit_remaining: remaining,
+                    });
+                }
+                StatusCode::UNAUTHORIZED if !authenticated_once => {
+                    authenticated_once = true;
+                    let challenge = header(&headers, WWW_AUTHENTICATE.as_str())
+                        .and_then(|h| parse_challenge(&h));
+                    auth = Some(match challenge {
+                        Some(Challenge::Bearer {
+                            realm,
+                            service,
+                            scope: challenged,
+                        }) => {
+                            let scope = challenged.unwrap_or_else(|| scope.clone());
+                            self.token(&image.registry, &realm, service.as_deref(), &scope, &name)
+                                .await?
+                        }
+                        Some(Challenge::Basic) | None => match &self.config.credentials {
+                            Some((user, pass)) => {
+                                self.basic
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(image.registry.clone());
+                                basic(user, pass)
+                            }
+                            None => {
+                                return Err(ProbeError::Unauthorized {
+                                    image: name,
+                                    detail: ": no credentials configured".into(),
+                                });
+                            }
+                        },
+                    });
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(ProbeError::Unauthorized {
+                        image: name,
+                        detail: String::new(),
+                    });
+                }
+                StatusCode::FORBIDDEN => return Err(ProbeError::Forbidden { image: name }),
+                StatusCode::NOT_FOUND => return Err(ProbeError::NotFound { image: name }),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let retry_after = header(&headers, RETRY_AFTER.as_str())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match retry_after {
+                        Some(wait) if rate_limited < 2 && wait <= self.config.max_retry_after => {
+                            rate_limited += 1;
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => {
+                            return Err(ProbeError::RateLimited {
+                                image: name,
+                                retry_after,
+                            });
+                        }
+                    }
+                }
+                s if s.is_server_error() => {
+                    return Err(ProbeError::Server {
+                        image: name,
+                        status: s.as_u16(),
+                    });
+                }
+                s => {
+                    return Err(ProbeError::Malformed {
+                        image: name,
+                        reason: format!("unexpected status {s}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        auth: Option<&str>,
+        image: &str,
+    ) -> Result<reqwest::Response, ProbeError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(ACCEPT, MANIFEST_ACCEPT);
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth);
+        }
+        request.send().await.map_err(|e| self.transport(e, image))
+    }
+
+    fn transport(&self, e: reqwest::Error, image: &str) -> ProbeError {
+        if e.is_timeout() {
+            ProbeError::Timeout {
+                image: image.to_owned(),
+                timeout: self.config.timeout,
+            }
+        } else {
+            // reqwest's messages name the URL, never credentials.
+            ProbeError::Transport {
+                image: image.to_owned(),
+                reason: ouroboros_shared::cli::error_chain(&e),
+            }
+        }
+    }
+
+    /// GET the manifest and hash the exact bytes (registries may omit the digest header).
+    async fn hash_manifest(
+        &self,
+        url: &str,
+        auth: Option<&str>,
+        image: &str,
+    ) -> Result<String, ProbeError> {
+        let response = self.send(reqwest::Method::GET, url, auth, image).await?;
+        if !response.status().is_success() {
+            return Err(ProbeError::Malformed {
+                image: image.to_owned(),
+                reason: format!("manifest GET answered {}", response.status()),
+            });
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(e, image))?;
+        if body.is_empty() {
+            return Err(ProbeError::Malformed {
+                image: image.to_owned(),
+                reason: "empty manifest and no digest header".into(),
+            });
+        }
+        let hash = ring::digest::digest(&ring::digest::SHA256, &body);
+        Ok(format!("sha256:{}", hex(hash.as_ref())))
+    }
+
+    fn cached_token(&self, registry: &str, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(&format!("{registry} {scope}"))
+            .filter(|t| t.expires > Instant::now())
+            .map(|t| format!("Bearer {}", t.value))
+    }
+
+    /// Fetches (and caches) a bearer token for `scope`.
+    async fn token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        image: &str,
+    ) -> Result<String, ProbeError> {
+        let mut url = reqwest::Url::parse(realm).map_err(|e| ProbeError::Malformed {
+            image: image.to_owned(),
+            reason: format!("token realm {realm:?} is not a URL: {e}"),
+        })?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+        }
+        let mut request = self.http.get(url);
+        if let Some((user, pass)) = &self.config.credentials {
+            request = request.basic_auth(user, Some(pass));
+        }
+        let response = request.send().await.map_err(|e| self.transport(e, image))?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(ProbeError::Unauthorized {
+                    image: image.to_owned(),
+                    detail: ": the token server refused the credentials".into(),
+                });
+            }
+            s => {
+                return Err(ProbeError::Malformed {
+                    image: image.to_owned(),
+                    reason: format!("token server answered {s}"),
+                });
+            }
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(e, image))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ProbeError::Malformed {
+                image: image.to_owned(),
+                reason: format!("token answer is not JSON: {e}"),
+            })?;
+        let value = answer["token"]
+            .as_str()
+            .or_else(|| answer["access_token"].as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ProbeError::Malformed {
+                image: image.to_owned(),
+                reason: "token answer has no token".into(),
+            })?
+            .to_owned();
+        let lifetime = answer["expires_in"].as_u64().unwrap_or(60).max(1);
+        // Renew a little before the registry would refuse it.
+        let expires = Instant::now() + Duration::from_secs(lifetime).mul_f64(0.9);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                format!("{registry} {scope}"),
+                Token {
+                    value: value.clone(),
+                    expires,
+                },
+            );
+        Ok(format!("Bearer {value}"))
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    use std::io::Write;
+    let mut raw = Vec::new();
+    let _ = write!(raw, "{user}:{pass}");
+    format!("Basic {}", base64_std(&raw))
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate_digest(digest: &str) -> Result<(), String> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("digest {digest:?} is not sha256"))?;
+    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!("digest {digest:?} is not 64 hex digits"))
+    }
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+fn parse_challenge(value: &str) -> Option<Challenge> {
+    let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        fields.insert(key, val.to_owned());
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge::Bearer {
+        realm: fields.remove("realm")?,
+        service: fields.remove("service"),
+        scope: fields.remove("scope"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
+        assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn digests_are_validated_and_basic_is_encoded() {
+        assert!(validate_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(validate_digest("sha256:xyz").is_err());
+        assert!(validate_digest("md5:abc").is_err());
+        assert_eq!(
+            basic("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+    }
+
+    #[test]
+    fn loopback_registries_are_plain_http_others_tls() {
+        let client = RegistryClient::new(RegistryConfig {
+            insecure: vec!["reg.lan:5000".into()],
+            ..RegistryConfig::default()
+        })
+        .unwrap();
+        assert_eq!(client.scheme("127.0.0.1:5000"), "http");
+        assert_eq!(client.scheme("localhost:5000"), "http");
+        assert_eq!(client.scheme("reg.lan:5000"), "http");
+        assert_eq!(client.scheme("ghcr.io"), "https");
+        assert_eq!(client.scheme("10.0.0.1:5000"), "https");
+    }
+}

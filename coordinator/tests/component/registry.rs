@@ -1,0 +1,367 @@
+//! The registry client against an in-process fake registry: the bearer flow with token reuse,
+//! a missing digest header, and every failure answer, each with a clear reason.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ouroboros_coordinator::registry::{ProbeError, RegistryClient, RegistryConfig};
+use ouroboros_shared::reference::ImageRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    delay: Option<Duration>,
+}
+
+fn resp(status: u16, headers: &[(&str, &str)]) -> Resp {
+    Resp {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Resp::default()
+    }
+}
+
+type Handler = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
+
+/// A registry on 127.0.0.1:0 answering with `handler`; records every request.
+struct Fake {
+    addr: String,
+    seen: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Fake {
+    async fn start(handler: Handler) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let mut lines = text.split("\r\n");
+                    let mut first = lines.next().unwrap_or_default().split(' ');
+                    let req = Req {
+                        method: first.next().unwrap_or_default().to_owned(),
+                        path: first.next().unwrap_or_default().to_owned(),
+                        headers: lines
+                            .take_while(|l| !l.is_empty())
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                            .collect(),
+                    };
+                    log.lock().unwrap().push(req.clone());
+                    let r = handler(&req);
+                    if let Some(d) = r.delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
+                    for (k, v) in &r.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str(&format!("Content-Length: {}\r\n\r\n", r.body.len()));
+                    let mut bytes = out.into_bytes();
+                    if req.method != "HEAD" {
+                        bytes.extend_from_slice(&r.body);
+                    }
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn image(&self) -> ImageRef {
+        ImageRef::parse(&format!("{}/team/app:1", self.addr)).unwrap()
+    }
+
+    fn count(&self, method: &str, path_prefix: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == method && r.path.starts_with(path_prefix))
+            .count()
+    }
+}
+
+fn client(timeout: Duration) -> RegistryClient {
+    RegistryClient::new(RegistryConfig {
+        credentials: Some(("user".into(), "pass".into())),
+        timeout,
+        max_retry_after: Duration::from_secs(2),
+        ..RegistryConfig::default()
+    })
+    .unwrap()
+}
+
+/// A registry that wants a bearer token `t1` from its own `/token`.
+fn bearer(token_answer: &'static str) -> Handler {
+    Arc::new(move |r: &Req| {
+        if r.path.starts_with("/token") {
+            assert!(
+                r.path.contains("scope=repository%3Ateam%2Fapp%3Apull"),
+                "{}",
+                r.path
+            );
+            assert!(
+                r.header("authorization")
+                    .is_some_and(|a| a.starts_with("Basic "))
+            );
+            return Resp {
+                status: 200,
+                body: token_answer.as_bytes().to_vec(),
+                ..Resp::default()
+            };
+        }
+        if r.header("authorization") == Some("Bearer t1") {
+            let accept = r.header("accept").unwrap_or_default();
+            for t in [
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.manifest.v1+json",
+            ] {
+                assert!(accept.contains(t), "Accept lacks {t}: {accept}");
+            }
+            return resp(
+                200,
+                &[
+                    ("Docker-Content-Digest", DIGEST),
+                    ("ratelimit-remaining", "99;w=21600"),
+                ],
+            );
+        }
+        let host = r.header("host").unwrap_or_default().to_owned();
+        resp(
+            401,
+            &[(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="http://{host}/token",service="fake""#),
+            )],
+        )
+    })
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_once_and_reused() {
+    let fake = Fake::start(bearer(r#"{"token":"t1","expires_in":300}"#)).await;
+    let c = client(Duration::from_secs(5));
+    let first = c.digest(&fake.image()).await.unwrap();
+    assert_eq!(first.digest, DIGEST);
+    assert_eq!(first.ratelimit_remaining.as_deref(), Some("99;w=21600"));
+    let second = c.digest(&fake.image()).await.unwrap();
+    assert_eq!(second.digest, DIGEST);
+    assert_eq!(fake.count("GET", "/token"), 1, "token not reused");
+    // 401 + authenticated HEAD, then one HEAD; never a manifest GET.
+    assert_eq!(fake.count("HEAD", "/v2/team/app/manifests/1"), 3);
+    assert_eq!(fake.count("GET", "/v2/"), 0);
+}
+
+#[tokio::test]
+async fn access_token_field_is_accepted() {
+    let fake = Fake::start(bearer(r#"{"access_token":"t1"}"#)).await;
+    assert_eq!(
+        client(Duration::from_secs(5))
+            .digest(&fake.image())
+            .await
+            .unwrap()
+            .digest,
+        DIGEST
+    );
+}
+
+#[tokio::test]
+async fn a_missing_digest_header_is_replaced_by_hashing_the_manifest() {
+    let manifest = br#"{"schemaVersion":2}"#;
+    let fake = Fake::start(Arc::new(move |r: &Req| {
+        let mut out = resp(200, &[]);
+        if r.method == "GET" {
+            out.body = manifest.to_vec();
+        }
+        out
+    }))
+    .await;
+    let probe = client(Duration::from_secs(5))
+        .digest(&fake.image())
+        .await
+        .unwrap();
+    let hash = ring::digest::digest(&ring::digest::SHA256, manifest);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(probe.digest, format!("sha256:{hex}"));
+    assert_eq!(fake.count("GET", "/v2/team/app/manifests/1"), 1);
+}
+
+/// Runs one probe against a registry answering `handler` and returns the error.
+async fn failure(handler: Handler, timeout: Duration) -> ProbeError {
+    let fake = Fake::start(handler).await;
+    client(timeout)
+        .digest(&fake.image())
+        .await
+        .expect_err("probe succeeded")
+}
+
+#[tokio::test]
+async fn every_failure_answer_is_an_error_with_a_reason() {
+    let secs = Duration::from_secs(5);
+    let e = failure(
+        Arc::new(|_: &Req| resp(401, &[("WWW-Authenticate", r#"Basic realm="x""#)])),
+        secs,
+    )
+    .await;
+    assert!(matches!(e, ProbeError::Unauthorized { .. }), "{e}");
+    assert!(e.to_string().contains("401"), "{e}");
+    assert!(!e.to_string().contains("pass"), "password in an error: {e}");
+
+    let e = failure(bearer("not json"), secs).await;
+    assert!(
+        matches!(e, ProbeError::Malformed { .. }) && e.to_string().contains("token"),
+        "{e}"
+    );
+
+    let e = failure(Arc::new(|_: &Req| resp(403, &[])), secs).await;
+    assert!(matches!(e, ProbeError::Forbidden { .. }), "{e}");
+
+    let e = failure(Arc::new(|_: &Req| resp(404, &[])), secs).await;
+    assert!(matches!(e, ProbeError::NotFound { .. }), "{e}");
+
+    let e = failure(Arc::new(|_: &Req| resp(500, &[])), secs).await;
+    assert!(matches!(e, ProbeError::Server { status: 500, .. }), "{e}");
+
+    let e = failure(
+        Arc::new(|_: &Req| resp(429, &[("Retry-After", "3600")])),
+        secs,
+    )
+    .await;
+    assert!(
+        matches!(e, ProbeError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)),
+        "{e}"
+    );
+
+    let e = failure(
+        Arc::new(|_: &Req| resp(200, &[("Docker-Content-Digest", "sha256:nothex")])),
+        secs,
+    )
+    .await;
+    assert!(matches!(e, ProbeError::Malformed { .. }), "{e}");
+
+    let e = failure(Arc::new(|_: &Req| resp(302, &[])), secs).await;
+    assert!(matches!(e, ProbeError::Malformed { .. }), "{e}");
+
+    let slow = Arc::new(|_: &Req| Resp {
+        delay: Some(Duration::from_secs(3)),
+        ..resp(200, &[("Docker-Content-Digest", DIGEST)])
+    });
+    let e = failure(slow, Duration::from_millis(300)).await;
+    assert!(matches!(e, ProbeError::Timeout { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_out() {
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let fake = Fake::start(Arc::new(move |_: &Req| {
+        let mut n = counter.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            resp(429, &[("Retry-After", "1")])
+        } else {
+            resp(200, &[("Docker-Content-Digest", DIGEST)])
+        }
+    }))
+    .await;
+    let started = std::time::Instant::now();
+    let probe = client(Duration::from_secs(5))
+        .digest(&fake.image())
+        .await
+        .unwrap();
+    assert_eq!(probe.digest, DIGEST);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After not honoured"
+    );
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
+
+/// Against the real registry (distribution, htpasswd auth): the digest is the one the push
+/// recorded, only HEAD requests are sent, and Basic is sent at once after the first challenge.
+#[tokio::test]
+async fn the_real_registry_answers_the_pushed_digest_with_head_requests_only() {
+    use ouroboros_tests::{Cleanup, Registry, eventually, publish, require_engine, unique_name};
+    let Some(engine) = require_engine() else {
+        return;
+    };
+    let (user, password) = ("probe", "pr0be?>~");
+    let registry = Registry::start_with_auth(user, password).unwrap();
+    engine.login(registry.addr(), user, password).unwrap();
+    let cleanup = Cleanup::new(&engine);
+    let repo = unique_name("probe");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1).unwrap();
+    let image = ImageRef::parse(&v1.reference).unwrap();
+    let client = RegistryClient::new(RegistryConfig {
+        credentials: Some((user.into(), password.into())),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let path = format!("/v2/{repo}/manifests/stable");
+    let before_heads = registry.count("HEAD", &path);
+    let before_gets = registry.count("GET", &path);
+    assert_eq!(client.digest(&image).await.unwrap().digest, v1.digest);
+    assert_eq!(client.digest(&image).await.unwrap().digest, v1.digest);
+    // A challenge and its answer, then one HEAD: never a GET.
+    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+        let heads = registry.count("HEAD", &path) - before_heads;
+        anyhow::ensure!(heads == 3, "{heads} HEAD requests");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(registry.count("GET", &path), before_gets);
+
+    let v2 = publish(&cleanup, &registry, &repo, "stable", 2).unwrap();
+    assert_ne!(v2.digest, v1.digest);
+    assert_eq!(client.digest(&image).await.unwrap().digest, v2.digest);
+
+    let anonymous = RegistryClient::new(RegistryConfig::default()).unwrap();
+    let e = anonymous.digest(&image).await.unwrap_err();
+    assert!(matches!(e, ProbeError::Unauthorized { .. }), "{e}");
+    engine.logout(registry.addr()).unwrap();
+}
