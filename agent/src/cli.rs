@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ouroboros_shared::cli::parse_https_url;
+use ouroboros_shared::cli::{parse_flag, parse_https_url};
 use ouroboros_shared::names::*;
 use ouroboros_shared::pki::{ClientPem, PeerIdentity, identify, load_certs};
 use ouroboros_shared::telemetry::parse_filter;
@@ -51,16 +51,6 @@ pub struct Cli {
     /// Log level: trace, debug, info, warn, error (or a tracing filter).
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
     pub log_level: String,
-}
-
-/// Booleans as the Docker CLI and Ouroboros read them: `1`/`true`/`yes`/`on` and
-/// `0`/`false`/`no`/`off`/empty.
-fn parse_flag(value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "" | "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(format!("{other:?} is not a boolean (true/false, 1/0)")),
-    }
 }
 
 impl Cli {

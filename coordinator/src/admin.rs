@@ -11,6 +11,8 @@ use std::time::Duration;
 use tracing::info;
 
 use crate::commands::{CommandError, Dispatcher};
+use crate::cycle::Cycle;
+use crate::detect::Decision;
 use crate::fleet::Fleet;
 
 /// The `Admin` service.
@@ -18,14 +20,24 @@ pub struct AdminApi {
     fleet: Arc<Fleet>,
     commands: Arc<Dispatcher>,
     update_timeout: Duration,
+    cycle: Arc<Cycle>,
+    /// One check cycle at a time.
+    cycle_running: tokio::sync::Mutex<()>,
 }
 
 impl AdminApi {
-    pub fn new(fleet: Arc<Fleet>, commands: Arc<Dispatcher>, update_timeout: Duration) -> Self {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        commands: Arc<Dispatcher>,
+        update_timeout: Duration,
+        cycle: Arc<Cycle>,
+    ) -> Self {
         Self {
             fleet,
             commands,
             update_timeout,
+            cycle,
+            cycle_running: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -107,5 +119,36 @@ impl pb::admin_server::Admin for AdminApi {
             result: outcome.result.recreate,
             steps: outcome.steps,
         }))
+    }
+
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let dry_run = request.get_ref().dry_run;
+        // A cycle never overlaps a running one: wait for it.
+        let _turn = self.cycle_running.lock().await;
+        let checked = self.cycle.run(dry_run).await;
+        let containers = checked
+            .into_iter()
+            .map(|c| {
+                let d = c.detection;
+                let (decision, reason, target) = match d.decision {
+                    Decision::Current => ("current", String::new(), String::new()),
+                    Decision::Update { target, .. } => ("update", String::new(), target),
+                    Decision::Skip { reason } => ("skip", reason, String::new()),
+                };
+                pb::ContainerCheck {
+                    host: d.host,
+                    container: d.container,
+                    image: d.image,
+                    decision: decision.to_owned(),
+                    reason,
+                    target,
+                    result: c.result,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CheckResponse { containers }))
     }
 }

@@ -101,14 +101,7 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
         .into_inner();
     let result = response.result.clone().unwrap_or_default();
     use pb::recreate_result::Status;
-    let status = match result.status() {
-        Status::Updated => "updated",
-        Status::AlreadyCurrent => "already-current",
-        Status::Refused => "refused",
-        Status::RolledBack => "rolled-back",
-        Status::RollbackFailed => "rollback-failed",
-        Status::Error | Status::Unspecified => "error",
-    };
+    let status = status_name(&result);
     match args.admin.output {
         OutputFormat::Json => print!(
             "{}",
@@ -152,6 +145,91 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             "update of {} on {} refused: {}",
             args.container, args.host, result.reason
         ))),
+    }
+}
+
+/// The CLI's name for a recreate result.
+fn status_name(result: &pb::RecreateResult) -> &'static str {
+    use pb::recreate_result::Status;
+    match result.status() {
+        Status::Updated => "updated",
+        Status::AlreadyCurrent => "already-current",
+        Status::Refused => "refused",
+        Status::RolledBack => "rolled-back",
+        Status::RollbackFailed => "rollback-failed",
+        Status::Error | Status::Unspecified => "error",
+    }
+}
+
+/// `check [--dry-run]` and `updates`: exit 1 when an update was sent and did not succeed.
+pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let checked = client
+        .check(pb::CheckRequest { dry_run })
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .containers;
+    let status = |c: &pb::ContainerCheck| c.result.as_ref().map(status_name);
+    match args.output {
+        OutputFormat::Json => {
+            let items: Vec<_> = checked
+                .iter()
+                .map(|c| {
+                    let r = c.result.clone().unwrap_or_default();
+                    json!({
+                        "host": c.host,
+                        "container": c.container,
+                        "image": c.image,
+                        "decision": c.decision,
+                        "reason": c.reason,
+                        "target": c.target,
+                        "status": status(c),
+                        "failed_step": r.step,
+                        "result_reason": r.reason,
+                    })
+                })
+                .collect();
+            print!("{}", pretty(&items));
+        }
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = checked
+                .iter()
+                .map(|c| {
+                    let detail = match (status(c), c.decision.as_str()) {
+                        (Some(s), _) => s.to_owned(),
+                        (None, "skip") => c.reason.clone(),
+                        (None, "update") => format!("would update to {}", c.target),
+                        (None, _) => String::new(),
+                    };
+                    vec![
+                        c.host.clone(),
+                        c.container.clone(),
+                        c.image.clone(),
+                        c.decision.clone(),
+                        detail,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["HOST", "CONTAINER", "IMAGE", "DECISION", "DETAIL"], &rows)
+            );
+        }
+    }
+    let failed: Vec<String> = checked
+        .iter()
+        .filter(|c| status(c).is_some_and(|s| s != "updated" && s != "already-current"))
+        .map(|c| format!("{}/{}", c.host, c.container))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(format!(
+            "{} update(s) did not succeed: {}",
+            failed.len(),
+            failed.join(", ")
+        )))
     }
 }
 

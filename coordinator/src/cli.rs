@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ouroboros_shared::cli::parse_https_url;
+use ouroboros_shared::cli::{parse_flag, parse_https_url, parse_list};
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::names::*;
 use ouroboros_shared::pki::{self, DEFAULT_LEAF_DAYS, PkiDir};
@@ -14,6 +14,7 @@ use ouroboros_shared::telemetry::parse_filter;
 
 use crate::admin_client;
 use crate::commands::RegistryCredentials;
+use crate::detect::Selection;
 use crate::output::OutputFormat;
 use crate::server::{self, ServeConfig};
 
@@ -47,6 +48,19 @@ pub enum Command {
     /// Recreate one container now on the current image of its tag (or on --image), with the
     /// safe sequence: health-gated, rolled back on failure.
     Update(UpdateArgs),
+    /// Run one check cycle now: probe every watched container's tag and update what moved.
+    Check(CheckArgs),
+    /// What would update now, and what is skipped and why (a dry-run check).
+    Updates(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Detect and show only; nothing is pulled or changed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,10 +100,25 @@ pub struct ServeArgs {
     /// Directory made by `pki init`.
     #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
     pub pki_dir: PathBuf,
-    /// Registry user handed to agents for pulls (with --repo-pass).
+    /// Only these containers (names, or HOST/NAME for one host; comma-separated).
+    #[arg(long, env = ENV_MONITOR, value_name = "NAMES", value_parser = parse_names, default_value = "")]
+    pub monitor: Names,
+    /// Never these containers (same forms).
+    #[arg(long, env = ENV_IGNORE, value_name = "NAMES", value_parser = parse_names, default_value = "")]
+    pub ignore: Names,
+    /// Only containers labelled com.ouroboros.enable=true (or Watchtower's enable label).
+    #[arg(long, env = ENV_LABEL_ENABLE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub label_enable: bool,
+    /// Only labelled containers; MONITOR and IGNORE are not used.
+    #[arg(long, env = ENV_LABELS_ONLY, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub labels_only: bool,
+    /// Update Ouroboros' own containers too.
+    #[arg(long, env = ENV_SELF_UPDATE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub self_update: bool,
+    /// Registry user for probes and pulls (with --repo-pass).
     #[arg(long, env = ENV_REPO_USER, value_name = "USER", requires = "repo_pass")]
     pub repo_user: Option<String>,
-    /// Registry password handed to agents for pulls (with --repo-user). Never logged.
+    /// Registry password for probes and pulls (with --repo-user). Never logged.
     #[arg(long, env = ENV_REPO_PASS, value_name = "PASSWORD", requires = "repo_user", hide_env_values = true)]
     pub repo_pass: Option<String>,
 }
@@ -138,6 +167,25 @@ pub struct UpdateArgs {
     /// Image reference to recreate from [default: the container's configured reference].
     #[arg(long, value_name = "REF", value_parser = parse_image)]
     pub image: Option<String>,
+}
+
+/// A list of container names (`NAME` or `HOST/NAME`), comma- or space-separated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names(pub Vec<String>);
+
+fn parse_names(value: &str) -> Result<Names, String> {
+    let names = parse_list(value)?;
+    for name in &names {
+        let (host, container) = match name.split_once('/') {
+            Some((h, c)) => (Some(h), c),
+            None => (None, name.as_str()),
+        };
+        if let Some(h) = host {
+            parse_host(h)?;
+        }
+        parse_container(container).map_err(|e| format!("{name:?}: {e}"))?;
+    }
+    Ok(Names(names))
 }
 
 fn parse_container(value: &str) -> Result<String, String> {
@@ -214,6 +262,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             admin_client::containers(&args.admin, args.host.as_ref()).await
         }
         Command::Update(args) => admin_client::update(&args).await,
+        Command::Check(args) => admin_client::check(&args.admin, args.dry_run).await,
+        Command::Updates(args) => admin_client::check(&args, true).await,
     }
 }
 
@@ -223,6 +273,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         pki: PkiDir::new(args.pki_dir),
         heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
         missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
+        selection: Selection {
+            monitor: args.monitor.0,
+            ignore: args.ignore.0,
+            label_enable: args.label_enable,
+            labels_only: args.labels_only,
+            self_update: args.self_update,
+        },
         registry_auth: match (args.repo_user, args.repo_pass) {
             (Some(username), Some(password)) => Some(RegistryCredentials { username, password }),
             _ => None,

@@ -13,8 +13,11 @@ use tokio::sync::watch;
 
 use crate::admin::AdminApi;
 use crate::commands::{Dispatcher, RegistryCredentials};
+use crate::cycle::Cycle;
+use crate::detect::Selection;
 use crate::fleet::Fleet;
 use crate::gateway::Gateway;
+use crate::registry::{RegistryClient, RegistryConfig};
 use crate::store::{RedbStore, StoreError};
 use crate::tls::{incoming, require_role};
 
@@ -30,8 +33,10 @@ pub struct ServeConfig {
     pub pki: PkiDir,
     pub heartbeat: Duration,
     pub missed_heartbeats: u32,
-    /// Handed to agents with every pull.
+    /// For registry probes, and handed to agents with every pull.
     pub registry_auth: Option<RegistryCredentials>,
+    /// Which containers are watched.
+    pub selection: Selection,
 }
 
 /// Why the server could not run.
@@ -43,6 +48,8 @@ pub enum ServeError {
     Pki { dir: String, source: PkiError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Registry(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -63,6 +70,7 @@ pub struct Prepared {
     config: ServeConfig,
     tls: Arc<rustls::ServerConfig>,
     fleet: Arc<Fleet>,
+    registry: Arc<RegistryClient>,
 }
 
 /// Loads the PKI and opens the store.
@@ -73,9 +81,22 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
             dir: p.dir().display().to_string(),
             source,
         })?;
+    let registry = RegistryClient::new(RegistryConfig {
+        credentials: config
+            .registry_auth
+            .as_ref()
+            .map(|c| (c.username.clone(), c.password.clone())),
+        ..RegistryConfig::default()
+    })
+    .map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store)?);
-    Ok(Prepared { config, tls, fleet })
+    Ok(Prepared {
+        config,
+        tls,
+        fleet,
+        registry: Arc::new(registry),
+    })
 }
 
 /// Serves until `shutdown` completes, then lets agent streams end and stores what is pending.
@@ -84,7 +105,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let Prepared { config, tls, fleet } = prepared;
+    let Prepared {
+        config,
+        tls,
+        fleet,
+        registry,
+    } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let flusher = {
@@ -114,7 +140,18 @@ pub async fn run(
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(
-        AdminApi::new(fleet.clone(), commands, UPDATE_TIMEOUT),
+        AdminApi::new(
+            fleet.clone(),
+            commands.clone(),
+            UPDATE_TIMEOUT,
+            Arc::new(Cycle {
+                fleet: fleet.clone(),
+                commands,
+                registry,
+                selection: config.selection.clone(),
+                update_timeout: UPDATE_TIMEOUT,
+            }),
+        ),
         require_role(Role::Admin, "Admin"),
     );
     let result = tonic::transport::Server::builder()

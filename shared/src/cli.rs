@@ -90,6 +90,26 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Booleans as the Docker CLI and Ouroboros read them: `1`/`true`/`yes`/`on` and
+/// `0`/`false`/`no`/`off`/empty.
+pub fn parse_flag(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true/false, 1/0)")),
+    }
+}
+
+/// A comma- or space-separated list (Ouroboros' MONITOR and IGNORE).
+pub fn parse_list(value: &str) -> Result<Vec<String>, String> {
+    Ok(value
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

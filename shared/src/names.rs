@@ -1,6 +1,17 @@
 //! Names that operators and other programs depend on: environment variables, file names,
 //! defaults. Ouroboros' own environment-variable names are kept where an option existed there.
 
+/// Containers to watch (names or host/name), as in Ouroboros.
+pub const ENV_MONITOR: &str = "MONITOR";
+/// Containers never to update, as in Ouroboros.
+pub const ENV_IGNORE: &str = "IGNORE";
+/// Only containers labelled `com.ouroboros.enable=true`, as in Ouroboros.
+pub const ENV_LABEL_ENABLE: &str = "LABEL_ENABLE";
+/// Only labelled containers, ignoring the name lists, as in Ouroboros.
+pub const ENV_LABELS_ONLY: &str = "LABELS_ONLY";
+/// Update Ouroboros' own containers too, as in Ouroboros.
+pub const ENV_SELF_UPDATE: &str = "SELF_UPDATE";
+
 /// Registry user for pulls, as in Ouroboros.
 pub const ENV_REPO_USER: &str = "REPO_USER";
 /// Registry password for pulls, as in Ouroboros.

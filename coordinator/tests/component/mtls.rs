@@ -78,6 +78,7 @@ impl Fixture {
             heartbeat,
             missed_heartbeats: 2,
             registry_auth: None,
+            selection: Default::default(),
         };
         let prepared = server::prepare(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
