@@ -21,8 +21,6 @@ pub struct AdminApi {
     commands: Arc<Dispatcher>,
     update_timeout: Duration,
     cycle: Arc<Cycle>,
-    /// One check cycle at a time.
-    cycle_running: tokio::sync::Mutex<()>,
 }
 
 impl AdminApi {
@@ -37,7 +35,6 @@ impl AdminApi {
             commands,
             update_timeout,
             cycle,
-            cycle_running: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -126,8 +123,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let dry_run = request.get_ref().dry_run;
-        // A cycle never overlaps a running one: wait for it.
-        let _turn = self.cycle_running.lock().await;
+        // A cycle never overlaps a running one: `run` waits for it.
         let checked = self.cycle.run(dry_run).await;
         let containers = checked
             .into_iter()

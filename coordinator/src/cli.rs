@@ -16,6 +16,7 @@ use crate::admin_client;
 use crate::commands::RegistryCredentials;
 use crate::detect::Selection;
 use crate::output::OutputFormat;
+use crate::schedule::Schedule;
 use crate::server::{self, ServeConfig};
 
 #[derive(Debug, Parser)]
@@ -100,6 +101,18 @@ pub struct ServeArgs {
     /// Directory made by `pki init`.
     #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
     pub pki_dir: PathBuf,
+    /// Seconds between check cycles.
+    #[arg(long, env = ENV_INTERVAL, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: u64,
+    /// Cron schedule of check cycles, 5 fields (or 6 with seconds first); wins over --interval.
+    #[arg(long, env = ENV_CRON, value_name = "EXPR")]
+    pub cron: Option<String>,
+    /// Scheduled cycles detect and show only; nothing is pulled or changed.
+    #[arg(long, env = ENV_DRY_RUN, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub dry_run: bool,
+    /// Scheduled cycles detect and report only; never pull or change.
+    #[arg(long, env = ENV_MONITOR_ONLY, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub monitor_only: bool,
     /// Only these containers (names, or HOST/NAME for one host; comma-separated).
     #[arg(long, env = ENV_MONITOR, value_name = "NAMES", value_parser = parse_names, default_value = "")]
     pub monitor: Names,
@@ -268,7 +281,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
+        .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
     let config = ServeConfig {
+        schedule,
+        detect_only: args.dry_run || args.monitor_only,
         data_dir: args.data_dir,
         pki: PkiDir::new(args.pki_dir),
         heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),

@@ -24,6 +24,8 @@ pub struct Cycle {
     pub registry: Arc<RegistryClient>,
     pub selection: Selection,
     pub update_timeout: Duration,
+    /// One cycle at a time, whoever starts it (schedule or `check`).
+    running: tokio::sync::Mutex<()>,
 }
 
 /// One container's part in a cycle.
@@ -35,8 +37,26 @@ pub struct Checked {
 }
 
 impl Cycle {
-    /// Runs one cycle.
+    pub fn new(
+        fleet: Arc<Fleet>,
+        commands: Arc<Dispatcher>,
+        registry: Arc<RegistryClient>,
+        selection: Selection,
+        update_timeout: Duration,
+    ) -> Self {
+        Self {
+            fleet,
+            commands,
+            registry,
+            selection,
+            update_timeout,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs one cycle, after any cycle already running.
     pub async fn run(&self, dry_run: bool) -> Vec<Checked> {
+        let _turn = self.running.lock().await;
         let connected: Vec<String> = self
             .fleet
             .hosts()

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod output;
 pub mod registry;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod tls;

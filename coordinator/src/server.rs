@@ -18,6 +18,7 @@ use crate::detect::Selection;
 use crate::fleet::Fleet;
 use crate::gateway::Gateway;
 use crate::registry::{RegistryClient, RegistryConfig};
+use crate::schedule::Schedule;
 use crate::store::{RedbStore, StoreError};
 use crate::tls::{incoming, require_role};
 
@@ -37,6 +38,10 @@ pub struct ServeConfig {
     pub registry_auth: Option<RegistryCredentials>,
     /// Which containers are watched.
     pub selection: Selection,
+    /// When scheduled cycles run.
+    pub schedule: Schedule,
+    /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
+    pub detect_only: bool,
 }
 
 /// Why the server could not run.
@@ -61,6 +66,46 @@ impl ServeError {
             self,
             Self::Pki { .. } | Self::Store(StoreError::Locked(_) | StoreError::DataDir { .. })
         )
+    }
+}
+
+/// Runs a cycle at every tick of `schedule` until `stop`. The wait is computed after each
+/// cycle, so missed ticks collapse into one run.
+async fn scheduled_cycles(
+    cycle: Arc<Cycle>,
+    schedule: Schedule,
+    detect_only: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = schedule
+            .wait_from(chrono::Utc::now())
+            .unwrap_or(crate::schedule::DEFAULT_INTERVAL);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let checked = cycle.run(detect_only).await;
+        let count =
+            |f: &dyn Fn(&crate::cycle::Checked) -> bool| checked.iter().filter(|c| f(c)).count();
+        let updates =
+            count(&|c| matches!(c.detection.decision, crate::detect::Decision::Update { .. }));
+        let failed = count(&|c| {
+            c.result.as_ref().is_some_and(|r| {
+                !matches!(
+                    r.status(),
+                    ouroboros_proto::v1::recreate_result::Status::Updated
+                        | ouroboros_proto::v1::recreate_result::Status::AlreadyCurrent
+                )
+            })
+        });
+        tracing::info!(
+            containers = checked.len(),
+            updates,
+            failed,
+            detect_only,
+            "Scheduled check cycle done."
+        );
     }
 }
 
@@ -129,6 +174,19 @@ pub async fn run(
     };
 
     let commands = Arc::new(Dispatcher::new(config.registry_auth.clone()));
+    let cycle = Arc::new(Cycle::new(
+        fleet.clone(),
+        commands.clone(),
+        registry,
+        config.selection.clone(),
+        UPDATE_TIMEOUT,
+    ));
+    let scheduler = tokio::spawn(scheduled_cycles(
+        cycle.clone(),
+        config.schedule.clone(),
+        config.detect_only,
+        stop_rx.clone(),
+    ));
     let gateway = AgentGatewayServer::with_interceptor(
         Gateway::new(
             fleet.clone(),
@@ -144,13 +202,7 @@ pub async fn run(
             fleet.clone(),
             commands.clone(),
             UPDATE_TIMEOUT,
-            Arc::new(Cycle {
-                fleet: fleet.clone(),
-                commands,
-                registry,
-                selection: config.selection.clone(),
-                update_timeout: UPDATE_TIMEOUT,
-            }),
+            cycle.clone(),
         ),
         require_role(Role::Admin, "Admin"),
     );
@@ -165,6 +217,7 @@ pub async fn run(
         })
         .await;
     flusher.abort();
+    scheduler.abort();
     // Links have ended; store what is pending before returning.
     let closing = fleet.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;

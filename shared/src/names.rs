@@ -12,6 +12,15 @@ pub const ENV_LABELS_ONLY: &str = "LABELS_ONLY";
 /// Update Ouroboros' own containers too, as in Ouroboros.
 pub const ENV_SELF_UPDATE: &str = "SELF_UPDATE";
 
+/// Seconds between check cycles, as in Ouroboros.
+pub const ENV_INTERVAL: &str = "INTERVAL";
+/// Cron schedule of check cycles (wins over INTERVAL), as in Ouroboros.
+pub const ENV_CRON: &str = "CRON";
+/// Detect and show only, as in Ouroboros.
+pub const ENV_DRY_RUN: &str = "DRY_RUN";
+/// Detect and report only, never pull or change, as in Ouroboros.
+pub const ENV_MONITOR_ONLY: &str = "MONITOR_ONLY";
+
 /// Registry user for pulls, as in Ouroboros.
 pub const ENV_REPO_USER: &str = "REPO_USER";
 /// Registry password for pulls, as in Ouroboros.

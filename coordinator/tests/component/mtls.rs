@@ -79,6 +79,10 @@ impl Fixture {
             missed_heartbeats: 2,
             registry_auth: None,
             selection: Default::default(),
+            schedule: ouroboros_coordinator::schedule::Schedule::Interval(Duration::from_secs(
+                3600,
+            )),
+            detect_only: false,
         };
         let prepared = server::prepare(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

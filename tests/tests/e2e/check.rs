@@ -208,3 +208,56 @@ fn idle_cycles_only_head_and_a_new_tag_updates_its_containers_on_both_hosts() ->
     );
     Ok(())
 }
+
+#[test]
+fn scheduled_cycles_update_and_a_dry_run_changes_nothing() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let cleanup = Cleanup::new(&engine);
+    let repo = unique_name("sched");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+    let name = cleanup.run_container("sched", &["--network", "none"], &v1.reference, &[])?;
+    let old_id = engine.inspect(&name, "{{.Id}}")?;
+    let v2 = publish(&cleanup, &registry, &repo, "stable", 2)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-sched-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    // DRY_RUN: cycles every second see the update and leave the container alone.
+    let server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[("INTERVAL", "1"), ("DRY_RUN", "true"), ("MONITOR", &name)],
+    )?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || {
+        let cycles = server
+            .log()
+            .lines()
+            .filter(|l| l.contains("Scheduled check cycle done.") && l.contains("updates=1"))
+            .count();
+        ensure!(cycles >= 2, "{cycles} dry-run cycles saw the update");
+        Ok(())
+    })?;
+    assert_eq!(
+        engine.inspect(&name, "{{.Id}}")?,
+        old_id,
+        "a dry run changed the container"
+    );
+
+    // Without it, the next scheduled cycle updates the container.
+    let listen = coordinator.url.trim_start_matches("https://").to_owned();
+    drop(server);
+    let _server = coordinator.serve_with_env(&listen, &[("INTERVAL", "1"), ("MONITOR", &name)])?;
+    eventually(CONVERGE, POLL, || {
+        // v2 is only local once the agent pulled it.
+        let v2_id = engine.docker(&["image", "inspect", "--format", "{{.Id}}", &v2.pinned()])?;
+        let image = engine.inspect(&name, "{{.Image}}")?;
+        ensure!(image == v2_id, "not updated yet");
+        Ok(())
+    })?;
+    Ok(())
+}

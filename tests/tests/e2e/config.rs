@@ -15,6 +15,9 @@ fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("OUROBOROS_LISTEN")
         .env_remove("OUROBOROS_PKI_DIR")
         .env_remove("LOG_LEVEL")
+        .env_remove("CRON")
+        .env_remove("INTERVAL")
+        .env_remove("DRY_RUN")
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -55,6 +58,17 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
     assert_usage_error(
         &output(c, &["hosts"], &[("LOG_LEVEL", "verbose")]),
         "--log-level",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--cron", "61 * * * *"], &[]),
+        "--cron",
+    );
+    assert_usage_error(&output(c, &["serve"], &[("CRON", "* * *")]), "--cron");
+    assert_usage_error(&output(c, &["serve"], &[("INTERVAL", "0")]), "--interval");
+    assert_usage_error(&output(c, &["serve"], &[("DRY_RUN", "maybe")]), "--dry-run");
+    assert_usage_error(
+        &output(c, &["serve", "--monitor", "bad name!"], &[]),
+        "--monitor",
     );
     assert_usage_error(
         &output(c, &["hosts", "--server", "http://127.0.0.1:1"], &[]),
