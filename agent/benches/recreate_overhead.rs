@@ -10,6 +10,8 @@
 //!
 //! Prints per-iteration medians and means of both and their difference.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerCreateBody;
