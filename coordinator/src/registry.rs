@@ -464,28 +464,7 @@ fn basic(user: &str, pass: &str) -> String {
     use std::io::Write;
     let mut raw = Vec::new();
     let _ = write!(raw, "{user}:{pass}");
-    format!("Basic {}", base64_std(&raw))
-}
-
-fn base64_std(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    format!("Basic {}", ouroboros_shared::base64::standard(&raw))
 }
 
 fn hex(bytes: &[u8]) -> String {

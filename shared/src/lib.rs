@@ -8,6 +8,7 @@
 //! - [`telemetry`]: log setup.
 //! - [`time_fmt`]: timestamps for people and for JSON.
 
+pub mod base64;
 pub mod cli;
 pub mod host;
 pub mod inventory;

@@ -84,30 +84,7 @@ pub fn registry_auth_header(auth: &RegistryAuth, server: &str) -> String {
         "password": auth.password,
         "serveraddress": server,
     });
-    base64_url(json.to_string().as_bytes())
-}
-
-/// Base64 with the URL-safe alphabet (RFC 4648 section 5), padded.
-fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let sextet = (n >> (18 - 6 * i)) & 63;
-                out.push(char::from(ALPHABET[sextet as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    ouroboros_shared::base64::url_safe(json.to_string().as_bytes())
 }
 
 /// Splits `repo:tag@sha256:…` into the pinned reference to pull and the tag to point at it.
@@ -931,23 +908,6 @@ fn with_legacy_mac(docker: &Docker, body: &ContainerCreateBody, mac: &str) -> Do
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_url_matches_rfc_4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_url(plain.as_bytes()), encoded);
-        }
-        // Bytes that need the two alphabet-specific characters.
-        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8=");
-    }
 
     #[test]
     fn auth_header_is_url_safe_and_carries_the_server() {

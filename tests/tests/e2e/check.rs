@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use ouroboros_tests::{
     Binaries, Cleanup, Engine, Registry, eventually, publish, require_engine, unique_name,
 };
@@ -16,20 +16,9 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 
 fn admin(coordinator: &Coordinator, args: &[&str]) -> anyhow::Result<(i32, Value)> {
-    let out = std::process::Command::new(&coordinator.bin)
-        .args(args)
-        .args([
-            "--output",
-            "json",
-            "--server",
-            &coordinator.url,
-            "--pki-dir",
-        ])
-        .arg(&coordinator.pki)
-        .output()?;
-    let json = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
-    Ok((out.status.code().unwrap_or(-1), json))
+    let (code, json) = coordinator.admin(args)?;
+    ensure!(!json.is_null(), "{args:?} printed no JSON (exit {code})");
+    Ok((code, json))
 }
 
 fn decision<'a>(checked: &'a Value, host: &str, container: &str) -> &'a Value {

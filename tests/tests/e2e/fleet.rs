@@ -124,6 +124,19 @@ impl Coordinator {
         serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))
     }
 
+    /// Runs an admin command with `--output json` whatever its outcome: its exit code and
+    /// its JSON answer (`Null` when it printed none).
+    pub(crate) fn admin(&self, args: &[&str]) -> anyhow::Result<(i32, Value)> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .args(["--output", "json", "--server", &self.url, "--pki-dir"])
+            .arg(&self.pki)
+            .output()
+            .with_context(|| format!("running {args:?}"))?;
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        Ok((out.status.code().unwrap_or(-1), json))
+    }
+
     pub(crate) fn hosts(&self) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .json(&["hosts"])?

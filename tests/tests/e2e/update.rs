@@ -16,22 +16,9 @@ use crate::fleet::Coordinator;
 const CONVERGE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 
-/// Runs `update` and returns its exit code and parsed JSON answer (if any).
-fn update(coordinator: &Coordinator, container: &str) -> anyhow::Result<(i32, Option<Value>)> {
-    let out = std::process::Command::new(&coordinator.bin)
-        .args(["update", "--host", "host-a", "--container", container])
-        .args([
-            "--output",
-            "json",
-            "--server",
-            &coordinator.url,
-            "--pki-dir",
-        ])
-        .arg(&coordinator.pki)
-        .output()
-        .context("running update")?;
-    let json = serde_json::from_slice::<Value>(&out.stdout).ok();
-    Ok((out.status.code().unwrap_or(-1), json))
+/// Runs `update` of `container` on host-a: exit code and JSON answer.
+fn update(coordinator: &Coordinator, container: &str) -> anyhow::Result<(i32, Value)> {
+    coordinator.admin(&["update", "--host", "host-a", "--container", container])
 }
 
 #[test]
@@ -56,7 +43,6 @@ fn update_moves_a_container_to_the_new_image_of_its_tag() -> anyhow::Result<()> 
     eventually(CONVERGE, POLL, || coordinator.container("host-a", &name))?;
 
     let (code, answer) = update(&coordinator, &name)?;
-    let answer = answer.context("no JSON answer")?;
     let result = &answer[0];
     assert_eq!(code, 0, "{answer}");
     assert_eq!(result["status"], "updated", "{answer}");
@@ -90,13 +76,13 @@ fn update_moves_a_container_to_the_new_image_of_its_tag() -> anyhow::Result<()> 
     // Again: nothing to do, and it says so.
     let (code, answer) = update(&coordinator, &name)?;
     assert_eq!(code, 0);
-    assert_eq!(answer.context("no JSON")?[0]["status"], "already-current");
+    assert_eq!(answer[0]["status"], "already-current");
 
     // An unknown container: refused, exit 1, nothing changed.
     let missing = unique_name("upd-missing");
     let (code, answer) = update(&coordinator, &missing)?;
     assert_eq!(code, 1);
-    assert_eq!(answer.context("no JSON")?[0]["status"], "refused");
+    assert_eq!(answer[0]["status"], "refused");
     Ok(())
 }
 
@@ -235,25 +221,15 @@ fn update_pulls_with_the_coordinators_credentials_and_pins_a_digest() -> anyhow:
         .tempdir()?;
     let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
     let run_update = |coordinator: &Coordinator| {
-        std::process::Command::new(&coordinator.bin)
-            .args([
-                "update",
-                "--host",
-                "host-a",
-                "--container",
-                &name,
-                "--image",
-                &pinned,
-            ])
-            .args([
-                "--output",
-                "json",
-                "--server",
-                &coordinator.url,
-                "--pki-dir",
-            ])
-            .arg(&coordinator.pki)
-            .output()
+        coordinator.admin(&[
+            "update",
+            "--host",
+            "host-a",
+            "--container",
+            &name,
+            "--image",
+            &pinned,
+        ])
     };
 
     // Without credentials the pull is refused and nothing changes.
@@ -261,9 +237,8 @@ fn update_pulls_with_the_coordinators_credentials_and_pins_a_digest() -> anyhow:
     let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
     eventually(CONVERGE, POLL, || coordinator.container("host-a", &name))?;
     let before = engine.inspect(&name, "{{.Id}}")?;
-    let out = run_update(&coordinator)?;
-    let answer: Value = serde_json::from_slice(&out.stdout).context("no JSON")?;
-    assert_eq!(out.status.code(), Some(1), "{answer}");
+    let (code, answer) = run_update(&coordinator)?;
+    assert_eq!(code, 1, "{answer}");
     assert_eq!(answer[0]["status"], "refused", "{answer}");
     assert_eq!(engine.inspect(&name, "{{.Id}}")?, before);
 
@@ -277,9 +252,8 @@ fn update_pulls_with_the_coordinators_credentials_and_pins_a_digest() -> anyhow:
         ensure!(h["connected"] == true, "agent not back: {h}");
         Ok(())
     })?;
-    let out = run_update(&coordinator)?;
-    let answer: Value = serde_json::from_slice(&out.stdout).context("no JSON")?;
-    assert_eq!(out.status.code(), Some(0), "{answer}");
+    let (code, answer) = run_update(&coordinator)?;
+    assert_eq!(code, 0, "{answer}");
     assert_eq!(answer[0]["status"], "updated", "{answer}");
     let v2_id = engine.docker(&["image", "inspect", "--format", "{{.Id}}", &pinned])?;
     assert_eq!(engine.inspect(&name, "{{.Image}}")?, v2_id, "not v2");
