@@ -123,6 +123,17 @@ fn followed(c: &ContainerInfo) -> Result<ImageRef, String> {
     Ok(image)
 }
 
+/// The reference with its tag written out (`nginx` → `nginx:latest`), so that a pinned pull
+/// still leaves the container following its tag.
+fn with_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') {
+        image.to_owned()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
 /// Decides for every container: selection first, then one probe per unique tag (at most
 /// `concurrency` at once), then a comparison with the container's own RepoDigest.
 pub async fn detect<S: DigestSource>(
@@ -169,7 +180,7 @@ pub async fn detect<S: DigestSource>(
                         Decision::Current
                     }
                     Ok(probe) => Decision::Update {
-                        target: format!("{}@{}", c.image, probe.digest),
+                        target: format!("{}@{}", with_tag(&c.image), probe.digest),
                         digest: probe.digest.clone(),
                     },
                 },
@@ -245,6 +256,8 @@ mod tests {
             .insert("registry.lan:5000/app:1".into(), Ok(NEW.into()));
         fake.digests
             .insert("docker.io/library/nginx:1.27".into(), Ok(OLD.into()));
+        fake.digests
+            .insert("docker.io/library/redis:latest".into(), Ok(NEW.into()));
         let app_old = format!("registry.lan:5000/app@{OLD}");
         let nginx_old = format!("nginx@{OLD}");
         let fleet = vec![
@@ -269,11 +282,15 @@ mod tests {
                 "h1".to_owned(),
                 container("pinned", &format!("nginx@{OLD}"), &[&nginx_old], &[]),
             ),
+            (
+                "h1".to_owned(),
+                container("tagless", "redis", &[&format!("redis@{OLD}")], &[]),
+            ),
         ];
         let fake = Arc::new(fake);
         let out = detect(fake.clone(), &fleet, &Selection::default(), 4).await;
         let asked = fake.asked.lock().unwrap().clone();
-        assert_eq!(asked.len(), 2, "one probe per unique tag: {asked:?}");
+        assert_eq!(asked.len(), 3, "one probe per unique tag: {asked:?}");
         let d: Vec<&Decision> = out.iter().map(|d| &d.decision).collect();
         assert_eq!(
             d[0],
@@ -287,6 +304,14 @@ mod tests {
         assert_eq!(d[3], &Decision::Current, "same tag written two ways");
         assert!(matches!(d[4], Decision::Skip { reason } if reason.contains("RepoDigests")));
         assert!(matches!(d[5], Decision::Skip { reason } if reason.contains("pinned")));
+        assert_eq!(
+            d[6],
+            &Decision::Update {
+                target: format!("redis:latest@{NEW}"),
+                digest: NEW.into()
+            },
+            "a tagless reference must keep following latest"
+        );
     }
 
     #[tokio::test]

@@ -247,8 +247,11 @@ impl RegistryClient {
                             service,
                             scope: challenged,
                         }) => {
-                            let scope = challenged.unwrap_or_else(|| scope.clone());
-                            self.token(&image.registry, &realm, service.as_deref(), &scope, &name)
+                            // Ask for the scope the registry named; cache under ours, which
+                            // is what the next probe looks up.
+                            let asked = challenged.unwrap_or_else(|| scope.clone());
+                            let key = format!("{} {scope}", image.registry);
+                            self.token(&key, &realm, service.as_deref(), &asked, &name)
                                 .await?
                         }
                         Some(Challenge::Basic) | None => match &self.config.credentials {
@@ -380,7 +383,7 @@ impl RegistryClient {
     /// Fetches (and caches) a bearer token for `scope`.
     async fn token(
         &self,
-        registry: &str,
+        cache_key: &str,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -397,11 +400,33 @@ impl RegistryClient {
             }
             query.append_pair("scope", scope);
         }
-        let mut request = self.http.get(url);
-        if let Some((user, pass)) = &self.config.credentials {
-            request = request.basic_auth(user, Some(pass));
+        // Credentials go only to token servers over TLS or on this machine. A public image on
+        // a registry the credentials are not for (Docker Hub, say) still gets an anonymous
+        // token when the credentials are refused.
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let safe = url.scheme() == "https" || self.scheme(&host) == "http";
+        let mut response = None;
+        if let (Some((user, pass)), true) = (&self.config.credentials, safe) {
+            let r = self
+                .http
+                .get(url.clone())
+                .basic_auth(user, Some(pass))
+                .send()
+                .await
+                .map_err(|e| self.transport(e, image))?;
+            if !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                response = Some(r);
+            }
         }
-        let response = request.send().await.map_err(|e| self.transport(e, image))?;
+        let response = match response {
+            Some(r) => r,
+            None => self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| self.transport(e, image))?,
+        };
         match response.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -442,7 +467,7 @@ impl RegistryClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
-                format!("{registry} {scope}"),
+                cache_key.to_owned(),
                 Token {
                     value: value.clone(),
                     expires,

@@ -24,6 +24,10 @@ use super::spec::{self, ApiVersion, CreatePlan};
 use crate::engine::{Engine, is_not_found};
 use ouroboros_shared::reference::ImageRef;
 
+/// Label on every container a recreate creates: the operation that made it. A rollback only
+/// removes a container under the name that carries its own operation's label.
+pub const LABEL_OP: &str = "com.ouroboros.op";
+
 /// How long each part may take; each deadline acts (the step fails and rolls back).
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
@@ -520,7 +524,16 @@ impl Recreator {
             .map_err(|e| format!("cannot tag {source} as {tag}: {e}"))
     }
 
+    /// Pulls `reference`, with `auth` when given; when the credentials are refused (they may
+    /// be for another registry), once more anonymously.
     async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<(), String> {
+        match (self.pull_once(reference, auth).await, auth) {
+            (Err(first), Some(_)) => self.pull_once(reference, None).await.map_err(|_| first),
+            (result, _) => result,
+        }
+    }
+
+    async fn pull_once(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<(), String> {
         let options = CreateImageOptionsBuilder::new()
             .from_image(reference)
             .build();
@@ -577,7 +590,15 @@ impl Recreator {
         if let Some(signal) = &plan.stop_signal {
             stop = stop.signal(signal);
         }
+        // The client's own timeout must outlast the engine's wait for the container.
+        let stop_wait = Duration::from_secs(
+            plan.stop_timeout
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(10),
+        );
         self.docker
+            .clone()
+            .with_timeout(stop_wait + Duration::from_secs(60))
             .stop_container(&entry.old_id, Some(stop.build()))
             .await
             .or_else(not_modified)
@@ -601,7 +622,10 @@ impl Recreator {
         entry.step = Step::Creating;
         self.journal.record(entry).map_err(journal)?;
         report("create");
-        let new_id = self.create(plan).await.map_err(failed("create"))?;
+        let new_id = self
+            .create(plan, &entry.op_id)
+            .await
+            .map_err(failed("create"))?;
         entry.step = Step::Created {
             new_id: new_id.clone(),
         };
@@ -635,10 +659,20 @@ impl Recreator {
 
     /// Creates the replacement; on engines before API 1.44 a user-set MAC goes into
     /// `Config.MacAddress`, which the typed request body cannot carry.
-    async fn create(&self, plan: &CreatePlan) -> Result<String, bollard::errors::Error> {
+    async fn create(
+        &self,
+        plan: &CreatePlan,
+        op_id: &str,
+    ) -> Result<String, bollard::errors::Error> {
         let options = CreateContainerOptionsBuilder::new()
             .name(&plan.name)
             .build();
+        let mut plan = plan.clone();
+        plan.body
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_OP.to_owned(), op_id.to_owned());
+        let plan = &plan;
         let docker = match &plan.legacy_mac {
             Some(mac) => with_legacy_mac(&self.docker, &plan.body, mac),
             None => self.docker.clone(),
@@ -717,15 +751,43 @@ impl Recreator {
         failure: StepFailure,
     ) -> Outcome {
         let mut problems = Vec::new();
-        // The replacement: by id if known, else whatever now holds the name, unless that is
-        // the old container itself.
+        // The replacement: by id if known, else what holds the name if this operation made it
+        // (its label says so); never someone else's container.
         let holder = match new_id {
             Some(id) => Some(id.to_owned()),
-            None => self
-                .id_of(&entry.name)
-                .await
-                .filter(|id| *id != entry.old_id),
+            None => match self.inspect(&entry.name).await {
+                Some(c)
+                    if c.id.as_deref() != Some(entry.old_id.as_str())
+                        && c.config
+                            .as_ref()
+                            .and_then(|cfg| cfg.labels.as_ref())
+                            .and_then(|l| l.get(LABEL_OP))
+                            == Some(&entry.op_id) =>
+                {
+                    c.id
+                }
+                _ => None,
+            },
         };
+        // Without the old container there is nothing to go back to: keep the replacement
+        // (running) rather than leave nothing under the name.
+        if self.name_of(&entry.old_id).await.is_none() {
+            if let Some(id) = &holder {
+                let _ = self
+                    .docker
+                    .start_container(id, None)
+                    .await
+                    .or_else(not_modified);
+            }
+            warn!(container = %entry.name, "The old container is gone; the replacement is kept.");
+            return Outcome::RollbackFailed {
+                step: failure.step.to_owned(),
+                reason: format!(
+                    "{}; the old container is gone, so the new one was kept",
+                    failure.reason
+                ),
+            };
+        }
         if let Some(id) = holder
             && let Err(e) = self.remove(&id).await
         {
@@ -828,10 +890,6 @@ impl Recreator {
         self.docker.inspect_container(id_or_name, None).await.ok()
     }
 
-    async fn id_of(&self, name: &str) -> Option<String> {
-        self.inspect(name).await.and_then(|c| c.id)
-    }
-
     async fn name_of(&self, id: &str) -> Option<String> {
         self.inspect(id)
             .await
@@ -879,11 +937,12 @@ fn not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors::Error>
     }
 }
 
+/// The op id as a container-name suffix (letters, digits, `-`).
 fn short(op_id: &str) -> String {
     op_id
         .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(100)
         .collect()
 }
 

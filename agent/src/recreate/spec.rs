@@ -129,7 +129,10 @@ pub fn derive(
     host_config.links = host_config
         .links
         .map(|links| links.iter().map(|l| rewrite_link(l)).collect());
-    // Anonymous volumes are mounted into the replacement by name, so their data stays.
+    // Anonymous volumes are mounted into the replacement by name, so their data stays:
+    // `--mount type=volume,target=…` ones get the old volume as their source, the others
+    // (image VOLUMEs, `-v /path`) become binds by name.
+    fill_anonymous_mount_sources(container, &mut host_config);
     let anonymous = anonymous_volumes(container, &host_config);
     if !anonymous.is_empty() {
         host_config
@@ -297,6 +300,31 @@ fn healthcheck(value: Option<HealthConfig>, image: Option<&HealthConfig>) -> Opt
         start_interval: keep(value.start_interval, image.start_interval),
     };
     (kept != HealthConfig::default()).then_some(kept)
+}
+
+/// Gives `HostConfig.Mounts` volume entries without a source (anonymous) the name of the
+/// volume the old container had there.
+fn fill_anonymous_mount_sources(
+    container: &ContainerInspectResponse,
+    host_config: &mut bollard::models::HostConfig,
+) {
+    let volumes: HashMap<&str, &str> = container
+        .mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.typ.as_deref() == Some("volume"))
+        .filter_map(|m| Some((m.destination.as_deref()?, m.name.as_deref()?)))
+        .collect();
+    for mount in host_config.mounts.iter_mut().flatten() {
+        let is_volume = mount.typ == Some(bollard::models::MountType::VOLUME);
+        let anonymous = mount.source.as_deref().is_none_or(str::is_empty);
+        if is_volume
+            && anonymous
+            && let Some(name) = mount.target.as_deref().and_then(|t| volumes.get(t))
+        {
+            mount.source = Some((*name).to_owned());
+        }
+    }
 }
 
 /// `NAME:/dest[:ro]` binds for the container's anonymous volumes: volume mounts whose
@@ -532,6 +560,23 @@ mod tests {
             plan.body.host_config.unwrap().binds,
             Some(vec!["mydata:/data".into()])
         );
+    }
+
+    #[test]
+    fn anonymous_mount_entries_get_the_old_volume_as_source() {
+        let mut old = web();
+        let name = old.mounts.clone().unwrap()[0].name.clone().unwrap();
+        if let Some(hc) = old.host_config.as_mut() {
+            hc.mounts = Some(vec![bollard::models::Mount {
+                target: Some("/data".into()),
+                typ: Some(bollard::models::MountType::VOLUME),
+                ..Default::default()
+            }]);
+        }
+        let plan = derive(&old, &image(), "new:2", API_41, None).unwrap();
+        let hc = plan.body.host_config.unwrap();
+        assert_eq!(hc.mounts.unwrap()[0].source.as_deref(), Some(name.as_str()));
+        assert_eq!(hc.binds, None, "the volume would be mounted twice");
     }
 
     #[test]

@@ -676,3 +676,36 @@ async fn the_pull_deadline_acts_before_anything_is_stopped() -> anyhow::Result<(
     assert_eq!(s.inspect(&name, "{{.State.StartedAt}}")?, started_at);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rollback_without_the_old_container_keeps_the_new_one() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let name = s
+        .cleanup
+        .run_container("rc-gone", &["--network", "none"], &s.v1.reference, &[])?;
+    let old_id = s.inspect(&name, "{{.Id}}")?;
+    // The new image never gets healthy, and meanwhile someone removes the set-aside old
+    // container (a `docker container prune`, say).
+    s.publish_next(ImageSpec::new(2).unhealthy())?;
+    let remove_old = {
+        let (engine, old_id) = (s.engine.clone(), old_id.clone());
+        Arc::new(move || {
+            let _ = engine.docker(&["rm", "-f", &old_id]);
+        })
+    };
+    let recreator = s.restarted()?.with_hook(CrashPoint::AfterStart, remove_old);
+    let outcome = recreator.recreate(&request("op-gone", &name)).await?;
+    match &outcome {
+        Outcome::RollbackFailed { reason, .. } => assert!(reason.contains("kept"), "{reason}"),
+        other => anyhow::bail!("expected a failed rollback, got {other:?}"),
+    }
+    // Something still runs under the name: the replacement.
+    let now = s.inspect(&name, "{{.Id}}")?;
+    assert_ne!(now, old_id);
+    assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
+    Ok(())
+}

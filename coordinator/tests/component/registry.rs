@@ -365,3 +365,38 @@ async fn the_real_registry_answers_the_pushed_digest_with_head_requests_only() {
     assert!(matches!(e, ProbeError::Unauthorized { .. }), "{e}");
     engine.logout(registry.addr()).unwrap();
 }
+
+#[tokio::test]
+async fn credentials_refused_by_the_token_server_fall_back_to_an_anonymous_token() {
+    // A public repository on a registry the configured credentials are not for.
+    let fake = Fake::start(Arc::new(|r: &Req| {
+        if r.path.starts_with("/token") {
+            return match r.header("authorization") {
+                Some(_) => resp(401, &[]),
+                None => Resp {
+                    status: 200,
+                    body: br#"{"token":"t1"}"#.to_vec(),
+                    ..Resp::default()
+                },
+            };
+        }
+        if r.header("authorization") == Some("Bearer t1") {
+            return resp(200, &[("Docker-Content-Digest", DIGEST)]);
+        }
+        let host = r.header("host").unwrap_or_default().to_owned();
+        resp(
+            401,
+            &[(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="http://{host}/token",service="fake""#),
+            )],
+        )
+    }))
+    .await;
+    let probe = client(Duration::from_secs(5))
+        .digest(&fake.image())
+        .await
+        .unwrap();
+    assert_eq!(probe.digest, DIGEST);
+    assert_eq!(fake.count("GET", "/token"), 2, "no anonymous retry");
+}
