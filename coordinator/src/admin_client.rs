@@ -372,6 +372,7 @@ mod tests {
             mode: pb::HostMode::Standalone.into(),
             container_count: 3,
             connected_since_unix_ms: 0,
+            inventory_at_unix_ms: 0,
         };
         let v: serde_json::Value = serde_json::from_str(&render_hosts(
             std::slice::from_ref(&h),

@@ -42,6 +42,9 @@ pub enum Command {
     Pki(PkiCommand),
     /// Run the coordinator.
     Serve(ServeArgs),
+    /// All in one for a single host: the coordinator and an agent for the local engine, PKI
+    /// created under --data-dir on first start.
+    Up(crate::up::UpArgs),
     /// List the hosts of the fleet.
     Hosts(AdminArgs),
     /// List the containers of the fleet.
@@ -101,6 +104,13 @@ pub struct ServeArgs {
     /// Directory made by `pki init`.
     #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
     pub pki_dir: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What the coordinator checks, when, and how (shared by `serve` and `up`).
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
     /// Seconds between check cycles.
     #[arg(long, env = ENV_INTERVAL, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: u64,
@@ -270,6 +280,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Up(args) => crate::up::up(args).await,
         Command::Hosts(args) => admin_client::hosts(&args).await,
         Command::Containers(args) => {
             admin_client::containers(&args.admin, args.host.as_ref()).await
@@ -280,28 +291,44 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+impl PolicyArgs {
+    /// The validated policy part of a [`ServeConfig`].
+    pub(crate) fn into_config(
+        self,
+        data_dir: PathBuf,
+        pki: PkiDir,
+    ) -> Result<ServeConfig, Failure> {
+        let args = self;
+        let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
+            .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
+        Ok(ServeConfig {
+            data_dir,
+            pki,
+            heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
+            missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
+            schedule,
+            detect_only: args.dry_run || args.monitor_only,
+            selection: Selection {
+                monitor: args.monitor.0,
+                ignore: args.ignore.0,
+                label_enable: args.label_enable,
+                labels_only: args.labels_only,
+                self_update: args.self_update,
+            },
+            registry_auth: match (args.repo_user, args.repo_pass) {
+                (Some(username), Some(password)) => {
+                    Some(RegistryCredentials { username, password })
+                }
+                _ => None,
+            },
+        })
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
-        .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
-    let config = ServeConfig {
-        schedule,
-        detect_only: args.dry_run || args.monitor_only,
-        data_dir: args.data_dir,
-        pki: PkiDir::new(args.pki_dir),
-        heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
-        missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
-        selection: Selection {
-            monitor: args.monitor.0,
-            ignore: args.ignore.0,
-            label_enable: args.label_enable,
-            labels_only: args.labels_only,
-            self_update: args.self_update,
-        },
-        registry_auth: match (args.repo_user, args.repo_pass) {
-            (Some(username), Some(password)) => Some(RegistryCredentials { username, password }),
-            _ => None,
-        },
-    };
+    let config = args
+        .policy
+        .into_config(args.data_dir, PkiDir::new(args.pki_dir))?;
     let prepared = server::prepare(config).map_err(|e| {
         if e.is_config() {
             Failure::usage(e)

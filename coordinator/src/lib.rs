@@ -21,4 +21,5 @@ pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod up;
 pub mod writer;

@@ -21,6 +21,13 @@ pub const ENV_DRY_RUN: &str = "DRY_RUN";
 /// Detect and report only, never pull or change, as in Ouroboros.
 pub const ENV_MONITOR_ONLY: &str = "MONITOR_ONLY";
 
+/// Run one cycle and exit, as in Ouroboros.
+pub const ENV_RUN_ONCE: &str = "RUN_ONCE";
+/// `up`: the name of this host in the fleet view.
+pub const ENV_HOST_NAME: &str = "OUROBOROS_HOST_NAME";
+/// `up`: default listen address (this machine only).
+pub const DEFAULT_UP_LISTEN: &str = "127.0.0.1:7443";
+
 /// Registry user for pulls, as in Ouroboros.
 pub const ENV_REPO_USER: &str = "REPO_USER";
 /// Registry password for pulls, as in Ouroboros.

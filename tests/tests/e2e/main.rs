@@ -11,4 +11,5 @@ mod config;
 mod docker_tls;
 mod fleet;
 mod harness;
+mod up;
 mod update;

@@ -1,0 +1,173 @@
+//! `up`: the all-in-one mode for a single host. The coordinator and an agent for the local
+//! Docker engine in one process, the PKI created under the data dir on first start, listening
+//! on this machine only by default. `--run-once` runs one full check cycle and exits: 0 when
+//! every update succeeded, 1 otherwise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ouroboros_agent::AgentConfig;
+use ouroboros_agent::engine::DockerEndpoint;
+use ouroboros_agent::link::LinkConfig;
+use ouroboros_proto::v1 as pb;
+use ouroboros_shared::cli::parse_flag;
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::names::*;
+use ouroboros_shared::pki::{self, ClientPem, PkiDir};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::admin_client;
+use crate::cli::{AdminArgs, Failure, PolicyArgs};
+use crate::output::OutputFormat;
+use crate::server;
+
+/// Name of this host when `--host-name` is not given.
+const DEFAULT_HOST_NAME: &str = "local";
+/// Longest `--run-once` waits for the embedded agent's first inventory.
+const FIRST_INVENTORY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to listen on for the admin CLI (and other agents).
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_UP_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Directory for the store, the PKI (`DIR/pki`) and the agent's journal.
+    #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Docker engine: unix:///PATH (or tcp://, https:// with DOCKER_CERT_PATH).
+    #[arg(long, env = ENV_DOCKER_HOST, default_value = DEFAULT_DOCKER_HOST, value_name = "URL")]
+    pub docker_host: String,
+    /// This host's name in the fleet view.
+    #[arg(long, env = ENV_HOST_NAME, default_value = DEFAULT_HOST_NAME, value_name = "HOST", value_parser = |v: &str| HostName::parse(v).map_err(|e| e.to_string()))]
+    pub host_name: HostName,
+    /// Run one full check cycle (detect, update) and exit: 0 when every update succeeded.
+    #[arg(long, env = ENV_RUN_ONCE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub run_once: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+pub async fn up(args: UpArgs) -> Result<(), Failure> {
+    let pki = PkiDir::new(args.data_dir.join("pki"));
+    if !pki.ca_cert().exists() {
+        let mut sans = Vec::new();
+        let ip = args.listen.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            sans.push(ip.to_string());
+        }
+        pki::init(&pki, &sans).map_err(Failure::usage)?;
+        info!(dir = %pki.dir().display(), "PKI created.");
+    }
+    let host = args.host_name;
+    if !pki.agent_cert(&host).exists() {
+        pki::issue_agent(&pki, &host, pki::CA_DAYS).map_err(Failure::usage)?;
+    }
+    let docker = DockerEndpoint::new(&args.docker_host, false, None)
+        .map_err(|e| Failure::usage(format!("--docker-host: {e}")))?;
+    let config = args
+        .policy
+        .into_config(args.data_dir.join("coordinator"), pki.clone())?;
+    let detect_only = config.detect_only;
+    let prepared = server::prepare(config).map_err(|e| {
+        if e.is_config() {
+            Failure::usage(e)
+        } else {
+            Failure::runtime(e)
+        }
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::usage(format!("--listen {}: cannot listen: {e}", args.listen)))?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    info!(addr = %addr, "Coordinator listening.");
+    let ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("https://{ip}:{}", addr.port());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(server::run(prepared, listener, stopped(stop_rx.clone())));
+
+    let agent_dir = args.data_dir.join("agent");
+    std::fs::create_dir_all(&agent_dir)
+        .map_err(|e| Failure::usage(format!("--data-dir {}: {e}", agent_dir.display())))?;
+    let tls = ClientPem::read(
+        &pki.ca_cert(),
+        &pki.agent_cert(&host),
+        &pki.agent_key(&host),
+    )
+    .map_err(Failure::usage)?;
+    let agent_config = AgentConfig {
+        link: LinkConfig {
+            coordinator: url.clone(),
+            tls,
+            host: host.clone(),
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(5),
+        },
+        docker,
+        data_dir: agent_dir,
+        crash: None,
+    };
+    let agent = tokio::spawn(ouroboros_agent::run(agent_config, stopped(stop_rx)));
+
+    let result = if args.run_once {
+        let admin = AdminArgs {
+            server: url,
+            pki_dir: pki.dir().to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+            output: OutputFormat::Table,
+        };
+        match first_inventory(&admin, &host).await {
+            Ok(()) => admin_client::check(&admin, detect_only).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        ouroboros_shared::shutdown::signal().await;
+        Ok(())
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
+        Ok(Err(e)) => return Err(Failure::runtime(format!("coordinator task failed: {e}"))),
+        _ => {}
+    }
+    result
+}
+
+/// Waits until the embedded agent is connected and has reported an inventory.
+async fn first_inventory(admin: &AdminArgs, host: &HostName) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + FIRST_INVENTORY;
+    let mut client = admin_client::connect(admin).await?;
+    loop {
+        let hosts = client
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot list hosts: {}", e.message())))?
+            .into_inner()
+            .hosts;
+        if hosts
+            .iter()
+            .any(|h| h.host == host.as_str() && h.connected && h.inventory_at_unix_ms > 0)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::runtime(format!(
+                "the local agent did not report within {FIRST_INVENTORY:?}; is the Docker engine reachable?"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
