@@ -325,10 +325,12 @@ impl PolicyArgs {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let config = args
-        .policy
-        .into_config(args.data_dir, PkiDir::new(args.pki_dir))?;
+/// Checks the PKI, opens the store and binds `listen`, in that order, so bad configuration
+/// fails before anything listens. Logs the bound address (tests read it).
+pub(crate) async fn prepare_and_listen(
+    config: ServeConfig,
+    listen: SocketAddr,
+) -> Result<(server::Prepared, tokio::net::TcpListener, SocketAddr), Failure> {
     let prepared = server::prepare(config).map_err(|e| {
         if e.is_config() {
             Failure::usage(e)
@@ -336,11 +338,19 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             Failure::runtime(e)
         }
     })?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Failure::usage(format!("--listen {}: cannot listen: {e}", args.listen)))?;
-    let addr = listener.local_addr().unwrap_or(args.listen);
+        .map_err(|e| Failure::usage(format!("--listen {listen}: cannot listen: {e}")))?;
+    let addr = listener.local_addr().unwrap_or(listen);
     tracing::info!(addr = %addr, "Coordinator listening.");
+    Ok((prepared, listener, addr))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let config = args
+        .policy
+        .into_config(args.data_dir, PkiDir::new(args.pki_dir))?;
+    let (prepared, listener, _) = prepare_and_listen(config, args.listen).await?;
     server::run(prepared, listener, ouroboros_shared::shutdown::signal())
         .await
         .map_err(Failure::runtime)?;

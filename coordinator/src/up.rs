@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::admin_client;
-use crate::cli::{AdminArgs, Failure, PolicyArgs};
+use crate::cli::{AdminArgs, Failure, PolicyArgs, prepare_and_listen};
 use crate::output::OutputFormat;
 use crate::server;
 
@@ -71,18 +71,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         .policy
         .into_config(args.data_dir.join("coordinator"), pki.clone())?;
     let detect_only = config.detect_only;
-    let prepared = server::prepare(config).map_err(|e| {
-        if e.is_config() {
-            Failure::usage(e)
-        } else {
-            Failure::runtime(e)
-        }
-    })?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Failure::usage(format!("--listen {}: cannot listen: {e}", args.listen)))?;
-    let addr = listener.local_addr().unwrap_or(args.listen);
-    info!(addr = %addr, "Coordinator listening.");
+    let (prepared, listener, addr) = prepare_and_listen(config, args.listen).await?;
     let ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {

@@ -53,6 +53,7 @@ mod tests {
             assert_eq!(url_safe(plain.as_bytes()), encoded);
         }
         assert_eq!(standard(&[0xfb, 0xff]), "+/8=");
+        assert_eq!(standard(b"alice:s3cr/t+pw"), "YWxpY2U6czNjci90K3B3");
         assert_eq!(url_safe(&[0xfb, 0xff]), "-_8=");
     }
 }

@@ -136,10 +136,12 @@ impl Registry {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<HttpResponse> {
-        let authorization = self
-            .credentials
-            .as_ref()
-            .map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        let authorization = self.credentials.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                ouroboros_shared::base64::standard(format!("{u}:{p}").as_bytes())
+            )
+        });
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(value) = &authorization {
             all.push(("Authorization", value));
@@ -238,40 +240,9 @@ fn wait_until_up(process: &Process, addr: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Standard base64 with padding (for a Basic `Authorization` header).
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_known_values() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"alice:s3cr/t+pw"), "YWxpY2U6czNjci90K3B3");
-    }
 
     #[test]
     fn config_has_auth_only_when_asked() {
