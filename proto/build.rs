@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `AgentGateway.Connect` would clash with the generated `connect(dst)` constructor;
         // clients are built from a `Channel` with `new` instead.
         .build_transport(false)
+        // Carries registry secrets: its `Debug` (in `lib.rs`) redacts them.
+        .skip_debug(["ouroboros.v1.RegistryAuth"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -39,6 +39,8 @@ impl CommandRunner {
             auth: command.auth.map(|a| RegistryAuth {
                 username: a.username,
                 password: a.password,
+                identity_token: a.identity_token,
+                registry_token: a.registry_token,
             }),
         };
         let progress = tx.clone();

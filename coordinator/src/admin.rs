@@ -102,9 +102,22 @@ impl pb::admin_server::Admin for AdminApi {
                 r.image
             )));
         }
+        // No image given: the container's configured reference, spelled out so that the pull
+        // gets the credentials of its registry.
+        let image = if r.image.is_empty() {
+            self.fleet
+                .containers(Some(&host))
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(_, c)| c.name == r.container || c.id == r.container)
+                .map(|(_, c)| c.image)
+                .unwrap_or_default()
+        } else {
+            r.image.clone()
+        };
         let outcome = self
             .commands
-            .recreate(host.as_str(), &r.container, &r.image, self.update_timeout)
+            .recreate(host.as_str(), &r.container, &image, self.update_timeout)
             .await
             .map_err(|e| match e {
                 CommandError::NotConnected(_) => Status::failed_precondition(e.to_string()),

@@ -13,9 +13,10 @@ use ouroboros_shared::pki::{self, DEFAULT_LEAF_DAYS, PkiDir};
 use ouroboros_shared::telemetry::parse_filter;
 
 use crate::admin_client;
-use crate::commands::RegistryCredentials;
+use crate::credentials::Credentials;
 use crate::detect::Selection;
 use crate::output::OutputFormat;
+use crate::registry::RegistryConfig;
 use crate::schedule::Schedule;
 use crate::server::{self, ServeConfig};
 
@@ -144,6 +145,45 @@ pub struct PolicyArgs {
     /// Registry password for probes and pulls (with --repo-user). Never logged.
     #[arg(long, env = ENV_REPO_PASS, value_name = "PASSWORD", requires = "repo_user", hide_env_values = true)]
     pub repo_pass: Option<String>,
+    /// Docker CLI config (a directory holding config.json, or the file): per-registry
+    /// credentials from `auths`, `credHelpers` and `credsStore`; wins over --repo-user.
+    #[arg(long, env = ENV_DOCKER_CONFIG, value_name = "PATH")]
+    pub docker_config: Option<PathBuf>,
+    /// Registries (HOST[:PORT], comma-separated) spoken to over plain HTTP; loopback
+    /// registries always are.
+    #[arg(long, env = ENV_INSECURE_REGISTRIES, value_name = "REGISTRIES", value_parser = parse_registries, default_value = "")]
+    pub insecure_registries: Registries,
+    /// Extra CA certificates (PEM) trusted for registries, besides the system's.
+    #[arg(long, env = ENV_REGISTRY_CA, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+    /// Probe each repository's `latest` and update containers to it, whatever their tag.
+    #[arg(long, env = ENV_LATEST_ONLY, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub latest_only: bool,
+    /// Remove the old image after a successful update when no other container or tag uses it.
+    #[arg(long, env = ENV_CLEANUP, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cleanup: bool,
+    /// After each cycle, remove anonymous volumes no container uses (named volumes are kept).
+    #[arg(long, env = ENV_CLEANUP_UNUSED_VOLUMES, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cleanup_unused_volumes: bool,
+}
+
+/// Registry hosts (`host[:port]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registries(pub Vec<String>);
+
+fn parse_registries(value: &str) -> Result<Registries, String> {
+    let list = parse_list(value)?;
+    for r in &list {
+        let (host, port) = r.rsplit_once(':').unwrap_or((r, "1"));
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']'));
+        if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{r:?} is not a registry HOST[:PORT]"));
+        }
+    }
+    Ok(Registries(list))
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +341,24 @@ impl PolicyArgs {
         let args = self;
         let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
             .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
+        let repo = args.repo_user.zip(args.repo_pass);
+        let credentials = Credentials::new(repo, args.docker_config.as_deref())
+            .map_err(|e| Failure::usage(format!("--docker-config: {e}")))?;
+        let extra_ca_pem = match &args.registry_ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Failure::usage(format!("--registry-ca {}: {e}", path.display()))
+                })?;
+                // Checked now, so a bad file stops startup rather than every probe.
+                crate::registry::RegistryClient::new(RegistryConfig {
+                    extra_ca_pem: Some(pem.clone()),
+                    ..RegistryConfig::default()
+                })
+                .map_err(|e| Failure::usage(format!("--registry-ca {}: {e}", path.display())))?;
+                Some(pem)
+            }
+            None => None,
+        };
         Ok(ServeConfig {
             data_dir,
             pki,
@@ -315,12 +373,16 @@ impl PolicyArgs {
                 labels_only: args.labels_only,
                 self_update: args.self_update,
             },
-            registry_auth: match (args.repo_user, args.repo_pass) {
-                (Some(username), Some(password)) => {
-                    Some(RegistryCredentials { username, password })
-                }
-                _ => None,
+            latest_only: args.latest_only,
+            cleanup: args.cleanup,
+            cleanup_volumes: args.cleanup_unused_volumes,
+            registry: RegistryConfig {
+                credentials: std::sync::Arc::new(credentials),
+                insecure: args.insecure_registries.0,
+                extra_ca_pem,
+                ..RegistryConfig::default()
             },
+            run_once: None,
         })
     }
 }

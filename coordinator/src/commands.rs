@@ -4,14 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
+use ouroboros_shared::reference::ImageRef;
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
+use tracing::warn;
 
+use crate::credentials::Credentials;
 use crate::fleet::SessionId;
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
@@ -52,32 +55,17 @@ pub struct CommandOutcome {
     pub steps: Vec<String>,
 }
 
-/// Registry credentials the coordinator hands to agents. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryCredentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryCredentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
 /// The links of connected agents, by host.
 #[derive(Default)]
 pub struct Dispatcher {
     links: Mutex<HashMap<String, Link>>,
     next_op: AtomicU64,
-    credentials: Option<RegistryCredentials>,
+    credentials: Arc<Credentials>,
 }
 
 impl Dispatcher {
-    pub fn new(credentials: Option<RegistryCredentials>) -> Self {
+    /// `credentials` go with each pull, those of the image's registry only.
+    pub fn new(credentials: Arc<Credentials>) -> Self {
         Self {
             credentials,
             ..Self::default()
@@ -135,7 +123,20 @@ impl Dispatcher {
         format!("op-{}-{n}", now_unix_ms())
     }
 
-    /// Sends `Recreate` to `host` and waits for its result.
+    /// The credentials for pulling `image`, if its registry has any.
+    async fn pull_auth(&self, image: &str) -> Option<pb::RegistryAuth> {
+        let registry = ImageRef::parse(image).ok()?.registry;
+        match self.credentials.get(&registry).await {
+            Ok(found) => found.map(|c| c.pull_auth()),
+            Err(e) => {
+                warn!(registry = %registry, error = %e, "No credentials for the pull; trying anonymously.");
+                None
+            }
+        }
+    }
+
+    /// Sends `Recreate` to `host` and waits for its result. `image` empty: the container's
+    /// configured reference (pulled without credentials).
     pub async fn recreate(
         &self,
         host: &str,
@@ -144,6 +145,7 @@ impl Dispatcher {
         timeout: Duration,
     ) -> Result<CommandOutcome, CommandError> {
         let op_id = self.new_op_id();
+        let auth = self.pull_auth(image).await;
         let (tx, rx) = oneshot::channel();
         let outbound = {
             let mut links = self.lock();
@@ -164,10 +166,7 @@ impl Dispatcher {
                 op_id: op_id.clone(),
                 container: container.to_owned(),
                 image: image.to_owned(),
-                auth: self.credentials.as_ref().map(|c| pb::RegistryAuth {
-                    username: c.username.clone(),
-                    password: c.password.clone(),
-                }),
+                auth,
             })),
         };
         let gone = || CommandError::AgentGone {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod cli;
 pub mod commands;
+pub mod credentials;
 pub mod cycle;
 pub mod detect;
 pub mod fleet;

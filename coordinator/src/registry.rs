@@ -5,15 +5,22 @@
 //! digest for multi-arch tags). When the header is missing, a `GET` of the manifest is hashed.
 //! Authentication follows the registry's `WWW-Authenticate` challenge: Bearer tokens
 //! (`token` or `access_token`, cached per realm, service and scope for `expires_in`) or Basic.
-//! Every request has a deadline, each registry a concurrency limit, a `429` is retried after its
-//! `Retry-After` (within limits) and `ratelimit-remaining` is captured. TLS is always verified;
-//! plain HTTP is used only for loopback registries and those listed as insecure.
+//! Credentials are those of the probed registry ([`Credentials`]): username and password,
+//! identity tokens (exchanged at the token server) or registry tokens.
+//! Every request has a deadline, each registry a concurrency limit. A `429` throttles its whole
+//! registry until `Retry-After` (or an exponential backoff when there is none): probes of that
+//! registry wait when the wait is short, and fail at once, without a request, when it is long.
+//! `ratelimit-remaining` is captured. TLS is always verified; plain HTTP is used only for
+//! loopback registries and those listed as insecure, and secrets go to a token server only over
+//! TLS or on this machine.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ouroboros_shared::reference::ImageRef;
+
+use crate::credentials::{Credential, Credentials, Secret};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use tokio::sync::Semaphore;
@@ -28,8 +35,8 @@ application/vnd.oci.image.manifest.v1+json";
 /// Settings of the client.
 #[derive(Clone)]
 pub struct RegistryConfig {
-    /// `REPO_USER`/`REPO_PASS`, used for Basic and for token requests.
-    pub credentials: Option<(String, String)>,
+    /// Per-registry credentials, for Basic and for token requests.
+    pub credentials: Arc<Credentials>,
     /// Registries (`host[:port]`) spoken to over plain HTTP besides loopback ones.
     pub insecure: Vec<String>,
     /// Deadline of each request.
@@ -45,7 +52,7 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            credentials: None,
+            credentials: Arc::default(),
             insecure: Vec::new(),
             timeout: Duration::from_secs(10),
             per_registry: 8,
@@ -58,7 +65,7 @@ impl Default for RegistryConfig {
 impl std::fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryConfig")
-            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("credentials", &self.credentials)
             .field("insecure", &self.insecure)
             .field("timeout", &self.timeout)
             .field("per_registry", &self.per_registry)
@@ -96,6 +103,8 @@ pub enum ProbeError {
     Malformed { image: String, reason: String },
     #[error("{image}: {reason}")]
     Transport { image: String, reason: String },
+    #[error("{image}: credentials: {reason}")]
+    Credentials { image: String, reason: String },
 }
 
 #[derive(Clone)]
@@ -112,6 +121,14 @@ pub struct RegistryClient {
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Registries that asked for Basic: later requests send it at once.
     basic: Mutex<std::collections::HashSet<String>>,
+    /// Registries that answered `429`, until when.
+    throttles: Mutex<HashMap<String, Throttle>>,
+}
+
+struct Throttle {
+    until: Instant,
+    /// `429`s in a row, for the backoff when the registry names no time.
+    strikes: u32,
 }
 
 /// A `WWW-Authenticate` challenge.
@@ -150,6 +167,7 @@ impl RegistryClient {
             tokens: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             basic: Mutex::new(std::collections::HashSet::new()),
+            throttles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,14 +199,93 @@ impl RegistryClient {
         }
     }
 
+    /// The credentials the probe of `image` uses.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.config.credentials
+    }
+
+    async fn credential(
+        &self,
+        image: &ImageRef,
+        name: &str,
+    ) -> Result<Option<Credential>, ProbeError> {
+        self.config
+            .credentials
+            .get(&image.registry)
+            .await
+            .map_err(|reason| ProbeError::Credentials {
+                image: name.to_owned(),
+                reason,
+            })
+    }
+
+    /// Waits while `registry` is throttled for at most `max_retry_after`; a longer throttle
+    /// fails at once, without a request.
+    async fn wait_throttle(&self, registry: &str, name: &str) -> Result<(), ProbeError> {
+        loop {
+            let until = self
+                .throttles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(registry)
+                .map(|t| t.until);
+            let now = Instant::now();
+            match until {
+                Some(until) if until > now => {
+                    let wait = until - now;
+                    if wait > self.config.max_retry_after {
+                        return Err(ProbeError::RateLimited {
+                            image: name.to_owned(),
+                            retry_after: Some(
+                                Duration::from_secs(wait.as_secs_f64().ceil() as u64),
+                            ),
+                        });
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// A `429` from `registry`: throttles it for `retry_after`, or for 1, 2, 4 … 64 s after
+    /// each 429 in a row when the registry named no time. Returns the wait.
+    fn throttle(&self, registry: &str, retry_after: Option<Duration>) -> Duration {
+        let mut throttles = self.throttles.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let t = throttles.entry(registry.to_owned()).or_insert(Throttle {
+            until: now,
+            strikes: 0,
+        });
+        t.strikes = t.strikes.saturating_add(1);
+        let wait = retry_after.unwrap_or_else(|| Duration::from_secs(1 << (t.strikes - 1).min(6)));
+        t.until = t.until.max(now + wait);
+        wait
+    }
+
+    fn throttled(&self, registry: &str) -> bool {
+        self.throttles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+            .is_some_and(|t| t.until > Instant::now())
+    }
+
+    /// An answer other than 429: the registry's backoff starts over.
+    fn unthrottle(&self, registry: &str) {
+        let mut throttles = self.throttles.lock().unwrap_or_else(|p| p.into_inner());
+        if throttles
+            .get(registry)
+            .is_some_and(|t| t.until <= Instant::now())
+        {
+            throttles.remove(registry);
+        }
+    }
+
     /// The tag's (or pinned digest's) manifest digest now.
     pub async fn digest(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
         let name = image.to_string();
         let limit = self.limit(&image.registry);
-        let _permit = limit.acquire().await.map_err(|_| ProbeError::Transport {
-            image: name.clone(),
-            reason: "client shut down".into(),
-        })?;
         let reference = image
             .tag
             .as_deref()
@@ -202,25 +299,41 @@ impl RegistryClient {
             reference
         );
         let scope = format!("repository:{}:pull", image.repository);
-        let mut auth: Option<String> = self.cached_token(&image.registry, &scope).or_else(|| {
-            let known_basic = self
-                .basic
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&image.registry);
-            match (&self.config.credentials, known_basic) {
-                (Some((user, pass)), true) => Some(basic(user, pass)),
-                _ => None,
-            }
-        });
+        let mut auth: Option<String> = self.cached_token(&image.registry, &scope);
+        let known_basic = self
+            .basic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&image.registry);
+        if auth.is_none()
+            && known_basic
+            && let Some(Credential {
+                secret: Secret::Basic { username, password },
+                ..
+            }) = self.credential(image, &name).await?
+        {
+            auth = Some(basic(&username, &password));
+        }
         let mut authenticated_once = false;
         let mut rate_limited = 0;
         loop {
+            self.wait_throttle(&image.registry, &name).await?;
+            let _permit = limit.acquire().await.map_err(|_| ProbeError::Transport {
+                image: name.clone(),
+                reason: "client shut down".into(),
+            })?;
+            if self.throttled(&image.registry) {
+                // A 429 came back while this probe waited for its turn.
+                continue;
+            }
             let response = self
                 .send(reqwest::Method::HEAD, &url, auth.as_deref(), &name)
                 .await?;
             let status = response.status();
             let headers = response.headers().clone();
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                self.unthrottle(&image.registry);
+            }
             match status {
                 s if s.is_success() => {
                     let remaining = header(&headers, "ratelimit-remaining");
@@ -241,34 +354,65 @@ impl RegistryClient {
                     authenticated_once = true;
                     let challenge = header(&headers, WWW_AUTHENTICATE.as_str())
                         .and_then(|h| parse_challenge(&h));
-                    auth = Some(match challenge {
-                        Some(Challenge::Bearer {
-                            realm,
-                            service,
-                            scope: challenged,
-                        }) => {
+                    let credential = self.credential(image, &name).await?;
+                    auth = Some(match (challenge, credential) {
+                        (
+                            Some(Challenge::Bearer { .. }),
+                            Some(Credential {
+                                secret: Secret::RegistryToken(token),
+                                ..
+                            }),
+                        ) => format!("Bearer {token}"),
+                        (
+                            Some(Challenge::Bearer {
+                                realm,
+                                service,
+                                scope: challenged,
+                            }),
+                            credential,
+                        ) => {
                             // Ask for the scope the registry named; cache under ours, which
                             // is what the next probe looks up.
                             let asked = challenged.unwrap_or_else(|| scope.clone());
                             let key = format!("{} {scope}", image.registry);
-                            self.token(&key, &realm, service.as_deref(), &asked, &name)
-                                .await?
+                            self.token(
+                                &key,
+                                &realm,
+                                service.as_deref(),
+                                &asked,
+                                &name,
+                                credential.as_ref(),
+                            )
+                            .await?
                         }
-                        Some(Challenge::Basic) | None => match &self.config.credentials {
-                            Some((user, pass)) => {
-                                self.basic
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(image.registry.clone());
-                                basic(user, pass)
-                            }
-                            None => {
-                                return Err(ProbeError::Unauthorized {
-                                    image: name,
-                                    detail: ": no credentials configured".into(),
-                                });
-                            }
-                        },
+                        (
+                            Some(Challenge::Basic) | None,
+                            Some(Credential {
+                                secret: Secret::Basic { username, password },
+                                ..
+                            }),
+                        ) => {
+                            self.basic
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(image.registry.clone());
+                            basic(&username, &password)
+                        }
+                        (Some(Challenge::Basic) | None, Some(other)) => {
+                            return Err(ProbeError::Unauthorized {
+                                image: name,
+                                detail: format!(
+                                    ": the registry asks for a password and {} holds a token",
+                                    other.source
+                                ),
+                            });
+                        }
+                        (Some(Challenge::Basic) | None, None) => {
+                            return Err(ProbeError::Unauthorized {
+                                image: name,
+                                detail: format!(": no credentials for {}", image.registry),
+                            });
+                        }
                     });
                 }
                 StatusCode::UNAUTHORIZED => {
@@ -280,21 +424,17 @@ impl RegistryClient {
                 StatusCode::FORBIDDEN => return Err(ProbeError::Forbidden { image: name }),
                 StatusCode::NOT_FOUND => return Err(ProbeError::NotFound { image: name }),
                 StatusCode::TOO_MANY_REQUESTS => {
-                    let retry_after = header(&headers, RETRY_AFTER.as_str())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    match retry_after {
-                        Some(wait) if rate_limited < 2 && wait <= self.config.max_retry_after => {
-                            rate_limited += 1;
-                            tokio::time::sleep(wait).await;
-                        }
-                        _ => {
-                            return Err(ProbeError::RateLimited {
-                                image: name,
-                                retry_after,
-                            });
-                        }
+                    let named =
+                        header(&headers, RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(&v));
+                    let wait = self.throttle(&image.registry, named);
+                    if rate_limited >= 2 || wait > self.config.max_retry_after {
+                        return Err(ProbeError::RateLimited {
+                            image: name,
+                            retry_after: Some(wait),
+                        });
                     }
+                    rate_limited += 1;
+                    // The permit goes back while the registry's throttle is waited out.
                 }
                 s if s.is_server_error() => {
                     return Err(ProbeError::Server {
@@ -380,7 +520,10 @@ impl RegistryClient {
             .map(|t| format!("Bearer {}", t.value))
     }
 
-    /// Fetches (and caches) a bearer token for `scope`.
+    /// Fetches (and caches) a bearer token for `scope`: with a password as Basic on a `GET`,
+    /// with an identity token as an OAuth2 refresh-token `POST`; anonymously when there is
+    /// none, when the token server refuses it (the image may be public on a registry the
+    /// credentials are not for), or when the token server is neither TLS nor on this machine.
     async fn token(
         &self,
         cache_key: &str,
@@ -388,6 +531,7 @@ impl RegistryClient {
         service: Option<&str>,
         scope: &str,
         image: &str,
+        credential: Option<&Credential>,
     ) -> Result<String, ProbeError> {
         let mut url = reqwest::Url::parse(realm).map_err(|e| ProbeError::Malformed {
             image: image.to_owned(),
@@ -400,20 +544,45 @@ impl RegistryClient {
             }
             query.append_pair("scope", scope);
         }
-        // Credentials go only to token servers over TLS or on this machine. A public image on
-        // a registry the credentials are not for (Docker Hub, say) still gets an anonymous
-        // token when the credentials are refused.
         let host = url.host_str().unwrap_or_default().to_owned();
         let safe = url.scheme() == "https" || self.scheme(&host) == "http";
+        let request = match (credential.map(|c| &c.secret), safe) {
+            (Some(Secret::Basic { username, password }), true) => Some(
+                self.http
+                    .get(url.clone())
+                    .basic_auth(username, Some(password)),
+            ),
+            (Some(Secret::IdentityToken(refresh)), true) => {
+                let mut form = reqwest::Url::parse("http://form.invalid/").map_err(|e| {
+                    ProbeError::Malformed {
+                        image: image.to_owned(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("service", service.unwrap_or_default())
+                    .append_pair("scope", scope)
+                    .append_pair("client_id", "ouroboros");
+                let body = form.query().unwrap_or_default().to_owned();
+                let mut endpoint = url.clone();
+                endpoint.set_query(None);
+                Some(
+                    self.http
+                        .post(endpoint)
+                        .header(
+                            reqwest::header::CONTENT_TYPE,
+                            "application/x-www-form-urlencoded",
+                        )
+                        .body(body),
+                )
+            }
+            _ => None,
+        };
         let mut response = None;
-        if let (Some((user, pass)), true) = (&self.config.credentials, safe) {
-            let r = self
-                .http
-                .get(url.clone())
-                .basic_auth(user, Some(pass))
-                .send()
-                .await
-                .map_err(|e| self.transport(e, image))?;
+        if let Some(request) = request {
+            let r = request.send().await.map_err(|e| self.transport(e, image))?;
             if !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                 response = Some(r);
             }
@@ -483,6 +652,17 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
 fn basic(user: &str, pass: &str) -> String {
@@ -576,6 +756,23 @@ mod tests {
             basic("Aladdin", "open sesame"),
             "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
         );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let wait = parse_retry_after(&later).unwrap();
+        assert!(
+            wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

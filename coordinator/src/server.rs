@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::AdminApi;
-use crate::commands::{Dispatcher, RegistryCredentials};
+use crate::commands::Dispatcher;
 use crate::cycle::Cycle;
 use crate::detect::Selection;
 use crate::fleet::Fleet;
@@ -34,14 +34,45 @@ pub struct ServeConfig {
     pub pki: PkiDir,
     pub heartbeat: Duration,
     pub missed_heartbeats: u32,
-    /// For registry probes, and handed to agents with every pull.
-    pub registry_auth: Option<RegistryCredentials>,
+    /// The registry client's settings; its credentials also go to agents with each pull,
+    /// those of the image's registry only.
+    pub registry: RegistryConfig,
     /// Which containers are watched.
     pub selection: Selection,
+    /// Probe `latest` and update to it (LATEST_ONLY).
+    pub latest_only: bool,
+    /// Remove old images after successful updates (CLEANUP).
+    pub cleanup: bool,
+    /// Remove unused anonymous volumes after each cycle (CLEANUP_UNUSED_VOLUMES).
+    pub cleanup_volumes: bool,
+    /// `serve --run-once`: the longest wait for the fleet's agents before the one cycle.
+    pub run_once: Option<Duration>,
     /// When scheduled cycles run.
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
     pub detect_only: bool,
+}
+
+impl ServeConfig {
+    /// The defaults: every container watched, cycles every 300 s, no credentials.
+    pub fn new(data_dir: PathBuf, pki: PkiDir) -> Self {
+        Self {
+            data_dir,
+            pki,
+            heartbeat: Duration::from_secs(u64::from(
+                ouroboros_shared::names::HEARTBEAT_INTERVAL_SECS,
+            )),
+            missed_heartbeats: ouroboros_shared::names::HEARTBEAT_MISSES_ALLOWED,
+            registry: RegistryConfig::default(),
+            selection: Selection::default(),
+            latest_only: false,
+            cleanup: false,
+            cleanup_volumes: false,
+            run_once: None,
+            schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
+            detect_only: false,
+        }
+    }
 }
 
 /// Why the server could not run.
@@ -126,14 +157,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
             dir: p.dir().display().to_string(),
             source,
         })?;
-    let registry = RegistryClient::new(RegistryConfig {
-        credentials: config
-            .registry_auth
-            .as_ref()
-            .map(|c| (c.username.clone(), c.password.clone())),
-        ..RegistryConfig::default()
-    })
-    .map_err(ServeError::Registry)?;
+    let registry = RegistryClient::new(config.registry.clone()).map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store)?);
     Ok(Prepared {
@@ -173,7 +197,7 @@ pub async fn run(
         })
     };
 
-    let commands = Arc::new(Dispatcher::new(config.registry_auth.clone()));
+    let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
     let cycle = Arc::new(Cycle::new(
         fleet.clone(),
         commands.clone(),

@@ -6,3 +6,31 @@
 pub mod v1 {
     tonic::include_proto!("ouroboros.v1");
 }
+
+impl std::fmt::Debug for v1::RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &String| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("identity_token", &set(&self.identity_token))
+            .field("registry_token", &set(&self.registry_token))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_auth_debug_shows_no_secret() {
+        let auth = super::v1::RegistryAuth {
+            username: "alice".into(),
+            password: "pw-sentinel".into(),
+            identity_token: "id-sentinel".into(),
+            registry_token: "rt-sentinel".into(),
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(!shown.contains("sentinel"), "{shown}");
+    }
+}

@@ -34,6 +34,27 @@ fn encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
     out
 }
 
+/// Decodes the standard alphabet, padded or not (docker `config.json`'s `auth` fields);
+/// `None` for anything else.
+pub fn decode_standard(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim().trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for byte in text.bytes() {
+        let value = STANDARD.iter().position(|&c| c == byte)?;
+        acc = (acc << 6) | value as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // A lone trailing character carries fewer than 8 bits: not base64.
+    (bits < 6).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +76,27 @@ mod tests {
         assert_eq!(standard(&[0xfb, 0xff]), "+/8=");
         assert_eq!(standard(b"alice:s3cr/t+pw"), "YWxpY2U6czNjci90K3B3");
         assert_eq!(url_safe(&[0xfb, 0xff]), "-_8=");
+    }
+
+    #[test]
+    fn standard_decodes_what_it_encodes() {
+        for plain in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "alice:s3cr/t+pw",
+        ] {
+            let encoded = standard(plain.as_bytes());
+            assert_eq!(decode_standard(&encoded).as_deref(), Some(plain.as_bytes()));
+            let unpadded = encoded.trim_end_matches('=');
+            assert_eq!(decode_standard(unpadded).as_deref(), Some(plain.as_bytes()));
+        }
+        assert_eq!(decode_standard("+/8=").as_deref(), Some(&[0xfb, 0xff][..]));
+        assert_eq!(decode_standard("not base64!"), None);
+        assert_eq!(decode_standard("Zm9vY"), None, "a lone trailing character");
     }
 }

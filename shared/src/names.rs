@@ -33,6 +33,22 @@ pub const ENV_REPO_USER: &str = "REPO_USER";
 /// Registry password for pulls, as in Ouroboros.
 pub const ENV_REPO_PASS: &str = "REPO_PASS";
 
+/// Docker CLI configuration: a directory holding `config.json` (or the file), read for
+/// registry credentials (`auths`, `credHelpers`, `credsStore`), as the docker CLI reads it.
+pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
+/// Registries (`host[:port]`) spoken to over plain HTTP besides loopback ones.
+pub const ENV_INSECURE_REGISTRIES: &str = "OUROBOROS_INSECURE_REGISTRIES";
+/// Extra CA certificates (PEM file) trusted for registries.
+pub const ENV_REGISTRY_CA: &str = "OUROBOROS_REGISTRY_CA";
+/// Probe each repository's `latest` and update to it, whatever tag a container runs.
+pub const ENV_LATEST_ONLY: &str = "LATEST_ONLY";
+/// Remove the old image after a successful update when nothing else uses it, as in Ouroboros.
+pub const ENV_CLEANUP: &str = "CLEANUP";
+/// Remove unused anonymous volumes after each cycle, as in Ouroboros (named volumes are kept).
+pub const ENV_CLEANUP_UNUSED_VOLUMES: &str = "CLEANUP_UNUSED_VOLUMES";
+/// `serve --run-once`: longest wait for the fleet's agents before the cycle.
+pub const ENV_RUN_ONCE_WAIT: &str = "OUROBOROS_RUN_ONCE_WAIT";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

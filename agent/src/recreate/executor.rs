@@ -64,30 +64,38 @@ pub struct Request {
     pub auth: Option<RegistryAuth>,
 }
 
-/// Registry credentials. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
+/// Registry credentials: username and password, or an identity token, or a registry token.
+/// `Debug` never shows a secret.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryAuth {
     pub username: String,
     pub password: String,
+    pub identity_token: String,
+    pub registry_token: String,
 }
 
 impl std::fmt::Debug for RegistryAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryAuth")
             .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 /// The `X-Registry-Auth` header value: JSON in URL-safe base64, which is what the engine
 /// decodes (bollard's standard alphabet silently turns some passwords into an anonymous pull).
 pub fn registry_auth_header(auth: &RegistryAuth, server: &str) -> String {
-    let json = serde_json::json!({
-        "username": auth.username,
-        "password": auth.password,
-        "serveraddress": server,
-    });
+    let mut json = serde_json::json!({ "serveraddress": server });
+    for (key, value) in [
+        ("username", &auth.username),
+        ("password", &auth.password),
+        ("identitytoken", &auth.identity_token),
+        ("registrytoken", &auth.registry_token),
+    ] {
+        if !value.is_empty() {
+            json[key] = serde_json::Value::String(value.clone());
+        }
+    }
     ouroboros_shared::base64::url_safe(json.to_string().as_bytes())
 }
 
@@ -973,6 +981,7 @@ mod tests {
         let auth = RegistryAuth {
             username: "ci".into(),
             password: "s3cr?t>>~~??".into(),
+            ..RegistryAuth::default()
         };
         let header = registry_auth_header(&auth, "127.0.0.1:5000");
         assert!(!header.contains('+') && !header.contains('/'), "{header}");
@@ -981,6 +990,24 @@ mod tests {
             !format!("{auth:?}").contains("s3cr"),
             "password in Debug output"
         );
+        let decoded = |h: &str| -> serde_json::Value {
+            let standard = h.replace('-', "+").replace('_', "/");
+            let raw = ouroboros_shared::base64::decode_standard(&standard).unwrap();
+            serde_json::from_slice(&raw).unwrap()
+        };
+        assert_eq!(
+            decoded(&header),
+            serde_json::json!({"username": "ci", "password": "s3cr?t>>~~??", "serveraddress": "127.0.0.1:5000"})
+        );
+        let token = RegistryAuth {
+            identity_token: "refresh-sentinel".into(),
+            ..RegistryAuth::default()
+        };
+        assert_eq!(
+            decoded(&registry_auth_header(&token, "ghcr.io")),
+            serde_json::json!({"identitytoken": "refresh-sentinel", "serveraddress": "ghcr.io"})
+        );
+        assert!(!format!("{token:?}").contains("sentinel"));
     }
 
     #[test]

@@ -73,16 +73,12 @@ impl Fixture {
             pki::issue_agent(&pki, &HostName::parse(host).unwrap(), 1).unwrap();
         }
         let config = ServeConfig {
-            data_dir: dir.path().join("data"),
-            pki: pki.clone(),
             heartbeat,
             missed_heartbeats: 2,
-            registry_auth: None,
-            selection: Default::default(),
             schedule: ouroboros_coordinator::schedule::Schedule::Interval(Duration::from_secs(
                 3600,
             )),
-            detect_only: false,
+            ..ServeConfig::new(dir.path().join("data"), pki.clone())
         };
         let prepared = server::prepare(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ouroboros_coordinator::credentials::Credentials;
 use ouroboros_coordinator::registry::{ProbeError, RegistryClient, RegistryConfig};
 use ouroboros_shared::reference::ImageRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,7 @@ struct Req {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    body: String,
 }
 
 impl Req {
@@ -76,7 +78,21 @@ impl Fake {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let length: usize = text
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
                     let mut lines = text.split("\r\n");
                     let mut first = lines.next().unwrap_or_default().split(' ');
                     let req = Req {
@@ -87,6 +103,7 @@ impl Fake {
                             .filter_map(|l| l.split_once(':'))
                             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                             .collect(),
+                        body,
                     };
                     log.lock().unwrap().push(req.clone());
                     let r = handler(&req);
@@ -124,9 +141,13 @@ impl Fake {
     }
 }
 
+fn repo_user(user: &str, password: &str) -> Arc<Credentials> {
+    Arc::new(Credentials::from_repo(Some((user.into(), password.into()))))
+}
+
 fn client(timeout: Duration) -> RegistryClient {
     RegistryClient::new(RegistryConfig {
-        credentials: Some(("user".into(), "pass".into())),
+        credentials: repo_user("user", "pass"),
         timeout,
         max_retry_after: Duration::from_secs(2),
         ..RegistryConfig::default()
@@ -338,7 +359,7 @@ async fn the_real_registry_answers_the_pushed_digest_with_head_requests_only() {
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1).unwrap();
     let image = ImageRef::parse(&v1.reference).unwrap();
     let client = RegistryClient::new(RegistryConfig {
-        credentials: Some((user.into(), password.into())),
+        credentials: repo_user(user, password),
         ..RegistryConfig::default()
     })
     .unwrap();
@@ -399,4 +420,195 @@ async fn credentials_refused_by_the_token_server_fall_back_to_an_anonymous_token
         .unwrap();
     assert_eq!(probe.digest, DIGEST);
     assert_eq!(fake.count("GET", "/token"), 2, "no anonymous retry");
+}
+
+/// A client whose credentials come from a docker `config.json` with `text`.
+fn client_with_config(text: &str) -> (RegistryClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), text).unwrap();
+    let credentials = Credentials::new(None, Some(dir.path())).unwrap();
+    let client = RegistryClient::new(RegistryConfig {
+        credentials: Arc::new(credentials),
+        timeout: Duration::from_secs(5),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    (client, dir)
+}
+
+fn challenge(r: &Req) -> Resp {
+    let host = r.header("host").unwrap_or_default().to_owned();
+    resp(
+        401,
+        &[(
+            "WWW-Authenticate",
+            &format!(r#"Bearer realm="http://{host}/token",service="fake""#),
+        )],
+    )
+}
+
+#[tokio::test]
+async fn identity_tokens_are_exchanged_with_an_oauth2_post() {
+    let fake = Fake::start(Arc::new(|r: &Req| {
+        if r.path.starts_with("/token") {
+            if r.method == "POST"
+                && r.body.contains("grant_type=refresh_token")
+                && r.body.contains("refresh_token=refresh-sentinel")
+                && r.body.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && r.body.contains("service=fake")
+                && r.header("content-type") == Some("application/x-www-form-urlencoded")
+            {
+                return Resp {
+                    status: 200,
+                    body: br#"{"access_token":"t-oauth","expires_in":300}"#.to_vec(),
+                    ..Resp::default()
+                };
+            }
+            return resp(401, &[]);
+        }
+        if r.header("authorization") == Some("Bearer t-oauth") {
+            return resp(200, &[("Docker-Content-Digest", DIGEST)]);
+        }
+        challenge(r)
+    }))
+    .await;
+    let (client, _dir) = client_with_config(&format!(
+        r#"{{"auths": {{"{}": {{"identitytoken": "refresh-sentinel"}}}}}}"#,
+        fake.addr
+    ));
+    assert_eq!(client.digest(&fake.image()).await.unwrap().digest, DIGEST);
+    assert_eq!(fake.count("POST", "/token"), 1);
+    assert_eq!(
+        fake.count("GET", "/token"),
+        0,
+        "fell back to an anonymous token"
+    );
+}
+
+#[tokio::test]
+async fn registry_tokens_are_sent_as_they_are() {
+    let fake = Fake::start(Arc::new(|r: &Req| {
+        if r.header("authorization") == Some("Bearer rt-direct") {
+            return resp(200, &[("Docker-Content-Digest", DIGEST)]);
+        }
+        challenge(r)
+    }))
+    .await;
+    let (client, _dir) = client_with_config(&format!(
+        r#"{{"auths": {{"http://{}/v2/": {{"registrytoken": "rt-direct"}}}}}}"#,
+        fake.addr
+    ));
+    assert_eq!(client.digest(&fake.image()).await.unwrap().digest, DIGEST);
+    assert_eq!(
+        fake.count("GET", "/token") + fake.count("POST", "/token"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn credentials_go_only_to_their_own_registry() {
+    // Two registries asking for Basic; the config holds a password for the first only.
+    let wants = |user_pass: &'static str| -> Handler {
+        Arc::new(move |r: &Req| {
+            let expected = format!(
+                "Basic {}",
+                ouroboros_shared::base64::standard(user_pass.as_bytes())
+            );
+            match r.header("authorization") {
+                Some(a) if a == expected => resp(200, &[("Docker-Content-Digest", DIGEST)]),
+                Some(_) => resp(401, &[]),
+                None => resp(401, &[("WWW-Authenticate", r#"Basic realm="r""#)]),
+            }
+        })
+    };
+    let first = Fake::start(wants("alice:a-sentinel")).await;
+    let second = Fake::start(wants("bob:b-sentinel")).await;
+    let (client, _dir) = client_with_config(&format!(
+        r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+        first.addr,
+        ouroboros_shared::base64::standard(b"alice:a-sentinel")
+    ));
+    assert_eq!(client.digest(&first.image()).await.unwrap().digest, DIGEST);
+    let e = client.digest(&second.image()).await.unwrap_err();
+    assert!(matches!(e, ProbeError::Unauthorized { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("no credentials for {}", second.addr)),
+        "{e}"
+    );
+    let seen = second.seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|r| r.header("authorization").is_none()),
+        "the first registry's password went to the second"
+    );
+}
+
+#[tokio::test]
+async fn a_long_retry_after_throttles_the_whole_registry_without_more_requests() {
+    let fake = Fake::start(Arc::new(|_: &Req| resp(429, &[("Retry-After", "3600")]))).await;
+    let client = RegistryClient::new(RegistryConfig {
+        per_registry: 2,
+        max_retry_after: Duration::from_secs(2),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let images: Vec<ImageRef> = (0..6)
+        .map(|i| ImageRef::parse(&format!("{}/team/app:{i}", fake.addr)).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let results =
+        futures_util::future::join_all(images.iter().map(|image| client.digest(image))).await;
+    for r in &results {
+        assert!(
+            matches!(r, Err(ProbeError::RateLimited { retry_after: Some(d), .. }) if *d > Duration::from_secs(3500)),
+            "{r:?}"
+        );
+    }
+    // At most the requests already in flight when the first 429 came back.
+    let heads = fake.count("HEAD", "/v2/");
+    assert!(heads <= 2, "{heads} requests to a throttled registry");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited on a long throttle"
+    );
+    // Later probes fail at once too.
+    let e = client.digest(&images[0]).await.unwrap_err();
+    assert!(matches!(e, ProbeError::RateLimited { .. }), "{e}");
+    assert_eq!(fake.count("HEAD", "/v2/"), heads);
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_and_other_probes_wait_too() {
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let fake = Fake::start(Arc::new(move |_: &Req| {
+        let mut n = counter.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            resp(429, &[])
+        } else {
+            resp(200, &[("Docker-Content-Digest", DIGEST)])
+        }
+    }))
+    .await;
+    let client = RegistryClient::new(RegistryConfig {
+        per_registry: 1,
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let a = ImageRef::parse(&format!("{}/team/app:a", fake.addr)).unwrap();
+    let b = ImageRef::parse(&format!("{}/team/app:b", fake.addr)).unwrap();
+    let started = std::time::Instant::now();
+    let (ra, rb) = tokio::join!(client.digest(&a), client.digest(&b));
+    assert_eq!(ra.unwrap().digest, DIGEST);
+    assert_eq!(rb.unwrap().digest, DIGEST);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "no backoff after a 429 without Retry-After"
+    );
+    assert_eq!(
+        *calls.lock().unwrap(),
+        3,
+        "one 429, then one request per tag"
+    );
 }
