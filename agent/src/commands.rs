@@ -43,6 +43,12 @@ impl CommandRunner {
                 registry_token: a.registry_token,
             }),
         };
+        // The old image, for the cleanup after a successful update.
+        let old_image = if command.cleanup {
+            crate::cleanup::image_of(self.recreator.docker(), &request.container).await
+        } else {
+            None
+        };
         let progress = tx.clone();
         let progress_op = op_id.clone();
         let report = move |step: &'static str| {
@@ -56,7 +62,19 @@ impl CommandRunner {
             let _ = progress.try_send(message);
         };
         let result = match self.recreator.recreate_reporting(&request, &report).await {
-            Ok(outcome) => pb::RecreateResult::from(&outcome),
+            Ok(outcome) => {
+                let mut result = pb::RecreateResult::from(&outcome);
+                if let (Status::Updated, Some(old)) = (result.status(), &old_image) {
+                    report("cleanup");
+                    result.cleanup = crate::cleanup::remove_image_if_unused(
+                        self.recreator.docker(),
+                        old,
+                        &result.image_id,
+                    )
+                    .await;
+                }
+                result
+            }
             Err(error) => {
                 let mut r = pb::RecreateResult {
                     reason: error.to_string(),
@@ -72,6 +90,32 @@ impl CommandRunner {
                 kind: Some(Kind::Result(pb::CommandResult {
                     op_id,
                     recreate: Some(result),
+                    prune: None,
+                })),
+            })
+            .await;
+    }
+
+    /// Runs a `PruneVolumes` (after any recreate in progress, so that no volume is caught
+    /// between an old container and its replacement) and sends its result on `tx`.
+    pub async fn prune_volumes(
+        &self,
+        command: pb::PruneVolumes,
+        tx: mpsc::Sender<pb::AgentMessage>,
+    ) {
+        let _turn = self.one_at_a_time.lock().await;
+        let (removed, failed) =
+            crate::cleanup::prune_anonymous_volumes(self.recreator.docker()).await;
+        info!(op = %command.op_id, removed = removed.len(), failed = failed.len(), "Volume prune finished.");
+        let _ = tx
+            .send(pb::AgentMessage {
+                kind: Some(Kind::Result(pb::CommandResult {
+                    op_id: command.op_id,
+                    recreate: None,
+                    prune: Some(pb::PruneResult {
+                        removed,
+                        error: failed.join("; "),
+                    }),
                 })),
             })
             .await;

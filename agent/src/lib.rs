@@ -8,6 +8,7 @@
 //!   decides when it takes the next inventory.
 
 pub mod backoff;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod engine;

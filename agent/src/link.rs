@@ -237,6 +237,11 @@ async fn session(
                     let tx = tx.clone();
                     tokio::spawn(async move { commands.recreate(command, tx).await });
                 }
+                Some(pb::CoordinatorMessage { kind: Some(Kind::PruneVolumes(command)) }) => {
+                    let commands = commands.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move { commands.prune_volumes(command, tx).await });
+                }
                 Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
                 None => return Ok(()),
             },

@@ -117,7 +117,13 @@ impl pb::admin_server::Admin for AdminApi {
         };
         let outcome = self
             .commands
-            .recreate(host.as_str(), &r.container, &image, self.update_timeout)
+            .recreate(
+                host.as_str(),
+                &r.container,
+                &image,
+                self.cycle.cleanup.images,
+                self.update_timeout,
+            )
             .await
             .map_err(|e| match e {
                 CommandError::NotConnected(_) => Status::failed_precondition(e.to_string()),
@@ -138,27 +144,36 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let dry_run = request.get_ref().dry_run;
         // A cycle never overlaps a running one: `run` waits for it.
-        let checked = self.cycle.run(dry_run).await;
-        let containers = checked
-            .into_iter()
-            .map(|c| {
-                let d = c.detection;
-                let (decision, reason, target) = match d.decision {
-                    Decision::Current => ("current", String::new(), String::new()),
-                    Decision::Update { target, .. } => ("update", String::new(), target),
-                    Decision::Skip { reason } => ("skip", reason, String::new()),
-                };
-                pb::ContainerCheck {
-                    host: d.host,
-                    container: d.container,
-                    image: d.image,
-                    decision: decision.to_owned(),
-                    reason,
-                    target,
-                    result: c.result,
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::CheckResponse { containers }))
+        let report = self.cycle.run(dry_run).await;
+        Ok(Response::new(check_response(report)))
+    }
+}
+
+/// A cycle's report as the admin API answers it.
+pub fn check_response(report: crate::cycle::Report) -> pb::CheckResponse {
+    let containers = report
+        .checked
+        .into_iter()
+        .map(|c| {
+            let d = c.detection;
+            let (decision, reason, target) = match d.decision {
+                Decision::Current => ("current", String::new(), String::new()),
+                Decision::Update { target, .. } => ("update", String::new(), target),
+                Decision::Skip { reason } => ("skip", reason, String::new()),
+            };
+            pb::ContainerCheck {
+                host: d.host,
+                container: d.container,
+                image: d.image,
+                decision: decision.to_owned(),
+                reason,
+                target,
+                result: c.result,
+            }
+        })
+        .collect();
+    pb::CheckResponse {
+        containers,
+        pruned: report.pruned,
     }
 }

@@ -164,14 +164,19 @@ fn status_name(result: &pb::RecreateResult) -> &'static str {
 /// `check [--dry-run]` and `updates`: exit 1 when an update was sent and did not succeed.
 pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
     let mut client = connect(args).await?;
-    let checked = client
+    let response = client
         .check(pb::CheckRequest { dry_run })
         .await
         .map_err(call_failed)?
-        .into_inner()
-        .containers;
+        .into_inner();
+    print_check(&response, args.output)
+}
+
+/// Prints a check's answer; fails (exit 1) when an update did not succeed.
+pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result<(), Failure> {
+    let checked = &response.containers;
     let status = |c: &pb::ContainerCheck| c.result.as_ref().map(status_name);
-    match args.output {
+    match format {
         OutputFormat::Json => {
             let items: Vec<_> = checked
                 .iter()
@@ -187,6 +192,7 @@ pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
                         "status": status(c),
                         "failed_step": r.step,
                         "result_reason": r.reason,
+                        "cleanup": r.cleanup,
                     })
                 })
                 .collect();
@@ -196,7 +202,9 @@ pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
             let rows: Vec<Vec<String>> = checked
                 .iter()
                 .map(|c| {
+                    let cleanup = c.result.as_ref().map(|r| r.cleanup.as_str()).unwrap_or("");
                     let detail = match (status(c), c.decision.as_str()) {
+                        (Some(s), _) if !cleanup.is_empty() => format!("{s}; {cleanup}"),
                         (Some(s), _) => s.to_owned(),
                         (None, "skip") => c.reason.clone(),
                         (None, "update") => format!("would update to {}", c.target),
@@ -214,6 +222,23 @@ pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
             print!(
                 "{}",
                 table(&["HOST", "CONTAINER", "IMAGE", "DECISION", "DETAIL"], &rows)
+            );
+        }
+    }
+    // Volume prunes go to stderr, so that the JSON on stdout keeps its shape.
+    for p in &response.pruned {
+        if p.error.is_empty() {
+            eprintln!(
+                "{}: removed {} unused anonymous volume(s)",
+                p.host,
+                p.removed.len()
+            );
+        } else {
+            eprintln!(
+                "{}: removed {} unused anonymous volume(s); {}",
+                p.host,
+                p.removed.len(),
+                p.error
             );
         }
     }

@@ -105,6 +105,14 @@ pub struct ServeArgs {
     /// Directory made by `pki init`.
     #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR, value_name = "DIR")]
     pub pki_dir: PathBuf,
+    /// Run one check cycle once the fleet's agents have reported, print it and exit: 0 when
+    /// every update succeeded and every known host reported, 1 otherwise.
+    #[arg(long, env = ENV_RUN_ONCE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub run_once: bool,
+    /// With --run-once: the longest wait for every host the store knows to connect and
+    /// report; the cycle then runs with those that did.
+    #[arg(long, env = ENV_RUN_ONCE_WAIT, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub run_once_wait: u64,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -350,6 +358,12 @@ impl PolicyArgs {
                     Failure::usage(format!("--registry-ca {}: {e}", path.display()))
                 })?;
                 // Checked now, so a bad file stops startup rather than every probe.
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(Failure::usage(format!(
+                        "--registry-ca {}: no PEM certificate in it",
+                        path.display()
+                    )));
+                }
                 crate::registry::RegistryClient::new(RegistryConfig {
                     extra_ca_pem: Some(pem.clone()),
                     ..RegistryConfig::default()
@@ -372,8 +386,8 @@ impl PolicyArgs {
                 label_enable: args.label_enable,
                 labels_only: args.labels_only,
                 self_update: args.self_update,
+                latest_only: args.latest_only,
             },
-            latest_only: args.latest_only,
             cleanup: args.cleanup,
             cleanup_volumes: args.cleanup_unused_volumes,
             registry: RegistryConfig {
@@ -409,13 +423,84 @@ pub(crate) async fn prepare_and_listen(
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let config = args
+    let mut config = args
         .policy
         .into_config(args.data_dir, PkiDir::new(args.pki_dir))?;
+    if args.run_once {
+        config.run_once = Some(Duration::from_secs(args.run_once_wait));
+        return serve_once(config, args.listen).await;
+    }
     let (prepared, listener, _) = prepare_and_listen(config, args.listen).await?;
     server::run(prepared, listener, ouroboros_shared::shutdown::signal())
         .await
         .map_err(Failure::runtime)?;
     tracing::info!("Coordinator stopped.");
     Ok(())
+}
+
+/// `serve --run-once`: serve until the known hosts have reported (or the wait ends), run one
+/// cycle, print it, stop.
+async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failure> {
+    let wait = config.run_once.unwrap_or(Duration::from_secs(60));
+    let dry_run = config.detect_only;
+    let (prepared, listener, _) = prepare_and_listen(config, listen).await?;
+    let fleet = prepared.fleet();
+    let cycle = prepared.cycle();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::run(prepared, listener, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let once = async {
+        let missing = wait_for_fleet(&fleet, wait).await;
+        let report = cycle.run(dry_run).await;
+        (missing, report)
+    };
+    let outcome = tokio::select! {
+        done = once => Some(done),
+        () = ouroboros_shared::shutdown::signal() => None,
+    };
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
+        Ok(Err(e)) => return Err(Failure::runtime(format!("server task failed: {e}"))),
+        _ => {}
+    }
+    let Some((missing, report)) = outcome else {
+        return Err(Failure::runtime("interrupted before the cycle finished"));
+    };
+    let printed =
+        admin_client::print_check(&crate::admin::check_response(report), OutputFormat::Table);
+    if !missing.is_empty() {
+        return Err(Failure::runtime(format!(
+            "host(s) not reporting within {}s: {}",
+            wait.as_secs(),
+            missing.join(", ")
+        )));
+    }
+    printed
+}
+
+/// Waits until every host the store knows is connected and has reported on this connection,
+/// at most `wait`. Returns the hosts still missing (none known yet: waits the whole time for
+/// the first to appear, then for all that did).
+async fn wait_for_fleet(fleet: &crate::fleet::Fleet, wait: Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let hosts = fleet.hosts();
+        let missing: Vec<String> = hosts
+            .iter()
+            .filter(|h| !(h.connected && h.reported))
+            .map(|h| h.record.host.clone())
+            .collect();
+        if !hosts.is_empty() && missing.is_empty() {
+            return missing;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if hosts.is_empty() {
+                return vec!["(no agent connected)".to_owned()];
+            }
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

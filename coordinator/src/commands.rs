@@ -136,16 +136,49 @@ impl Dispatcher {
     }
 
     /// Sends `Recreate` to `host` and waits for its result. `image` empty: the container's
-    /// configured reference (pulled without credentials).
+    /// configured reference (pulled without credentials). `cleanup`: the agent removes the old
+    /// image after a successful update unless something still uses it.
     pub async fn recreate(
         &self,
         host: &str,
         container: &str,
         image: &str,
+        cleanup: bool,
         timeout: Duration,
     ) -> Result<CommandOutcome, CommandError> {
-        let op_id = self.new_op_id();
         let auth = self.pull_auth(image).await;
+        self.command(host, timeout, |op_id| {
+            pb::coordinator_message::Kind::Recreate(pb::Recreate {
+                op_id,
+                container: container.to_owned(),
+                image: image.to_owned(),
+                auth,
+                cleanup,
+            })
+        })
+        .await
+    }
+
+    /// Sends `PruneVolumes` to `host` and waits for its result.
+    pub async fn prune_volumes(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.command(host, timeout, |op_id| {
+            pb::coordinator_message::Kind::PruneVolumes(pb::PruneVolumes { op_id })
+        })
+        .await
+    }
+
+    /// Sends the command `make` builds for a fresh op id and waits for its result.
+    async fn command(
+        &self,
+        host: &str,
+        timeout: Duration,
+        make: impl FnOnce(String) -> pb::coordinator_message::Kind,
+    ) -> Result<CommandOutcome, CommandError> {
+        let op_id = self.new_op_id();
         let (tx, rx) = oneshot::channel();
         let outbound = {
             let mut links = self.lock();
@@ -162,12 +195,7 @@ impl Dispatcher {
             link.outbound.clone()
         };
         let command = pb::CoordinatorMessage {
-            kind: Some(pb::coordinator_message::Kind::Recreate(pb::Recreate {
-                op_id: op_id.clone(),
-                container: container.to_owned(),
-                image: image.to_owned(),
-                auth,
-            })),
+            kind: Some(make(op_id.clone())),
         };
         let gone = || CommandError::AgentGone {
             host: host.to_owned(),
@@ -238,12 +266,13 @@ mod tests {
                     pb::CommandResult {
                         op_id: cmd.op_id,
                         recreate: Some(pb::RecreateResult::default()),
+                        prune: None,
                     },
                 );
             })
         };
         let outcome = d
-            .recreate("h1", "web", "", Duration::from_secs(5))
+            .recreate("h1", "web", "", false, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(outcome.steps, ["stop"]);
@@ -255,21 +284,64 @@ mod tests {
     async fn unknown_host_gone_agent_and_timeout_are_errors() {
         let d = Dispatcher::default();
         assert_eq!(
-            d.recreate("nope", "web", "", Duration::from_secs(1)).await,
+            d.recreate("nope", "web", "", false, Duration::from_secs(1))
+                .await,
             Err(CommandError::NotConnected("nope".into()))
         );
         let (tx, rx) = mpsc::channel(4);
         d.register("h1", session(), tx);
-        let timed_out = d.recreate("h1", "web", "", Duration::from_millis(50)).await;
+        let timed_out = d
+            .recreate("h1", "web", "", false, Duration::from_millis(50))
+            .await;
         assert!(
             matches!(timed_out, Err(CommandError::TimedOut { .. })),
             "{timed_out:?}"
         );
         drop(rx);
-        let gone = d.recreate("h1", "web", "", Duration::from_secs(1)).await;
+        let gone = d
+            .recreate("h1", "web", "", false, Duration::from_secs(1))
+            .await;
         assert!(
             matches!(gone, Err(CommandError::AgentGone { .. })),
             "{gone:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pulls_carry_the_credentials_of_their_registry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"reg.a:5000": {"username": "alice", "password": "a-pw"}}}"#,
+        )
+        .unwrap();
+        let credentials = Arc::new(Credentials::new(None, Some(dir.path())).unwrap());
+        let d = Arc::new(Dispatcher::new(credentials));
+        let (tx, mut rx) = mpsc::channel(4);
+        d.register("h1", session(), tx);
+        let sent = tokio::spawn(async move {
+            let mut auths = Vec::new();
+            for _ in 0..3 {
+                let Some(Ok(pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Recreate(cmd)),
+                })) = rx.recv().await
+                else {
+                    panic!("no Recreate sent");
+                };
+                assert!(cmd.cleanup, "cleanup not passed on");
+                auths.push(cmd.auth.map(|a| (a.username, a.password)));
+            }
+            auths
+        });
+        for image in ["reg.a:5000/app:1", "reg.b:5000/app:1", "app:1"] {
+            // No agent answers: each times out at once; only what was sent matters here.
+            let _ = d
+                .recreate("h1", "web", image, true, Duration::from_millis(1))
+                .await;
+        }
+        assert_eq!(
+            sent.await.unwrap(),
+            vec![Some(("alice".to_owned(), "a-pw".to_owned())), None, None]
         );
     }
 }

@@ -250,6 +250,12 @@ impl Credentials {
         docker_config: Option<&Path>,
     ) -> Result<Self, String> {
         let docker = match docker_config {
+            // A config directory without a config.json holds no credentials (as for the
+            // docker CLI); a file named outright must exist.
+            Some(path) if path.is_dir() && !path.join("config.json").exists() => {
+                tracing::warn!(dir = %path.display(), "Docker config directory has no config.json; no credentials from it.");
+                None
+            }
             Some(path) => {
                 let file = config_file(path);
                 let loaded = read_docker_config(&file)
@@ -572,6 +578,9 @@ mod tests {
             basic("b", "2")
         );
         assert!(Credentials::new(None, Some(&dir.path().join("missing.json"))).is_err());
+        let empty = tempfile::tempdir().unwrap();
+        let none = Credentials::new(None, Some(empty.path())).unwrap();
+        assert!(none.get("r.io").await.unwrap().is_none());
     }
 
     /// Writes `docker-credential-NAME` scripts into a directory put first on `PATH`.

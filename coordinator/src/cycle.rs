@@ -16,6 +16,17 @@ use crate::registry::RegistryClient;
 
 /// Probes in flight at once across registries (each registry has its own limit too).
 const PROBE_CONCURRENCY: usize = 32;
+/// Longest a host's volume prune may take.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What is cleaned up after updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// The old image after a successful update, when nothing else uses it (CLEANUP).
+    pub images: bool,
+    /// Unused anonymous volumes after each cycle that is not a dry run (CLEANUP_UNUSED_VOLUMES).
+    pub volumes: bool,
+}
 
 /// What a cycle needs.
 pub struct Cycle {
@@ -23,6 +34,7 @@ pub struct Cycle {
     pub commands: Arc<Dispatcher>,
     pub registry: Arc<RegistryClient>,
     pub selection: Selection,
+    pub cleanup: Cleanup,
     pub update_timeout: Duration,
     /// One cycle at a time, whoever starts it (schedule or `check`).
     running: tokio::sync::Mutex<()>,
@@ -36,12 +48,21 @@ pub struct Checked {
     pub result: Option<pb::RecreateResult>,
 }
 
+/// What a cycle did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checked: Vec<Checked>,
+    /// Volume prunes, by host (with [`Cleanup::volumes`], outside dry runs).
+    pub pruned: Vec<pb::VolumePrune>,
+}
+
 impl Cycle {
     pub fn new(
         fleet: Arc<Fleet>,
         commands: Arc<Dispatcher>,
         registry: Arc<RegistryClient>,
         selection: Selection,
+        cleanup: Cleanup,
         update_timeout: Duration,
     ) -> Self {
         Self {
@@ -49,13 +70,14 @@ impl Cycle {
             commands,
             registry,
             selection,
+            cleanup,
             update_timeout,
             running: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Runs one cycle, after any cycle already running.
-    pub async fn run(&self, dry_run: bool) -> Vec<Checked> {
+    pub async fn run(&self, dry_run: bool) -> Report {
         let _turn = self.running.lock().await;
         let connected: Vec<String> = self
             .fleet
@@ -111,7 +133,13 @@ impl Cycle {
                 for (container, target) in list {
                     let result = match self
                         .commands
-                        .recreate(&host, &container, &target, self.update_timeout)
+                        .recreate(
+                            &host,
+                            &container,
+                            &target,
+                            self.cleanup.images,
+                            self.update_timeout,
+                        )
                         .await
                     {
                         Ok(outcome) => outcome.result.recreate.unwrap_or_default(),
@@ -133,13 +161,44 @@ impl Cycle {
                 results.extend(done);
             }
         }
-        detections
+        let pruned = if self.cleanup.volumes && !dry_run {
+            self.prune(&connected).await
+        } else {
+            Vec::new()
+        };
+        let checked = detections
             .into_iter()
             .chain(offline)
             .map(|detection| {
                 let result = results.remove(&(detection.host.clone(), detection.container.clone()));
                 Checked { detection, result }
             })
-            .collect()
+            .collect();
+        Report { checked, pruned }
+    }
+
+    /// Each host's unused anonymous volumes, hosts in parallel.
+    async fn prune(&self, hosts: &[String]) -> Vec<pb::VolumePrune> {
+        let prunes = hosts.iter().map(|host| async move {
+            match self.commands.prune_volumes(host, PRUNE_TIMEOUT).await {
+                Ok(outcome) => {
+                    let r = outcome.result.prune.unwrap_or_default();
+                    pb::VolumePrune {
+                        host: host.clone(),
+                        removed: r.removed,
+                        error: r.error,
+                    }
+                }
+                Err(e) => {
+                    warn!(host = %host, error = %e, "Volume prune not done.");
+                    pb::VolumePrune {
+                        host: host.clone(),
+                        removed: Vec::new(),
+                        error: e.to_string(),
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(prunes).await
     }
 }

@@ -33,6 +33,8 @@ pub struct Selection {
     pub labels_only: bool,
     /// Ouroboros' own containers too.
     pub self_update: bool,
+    /// Follow each repository's `latest` rather than the container's own tag (LATEST_ONLY).
+    pub latest_only: bool,
 }
 
 fn matches(list: &[String], host: &str, name: &str) -> bool {
@@ -105,11 +107,14 @@ impl DigestSource for RegistryClient {
     }
 }
 
-/// The tag a container follows, or why it has none to follow.
-fn followed(c: &ContainerInfo) -> Result<ImageRef, String> {
-    let image = ImageRef::parse(&c.image).map_err(|e| e.to_string())?;
+/// The tag a container follows (its own, or `latest` with `latest_only`), or why it has none.
+fn followed(c: &ContainerInfo, latest_only: bool) -> Result<ImageRef, String> {
+    let mut image = ImageRef::parse(&c.image).map_err(|e| e.to_string())?;
     if image.is_pinned() {
         return Err("pinned to a digest".into());
+    }
+    if latest_only {
+        image.tag = Some("latest".into());
     }
     if c.repo_digests.is_empty() {
         return Err("its image has no RepoDigests (built or loaded locally)".into());
@@ -123,14 +128,15 @@ fn followed(c: &ContainerInfo) -> Result<ImageRef, String> {
     Ok(image)
 }
 
-/// The reference with its tag written out (`nginx` → `nginx:latest`), so that a pinned pull
-/// still leaves the container following its tag.
-fn with_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') {
-        image.to_owned()
-    } else {
-        format!("{image}:latest")
+/// The reference with its tag written out in the user's spelling (`nginx` → `nginx:latest`;
+/// `app:1` → `app:latest` with `latest_only`), so that a pinned pull leaves the container
+/// following that tag.
+fn with_tag(image: &str, latest_only: bool) -> String {
+    let start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[start..].rfind(':') {
+        Some(i) if latest_only => format!("{}:latest", &image[..start + i]),
+        Some(_) => image.to_owned(),
+        None => format!("{image}:latest"),
     }
 }
 
@@ -145,7 +151,9 @@ pub async fn detect<S: DigestSource>(
     let mut wanted: BTreeMap<usize, Result<ImageRef, String>> = BTreeMap::new();
     let mut tags: BTreeSet<ImageRef> = BTreeSet::new();
     for (i, (host, c)) in containers.iter().enumerate() {
-        let target = selection.check(host, c).and_then(|()| followed(c));
+        let target = selection
+            .check(host, c)
+            .and_then(|()| followed(c, selection.latest_only));
         if let Ok(image) = &target {
             tags.insert(image.clone());
         }
@@ -180,7 +188,11 @@ pub async fn detect<S: DigestSource>(
                         Decision::Current
                     }
                     Ok(probe) => Decision::Update {
-                        target: format!("{}@{}", with_tag(&c.image), probe.digest),
+                        target: format!(
+                            "{}@{}",
+                            with_tag(&c.image, selection.latest_only),
+                            probe.digest
+                        ),
                         digest: probe.digest.clone(),
                     },
                 },
@@ -334,6 +346,67 @@ mod tests {
             matches!(&out[0].decision, Decision::Skip { reason } if reason.contains("503")),
             "{out:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn latest_only_probes_latest_and_targets_it() {
+        let mut fake = Fake::default();
+        fake.digests
+            .insert("registry.lan:5000/app:latest".into(), Ok(NEW.into()));
+        let on_old = format!("registry.lan:5000/app@{OLD}");
+        let on_new = format!("registry.lan:5000/app@{NEW}");
+        let fleet = vec![
+            (
+                "h1".to_owned(),
+                container("old", "registry.lan:5000/app:1.2", &[&on_old], &[]),
+            ),
+            (
+                "h1".to_owned(),
+                container("new", "registry.lan:5000/app:1.3", &[&on_new], &[]),
+            ),
+            (
+                "h1".to_owned(),
+                container(
+                    "pinned",
+                    &format!("registry.lan:5000/app@{OLD}"),
+                    &[&on_old],
+                    &[],
+                ),
+            ),
+        ];
+        let selection = Selection {
+            latest_only: true,
+            ..Selection::default()
+        };
+        let fake = Arc::new(fake);
+        let out = detect(fake.clone(), &fleet, &selection, 4).await;
+        assert_eq!(
+            out[0].decision,
+            Decision::Update {
+                target: format!("registry.lan:5000/app:latest@{NEW}"),
+                digest: NEW.into()
+            }
+        );
+        assert_eq!(out[1].decision, Decision::Current, "1.3 is what latest is");
+        assert!(matches!(&out[2].decision, Decision::Skip { reason } if reason.contains("pinned")));
+        assert_eq!(
+            *fake.asked.lock().unwrap(),
+            vec!["registry.lan:5000/app:latest".to_owned()],
+            "one probe of latest, none of the containers' own tags"
+        );
+        assert_eq!(
+            with_tag("localhost:5000/app", true),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            with_tag("localhost:5000/app:7", true),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            with_tag("localhost:5000/app:7", false),
+            "localhost:5000/app:7"
+        );
+        assert_eq!(with_tag("nginx", false), "nginx:latest");
     }
 
     #[test]

@@ -34,6 +34,8 @@ struct Session {
     since_unix_ms: i64,
     /// Set to true to end the session (replaced by a newer one).
     end: watch::Sender<bool>,
+    /// A full inventory came on this session.
+    reported: bool,
 }
 
 struct HostEntry {
@@ -49,6 +51,8 @@ pub struct HostView {
     pub record: HostRecord,
     pub connected: bool,
     pub connected_since_unix_ms: i64,
+    /// The current connection has sent a full inventory.
+    pub reported: bool,
 }
 
 /// A live agent connection registered with [`Fleet::connect`]. Dropping it marks the host
@@ -144,6 +148,7 @@ impl Fleet {
                 peer,
                 since_unix_ms: now_unix_ms,
                 end,
+                reported: false,
             });
             let old_peer = old.map(|old| {
                 let _ = old.end.send(true);
@@ -180,6 +185,9 @@ impl Fleet {
             entry.record.inventory_at_unix_ms = inventory.observed_at_unix_ms;
             entry.record.last_seen_unix_ms = now_unix_ms;
             entry.seen_dirty = false;
+            if let Some(s) = entry.session.as_mut() {
+                s.reported = true;
+            }
             entry.record.clone()
         };
         self.writer().host(record);
@@ -244,6 +252,7 @@ impl Fleet {
                 record: e.record.clone(),
                 connected: e.session.is_some(),
                 connected_since_unix_ms: e.session.as_ref().map_or(0, |s| s.since_unix_ms),
+                reported: e.session.as_ref().is_some_and(|s| s.reported),
             })
             .collect()
     }

@@ -39,8 +39,6 @@ pub struct ServeConfig {
     pub registry: RegistryConfig,
     /// Which containers are watched.
     pub selection: Selection,
-    /// Probe `latest` and update to it (LATEST_ONLY).
-    pub latest_only: bool,
     /// Remove old images after successful updates (CLEANUP).
     pub cleanup: bool,
     /// Remove unused anonymous volumes after each cycle (CLEANUP_UNUSED_VOLUMES).
@@ -65,7 +63,6 @@ impl ServeConfig {
             missed_heartbeats: ouroboros_shared::names::HEARTBEAT_MISSES_ALLOWED,
             registry: RegistryConfig::default(),
             selection: Selection::default(),
-            latest_only: false,
             cleanup: false,
             cleanup_volumes: false,
             run_once: None,
@@ -116,7 +113,9 @@ async fn scheduled_cycles(
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let checked = cycle.run(detect_only).await;
+        let report = cycle.run(detect_only).await;
+        let pruned: usize = report.pruned.iter().map(|p| p.removed.len()).sum();
+        let checked = report.checked;
         let count =
             |f: &dyn Fn(&crate::cycle::Checked) -> bool| checked.iter().filter(|c| f(c)).count();
         let updates =
@@ -135,6 +134,7 @@ async fn scheduled_cycles(
             updates,
             failed,
             detect_only,
+            volumes_pruned = pruned,
             "Scheduled check cycle done."
         );
     }
@@ -146,7 +146,20 @@ pub struct Prepared {
     config: ServeConfig,
     tls: Arc<rustls::ServerConfig>,
     fleet: Arc<Fleet>,
-    registry: Arc<RegistryClient>,
+    commands: Arc<Dispatcher>,
+    cycle: Arc<Cycle>,
+}
+
+impl Prepared {
+    /// The fleet view the server will keep.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.clone()
+    }
+
+    /// The check cycle the server runs (schedule, `check`), for a run-once caller.
+    pub fn cycle(&self) -> Arc<Cycle> {
+        self.cycle.clone()
+    }
 }
 
 /// Loads the PKI and opens the store.
@@ -160,11 +173,24 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     let registry = RegistryClient::new(config.registry.clone()).map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store)?);
+    let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
+    let cycle = Arc::new(Cycle::new(
+        fleet.clone(),
+        commands.clone(),
+        Arc::new(registry),
+        config.selection.clone(),
+        crate::cycle::Cleanup {
+            images: config.cleanup,
+            volumes: config.cleanup_volumes,
+        },
+        UPDATE_TIMEOUT,
+    ));
     Ok(Prepared {
         config,
         tls,
         fleet,
-        registry: Arc::new(registry),
+        commands,
+        cycle,
     })
 }
 
@@ -178,7 +204,8 @@ pub async fn run(
         config,
         tls,
         fleet,
-        registry,
+        commands,
+        cycle,
     } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -197,20 +224,16 @@ pub async fn run(
         })
     };
 
-    let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
-    let cycle = Arc::new(Cycle::new(
-        fleet.clone(),
-        commands.clone(),
-        registry,
-        config.selection.clone(),
-        UPDATE_TIMEOUT,
-    ));
+    // A run-once server runs no scheduled cycles: its caller runs the one cycle.
     let scheduler = tokio::spawn(scheduled_cycles(
         cycle.clone(),
         config.schedule.clone(),
         config.detect_only,
         stop_rx.clone(),
     ));
+    if config.run_once.is_some() {
+        scheduler.abort();
+    }
     let gateway = AgentGatewayServer::with_interceptor(
         Gateway::new(
             fleet.clone(),

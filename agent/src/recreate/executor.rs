@@ -200,6 +200,11 @@ fn failed(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> StepFail
 }
 
 impl Recreator {
+    /// The engine this recreator works on.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     pub fn new(
         engine: &Engine,
         journal: Journal,

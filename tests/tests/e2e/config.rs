@@ -18,6 +18,8 @@ fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("CRON")
         .env_remove("INTERVAL")
         .env_remove("DRY_RUN")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("RUN_ONCE")
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -69,6 +71,63 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
     assert_usage_error(
         &output(c, &["serve", "--monitor", "bad name!"], &[]),
         "--monitor",
+    );
+    assert_usage_error(
+        &output(
+            c,
+            &["serve", "--insecure-registries", "reg.lan:5000,bad host!"],
+            &[],
+        ),
+        "--insecure-registries",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--insecure-registries", "reg.lan:0"], &[]),
+        "--insecure-registries",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--registry-ca", "/nonexistent/ca.pem"], &[]),
+        "--registry-ca /nonexistent/ca.pem",
+    );
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    assert_usage_error(
+        &output(
+            c,
+            &["serve", "--registry-ca", not_pem.to_str().unwrap()],
+            &[],
+        ),
+        "no PEM certificate",
+    );
+    assert_usage_error(
+        &output(
+            c,
+            &["serve", "--docker-config", "/nonexistent/config.json"],
+            &[],
+        ),
+        "--docker-config",
+    );
+    // A malformed docker config names the file and the place, never a secret in it.
+    let docker_dir = dir.path().join("docker");
+    std::fs::create_dir(&docker_dir).unwrap();
+    std::fs::write(
+        docker_dir.join("config.json"),
+        r#"{"auths": {"reg.lan": {"auth": "sentinel-not-base64!"}}}"#,
+    )
+    .unwrap();
+    let out = output(
+        c,
+        &["serve"],
+        &[("DOCKER_CONFIG", docker_dir.to_str().unwrap())],
+    );
+    assert_usage_error(&out, "\"reg.lan\": \"auth\" is not base64");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sentinel"));
+    assert_usage_error(
+        &output(c, &["serve", "--run-once", "--run-once-wait", "0"], &[]),
+        "--run-once-wait",
+    );
+    assert_usage_error(
+        &output(c, &["serve"], &[("CLEANUP", "yes please")]),
+        "--cleanup",
     );
     assert_usage_error(
         &output(c, &["hosts", "--server", "http://127.0.0.1:1"], &[]),
