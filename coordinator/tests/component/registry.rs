@@ -612,3 +612,91 @@ async fn a_429_without_retry_after_backs_off_and_other_probes_wait_too() {
         "one 429, then one request per tag"
     );
 }
+
+/// This machine's first global IPv4 address: a registry there is not loopback, so the client
+/// must speak TLS to it.
+fn global_ipv4() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no global IPv4 address in: {text}"))
+}
+
+#[tokio::test]
+async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
+    use ouroboros_shared::pki::{self, PkiDir};
+    ouroboros_shared::install_crypto_provider();
+    let ip = global_ipv4();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path().join("pki"));
+    pki::init(&pki, std::slice::from_ref(&ip)).unwrap();
+    let certs = pki::load_certs(&pki.coordinator_cert()).unwrap();
+    let key = pki::load_key(&pki.coordinator_key()).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = Arc::new(Mutex::new(0usize));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                *count.lock().unwrap() += 1;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nDocker-Content-Digest: {DIGEST}\r\nContent-Length: 0\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let image = ImageRef::parse(&format!("{addr}/team/app:1")).unwrap();
+    let with_ca = RegistryClient::new(RegistryConfig {
+        extra_ca_pem: Some(std::fs::read(pki.ca_cert()).unwrap()),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    assert_eq!(with_ca.digest(&image).await.unwrap().digest, DIGEST);
+    assert_eq!(*served.lock().unwrap(), 1);
+
+    // Without the CA the certificate is refused, with the reason, and nothing is served.
+    let without = RegistryClient::new(RegistryConfig::default()).unwrap();
+    let e = without.digest(&image).await.unwrap_err();
+    assert!(
+        matches!(e, ProbeError::Transport { .. }) && e.to_string().contains("certificate"),
+        "{e}"
+    );
+    assert_eq!(*served.lock().unwrap(), 1);
+
+    // Listed as insecure, the registry is spoken to in plain HTTP, which this one refuses.
+    let plain = RegistryClient::new(RegistryConfig {
+        insecure: vec![addr.clone()],
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    assert!(plain.digest(&image).await.is_err());
+    assert_eq!(*served.lock().unwrap(), 1);
+}
