@@ -182,9 +182,7 @@ pub async fn detect<S: DigestSource>(
                     Err(e) => Decision::Skip {
                         reason: format!("registry: {e}"),
                     },
-                    Ok(probe)
-                        if image.digest_in(&c.repo_digests) == Some(probe.digest.as_str()) =>
-                    {
+                    Ok(probe) if image.has_digest(&c.repo_digests, &probe.digest) => {
                         Decision::Current
                     }
                     Ok(probe) => Decision::Update {

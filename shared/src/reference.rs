@@ -144,6 +144,18 @@ impl ImageRef {
         }
     }
 
+    /// Whether an image's RepoDigests hold `digest` for this reference's repository. An image
+    /// can hold several (its platform digest and its list digest, or an old and a new list
+    /// digest when only another platform changed), so every one counts, not only the first.
+    pub fn has_digest(&self, repo_digests: &[String], digest: &str) -> bool {
+        let name = self.repo_digest_name();
+        let full = format!("{}/{}", self.registry, self.repository);
+        repo_digests.iter().any(|rd| {
+            rd.split_once('@')
+                .is_some_and(|(repo, d)| (repo == name || repo == full) && d == digest)
+        })
+    }
+
     /// The digest this reference's repository has in an image's RepoDigests, if any.
     pub fn digest_in<'a>(&self, repo_digests: &'a [String]) -> Option<&'a str> {
         let name = self.repo_digest_name();
@@ -287,6 +299,18 @@ mod tests {
         );
         assert_eq!(p("127.0.0.1:5000/team/app:2").digest_in(&digests), Some(D));
         assert_eq!(p("missing").digest_in(&digests), None);
+        // Every RepoDigest of the repository counts, not only the first.
+        let two = vec![
+            "nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+                .to_owned(),
+            "nginx@sha256:2222222222222222222222222222222222222222222222222222222222222222"
+                .to_owned(),
+        ];
+        let second = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        assert!(p("nginx:1").has_digest(&two, second));
+        assert!(p("docker.io/library/nginx").has_digest(&two, second));
+        assert!(!p("other/nginx").has_digest(&two, second));
+        assert!(!p("nginx").has_digest(&digests, second));
     }
 
     #[test]

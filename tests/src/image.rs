@@ -15,13 +15,16 @@
 //!
 //! [`publish`] builds, pushes, removes the local tag again (so a later pull on that engine is a
 //! real pull) and returns the reference and the digest the registry holds.
+//!
+//! For multi-arch tags: [`set_architecture`] marks a built image as another platform's and
+//! [`push_manifest_list`] pushes a manifest list of images already in the registry.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 
 use crate::cleanup::Cleanup;
 use crate::engine::Engine;
@@ -290,6 +293,122 @@ pub fn publish(
         .docker(&["rmi", &image.reference])
         .with_context(|| format!("removing the local tag {}", image.reference))?;
     Ok(image)
+}
+
+/// Rewrites the `architecture` in the config of local image `reference` (e.g. to `arm64`) and
+/// returns the new image id; the tag moves to it, the old image stays (untagged).
+///
+/// Engine 20.10 without experimental features ignores `docker import --platform`, so this goes
+/// through `docker save`, an edited config and `docker load`. Only the config changes: the
+/// busybox inside is still the machine's, which is all a manifest-list member needs here.
+pub fn set_architecture(
+    engine: &Engine,
+    reference: &str,
+    architecture: &str,
+) -> anyhow::Result<String> {
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-arch-")
+        .tempdir()
+        .context("creating the save directory")?;
+    let saved = dir.path().join("saved.tar");
+    let root = dir.path().join("image");
+    fs::create_dir(&root).context("creating the unpack directory")?;
+    let saved_arg = saved.display().to_string();
+    engine
+        .docker(&["save", "--output", &saved_arg, reference])
+        .with_context(|| format!("saving {reference}"))?;
+    run_tar(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&saved)
+            .arg("-C")
+            .arg(&root),
+    )?;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(root.join("manifest.json")).context("reading the saved manifest.json")?,
+    )
+    .context("parsing the saved manifest.json")?;
+    let config_name = manifest[0]["Config"]
+        .as_str()
+        .context("no Config in the saved manifest.json")?;
+    let config_path = root.join(config_name);
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(&config_path).context("reading the image config")?)
+            .context("parsing the image config")?;
+    config["architecture"] = serde_json::Value::from(architecture);
+    fs::write(&config_path, serde_json::to_vec(&config)?).context("writing the image config")?;
+    let loaded = dir.path().join("loaded.tar");
+    run_tar(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&loaded)
+            .arg("-C")
+            .arg(&root)
+            .arg("."),
+    )?;
+    let loaded_arg = loaded.display().to_string();
+    engine
+        .docker(&["load", "--quiet", "--input", &loaded_arg])
+        .with_context(|| format!("loading {reference} as {architecture}"))?;
+    let id = engine.inspect(reference, "{{.Id}}")?;
+    let now = engine.inspect(reference, "{{.Architecture}}")?;
+    ensure!(
+        now == architecture,
+        "{reference} is {now} after loading it as {architecture}"
+    );
+    Ok(id)
+}
+
+/// Pushes a manifest list `list` (`registry/repo:tag`) of `members` (references already in
+/// the registry, each entry with the platform of its image config) with `docker manifest
+/// create` and `docker manifest push --purge`, over plain HTTP (`--insecure`). Returns the
+/// list's digest, the one `docker pull <list>` records in RepoDigests.
+///
+/// The CLI keeps lists being made in the engine handle's own config directory, never in the
+/// user's `~/.docker`; `--purge` removes the local copy so the same name can be made again.
+pub fn push_manifest_list(engine: &Engine, list: &str, members: &[&str]) -> anyhow::Result<String> {
+    let manifest = |args: &[&str]| -> anyhow::Result<String> {
+        let output = engine
+            .docker_command()
+            // Needed by CLIs before 20.10 only; harmless after.
+            .env("DOCKER_CLI_EXPERIMENTAL", "enabled")
+            .arg("manifest")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("spawning docker manifest")?;
+        if !output.status.success() {
+            bail!(
+                "docker manifest {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let mut create = vec!["create", "--insecure", list];
+    create.extend_from_slice(members);
+    manifest(&create)?;
+    let output = manifest(&["push", "--purge", "--insecure", list])?;
+    let digest = output.lines().last().unwrap_or_default().trim();
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    ensure!(
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "docker manifest push {list} printed no digest: {output:?}"
+    );
+    Ok(digest.to_owned())
+}
+
+fn run_tar(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().context("running tar")?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn busybox_path() -> PathBuf {

@@ -13,7 +13,7 @@
 //! - [`registry`]: [`Registry`], distribution 2.8 on a free loopback port, optionally with
 //!   htpasswd auth; [`access_log`] parses which requests it served.
 //! - [`image`]: busybox test images per version ([`build_image`], [`push_image`],
-//!   [`publish`]).
+//!   [`publish`]; multi-arch: [`set_architecture`], [`push_manifest_list`]).
 //! - [`cleanup`]: [`Cleanup`], removing a test's containers, networks, volumes and images on
 //!   drop, even on panic.
 //! - [`process`]: [`Process`], a child with its output in a log file to wait on.
@@ -64,9 +64,10 @@ pub use daemon::DOCKERD_ENV;
 pub use engine::{Engine, in_ci, require_engine};
 pub use image::{
     Behaviour, ImageSpec, TestImage, build_image, build_image_with_dockerfile, publish, push_image,
+    push_manifest_list, set_architecture,
 };
 pub use naming::{TEST_LABEL, TEST_LABEL_ARG, unique_name};
 pub use poll::eventually;
 pub use process::{LogMark, Process};
-pub use raw_http::{HttpResponse, http_request, http_request_unix};
+pub use raw_http::{HttpResponse, http_request, http_request_unix, http_request_with_body};
 pub use registry::Registry;

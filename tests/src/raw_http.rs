@@ -1,8 +1,9 @@
 //! A tiny HTTP/1.1 client over TCP or a unix socket, for probes and hand-made requests.
 //!
-//! Enough to ping an engine (`GET /_ping`), check that a registry is up (`GET /v2/`) or send a
-//! hand-made `HEAD /v2/<repo>/manifests/<tag>`; no HTTP client dependency needed. Each request
-//! uses its own connection with `Connection: close` and reads the answer to the end.
+//! Enough to ping an engine (`GET /_ping`), check that a registry is up (`GET /v2/`), send a
+//! hand-made `HEAD /v2/<repo>/manifests/<tag>` or `PUT` a manifest; no HTTP client dependency
+//! needed. Each request uses its own connection with `Connection: close` and reads the answer
+//! to the end.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs as _};
@@ -48,6 +49,18 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<HttpResponse> {
+    http_request_with_body(addr, method, path, headers, &[])
+}
+
+/// Sends one request with a body (e.g. a manifest `PUT`) to `addr` over TCP; `Content-Length`
+/// is added for a non-empty body.
+pub fn http_request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
     let socket_addr = addr
         .to_socket_addrs()
         .with_context(|| format!("resolving {addr}"))?
@@ -57,7 +70,7 @@ pub fn http_request(
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    exchange(stream, addr, method, path, headers)
+    exchange(stream, addr, method, path, headers, body)
         .with_context(|| format!("{method} http://{addr}{path}"))
 }
 
@@ -72,7 +85,7 @@ pub fn http_request_unix(
         .with_context(|| format!("connecting to {}", socket.display()))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    exchange(stream, "localhost", method, path, headers)
+    exchange(stream, "localhost", method, path, headers, &[])
         .with_context(|| format!("{method} {path} on {}", socket.display()))
 }
 
@@ -82,15 +95,19 @@ fn exchange(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
 ) -> anyhow::Result<HttpResponse> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .context("sending the request")?;
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).context("sending the request")?;
     stream.flush().context("sending the request")?;
     let mut raw = Vec::new();
     stream

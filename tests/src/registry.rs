@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use crate::access_log::{AccessEntry, parse_access_log};
 use crate::process::Process;
-use crate::raw_http::{HttpResponse, http_request};
+use crate::raw_http::{HttpResponse, http_request, http_request_with_body};
 
 /// Environment variable naming the registry binary, if not `/usr/bin/docker-registry`.
 pub const REGISTRY_ENV: &str = "OUROBOROS_TEST_REGISTRY";
@@ -136,6 +136,18 @@ impl Registry {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<HttpResponse> {
+        self.request_with_body(method, path, headers, &[])
+    }
+
+    /// [`Registry::request`] with a body, e.g. `PUT /v2/<repo>/manifests/<tag>` of a manifest
+    /// (with its media type as `Content-Type`).
+    pub fn request_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<HttpResponse> {
         let authorization = self.credentials.as_ref().map(|(u, p)| {
             format!(
                 "Basic {}",
@@ -146,7 +158,7 @@ impl Registry {
         if let Some(value) = &authorization {
             all.push(("Authorization", value));
         }
-        http_request(&self.addr, method, path, &all)
+        http_request_with_body(&self.addr, method, path, &all, body)
     }
 
     /// The digest the registry holds for `repo:tag` (what `docker pull` records), or `None`
@@ -167,6 +179,11 @@ impl Registry {
     /// The registry's own directory (config, htpasswd, storage).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The registry's process id (e.g. to read its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 

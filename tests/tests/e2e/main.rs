@@ -11,5 +11,7 @@ mod config;
 mod docker_tls;
 mod fleet;
 mod harness;
+mod modes;
+mod multiarch;
 mod up;
 mod update;

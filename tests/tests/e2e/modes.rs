@@ -301,7 +301,7 @@ fn selection_matrix_monitor_only_and_latest_only() -> anyhow::Result<()> {
     let skip = |d: &(String, String), why: &str| d.0 == "skip" && d.1.contains(why);
 
     // MONITOR names the four (other tests' containers share this engine).
-    let d = updates_with(&mut coordinator, &bins, &engine, &[("MONITOR", &all)], &m)?;
+    let d = updates_with(&mut coordinator, bins, &engine, &[("MONITOR", &all)], &m)?;
     assert!(update(&d[0]) && update(&d[1]) && update(&d[3]), "{d:?}");
     assert!(
         skip(&d[2], "enable=false"),
@@ -309,14 +309,14 @@ fn selection_matrix_monitor_only_and_latest_only() -> anyhow::Result<()> {
     );
 
     let env = [("MONITOR", all.as_str()), ("LABEL_ENABLE", "true")];
-    let d = updates_with(&mut coordinator, &bins, &engine, &env, &m)?;
+    let d = updates_with(&mut coordinator, bins, &engine, &env, &m)?;
     assert!(skip(&d[0], "not labelled enable=true"), "{d:?}");
     assert!(update(&d[1]) && update(&d[3]), "{d:?}");
     assert!(skip(&d[2], "enable=false"), "{d:?}");
 
     // LABELS_ONLY: the name lists are not used (MONITOR names only the plain one).
     let env = [("MONITOR", m.plain.as_str()), ("LABELS_ONLY", "true")];
-    let d = updates_with(&mut coordinator, &bins, &engine, &env, &m)?;
+    let d = updates_with(&mut coordinator, bins, &engine, &env, &m)?;
     assert!(skip(&d[0], "not labelled"), "{d:?}");
     assert!(update(&d[1]) && update(&d[3]), "{d:?}");
 
@@ -326,13 +326,13 @@ fn selection_matrix_monitor_only_and_latest_only() -> anyhow::Result<()> {
         ("MONITOR", monitor.as_str()),
         ("IGNORE", m.enabled.as_str()),
     ];
-    let d = updates_with(&mut coordinator, &bins, &engine, &env, &m)?;
+    let d = updates_with(&mut coordinator, bins, &engine, &env, &m)?;
     assert!(update(&d[0]), "{d:?}");
     assert!(skip(&d[1], "in IGNORE"), "{d:?}");
     assert!(skip(&d[3], "not in MONITOR"), "{d:?}");
     let other_host = format!("host-b/{}", m.plain);
     let env = [("MONITOR", other_host.as_str())];
-    let d = updates_with(&mut coordinator, &bins, &engine, &env, &m)?;
+    let d = updates_with(&mut coordinator, bins, &engine, &env, &m)?;
     assert!(
         skip(&d[0], "not in MONITOR"),
         "host/name is for that host only: {d:?}"

@@ -1,0 +1,421 @@
+//! Dependencies between the containers of one host, and the order updates follow.
+//!
+//! Edges come from `com.ouroboros.depends_on` and Watchtower's `depends-on` label (soft: the
+//! dependant is stopped before its parent's update and started once the parent is healthy),
+//! `com.ouroboros.hard_depends_on` and `container:` network mode (hard: the dependant is
+//! recreated after its parent), legacy links and Compose's `com.docker.compose.depends_on`
+//! (soft; Compose names services, resolved within the container's Compose project). Parents go
+//! before their dependants. A dependency cycle, or a dependency on a container the host does
+//! not have, is reported with the names involved; those containers (and what depends on them)
+//! are left out, the rest proceed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Ouroboros' soft dependency label: comma-separated container names.
+pub const LABEL_DEPENDS_ON: &str = "com.ouroboros.depends_on";
+/// Ouroboros' hard dependency label.
+pub const LABEL_HARD_DEPENDS_ON: &str = "com.ouroboros.hard_depends_on";
+/// Watchtower's dependency label (soft).
+pub const LABEL_DEPENDS_ON_WATCHTOWER: &str = "com.centurylinklabs.watchtower.depends-on";
+/// Compose's dependency label: `service:condition:restart,…`.
+pub const LABEL_COMPOSE_DEPENDS_ON: &str = "com.docker.compose.depends_on";
+const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
+const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+/// How a dependant follows its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// Stopped before the parent's update, started after the parent is healthy.
+    Soft,
+    /// Recreated after the parent.
+    Hard,
+}
+
+/// What the graph needs to know of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `HostConfig.NetworkMode` (`container:<name or id>` matters here).
+    pub network_mode: String,
+    /// Legacy links' target container names.
+    pub links: Vec<String>,
+}
+
+/// The dependencies of one host's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Graph {
+    /// parent name → (dependant name, kind).
+    dependants: BTreeMap<String, BTreeSet<(String, Kind)>>,
+    /// dependant name → parent names.
+    parents: BTreeMap<String, BTreeSet<String>>,
+    /// Containers left out, with why.
+    broken: BTreeMap<String, String>,
+}
+
+fn names(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(|n| n.trim().trim_start_matches('/'))
+        .filter(|n| !n.is_empty())
+}
+
+impl Graph {
+    /// Builds the graph of one host's containers.
+    pub fn build(nodes: &[Node]) -> Self {
+        let by_name: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let resolve = |reference: &str| -> Option<String> {
+            if by_name.contains_key(reference) {
+                return Some(reference.to_owned());
+            }
+            // An id or an unambiguous id prefix (12 characters at least), as Docker accepts.
+            let matching: Vec<&Node> = nodes
+                .iter()
+                .filter(|n| reference.len() >= 12 && n.id.starts_with(reference))
+                .collect();
+            match matching.as_slice() {
+                [one] => Some(one.name.clone()),
+                _ => None,
+            }
+        };
+        let mut graph = Graph::default();
+        let mut missing: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for node in nodes {
+            let mut wanted: Vec<(String, Kind)> = Vec::new();
+            for (label, kind) in [
+                (LABEL_DEPENDS_ON, Kind::Soft),
+                (LABEL_DEPENDS_ON_WATCHTOWER, Kind::Soft),
+                (LABEL_HARD_DEPENDS_ON, Kind::Hard),
+            ] {
+                if let Some(value) = node.labels.get(label) {
+                    wanted.extend(names(value).map(|n| (n.to_owned(), kind)));
+                }
+            }
+            if let Some(provider) = node.network_mode.strip_prefix("container:") {
+                wanted.push((provider.to_owned(), Kind::Hard));
+            }
+            wanted.extend(node.links.iter().map(|l| (l.clone(), Kind::Soft)));
+            if let (Some(value), Some(project)) = (
+                node.labels.get(LABEL_COMPOSE_DEPENDS_ON),
+                node.labels.get(LABEL_COMPOSE_PROJECT),
+            ) {
+                for service in names(value).map(|s| s.split(':').next().unwrap_or(s)) {
+                    let containers: Vec<&Node> = nodes
+                        .iter()
+                        .filter(|n| {
+                            n.labels.get(LABEL_COMPOSE_PROJECT) == Some(project)
+                                && n.labels.get(LABEL_COMPOSE_SERVICE).map(String::as_str)
+                                    == Some(service)
+                        })
+                        .collect();
+                    if containers.is_empty() {
+                        wanted.push((format!("{project}/{service}"), Kind::Soft));
+                    }
+                    wanted.extend(containers.iter().map(|c| (c.name.clone(), Kind::Soft)));
+                }
+            }
+            for (reference, kind) in wanted {
+                match resolve(&reference) {
+                    Some(parent) if parent == node.name => {
+                        missing
+                            .entry(node.name.clone())
+                            .or_default()
+                            .insert(format!("{reference} (itself)"));
+                    }
+                    Some(parent) => {
+                        // A hard edge wins over a soft one between the same two.
+                        let set = graph.dependants.entry(parent.clone()).or_default();
+                        if kind == Kind::Hard {
+                            set.remove(&(node.name.clone(), Kind::Soft));
+                            set.insert((node.name.clone(), Kind::Hard));
+                        } else if !set.contains(&(node.name.clone(), Kind::Hard)) {
+                            set.insert((node.name.clone(), Kind::Soft));
+                        }
+                        graph
+                            .parents
+                            .entry(node.name.clone())
+                            .or_default()
+                            .insert(parent);
+                    }
+                    None => {
+                        missing
+                            .entry(node.name.clone())
+                            .or_default()
+                            .insert(reference);
+                    }
+                }
+            }
+        }
+        for (name, refs) in missing {
+            let list: Vec<String> = refs.into_iter().collect();
+            graph.broken.insert(
+                name,
+                format!(
+                    "depends on {}, which this host does not have",
+                    list.join(", ")
+                ),
+            );
+        }
+        for cycle in graph.cycles() {
+            let text = cycle.join(" -> ");
+            for name in &cycle {
+                graph
+                    .broken
+                    .entry(name.clone())
+                    .or_insert_with(|| format!("dependency cycle: {text}"));
+            }
+        }
+        graph.spread_broken();
+        graph
+    }
+
+    /// Cycles, each as the names around it (first name repeated at the end).
+    fn cycles(&self) -> Vec<Vec<String>> {
+        // Tarjan-free: small graphs; a DFS per node that finds a path back to itself.
+        let mut found: Vec<Vec<String>> = Vec::new();
+        let mut seen_in_cycle: BTreeSet<String> = BTreeSet::new();
+        for start in self.parents.keys() {
+            if seen_in_cycle.contains(start) {
+                continue;
+            }
+            let mut stack = vec![(start.clone(), vec![start.clone()])];
+            let mut visited = BTreeSet::new();
+            while let Some((at, path)) = stack.pop() {
+                for parent in self.parents.get(&at).into_iter().flatten() {
+                    if parent == start {
+                        // Read parent first (a -> b: b depends on a), back to where it began.
+                        let mut cycle: Vec<String> = path.iter().rev().cloned().collect();
+                        cycle.push(cycle[0].clone());
+                        seen_in_cycle.extend(cycle.iter().cloned());
+                        found.push(cycle);
+                        stack.clear();
+                        break;
+                    }
+                    if visited.insert(parent.clone()) {
+                        let mut next = path.clone();
+                        next.push(parent.clone());
+                        stack.push((parent.clone(), next));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// What depends on a left-out container is left out too.
+    fn spread_broken(&mut self) {
+        let mut queue: Vec<String> = self.broken.keys().cloned().collect();
+        while let Some(name) = queue.pop() {
+            for (dependant, _) in self.dependants.get(&name).into_iter().flatten() {
+                if !self.broken.contains_key(dependant) {
+                    self.broken.insert(
+                        dependant.clone(),
+                        format!("depends on {name}, which is left out"),
+                    );
+                    queue.push(dependant.clone());
+                }
+            }
+        }
+    }
+
+    /// Why `name` is left out, if it is.
+    pub fn broken(&self, name: &str) -> Option<&str> {
+        self.broken.get(name).map(String::as_str)
+    }
+
+    /// The direct dependants of `name`, with how they depend on it.
+    pub fn dependants(&self, name: &str) -> Vec<(String, Kind)> {
+        self.dependants
+            .get(name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `names` in update order: parents before dependants (through containers not in `names`
+    /// too), ties by name. Left-out containers are not in it.
+    pub fn order(&self, names: &[String]) -> Vec<String> {
+        let wanted: BTreeSet<&String> = names
+            .iter()
+            .filter(|n| !self.broken.contains_key(*n))
+            .collect();
+        // Depth of each container: the longest chain of parents above it.
+        let mut depth: BTreeMap<String, usize> = BTreeMap::new();
+        fn depth_of(
+            graph: &Graph,
+            name: &str,
+            memo: &mut BTreeMap<String, usize>,
+            guard: usize,
+        ) -> usize {
+            if let Some(d) = memo.get(name) {
+                return *d;
+            }
+            // The graph has no cycle among kept containers; the guard only bounds the walk.
+            let d = if guard > 1024 {
+                0
+            } else {
+                graph
+                    .parents
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| depth_of(graph, p, memo, guard + 1) + 1)
+                    .max()
+                    .unwrap_or(0)
+            };
+            memo.insert(name.to_owned(), d);
+            d
+        }
+        let mut ordered: Vec<(usize, String)> = wanted
+            .into_iter()
+            .map(|n| (depth_of(self, n, &mut depth, 0), n.clone()))
+            .collect();
+        ordered.sort();
+        ordered.into_iter().map(|(_, n)| n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+        Node {
+            id: format!("{name:0<64}"),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Node::default()
+        }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parents_come_first_whatever_declared_it() {
+        let mut sidecar = node("sidecar", &[]);
+        sidecar.network_mode = "container:app".into();
+        let mut linked = node("linked", &[]);
+        linked.links = vec!["db".into()];
+        let nodes = vec![
+            node("proxy", &[(LABEL_DEPENDS_ON, "app")]),
+            node("app", &[(LABEL_HARD_DEPENDS_ON, "db")]),
+            node("db", &[]),
+            sidecar,
+            linked,
+            node("wt", &[(LABEL_DEPENDS_ON_WATCHTOWER, "proxy")]),
+        ];
+        let graph = Graph::build(&nodes);
+        let order = graph.order(&strings(&["wt", "proxy", "sidecar", "app", "db", "linked"]));
+        let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
+        assert!(pos("db") < pos("app"), "{order:?}");
+        assert!(
+            pos("app") < pos("proxy") && pos("app") < pos("sidecar"),
+            "{order:?}"
+        );
+        assert!(
+            pos("proxy") < pos("wt") && pos("db") < pos("linked"),
+            "{order:?}"
+        );
+        assert_eq!(
+            graph.dependants("app"),
+            vec![("proxy".into(), Kind::Soft), ("sidecar".into(), Kind::Hard)]
+        );
+        assert_eq!(
+            graph.dependants("db"),
+            vec![("app".into(), Kind::Hard), ("linked".into(), Kind::Soft)]
+        );
+        // Order holds through a container that is not updated: db before proxy.
+        let order = graph.order(&strings(&["proxy", "db"]));
+        assert_eq!(order, strings(&["db", "proxy"]));
+    }
+
+    #[test]
+    fn compose_depends_on_names_services_of_the_same_project() {
+        let compose = |name: &str, project: &str, service: &str, deps: Option<&str>| {
+            let mut labels = vec![
+                (LABEL_COMPOSE_PROJECT, project),
+                (LABEL_COMPOSE_SERVICE, service),
+            ];
+            if let Some(d) = deps {
+                labels.push((LABEL_COMPOSE_DEPENDS_ON, d));
+            }
+            node(name, &labels)
+        };
+        let nodes = vec![
+            compose(
+                "shop-web-1",
+                "shop",
+                "web",
+                Some("db:service_healthy:false,cache:service_started:true"),
+            ),
+            compose("shop-db-1", "shop", "db", None),
+            compose("shop-cache-1", "shop", "cache", None),
+            compose("blog-db-1", "blog", "db", None),
+        ];
+        let graph = Graph::build(&nodes);
+        assert_eq!(
+            graph.dependants("shop-db-1"),
+            vec![("shop-web-1".into(), Kind::Soft)]
+        );
+        assert!(
+            graph.dependants("blog-db-1").is_empty(),
+            "another project's db"
+        );
+        let order = graph.order(&strings(&["shop-web-1", "shop-db-1", "shop-cache-1"]));
+        assert_eq!(order.last().map(String::as_str), Some("shop-web-1"));
+    }
+
+    #[test]
+    fn cycles_and_missing_parents_are_named_and_left_out_with_their_dependants() {
+        let nodes = vec![
+            node("a", &[(LABEL_DEPENDS_ON, "c")]),
+            node("b", &[(LABEL_DEPENDS_ON, "a")]),
+            node("c", &[(LABEL_HARD_DEPENDS_ON, "b")]),
+            node("d", &[(LABEL_DEPENDS_ON, "a")]),
+            node("e", &[(LABEL_DEPENDS_ON, "ghost, /phantom")]),
+            node("f", &[]),
+            node("g", &[(LABEL_DEPENDS_ON, "g")]),
+        ];
+        let graph = Graph::build(&nodes);
+        assert_eq!(
+            graph.broken("a"),
+            Some("dependency cycle: b -> c -> a -> b"),
+            "parent first: c depends on b, a on c, b on a"
+        );
+        for name in ["a", "b", "c"] {
+            let why = graph.broken(name).unwrap();
+            assert!(why.starts_with("dependency cycle: "), "{name}: {why}");
+            for member in ["a", "b", "c"] {
+                assert!(why.contains(member), "{why}");
+            }
+        }
+        assert_eq!(graph.broken("d"), Some("depends on a, which is left out"));
+        assert_eq!(
+            graph.broken("e"),
+            Some("depends on ghost, phantom, which this host does not have")
+        );
+        assert!(graph.broken("g").unwrap().contains("itself"));
+        assert_eq!(graph.broken("f"), None);
+        assert_eq!(
+            graph.order(&strings(&["a", "b", "c", "d", "e", "f", "g"])),
+            strings(&["f"])
+        );
+    }
+
+    #[test]
+    fn network_mode_by_id_and_hard_over_soft() {
+        let app = node("app", &[]);
+        let mut sidecar = node("sidecar", &[(LABEL_DEPENDS_ON, "app")]);
+        sidecar.network_mode = format!("container:{}", &app.id[..12]);
+        let graph = Graph::build(&[app, sidecar]);
+        assert_eq!(
+            graph.dependants("app"),
+            vec![("sidecar".into(), Kind::Hard)]
+        );
+    }
+}
