@@ -1,8 +1,8 @@
 //! Cleanup after updates: the old image once nothing uses it (CLEANUP), and anonymous volumes
-//! no container uses (CLEANUP_UNUSED_VOLUMES). Both ask the engine to refuse what is in use
-//! rather than deciding it here: an image is removed without `force`, so one still used by a
-//! container (running or not) or carrying another tag stays; a volume is removed only when the
-//! engine lists it as dangling, and named volumes are never touched, used or not.
+//! no container uses (CLEANUP_UNUSED_VOLUMES). An image that still carries a tag is kept; one
+//! without is removed without `force`, so the engine refuses while a container (running or
+//! not) uses it. A volume is removed only when the engine lists it as dangling and it is
+//! anonymous; named volumes are never touched, used or not.
 
 use std::collections::HashMap;
 
@@ -30,6 +30,25 @@ pub async fn remove_image_if_unused(docker: &Docker, image_id: &str, keep: &str)
     if image_id.is_empty() || image_id == keep {
         return format!("kept {image_id}: the container runs it");
     }
+    // The engine deletes an image by id together with its tags when they are all of one
+    // repository, so a tag someone keeps (a rollback tag, say) must be checked here.
+    match docker.inspect_image(image_id).await {
+        Ok(image) => {
+            let tags: Vec<String> = image
+                .repo_tags
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t != "<none>:<none>")
+                .collect();
+            if !tags.is_empty() {
+                return format!("kept {image_id}: still tagged {}", tags.join(", "));
+            }
+        }
+        Err(e) if crate::engine::is_not_found(&e) => {
+            return format!("removed {image_id} (already gone)");
+        }
+        Err(e) => return format!("kept {image_id}: cannot inspect it: {e}"),
+    }
     let options = RemoveImageOptionsBuilder::new()
         .force(false)
         .noprune(false)
@@ -51,17 +70,26 @@ pub async fn remove_image_if_unused(docker: &Docker, image_id: &str, keep: &str)
     }
 }
 
-fn is_anonymous(name: &str, labels: &HashMap<String, String>) -> bool {
-    labels.contains_key(LABEL_ANONYMOUS)
-        || (name.len() == 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+/// Whether a volume is anonymous. Engines from API 1.42 on label anonymous volumes, and only
+/// the label counts there (a bare `docker volume create` also gets a 64-hex name); older ones
+/// have no label, and the generated 64-hex name is all there is to go by.
+fn is_anonymous(name: &str, labels: &HashMap<String, String>, engine_labels: bool) -> bool {
+    if engine_labels {
+        return labels.contains_key(LABEL_ANONYMOUS);
+    }
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Removes every anonymous volume the engine lists as dangling. Returns the names removed and
 /// the failures (a volume taken into use meanwhile is refused by the engine and kept).
-pub async fn prune_anonymous_volumes(docker: &Docker) -> (Vec<String>, Vec<String>) {
+pub async fn prune_anonymous_volumes(
+    docker: &Docker,
+    api: crate::recreate::spec::ApiVersion,
+) -> (Vec<String>, Vec<String>) {
+    let engine_labels = api >= crate::recreate::spec::ApiVersion::new(1, 42);
     let filters = HashMap::from([("dangling", vec!["true"])]);
     let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
     let listed = match docker.list_volumes(Some(options)).await {
@@ -71,7 +99,7 @@ pub async fn prune_anonymous_volumes(docker: &Docker) -> (Vec<String>, Vec<Strin
     let mut removed = Vec::new();
     let mut failed = Vec::new();
     for volume in listed {
-        if !is_anonymous(&volume.name, &volume.labels) {
+        if !is_anonymous(&volume.name, &volume.labels, engine_labels) {
             continue;
         }
         let options = RemoveVolumeOptionsBuilder::new().force(false).build();
@@ -95,11 +123,14 @@ mod tests {
     fn only_anonymous_volumes_qualify() {
         let none = HashMap::new();
         let hex = "0123456789abcdef".repeat(4);
-        assert!(is_anonymous(&hex, &none));
-        assert!(!is_anonymous("pgdata", &none));
-        assert!(!is_anonymous(&hex.to_uppercase(), &none));
-        assert!(!is_anonymous(&hex[..63], &none));
+        // API 1.41: the generated name is all there is.
+        assert!(is_anonymous(&hex, &none, false));
+        assert!(!is_anonymous("pgdata", &none, false));
+        assert!(!is_anonymous(&hex.to_uppercase(), &none, false));
+        assert!(!is_anonymous(&hex[..63], &none, false));
+        // API 1.42+: only Docker's label, not a hex name someone chose.
         let labelled = HashMap::from([(LABEL_ANONYMOUS.to_owned(), String::new())]);
-        assert!(is_anonymous("anything", &labelled));
+        assert!(is_anonymous("anything", &labelled, true));
+        assert!(!is_anonymous(&hex, &none, true));
     }
 }

@@ -3,6 +3,7 @@
 //! records its end, and a repeated op id gets that stored result.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
 use pb::agent_message::Kind;
@@ -10,7 +11,7 @@ use pb::recreate_result::Status;
 use tokio::sync::{Mutex, mpsc};
 use tracing::info;
 
-use crate::recreate::executor::{Recreator, RegistryAuth, Request};
+use crate::recreate::executor::{HealthGate, Recreator, RegistryAuth, Request};
 
 /// Runs the coordinator's commands on this host.
 pub struct CommandRunner {
@@ -41,6 +42,12 @@ impl CommandRunner {
                 password: a.password,
                 identity_token: a.identity_token,
                 registry_token: a.registry_token,
+            }),
+            gate: (command.min_healthy_ms > 0 || command.healthy_deadline_ms > 0).then(|| {
+                HealthGate {
+                    min_healthy: Duration::from_millis(command.min_healthy_ms.max(0) as u64),
+                    deadline: Duration::from_millis(command.healthy_deadline_ms.max(0) as u64),
+                }
             }),
         };
         // The old image, for the cleanup after a successful update.
@@ -105,7 +112,8 @@ impl CommandRunner {
     ) {
         let _turn = self.one_at_a_time.lock().await;
         let (removed, failed) =
-            crate::cleanup::prune_anonymous_volumes(self.recreator.docker()).await;
+            crate::cleanup::prune_anonymous_volumes(self.recreator.docker(), self.recreator.api())
+                .await;
         info!(op = %command.op_id, removed = removed.len(), failed = failed.len(), "Volume prune finished.");
         let _ = tx
             .send(pb::AgentMessage {

@@ -243,6 +243,7 @@ impl Engine {
             Err(e) => return Err(self.err("inspect a container")(e)),
         };
         let config = inspect.config.unwrap_or_default();
+        let host_config = inspect.host_config.unwrap_or_default();
         let state = inspect.state.unwrap_or_default();
         let name = inspect
             .name
@@ -271,6 +272,13 @@ impl Engine {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             created_unix: summary.created.unwrap_or(0),
+            network_mode: host_config.network_mode.unwrap_or_default(),
+            links: host_config
+                .links
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|l| link_target(l))
+                .collect(),
         }))
     }
 
@@ -290,6 +298,12 @@ impl Engine {
             .events(Some(options))
             .map(|r| r.map_err(self.err("follow events")))
     }
+}
+
+/// The container a legacy link (`/db:/app/db`, or `db:alias`) points at.
+fn link_target(link: &str) -> Option<String> {
+    let target = link.split(':').next()?.trim_start_matches('/');
+    (!target.is_empty()).then(|| target.to_owned())
 }
 
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {

@@ -67,6 +67,8 @@ fn container(i: usize, image: &str, repo_digest: &str) -> (String, ContainerInfo
             health: Health::None,
             restart_count: 0,
             created_unix: 0,
+            network_mode: String::new(),
+            links: Vec::new(),
         },
     )
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::commands::{CommandError, Dispatcher};
+use crate::commands::{CommandError, Dispatcher, RecreateOptions};
 use crate::cycle::Cycle;
 use crate::detect::Decision;
 use crate::fleet::Fleet;
@@ -102,26 +102,32 @@ impl pb::admin_server::Admin for AdminApi {
                 r.image
             )));
         }
-        // No image given: the container's configured reference, spelled out so that the pull
-        // gets the credentials of its registry.
-        let image = if r.image.is_empty() {
+        // No image given: the agent recreates from the container's live configured reference;
+        // the credentials are chosen by the registry of the reference the fleet view knows.
+        let auth_image = if r.image.is_empty() {
             self.fleet
                 .containers(Some(&host))
                 .unwrap_or_default()
                 .into_iter()
-                .find(|(_, c)| c.name == r.container || c.id == r.container)
+                .find(|(_, c)| {
+                    c.name == r.container
+                        || (r.container.len() >= 12 && c.id.starts_with(&r.container))
+                })
                 .map(|(_, c)| c.image)
-                .unwrap_or_default()
         } else {
-            r.image.clone()
+            None
         };
         let outcome = self
             .commands
             .recreate(
                 host.as_str(),
                 &r.container,
-                &image,
-                self.cycle.cleanup.images,
+                &r.image,
+                &RecreateOptions {
+                    cleanup: self.cycle.cleanup.images,
+                    auth_image,
+                    ..RecreateOptions::default()
+                },
                 self.update_timeout,
             )
             .await

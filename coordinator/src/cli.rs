@@ -481,18 +481,28 @@ async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failu
 }
 
 /// Waits until every host the store knows is connected and has reported on this connection,
-/// at most `wait`. Returns the hosts still missing (none known yet: waits the whole time for
-/// the first to appear, then for all that did).
+/// at most `wait`. Returns the hosts still missing. With an empty store (a first run) the
+/// fleet is whoever comes: the wait ends once hosts have reported and no new one came for
+/// [`SETTLE`].
 async fn wait_for_fleet(fleet: &crate::fleet::Fleet, wait: Duration) -> Vec<String> {
+    const SETTLE: Duration = Duration::from_secs(5);
     let deadline = tokio::time::Instant::now() + wait;
+    let first_run = fleet.hosts().is_empty();
+    let mut known = 0;
+    let mut changed = tokio::time::Instant::now();
     loop {
         let hosts = fleet.hosts();
+        if hosts.len() != known {
+            known = hosts.len();
+            changed = tokio::time::Instant::now();
+        }
         let missing: Vec<String> = hosts
             .iter()
             .filter(|h| !(h.connected && h.reported))
             .map(|h| h.record.host.clone())
             .collect();
-        if !hosts.is_empty() && missing.is_empty() {
+        let settled = !first_run || changed.elapsed() >= SETTLE;
+        if !hosts.is_empty() && missing.is_empty() && settled {
             return missing;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -55,6 +55,20 @@ pub struct CommandOutcome {
     pub steps: Vec<String>,
 }
 
+/// How one recreate is asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecreateOptions {
+    /// A known op id (a rollout resending after a restart); a fresh one when `None`.
+    pub op_id: Option<String>,
+    /// Remove the old image after a successful update when nothing uses it.
+    pub cleanup: bool,
+    /// The health gate (0: the agent's own).
+    pub min_healthy_ms: i64,
+    pub healthy_deadline_ms: i64,
+    /// With an empty `image`: the reference whose registry's credentials go with the pull.
+    pub auth_image: Option<String>,
+}
+
 /// The links of connected agents, by host.
 #[derive(Default)]
 pub struct Dispatcher {
@@ -118,7 +132,8 @@ impl Dispatcher {
         }
     }
 
-    fn new_op_id(&self) -> String {
+    /// A fresh op id, unique in this coordinator's life (and across restarts by its time).
+    pub fn new_op_id(&self) -> String {
         let n = self.next_op.fetch_add(1, Ordering::Relaxed);
         format!("op-{}-{n}", now_unix_ms())
     }
@@ -143,17 +158,22 @@ impl Dispatcher {
         host: &str,
         container: &str,
         image: &str,
-        cleanup: bool,
+        options: &RecreateOptions,
         timeout: Duration,
     ) -> Result<CommandOutcome, CommandError> {
-        let auth = self.pull_auth(image).await;
-        self.command(host, timeout, |op_id| {
+        let auth = match (image, &options.auth_image) {
+            ("", Some(known)) => self.pull_auth(known).await,
+            _ => self.pull_auth(image).await,
+        };
+        self.command(host, options.op_id.clone(), timeout, |op_id| {
             pb::coordinator_message::Kind::Recreate(pb::Recreate {
                 op_id,
                 container: container.to_owned(),
                 image: image.to_owned(),
                 auth,
-                cleanup,
+                cleanup: options.cleanup,
+                min_healthy_ms: options.min_healthy_ms,
+                healthy_deadline_ms: options.healthy_deadline_ms,
             })
         })
         .await
@@ -165,20 +185,22 @@ impl Dispatcher {
         host: &str,
         timeout: Duration,
     ) -> Result<CommandOutcome, CommandError> {
-        self.command(host, timeout, |op_id| {
+        self.command(host, None, timeout, |op_id| {
             pb::coordinator_message::Kind::PruneVolumes(pb::PruneVolumes { op_id })
         })
         .await
     }
 
-    /// Sends the command `make` builds for a fresh op id and waits for its result.
+    /// Sends the command `make` builds for `op_id` (a fresh one when `None`) and waits for its
+    /// result. A repeated op id gets the agent's stored result, not a second run.
     async fn command(
         &self,
         host: &str,
+        op_id: Option<String>,
         timeout: Duration,
         make: impl FnOnce(String) -> pb::coordinator_message::Kind,
     ) -> Result<CommandOutcome, CommandError> {
-        let op_id = self.new_op_id();
+        let op_id = op_id.unwrap_or_else(|| self.new_op_id());
         let (tx, rx) = oneshot::channel();
         let outbound = {
             let mut links = self.lock();
@@ -272,7 +294,13 @@ mod tests {
             })
         };
         let outcome = d
-            .recreate("h1", "web", "", false, Duration::from_secs(5))
+            .recreate(
+                "h1",
+                "web",
+                "",
+                &RecreateOptions::default(),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(outcome.steps, ["stop"]);
@@ -284,14 +312,26 @@ mod tests {
     async fn unknown_host_gone_agent_and_timeout_are_errors() {
         let d = Dispatcher::default();
         assert_eq!(
-            d.recreate("nope", "web", "", false, Duration::from_secs(1))
-                .await,
+            d.recreate(
+                "nope",
+                "web",
+                "",
+                &RecreateOptions::default(),
+                Duration::from_secs(1)
+            )
+            .await,
             Err(CommandError::NotConnected("nope".into()))
         );
         let (tx, rx) = mpsc::channel(4);
         d.register("h1", session(), tx);
         let timed_out = d
-            .recreate("h1", "web", "", false, Duration::from_millis(50))
+            .recreate(
+                "h1",
+                "web",
+                "",
+                &RecreateOptions::default(),
+                Duration::from_millis(50),
+            )
             .await;
         assert!(
             matches!(timed_out, Err(CommandError::TimedOut { .. })),
@@ -299,7 +339,13 @@ mod tests {
         );
         drop(rx);
         let gone = d
-            .recreate("h1", "web", "", false, Duration::from_secs(1))
+            .recreate(
+                "h1",
+                "web",
+                "",
+                &RecreateOptions::default(),
+                Duration::from_secs(1),
+            )
             .await;
         assert!(
             matches!(gone, Err(CommandError::AgentGone { .. })),
@@ -336,7 +382,16 @@ mod tests {
         for image in ["reg.a:5000/app:1", "reg.b:5000/app:1", "app:1"] {
             // No agent answers: each times out at once; only what was sent matters here.
             let _ = d
-                .recreate("h1", "web", image, true, Duration::from_millis(1))
+                .recreate(
+                    "h1",
+                    "web",
+                    image,
+                    &RecreateOptions {
+                        cleanup: true,
+                        ..RecreateOptions::default()
+                    },
+                    Duration::from_millis(1),
+                )
                 .await;
         }
         assert_eq!(

@@ -304,7 +304,7 @@ impl Credentials {
         if let Some(config) = self.docker_config() {
             let helper = config.helpers.get(&registry).or(config.store.as_ref());
             if let Some(helper) = helper
-                && let Some(found) = self.helper(helper, &registry).await?
+                && let Some(found) = self.helper(helper, &registry).await
             {
                 return Ok(Some(found));
             }
@@ -336,8 +336,25 @@ impl Credentials {
         }))
     }
 
-    /// Asks `docker-credential-NAME get` about `registry`; `None` when it has nothing.
-    async fn helper(&self, name: &str, registry: &str) -> Result<Option<Credential>, String> {
+    /// Asks `docker-credential-NAME get` about `registry`; `None` when it has nothing or
+    /// failed. A failure is logged (once a minute per helper and registry: it is kept like an
+    /// answer) and the lookup goes on to `auths` and `REPO_USER`, so that a helper missing on
+    /// this machine (a config copied from a workstation) does not stop public images.
+    async fn helper(&self, name: &str, registry: &str) -> Option<Credential> {
+        match self.ask_helper(name, registry).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "Credential helper failed; trying the config's auths and REPO_USER.");
+                self.helper_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(format!("{name} {registry}"), (Instant::now(), None));
+                None
+            }
+        }
+    }
+
+    async fn ask_helper(&self, name: &str, registry: &str) -> Result<Option<Credential>, String> {
         let key = format!("{name} {registry}");
         if let Some((at, cached)) = self
             .helper_cache
@@ -399,10 +416,9 @@ async fn run_helper(
         if stdout.contains("credentials not found") || stderr.contains("credentials not found") {
             return Ok(None);
         }
-        // Helpers print their error on stdout or stderr; one short line, no secret in it.
-        let said = stdout
+        // The first line of stderr only: stdout is where a secret would be.
+        let said = stderr
             .lines()
-            .chain(stderr.lines())
             .map(str::trim)
             .find(|l| !l.is_empty())
             .unwrap_or("")
@@ -643,16 +659,43 @@ esac"#,
         assert_eq!(got.secret, basic("file", "f"));
         let got = creds.get("none.example").await.unwrap().unwrap();
         assert_eq!(got.source, "REPO_USER");
-        let e = creds.get("broken.example").await.unwrap_err();
-        assert!(e.starts_with("docker-credential-broken get broken.example: exit status: 1: error getting credentials"), "{e}");
-        let e = creds.get("missing.example").await.unwrap_err();
+        // A failing helper is reported (the error the log shows) and the lookup goes on.
+        let e = creds
+            .ask_helper("broken", "broken.example")
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "docker-credential-broken get broken.example: exit status: 1: error getting credentials"
+            ),
+            "{e}"
+        );
+        let e = creds
+            .ask_helper("nonexistent-helper", "missing.example")
+            .await
+            .unwrap_err();
         assert!(
             e.contains("docker-credential-nonexistent-helper get missing.example: cannot run it"),
             "{e}"
         );
+        for registry in ["broken.example", "missing.example"] {
+            let got = creds.get(registry).await.unwrap().unwrap();
+            assert_eq!(got.source, "REPO_USER", "{registry}");
+        }
         creds.helper_timeout = Duration::from_millis(300);
-        let e = creds.get("slow.example").await.unwrap_err();
+        let e = creds.ask_helper("slow", "slow.example").await.unwrap_err();
         assert!(e.ends_with("no answer within 300ms"), "{e}");
+        // A failure is kept like an answer: the slow helper is not waited for again.
+        assert_eq!(
+            creds.get("slow.example").await.unwrap().unwrap().source,
+            "REPO_USER"
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            creds.get("slow.example").await.unwrap().unwrap().source,
+            "REPO_USER"
+        );
+        assert!(started.elapsed() < Duration::from_millis(250));
         // Answers are reused: a helper removed now is not asked again within the minute.
         std::fs::remove_file(dir.path().join("docker-credential-echoer")).unwrap();
         assert!(creds.get("reg.example").await.unwrap().is_some());

@@ -79,11 +79,12 @@ impl Cycle {
     /// Runs one cycle, after any cycle already running.
     pub async fn run(&self, dry_run: bool) -> Report {
         let _turn = self.running.lock().await;
+        // Only hosts that reported since they connected: a stored inventory may be stale.
         let connected: Vec<String> = self
             .fleet
             .hosts()
             .into_iter()
-            .filter(|h| h.connected)
+            .filter(|h| h.connected && h.reported)
             .map(|h| h.record.host)
             .collect();
         let mut containers = Vec::new();
@@ -97,7 +98,7 @@ impl Cycle {
                     container: c.name,
                     image: c.image,
                     decision: Decision::Skip {
-                        reason: "host not connected".into(),
+                        reason: "host not connected (or not reported since it connected)".into(),
                     },
                 });
             }
@@ -137,7 +138,10 @@ impl Cycle {
                             &host,
                             &container,
                             &target,
-                            self.cleanup.images,
+                            &crate::commands::RecreateOptions {
+                                cleanup: self.cleanup.images,
+                                ..Default::default()
+                            },
                             self.update_timeout,
                         )
                         .await

@@ -234,6 +234,8 @@ mod tests {
             health: Health::None,
             restart_count: 0,
             created_unix: 0,
+            network_mode: String::new(),
+            links: Vec::new(),
         }
     }
 

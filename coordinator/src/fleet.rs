@@ -13,7 +13,8 @@ use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::store::{FleetStore, HostRecord, StoreError};
+use crate::rollout::{HistoryEntry, Rollout};
+use crate::store::{Batch, FleetStore, HostRecord, StoreError};
 use crate::writer::StoreWriter;
 
 /// Identifies one agent connection; a newer connection of the same host replaces it.
@@ -76,6 +77,8 @@ pub struct Fleet {
     hosts: Mutex<BTreeMap<String, HostEntry>>,
     writer: Mutex<StoreWriter>,
     next_session: AtomicU64,
+    /// For reads of rollouts and history (writes go through the writer).
+    store: Arc<dyn FleetStore>,
 }
 
 impl Fleet {
@@ -93,7 +96,7 @@ impl Fleet {
                 (entry.record.host.clone(), entry)
             })
             .collect();
-        let writer = StoreWriter::spawn(store).map_err(|source| StoreError::DataDir {
+        let writer = StoreWriter::spawn(store.clone()).map_err(|source| StoreError::DataDir {
             path: "store writer thread".into(),
             source,
         })?;
@@ -101,7 +104,51 @@ impl Fleet {
             hosts: Mutex::new(hosts),
             writer: Mutex::new(writer),
             next_session: AtomicU64::new(1),
+            store,
         })
+    }
+
+    /// Stores `rollout` (and outcomes) and waits until it is on disk: false when the write
+    /// failed (it is retried, but the caller must not act on it yet). Blocking.
+    pub fn save_rollout(&self, rollout: &Rollout, history: Vec<HistoryEntry>) -> bool {
+        let mut batch = Batch::default();
+        batch.rollouts.insert(rollout.id.clone(), rollout.clone());
+        batch.history = history;
+        let writer = self.writer();
+        writer.batch(batch);
+        writer.sync()
+    }
+
+    /// Removes outcomes that finished before `before_ms`.
+    pub fn prune_history(&self, before_ms: i64) {
+        self.writer().batch(Batch {
+            history_before: Some(before_ms),
+            ..Batch::default()
+        });
+    }
+
+    /// Records that `digest` was announced for `host/container`.
+    pub fn announced(&self, key: String, digest: String) {
+        let mut batch = Batch::default();
+        batch.announced.insert(key, digest);
+        self.writer().batch(batch);
+    }
+
+    /// Stored rollouts, newest first.
+    pub fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let mut all = self.store.load_rollouts()?;
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        Ok(all)
+    }
+
+    /// Stored outcomes, oldest first.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.store.load_history()
+    }
+
+    /// Digests announced so far, by `host/container`.
+    pub fn announced_digests(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.store.load_announced()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, HostEntry>> {
@@ -324,6 +371,8 @@ mod tests {
                     health: Health::None,
                     restart_count: 0,
                     created_unix: 1,
+                    network_mode: String::new(),
+                    links: Vec::new(),
                 })
                 .collect(),
             mode,

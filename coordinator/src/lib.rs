@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod output;
 pub mod registry;
+pub mod rollout;
 pub mod schedule;
 pub mod server;
 pub mod store;

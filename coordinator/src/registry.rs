@@ -32,6 +32,11 @@ application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.oci.image.manifest.v1+json";
 
+/// Longest throttle honoured from one `Retry-After` (a day), so that no answer overflows time.
+const MAX_THROTTLE: Duration = Duration::from_secs(24 * 3600);
+/// Longest a bearer token is kept, whatever `expires_in` says.
+const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
+
 /// Settings of the client.
 #[derive(Clone)]
 pub struct RegistryConfig {
@@ -149,7 +154,21 @@ impl RegistryClient {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // Never from TLS to plain HTTP (the Authorization header would go along).
+                let downgrade = attempt
+                    .previous()
+                    .last()
+                    .is_some_and(|u| u.scheme() == "https")
+                    && attempt.url().scheme() == "http";
+                if downgrade {
+                    attempt.error("refusing a redirect from https to http")
+                } else if attempt.previous().len() > 5 {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.extra_ca_pem {
             for cert in
@@ -257,8 +276,14 @@ impl RegistryClient {
             until: now,
             strikes: 0,
         });
-        t.strikes = t.strikes.saturating_add(1);
-        let wait = retry_after.unwrap_or_else(|| Duration::from_secs(1 << (t.strikes - 1).min(6)));
+        // One strike per throttle, not per answer: the requests in flight when the registry
+        // started refusing all come back with a 429 at about the same time.
+        if t.until <= now || t.strikes == 0 {
+            t.strikes = t.strikes.saturating_add(1);
+        }
+        let wait = retry_after
+            .unwrap_or_else(|| Duration::from_secs(1 << (t.strikes - 1).min(6)))
+            .min(MAX_THROTTLE);
         t.until = t.until.max(now + wait);
         wait
     }
@@ -545,7 +570,13 @@ impl RegistryClient {
             query.append_pair("scope", scope);
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let safe = url.scheme() == "https" || self.scheme(&host) == "http";
+        let host_port = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        let safe = url.scheme() == "https"
+            || self.scheme(&host) == "http"
+            || self.scheme(&host_port) == "http";
         let request = match (credential.map(|c| &c.secret), safe) {
             (Some(Secret::Basic { username, password }), true) => Some(
                 self.http
@@ -629,7 +660,10 @@ impl RegistryClient {
                 reason: "token answer has no token".into(),
             })?
             .to_owned();
-        let lifetime = answer["expires_in"].as_u64().unwrap_or(60).max(1);
+        let lifetime = answer["expires_in"]
+            .as_u64()
+            .unwrap_or(60)
+            .clamp(1, MAX_TOKEN_LIFETIME);
         // Renew a little before the registry would refuse it.
         let expires = Instant::now() + Duration::from_secs(lifetime).mul_f64(0.9);
         self.tokens

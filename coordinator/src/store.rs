@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
+
+use crate::rollout::{HistoryEntry, Rollout};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,12 @@ use serde::{Deserialize, Serialize};
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts_v1");
 /// Last-seen times by host name (unix ms).
 const LAST_SEEN: TableDefinition<&str, i64> = TableDefinition::new("last_seen_v1");
+/// Rollouts by id, JSON values.
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts_v1");
+/// Outcomes by `finished_ms (20 digits)/host/container/rollout`, JSON values.
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history_v1");
+/// The last digest announced per `host/container`.
+const ANNOUNCED: TableDefinition<&str, &str> = TableDefinition::new("announced_v1");
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "ouroboros.redb";
 /// Lock file that keeps a second coordinator off the same data dir.
@@ -61,25 +69,58 @@ pub enum StoreError {
         host: String,
         source: serde_json::Error,
     },
+    #[error("corrupt {what} record {key}: {source}")]
+    CorruptRecord {
+        what: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Changes to write in one transaction; later changes to the same host replace earlier ones.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
     pub hosts: BTreeMap<String, HostRecord>,
     pub last_seen: BTreeMap<String, i64>,
+    /// Rollouts by id (the latest state wins).
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// Outcomes to add.
+    pub history: Vec<HistoryEntry>,
+    /// History older than this (unix ms) is removed.
+    pub history_before: Option<i64>,
+    /// Digests announced, by `host/container`.
+    pub announced: BTreeMap<String, String>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty() && self.last_seen.is_empty()
+        self.hosts.is_empty()
+            && self.last_seen.is_empty()
+            && self.rollouts.is_empty()
+            && self.history.is_empty()
+            && self.history_before.is_none()
+            && self.announced.is_empty()
     }
 
     /// Adds `newer` on top of this batch.
     pub fn merge(&mut self, newer: Batch) {
         self.hosts.extend(newer.hosts);
         self.last_seen.extend(newer.last_seen);
+        self.rollouts.extend(newer.rollouts);
+        self.history.extend(newer.history);
+        self.history_before = self.history_before.max(newer.history_before);
+        self.announced.extend(newer.announced);
     }
+}
+
+fn history_key(e: &HistoryEntry) -> String {
+    format!(
+        "{:020}/{}/{}/{}",
+        e.finished_ms.max(0),
+        e.host,
+        e.container,
+        e.rollout
+    )
 }
 
 /// Persistence of the fleet view.
@@ -88,6 +129,12 @@ pub trait FleetStore: Send + Sync {
     fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
     /// Writes the batch in one transaction.
     fn save(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Every stored rollout.
+    fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
+    /// Every stored outcome, oldest first.
+    fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// The digests announced, by `host/container`.
+    fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
@@ -134,6 +181,12 @@ impl RedbStore {
             .map_err(db_err("create the hosts table"))?;
         txn.open_table(LAST_SEEN)
             .map_err(db_err("create the last-seen table"))?;
+        txn.open_table(ROLLOUTS)
+            .map_err(db_err("create the rollouts table"))?;
+        txn.open_table(HISTORY)
+            .map_err(db_err("create the history table"))?;
+        txn.open_table(ANNOUNCED)
+            .map_err(db_err("create the announced table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self { db, _lock: lock })
     }
@@ -194,8 +247,86 @@ impl FleetStore for RedbStore {
                 seen.insert(host.as_str(), *ms)
                     .map_err(db_err("write a last-seen time"))?;
             }
+            let mut rollouts = txn
+                .open_table(ROLLOUTS)
+                .map_err(db_err("open the rollouts table"))?;
+            for (id, rollout) in &batch.rollouts {
+                let json = serde_json::to_vec(rollout).unwrap_or_default();
+                rollouts
+                    .insert(id.as_str(), json.as_slice())
+                    .map_err(db_err("write a rollout"))?;
+            }
+            let mut history = txn
+                .open_table(HISTORY)
+                .map_err(db_err("open the history table"))?;
+            for entry in &batch.history {
+                let json = serde_json::to_vec(entry).unwrap_or_default();
+                history
+                    .insert(history_key(entry).as_str(), json.as_slice())
+                    .map_err(db_err("write an outcome"))?;
+            }
+            if let Some(before) = batch.history_before {
+                let end = format!("{:020}", before.max(0));
+                history
+                    .retain_in::<&str, _>(..end.as_str(), |_, _| false)
+                    .map_err(db_err("prune the history"))?;
+            }
+            let mut announced = txn
+                .open_table(ANNOUNCED)
+                .map_err(db_err("open the announced table"))?;
+            for (key, digest) in &batch.announced {
+                announced
+                    .insert(key.as_str(), digest.as_str())
+                    .map_err(db_err("write an announced digest"))?;
+            }
         }
         txn.commit().map_err(db_err("commit"))
+    }
+
+    fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        self.load_json(ROLLOUTS, "rollout")
+    }
+
+    fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.load_json(HISTORY, "history")
+    }
+
+    fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(ANNOUNCED)
+            .map_err(db_err("open the announced table"))?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(db_err("read announced digests"))? {
+            let (k, v) = row.map_err(db_err("read an announced digest"))?;
+            out.insert(k.value().to_owned(), v.value().to_owned());
+        }
+        Ok(out)
+    }
+}
+
+impl RedbStore {
+    fn load_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn.open_table(table).map_err(db_err("open a table"))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err("read records"))? {
+            let (key, value) = row.map_err(db_err("read a record"))?;
+            out.push(serde_json::from_slice(value.value()).map_err(|source| {
+                StoreError::CorruptRecord {
+                    what,
+                    key: key.value().to_owned(),
+                    source,
+                }
+            })?);
+        }
+        Ok(out)
     }
 }
 
@@ -203,6 +334,7 @@ impl FleetStore for RedbStore {
 #[derive(Default)]
 pub struct MemoryStore {
     hosts: Mutex<BTreeMap<String, HostRecord>>,
+    rest: Mutex<Batch>,
     fail_writes: AtomicBool,
 }
 
@@ -238,7 +370,31 @@ impl FleetStore for MemoryStore {
                 r.last_seen_unix_ms = r.last_seen_unix_ms.max(*ms);
             }
         }
+        let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        rest.rollouts.extend(batch.rollouts.clone());
+        rest.history.extend(batch.history.clone());
+        if let Some(before) = batch.history_before {
+            rest.history.retain(|e| e.finished_ms >= before);
+        }
+        rest.announced.extend(batch.announced.clone());
         Ok(())
+    }
+
+    fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest.rollouts.values().cloned().collect())
+    }
+
+    fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = rest.history.clone();
+        out.sort_by_key(history_key);
+        Ok(out)
+    }
+
+    fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest.announced.clone())
     }
 }
 

@@ -169,30 +169,38 @@ impl Window {
         })
     }
 
-    /// Where the window that starts on local `date` begins and ends, in UTC. A start that falls
-    /// in a daylight-saving gap begins at the first valid instant after it.
-    fn bounds(&self, date: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        let local = date.and_time(self.start);
-        let start = match self.zone {
-            Zone::Fixed(offset) => offset
-                .from_local_datetime(&local)
-                .earliest()?
-                .with_timezone(&Utc),
+    /// The UTC instant of a local time in the window's zone: a time that falls in a
+    /// daylight-saving gap moves to the first valid minute after it; one that occurs twice
+    /// takes the earlier (`late`: the later) of the two.
+    fn resolve(&self, local: chrono::NaiveDateTime, late: bool) -> Option<DateTime<Utc>> {
+        let pick =
+            |r: chrono::LocalResult<DateTime<Utc>>| if late { r.latest() } else { r.earliest() };
+        match self.zone {
+            Zone::Fixed(offset) => pick(
+                offset
+                    .from_local_datetime(&local)
+                    .map(|t| t.with_timezone(&Utc)),
+            ),
             Zone::Named(tz) => {
-                let mut probe = local;
-                // A gap lasts at most a few hours: step forward to the first valid local time.
-                let mut found = None;
-                for _ in 0..(4 * 60) {
-                    if let Some(t) = tz.from_local_datetime(&probe).earliest() {
-                        found = Some(t.with_timezone(&Utc));
-                        break;
-                    }
-                    probe += Duration::minutes(1);
-                }
-                found?
+                // A gap lasts at most a few hours.
+                (0..4 * 60).find_map(|m| {
+                    let probe = local + Duration::minutes(m);
+                    pick(
+                        tz.from_local_datetime(&probe)
+                            .map(|t| t.with_timezone(&Utc)),
+                    )
+                })
             }
-        };
-        Some((start, start + self.length))
+        }
+    }
+
+    /// Where the window that starts on local `date` begins and ends, in UTC. Both ends are
+    /// local wall-clock times, so a window keeps its written end on daylight-saving days.
+    fn bounds(&self, date: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let local_start = date.and_time(self.start);
+        let start = self.resolve(local_start, false)?;
+        let end = self.resolve(local_start + self.length, true)?;
+        Some((start, end))
     }
 
     fn local_date(&self, now: DateTime<Utc>) -> NaiveDate {
@@ -366,6 +374,23 @@ mod tests {
         assert_eq!(
             gap.next_open(at("2026-03-28T12:00:00Z")),
             Some(at("2026-03-29T01:00:00Z"))
+        );
+        // Ends stay at their wall-clock time on daylight-saving days: 04:00 CEST is 02:00 UTC
+        // on 2026-03-29, and 03:00 CET is 02:00 UTC on 2026-10-25 (fall back).
+        assert!(
+            !gap.open(at("2026-03-29T02:00:00Z")),
+            "04:00 CEST is the end"
+        );
+        assert!(gap.open(at("2026-03-29T01:59:00Z")));
+        let fall = Windows::parse("Sun 01:00-03:00 Europe/Berlin").unwrap();
+        assert!(fall.open(at("2026-10-24T23:00:00Z")), "01:00 CEST");
+        assert!(
+            fall.open(at("2026-10-25T01:30:00Z")),
+            "the second 02:30 (CET)"
+        );
+        assert!(
+            !fall.open(at("2026-10-25T02:00:00Z")),
+            "03:00 CET is the end"
         );
     }
 

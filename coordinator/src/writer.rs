@@ -52,6 +52,13 @@ impl StoreWriter {
         self.send(Job::Write(batch));
     }
 
+    /// Queues any batch.
+    pub fn batch(&self, batch: Batch) {
+        if !batch.is_empty() {
+            self.send(Job::Write(batch));
+        }
+    }
+
     /// Queues last-seen times.
     pub fn last_seen(&self, times: impl IntoIterator<Item = (String, i64)>) {
         let batch = Batch {

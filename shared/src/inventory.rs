@@ -146,6 +146,12 @@ pub struct ContainerInfo {
     pub health: Health,
     pub restart_count: u32,
     pub created_unix: i64,
+    /// `HostConfig.NetworkMode` (`bridge`, `host`, `container:<id>`, a network name).
+    #[serde(default)]
+    pub network_mode: String,
+    /// Legacy links' target container names.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// The first message of an agent stream.
@@ -274,6 +280,8 @@ impl From<ContainerInfo> for pb::Container {
             health: pb::HealthStatus::from(c.health).into(),
             restart_count: c.restart_count,
             created_unix: c.created_unix,
+            network_mode: c.network_mode,
+            links: c.links,
         }
     }
 }
@@ -301,6 +309,8 @@ impl TryFrom<pb::Container> for ContainerInfo {
             labels: c.labels.into_iter().collect(),
             restart_count: c.restart_count,
             created_unix: c.created_unix,
+            network_mode: c.network_mode,
+            links: c.links,
         })
     }
 }
@@ -385,6 +395,8 @@ mod tests {
             health: Health::Healthy,
             restart_count: 2,
             created_unix: 1_700_000_000,
+            network_mode: "container:abc".into(),
+            links: vec!["db".into()],
         }
     }
 

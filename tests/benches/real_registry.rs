@@ -116,6 +116,8 @@ fn fleet(images: &[TestImage]) -> Vec<(String, ContainerInfo)> {
                 health: Health::None,
                 restart_count: 0,
                 created_unix: 0,
+                network_mode: String::new(),
+                links: Vec::new(),
             };
             (format!("host-{}", i % HOSTS), info)
         })

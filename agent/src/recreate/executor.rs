@@ -36,6 +36,8 @@ pub struct Deadlines {
     pub health: Duration,
     /// Without a healthcheck: how long the new container must run without a restart.
     pub min_running: Duration,
+    /// With a healthcheck: how long the new container must stay healthy (0: once is enough).
+    pub min_healthy_with_check: Duration,
     /// How often the health gate looks.
     pub poll: Duration,
 }
@@ -46,6 +48,7 @@ impl Default for Deadlines {
             pull: Duration::from_secs(600),
             health: Duration::from_secs(120),
             min_running: Duration::from_secs(10),
+            min_healthy_with_check: Duration::ZERO,
             poll: Duration::from_millis(250),
         }
     }
@@ -62,6 +65,17 @@ pub struct Request {
     pub image: Option<String>,
     /// Credentials for the pull.
     pub auth: Option<RegistryAuth>,
+    /// The coordinator's health gate for this update, instead of the agent's defaults.
+    pub gate: Option<HealthGate>,
+}
+
+/// A health gate asked for with one update (rollout policy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthGate {
+    /// The new container must be healthy (or, without a healthcheck, running) this long.
+    pub min_healthy: Duration,
+    /// Longest wait for that; zero keeps the agent's own.
+    pub deadline: Duration,
 }
 
 /// Registry credentials: username and password, or an identity token, or a registry token.
@@ -205,6 +219,11 @@ impl Recreator {
         &self.docker
     }
 
+    /// The engine's API version.
+    pub fn api(&self) -> ApiVersion {
+        self.api
+    }
+
     pub fn new(
         engine: &Engine,
         journal: Journal,
@@ -323,6 +342,7 @@ impl Recreator {
                         container: id.clone(),
                         image: None,
                         auth: None,
+                        gate: request.gate,
                     };
                     let provider = Dependency::NetworkOf(new_id.clone());
                     let result = Box::pin(self.recreate_one(&dependant, &provider, report)).await?;
@@ -377,7 +397,15 @@ impl Recreator {
             step: Step::Planned,
         };
         self.journal.record(&entry)?;
-        let outcome = match self.swap(&mut entry, &plan, report).await {
+        let mut deadlines = self.deadlines;
+        if let Some(gate) = request.gate {
+            if !gate.deadline.is_zero() {
+                deadlines.health = gate.deadline;
+            }
+            deadlines.min_running = gate.min_healthy;
+            deadlines.min_healthy_with_check = gate.min_healthy;
+        }
+        let outcome = match self.swap(&mut entry, &plan, &deadlines, report).await {
             Ok(new_id) => {
                 report("remove old");
                 entry.step = Step::RemovingOld {
@@ -587,6 +615,7 @@ impl Recreator {
         &self,
         entry: &mut Entry,
         plan: &CreatePlan,
+        deadlines: &Deadlines,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> Result<String, Interrupt> {
         let journal = |e: JournalError| StepFailure {
@@ -665,7 +694,7 @@ impl Recreator {
                 .map_err(failed("start"))?;
             self.crash_point(CrashPoint::AfterStart).await?;
             report("health gate");
-            self.health_gate(&new_id).await?;
+            self.health_gate(&new_id, deadlines).await?;
         }
         Ok(new_id)
     }
@@ -698,14 +727,16 @@ impl Recreator {
 
     /// Healthy (with a healthcheck), or running without a restart for the minimum time;
     /// both within the health deadline.
-    async fn health_gate(&self, id: &str) -> Result<(), Interrupt> {
+    async fn health_gate(&self, id: &str, deadlines: &Deadlines) -> Result<(), Interrupt> {
         let gate = |reason: String| StepFailure {
             step: "health gate",
             reason,
         };
         let started = Instant::now();
-        let deadline = started + self.deadlines.health;
+        let deadline = started + deadlines.health;
         let mut first_restarts = None;
+        // With a healthcheck: since when it has been healthy, for the minimum healthy time.
+        let mut healthy_since: Option<Instant> = None;
         loop {
             let state = self
                 .docker
@@ -727,19 +758,24 @@ impl Recreator {
                 return Err(gate("the new container restarted".into()).into());
             }
             match s.health.and_then(|h| h.status).map(|h| h.to_string()) {
-                Some(h) if h == "healthy" => return Ok(()),
+                Some(h) if h == "healthy" => {
+                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= deadlines.min_healthy_with_check {
+                        return Ok(());
+                    }
+                }
                 Some(h) if h == "unhealthy" => {
                     return Err(gate("the new container is unhealthy".into()).into());
                 }
                 Some(h) if h == "starting" => {}
                 // No healthcheck: running without a restart for the minimum time.
-                _ if started.elapsed() >= self.deadlines.min_running => return Ok(()),
+                _ if started.elapsed() >= deadlines.min_running => return Ok(()),
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(gate(format!("not healthy within {:?}", self.deadlines.health)).into());
+                return Err(gate(format!("not healthy within {:?}", deadlines.health)).into());
             }
-            tokio::time::sleep(self.deadlines.poll).await;
+            tokio::time::sleep(deadlines.poll).await;
         }
     }
 

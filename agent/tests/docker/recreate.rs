@@ -132,6 +132,7 @@ const DEADLINES: Deadlines = Deadlines {
     pull: Duration::from_secs(60),
     health: Duration::from_secs(20),
     min_running: Duration::from_secs(2),
+    min_healthy_with_check: Duration::ZERO,
     poll: Duration::from_millis(100),
 };
 
@@ -647,6 +648,61 @@ async fn the_health_deadline_acts() -> anyhow::Result<()> {
     );
     assert_eq!(s.inspect(&name, "{{.Id}}")?, old_id);
     assert_eq!(s.inspect(&name, "{{.State.Running}}")?, "true");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_requested_health_gate_replaces_the_agents_own() -> anyhow::Result<()> {
+    use ouroboros_agent::recreate::executor::HealthGate;
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let name = s
+        .cleanup
+        .run_container("rc-gate", &["--network", "none"], &s.v1.reference, &[])?;
+    // Healthy at once: with min_healthy the gate still watches it for that long.
+    s.publish_next(ImageSpec::new(2).with_config(&["HEALTHCHECK --interval=1s CMD true"]))?;
+    let started = std::time::Instant::now();
+    let outcome = s
+        .recreator
+        .recreate(&Request {
+            gate: Some(HealthGate {
+                min_healthy: Duration::from_secs(4),
+                deadline: Duration::from_secs(30),
+            }),
+            ..request("op-gate-long", &name)
+        })
+        .await?;
+    assert!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "healthy for less than min_healthy: {:?}",
+        started.elapsed()
+    );
+    // Never healthy: the requested deadline (2 s, not the agent's 20 s) acts.
+    let before = s.inspect(&name, "{{.Id}}")?;
+    s.publish_next(
+        ImageSpec::new(3)
+            .with_config(&["HEALTHCHECK --interval=1s --start-period=120s CMD test -f /never"]),
+    )?;
+    let outcome = s
+        .recreator
+        .recreate(&Request {
+            gate: Some(HealthGate {
+                min_healthy: Duration::ZERO,
+                deadline: Duration::from_secs(2),
+            }),
+            ..request("op-gate-short", &name)
+        })
+        .await?;
+    match &outcome {
+        Outcome::RolledBack { reason, .. } => {
+            assert!(reason.contains("not healthy within 2s"), "{reason}");
+        }
+        other => anyhow::bail!("expected a rollback, got {other:?}"),
+    }
+    assert_eq!(s.inspect(&name, "{{.Id}}")?, before);
     Ok(())
 }
 

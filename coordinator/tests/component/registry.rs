@@ -58,7 +58,11 @@ struct Fake {
 
 impl Fake {
     async fn start(handler: Handler) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1", handler).await
+    }
+
+    async fn start_on(ip: &str, handler: Handler) -> Self {
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
         let log = seen.clone();
@@ -699,4 +703,89 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
     .unwrap();
     assert!(plain.digest(&image).await.is_err());
     assert_eq!(*served.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_429s_is_one_throttle_not_a_runaway_backoff() {
+    // Eight requests in flight all answered 429 without Retry-After: one strike (1 s), not
+    // eight (which would reach the 30 s fail-fast).
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let fake = Fake::start(Arc::new(move |_: &Req| {
+        let mut n = counter.lock().unwrap();
+        *n += 1;
+        if *n <= 8 {
+            Resp {
+                delay: Some(Duration::from_millis(100)),
+                ..resp(429, &[])
+            }
+        } else {
+            resp(200, &[("Docker-Content-Digest", DIGEST)])
+        }
+    }))
+    .await;
+    let client = RegistryClient::new(RegistryConfig {
+        per_registry: 8,
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let images: Vec<ImageRef> = (0..8)
+        .map(|i| ImageRef::parse(&format!("{}/team/app:{i}", fake.addr)).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let results =
+        futures_util::future::join_all(images.iter().map(|image| client.digest(image))).await;
+    for r in &results {
+        assert_eq!(r.as_ref().map(|p| p.digest.as_str()), Ok(DIGEST));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn credentials_go_to_the_plain_http_token_server_of_a_listed_insecure_registry() {
+    // Not loopback: only the insecure list (HOST:PORT) makes plain HTTP and credentials fine.
+    let ip = global_ipv4();
+    let fake = Fake::start_on(
+        &ip,
+        Arc::new(|r: &Req| {
+            if r.path.starts_with("/token") {
+                return match r.header("authorization") {
+                    Some(a) if a.starts_with("Basic ") => Resp {
+                        status: 200,
+                        body: br#"{"token":"t-auth"}"#.to_vec(),
+                        ..Resp::default()
+                    },
+                    _ => Resp {
+                        status: 200,
+                        body: br#"{"token":"t-anon"}"#.to_vec(),
+                        ..Resp::default()
+                    },
+                };
+            }
+            if r.header("authorization") == Some("Bearer t-auth") {
+                return resp(200, &[("Docker-Content-Digest", DIGEST)]);
+            }
+            challenge(r)
+        }),
+    )
+    .await;
+    let client = RegistryClient::new(RegistryConfig {
+        credentials: repo_user("user", "pass"),
+        insecure: vec![fake.addr.clone()],
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    assert_eq!(client.digest(&fake.image()).await.unwrap().digest, DIGEST);
+    // Not listed: plain HTTP to it is refused outright (TLS is required).
+    let strict = RegistryClient::new(RegistryConfig {
+        credentials: repo_user("user", "pass"),
+        timeout: Duration::from_secs(1),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    assert!(strict.digest(&fake.image()).await.is_err());
 }

@@ -1,0 +1,936 @@
+//! Rollouts: the updates of one cycle as a persisted object with a plan, a state machine per
+//! target and a policy that bounds the blast radius. Everything here is pure: the runner
+//! ([`crate::runner`]) observes, asks [`plan`] what to do now, writes the new state to the store
+//! and only then sends the commands.
+//!
+//! Per host, targets run one at a time in dependency order. Hosts start while fewer than
+//! `max_hosts_in_flight` are busy, canary hosts first; the others wait until every canary host
+//! is done and `canary_wait` has passed without a failure. After a host finishes, its slot is
+//! free again `batch_delay` later. New work starts only inside a maintenance window; work in
+//! flight always finishes. When failures exceed `max_failure_ratio` of the targets, the
+//! `failure_action` applies: `pause` (nothing new starts), `rollback` (targets already updated
+//! go back to their previous digest, last updated first, then the rollout stops) or `continue`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::Windows;
+
+/// What happens when too many targets fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Rollback,
+    Continue,
+}
+
+impl std::str::FromStr for FailureAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pause" => Ok(Self::Pause),
+            "rollback" => Ok(Self::Rollback),
+            "continue" => Ok(Self::Continue),
+            _ => Err(format!("{s:?} is not pause, rollback or continue")),
+        }
+    }
+}
+
+/// Which hosts go first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Canary {
+    #[default]
+    None,
+    /// These hosts (those of them with updates).
+    Hosts(Vec<String>),
+    /// The first N hosts with updates, by name.
+    Count(u32),
+}
+
+/// The rollout policy, copied into each rollout when it is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Hosts updating at once; 0: no limit.
+    pub max_hosts_in_flight: u32,
+    pub canary: Canary,
+    /// Health period after the canary hosts, before the others start.
+    pub canary_wait_ms: i64,
+    /// Pause before a freed host slot takes the next host.
+    pub batch_delay_ms: i64,
+    /// The agent's health gate: the new container must stay up (and healthy) this long.
+    pub min_healthy_ms: i64,
+    /// The agent's health gate: longest wait for healthy.
+    pub healthy_deadline_ms: i64,
+    /// Longest a target may take from its command to its result; then it is failed.
+    pub progress_deadline_ms: i64,
+    pub failure_action: FailureAction,
+    /// Failures tolerated, as a share of the targets; 0 means none.
+    pub max_failure_ratio: f64,
+    /// Maintenance windows (text, see [`Windows`]); empty: always.
+    pub windows: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_hosts_in_flight: 0,
+            canary: Canary::None,
+            canary_wait_ms: 0,
+            batch_delay_ms: 0,
+            min_healthy_ms: 0,
+            healthy_deadline_ms: 0,
+            progress_deadline_ms: 15 * 60 * 1000,
+            failure_action: FailureAction::Pause,
+            max_failure_ratio: 0.0,
+            windows: String::new(),
+        }
+    }
+}
+
+/// One container's part in a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TargetState {
+    Pending,
+    /// The command with `op_id` is (being) sent; written before it goes out.
+    Dispatched {
+        op_id: String,
+        at_ms: i64,
+    },
+    /// Runs the new image (or already did).
+    Updated {
+        at_ms: i64,
+        already_current: bool,
+    },
+    /// Did not update; the agent says what it left (`rolled back`, `refused`, ...).
+    Failed {
+        reason: String,
+        outcome: String,
+    },
+    /// Not attempted.
+    Skipped {
+        reason: String,
+    },
+    /// Going back to the previous digest (failure action `rollback`).
+    Reverting {
+        op_id: String,
+        at_ms: i64,
+    },
+    Reverted {
+        at_ms: i64,
+    },
+    RevertFailed {
+        reason: String,
+    },
+}
+
+impl TargetState {
+    /// No more work for this target (unless a rollback picks an updated one up).
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            Self::Pending | Self::Dispatched { .. } | Self::Reverting { .. }
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Dispatched { .. } => "updating",
+            Self::Updated { .. } => "updated",
+            Self::Failed { .. } => "failed",
+            Self::Skipped { .. } => "skipped",
+            Self::Reverting { .. } => "reverting",
+            Self::Reverted { .. } => "reverted",
+            Self::RevertFailed { .. } => "revert-failed",
+        }
+    }
+}
+
+/// One container to update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub host: String,
+    pub container: String,
+    /// As configured (`repo:tag`).
+    pub image: String,
+    /// What it is recreated from: `repo:tag@new_digest`.
+    pub target: String,
+    /// `repo:tag@old_digest`, to go back to.
+    pub previous: String,
+    pub old_digest: String,
+    pub new_digest: String,
+    /// Canary (0) or the rest (1).
+    pub batch: u32,
+    pub state: TargetState,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// Every state the target went through, with when (for `rollout --watch` and tests).
+    pub transitions: Vec<(i64, String)>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    /// Nothing new starts; the reason says why.
+    Paused {
+        reason: String,
+    },
+    /// Updated targets are going back (failure action `rollback`).
+    RollingBack {
+        reason: String,
+    },
+    /// Every target ended; `failed` of them did not update.
+    Completed {
+        failed: u32,
+    },
+    /// Rolled back after failures.
+    RolledBack {
+        reason: String,
+    },
+}
+
+impl RolloutState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Running | Self::RollingBack { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused { .. } => "paused",
+            Self::RollingBack { .. } => "rolling-back",
+            Self::Completed { failed: 0 } => "completed",
+            Self::Completed { .. } => "completed-with-failures",
+            Self::RolledBack { .. } => "rolled-back",
+        }
+    }
+}
+
+/// A persisted rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub policy: Policy,
+    pub state: RolloutState,
+    /// In plan order: hosts by batch then name, each host's targets in dependency order.
+    pub targets: Vec<Target>,
+    /// When the last host finished its targets (for the batch delay), and the canary end.
+    pub last_host_done_ms: i64,
+    pub canary_done_ms: i64,
+}
+
+/// One target's outcome, kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub rollout: String,
+    pub host: String,
+    pub container: String,
+    pub image: String,
+    pub old_digest: String,
+    pub new_digest: String,
+    /// `updated`, `already-current`, `failed`, `skipped`, `reverted`, `revert-failed`.
+    pub result: String,
+    pub reason: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub duration_ms: i64,
+}
+
+impl Target {
+    /// This target's outcome for the history.
+    pub fn history(&self, rollout: &str) -> HistoryEntry {
+        let (result, reason) = match &self.state {
+            TargetState::Updated {
+                already_current: true,
+                ..
+            } => ("already-current".to_owned(), String::new()),
+            TargetState::Failed { reason, outcome } => {
+                ("failed".to_owned(), format!("{outcome}: {reason}"))
+            }
+            TargetState::Skipped { reason } | TargetState::RevertFailed { reason } => {
+                (self.state.name().to_owned(), reason.clone())
+            }
+            other => (other.name().to_owned(), String::new()),
+        };
+        HistoryEntry {
+            rollout: rollout.to_owned(),
+            host: self.host.clone(),
+            container: self.container.clone(),
+            image: self.image.clone(),
+            old_digest: self.old_digest.clone(),
+            new_digest: self.new_digest.clone(),
+            result,
+            reason,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            duration_ms: if self.started_ms > 0 {
+                self.finished_ms - self.started_ms
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// What the runner should do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the update of target `index`.
+    Dispatch(usize),
+    /// Send the way back of target `index` (to `previous`).
+    Revert(usize),
+    /// Target `index` had no result in time.
+    TimedOut(usize),
+    /// The rollout changes state.
+    Become(RolloutState),
+}
+
+/// What the runner sees.
+#[derive(Clone)]
+pub struct Observation<'a> {
+    pub now_ms: i64,
+    /// Hosts whose agents are connected.
+    pub connected: &'a dyn Fn(&str) -> bool,
+    pub windows: &'a Windows,
+}
+
+impl Rollout {
+    fn failed(&self) -> usize {
+        self.targets
+            .iter()
+            .filter(|t| matches!(t.state, TargetState::Failed { .. }))
+            .count()
+    }
+
+    fn host_busy(&self, host: &str) -> bool {
+        self.targets.iter().any(|t| {
+            t.host == host
+                && matches!(
+                    t.state,
+                    TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+                )
+        })
+    }
+
+    fn host_started(&self, host: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.host == host && t.state != TargetState::Pending)
+    }
+
+    fn host_done(&self, host: &str) -> bool {
+        self.targets
+            .iter()
+            .filter(|t| t.host == host)
+            .all(|t| t.state.is_terminal())
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = Vec::new();
+        for t in &self.targets {
+            if !hosts.contains(&t.host) {
+                hosts.push(t.host.clone());
+            }
+        }
+        hosts
+    }
+
+    /// Whether failures exceed what the policy tolerates.
+    fn too_many_failures(&self) -> bool {
+        let failed = self.failed();
+        failed > 0
+            && (failed as f64) / (self.targets.len().max(1) as f64) > self.policy.max_failure_ratio
+    }
+
+    /// Records a state change of target `index` at `now_ms`.
+    pub fn set(&mut self, index: usize, state: TargetState, now_ms: i64) {
+        if let Some(t) = self.targets.get_mut(index) {
+            if t.started_ms == 0 && matches!(state, TargetState::Dispatched { .. }) {
+                t.started_ms = now_ms;
+            }
+            if state.is_terminal() {
+                t.finished_ms = now_ms;
+            }
+            t.transitions.push((now_ms, state.name().to_owned()));
+            t.state = state;
+            let host = t.host.clone();
+            if self.host_done(&host) {
+                self.last_host_done_ms = self.last_host_done_ms.max(now_ms);
+                let canary_done = self
+                    .targets
+                    .iter()
+                    .filter(|t| t.batch == 0)
+                    .all(|t| t.state.is_terminal());
+                if canary_done
+                    && self.canary_done_ms == 0
+                    && self.targets.iter().any(|t| t.batch == 0)
+                {
+                    self.canary_done_ms = now_ms;
+                }
+            }
+        }
+        self.updated_ms = now_ms;
+    }
+}
+
+/// The target's next state after the agent's answer to an update.
+pub fn after_update(status: &str, reason: &str, now_ms: i64) -> TargetState {
+    match status {
+        "updated" => TargetState::Updated {
+            at_ms: now_ms,
+            already_current: false,
+        },
+        "already-current" => TargetState::Updated {
+            at_ms: now_ms,
+            already_current: true,
+        },
+        other => TargetState::Failed {
+            reason: reason.to_owned(),
+            outcome: other.to_owned(),
+        },
+    }
+}
+
+/// The target's next state after the agent's answer to a way back.
+pub fn after_revert(status: &str, reason: &str, now_ms: i64) -> TargetState {
+    match status {
+        "updated" | "already-current" => TargetState::Reverted { at_ms: now_ms },
+        other => TargetState::RevertFailed {
+            reason: format!("{other}: {reason}"),
+        },
+    }
+}
+
+/// What to do now. Pure: the same rollout and observation give the same actions.
+pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    // Deadlines act whatever the rollout's state.
+    for (i, t) in r.targets.iter().enumerate() {
+        if let TargetState::Dispatched { at_ms, .. } | TargetState::Reverting { at_ms, .. } =
+            t.state
+            && o.now_ms - at_ms > r.policy.progress_deadline_ms
+        {
+            actions.push(Action::TimedOut(i));
+        }
+    }
+    match &r.state {
+        RolloutState::Running => {}
+        RolloutState::RollingBack { reason } => {
+            // One way back per host at a time, the last updated first.
+            let mut pending: Vec<(usize, i64)> = r
+                .targets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| match t.state {
+                    TargetState::Updated {
+                        at_ms,
+                        already_current: false,
+                    } => Some((i, at_ms)),
+                    _ => None,
+                })
+                .collect();
+            pending.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+            let mut busy: Vec<String> = r.hosts().into_iter().filter(|h| r.host_busy(h)).collect();
+            for (i, _) in &pending {
+                let host = &r.targets[*i].host;
+                if !busy.contains(host) && (o.connected)(host) {
+                    busy.push(host.clone());
+                    actions.push(Action::Revert(*i));
+                }
+            }
+            if pending.is_empty()
+                && !r
+                    .targets
+                    .iter()
+                    .any(|t| matches!(t.state, TargetState::Reverting { .. }))
+            {
+                actions.push(Action::Become(RolloutState::RolledBack {
+                    reason: reason.clone(),
+                }));
+            }
+            return actions;
+        }
+        _ => return actions,
+    }
+    if r.too_many_failures() {
+        let failed = r.failed();
+        let reason = format!(
+            "{failed} of {} targets failed (tolerated: {:.0}%)",
+            r.targets.len(),
+            r.policy.max_failure_ratio * 100.0
+        );
+        match r.policy.failure_action {
+            FailureAction::Pause => {
+                actions.push(Action::Become(RolloutState::Paused { reason }));
+                return actions;
+            }
+            FailureAction::Rollback => {
+                actions.push(Action::Become(RolloutState::RollingBack { reason }));
+                return actions;
+            }
+            FailureAction::Continue => {}
+        }
+    }
+    if r.targets.iter().all(|t| t.state.is_terminal()) {
+        actions.push(Action::Become(RolloutState::Completed {
+            failed: r.failed() as u32,
+        }));
+        return actions;
+    }
+    // Outside a window nothing new is sent, not even a started host's next container; what
+    // is in flight finishes.
+    let window_open = o.windows.open(chrono_from_ms(o.now_ms));
+    let canary_hosts: Vec<String> = r
+        .targets
+        .iter()
+        .filter(|t| t.batch == 0)
+        .map(|t| t.host.clone())
+        .collect();
+    let canary_pending = !canary_hosts.is_empty()
+        && (r.canary_done_ms == 0 || o.now_ms < r.canary_done_ms + r.policy.canary_wait_ms);
+    let hosts = r.hosts();
+    let mut in_flight = hosts
+        .iter()
+        .filter(|h| r.host_started(h) && !r.host_done(h))
+        .count();
+    let limit = match r.policy.max_hosts_in_flight {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    for host in &hosts {
+        if r.host_busy(host) || r.host_done(host) || !(o.connected)(host) || !window_open {
+            continue;
+        }
+        let started = r.host_started(host);
+        if !started {
+            let is_canary = canary_hosts.contains(host);
+            if (!is_canary && canary_pending)
+                || in_flight >= limit
+                || (r.last_host_done_ms > 0
+                    && o.now_ms < r.last_host_done_ms + r.policy.batch_delay_ms)
+            {
+                continue;
+            }
+            in_flight += 1;
+        }
+        if let Some(i) = r
+            .targets
+            .iter()
+            .position(|t| &t.host == host && t.state == TargetState::Pending)
+        {
+            actions.push(Action::Dispatch(i));
+        }
+    }
+    actions
+}
+
+/// When [`plan`] may have something new to do without any answer arriving: the next deadline,
+/// window start, canary wait or batch delay end.
+pub fn next_wake(r: &Rollout, o: &Observation<'_>) -> Option<i64> {
+    let mut times: Vec<i64> = r
+        .targets
+        .iter()
+        .filter_map(|t| match t.state {
+            TargetState::Dispatched { at_ms, .. } | TargetState::Reverting { at_ms, .. } => {
+                Some(at_ms + r.policy.progress_deadline_ms + 1)
+            }
+            _ => None,
+        })
+        .collect();
+    if r.canary_done_ms > 0 {
+        times.push(r.canary_done_ms + r.policy.canary_wait_ms);
+    }
+    if r.last_host_done_ms > 0 {
+        times.push(r.last_host_done_ms + r.policy.batch_delay_ms);
+    }
+    if let Some(next) = o.windows.next_open(chrono_from_ms(o.now_ms)) {
+        times.push(next.timestamp_millis());
+    }
+    times.into_iter().filter(|t| *t > o.now_ms).min()
+}
+
+fn chrono_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str, container: &str, batch: u32) -> Target {
+        Target {
+            host: host.into(),
+            container: container.into(),
+            image: format!("reg/{container}:1"),
+            target: format!("reg/{container}:1@sha256:new"),
+            previous: format!("reg/{container}:1@sha256:old"),
+            old_digest: "sha256:old".into(),
+            new_digest: "sha256:new".into(),
+            batch,
+            state: TargetState::Pending,
+            started_ms: 0,
+            finished_ms: 0,
+            transitions: Vec::new(),
+        }
+    }
+
+    fn rollout(policy: Policy, targets: Vec<Target>) -> Rollout {
+        Rollout {
+            id: "r-1".into(),
+            created_ms: 0,
+            updated_ms: 0,
+            policy,
+            state: RolloutState::Running,
+            targets,
+            last_host_done_ms: 0,
+            canary_done_ms: 0,
+        }
+    }
+
+    fn all(_: &str) -> bool {
+        true
+    }
+
+    fn plan_at(r: &Rollout, now_ms: i64) -> Vec<Action> {
+        let windows = Windows::default();
+        plan(
+            r,
+            &Observation {
+                now_ms,
+                connected: &all,
+                windows: &windows,
+            },
+        )
+    }
+
+    /// Applies an action the way the runner would, answering every update with `answer`.
+    fn apply(
+        r: &mut Rollout,
+        actions: &[Action],
+        now_ms: i64,
+        answer: &dyn Fn(&Target) -> &'static str,
+    ) {
+        for a in actions {
+            match a {
+                Action::Dispatch(i) => {
+                    r.set(
+                        *i,
+                        TargetState::Dispatched {
+                            op_id: format!("op-{i}"),
+                            at_ms: now_ms,
+                        },
+                        now_ms,
+                    );
+                }
+                Action::Revert(i) => {
+                    r.set(
+                        *i,
+                        TargetState::Reverting {
+                            op_id: format!("back-{i}"),
+                            at_ms: now_ms,
+                        },
+                        now_ms,
+                    );
+                }
+                Action::TimedOut(i) => r.set(
+                    *i,
+                    TargetState::Failed {
+                        reason: "no result in time".into(),
+                        outcome: "timeout".into(),
+                    },
+                    now_ms,
+                ),
+                Action::Become(s) => r.state = s.clone(),
+            }
+        }
+        // Answers arrive.
+        for i in 0..r.targets.len() {
+            let state = r.targets[i].state.clone();
+            match state {
+                TargetState::Dispatched { .. } => {
+                    let status = answer(&r.targets[i]);
+                    r.set(
+                        i,
+                        after_update(status, "health check failed", now_ms + 1),
+                        now_ms + 1,
+                    );
+                }
+                TargetState::Reverting { .. } => {
+                    r.set(i, after_revert("updated", "", now_ms + 1), now_ms + 1)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs the rollout to its end; returns the dispatch rounds (which targets each round).
+    fn run(r: &mut Rollout, answer: &dyn Fn(&Target) -> &'static str) -> Vec<Vec<usize>> {
+        let mut rounds = Vec::new();
+        let mut now = 1_000;
+        for _ in 0..100 {
+            let actions = plan_at(r, now);
+            let sent: Vec<usize> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Dispatch(i) | Action::Revert(i) => Some(*i),
+                    _ => None,
+                })
+                .collect();
+            if !sent.is_empty() {
+                rounds.push(sent);
+            }
+            apply(r, &actions, now, answer);
+            if !r.state.is_active() {
+                break;
+            }
+            now += 1_000;
+        }
+        rounds
+    }
+
+    fn ok(_: &Target) -> &'static str {
+        "updated"
+    }
+
+    #[test]
+    fn hosts_in_flight_are_bounded_and_each_host_goes_in_order() {
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "db", 1),
+                target("a", "app", 1),
+                target("b", "db", 1),
+                target("c", "db", 1),
+            ],
+        );
+        let rounds = run(&mut r, &ok);
+        assert_eq!(rounds, vec![vec![0], vec![1], vec![2], vec![3]]);
+        assert_eq!(r.state, RolloutState::Completed { failed: 0 });
+        let mut r2 = rollout(
+            Policy::default(),
+            r.targets
+                .iter()
+                .map(|t| target(&t.host, &t.container, 1))
+                .collect(),
+        );
+        let rounds = run(&mut r2, &ok);
+        assert_eq!(
+            rounds[0],
+            vec![0, 2, 3],
+            "no limit: every host at once, one container each"
+        );
+    }
+
+    #[test]
+    fn canary_hosts_go_first_and_the_rest_wait_for_the_health_period() {
+        let mut r = rollout(
+            Policy {
+                canary_wait_ms: 2_500,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 0),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        let mut now = 1_000;
+        assert_eq!(plan_at(&r, now), vec![Action::Dispatch(0)]);
+        let actions = plan_at(&r, now);
+        apply(&mut r, &actions, now, &ok);
+        now += 1_000;
+        assert_eq!(plan_at(&r, now), vec![], "canary wait");
+        now += 2_000;
+        assert_eq!(
+            plan_at(&r, now),
+            vec![Action::Dispatch(1), Action::Dispatch(2)]
+        );
+    }
+
+    #[test]
+    fn a_failure_pauses_and_no_other_host_is_touched() {
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        let rounds = run(&mut r, &|t: &Target| {
+            if t.host == "a" {
+                "rolled-back"
+            } else {
+                "updated"
+            }
+        });
+        assert_eq!(rounds, vec![vec![0]]);
+        assert!(
+            matches!(&r.state, RolloutState::Paused { reason } if reason.contains("1 of 3")),
+            "{:?}",
+            r.state
+        );
+        assert_eq!(r.targets[1].state, TargetState::Pending);
+        assert!(
+            matches!(&r.targets[0].state, TargetState::Failed { outcome, .. } if outcome == "rolled-back")
+        );
+    }
+
+    #[test]
+    fn a_failure_with_rollback_sends_updated_targets_back_last_first() {
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                failure_action: FailureAction::Rollback,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        let rounds = run(&mut r, &|t: &Target| {
+            if t.host == "c" {
+                "rolled-back"
+            } else {
+                "updated"
+            }
+        });
+        assert_eq!(
+            rounds,
+            vec![vec![0], vec![1], vec![2], vec![1, 0]],
+            "b was updated last"
+        );
+        assert!(
+            matches!(r.state, RolloutState::RolledBack { .. }),
+            "{:?}",
+            r.state
+        );
+        assert!(matches!(r.targets[0].state, TargetState::Reverted { .. }));
+        assert!(matches!(r.targets[1].state, TargetState::Reverted { .. }));
+    }
+
+    #[test]
+    fn tolerated_failures_continue_and_continue_never_stops() {
+        let policy = Policy {
+            max_hosts_in_flight: 1,
+            max_failure_ratio: 0.5,
+            ..Policy::default()
+        };
+        let targets = vec![
+            target("a", "x", 1),
+            target("b", "x", 1),
+            target("c", "x", 1),
+        ];
+        let mut r = rollout(policy.clone(), targets.clone());
+        run(&mut r, &|t: &Target| {
+            if t.host == "a" { "refused" } else { "updated" }
+        });
+        assert_eq!(
+            r.state,
+            RolloutState::Completed { failed: 1 },
+            "1 of 3 is under half"
+        );
+        let mut r = rollout(
+            Policy {
+                failure_action: FailureAction::Continue,
+                ..policy
+            },
+            targets,
+        );
+        run(&mut r, &|_: &Target| "rolled-back");
+        assert_eq!(r.state, RolloutState::Completed { failed: 3 });
+    }
+
+    #[test]
+    fn deadlines_act_and_disconnected_hosts_wait() {
+        let mut r = rollout(
+            Policy {
+                progress_deadline_ms: 5_000,
+                failure_action: FailureAction::Continue,
+                ..Policy::default()
+            },
+            vec![target("a", "x", 1), target("b", "x", 1)],
+        );
+        let windows = Windows::default();
+        let only_a = |h: &str| h == "a";
+        let o = Observation {
+            now_ms: 1_000,
+            connected: &only_a,
+            windows: &windows,
+        };
+        assert_eq!(
+            plan(&r, &o),
+            vec![Action::Dispatch(0)],
+            "b is not connected"
+        );
+        r.set(
+            0,
+            TargetState::Dispatched {
+                op_id: "op".into(),
+                at_ms: 1_000,
+            },
+            1_000,
+        );
+        let later = Observation {
+            now_ms: 6_001,
+            ..o.clone()
+        };
+        assert_eq!(plan(&r, &later), vec![Action::TimedOut(0)]);
+        assert_eq!(next_wake(&r, &o), Some(6_001));
+    }
+
+    #[test]
+    fn new_work_starts_only_inside_a_window_and_batches_are_delayed() {
+        // 2026-11-28 (Saturday) 01:00 UTC, then 02:30.
+        let before = chrono::DateTime::parse_from_rfc3339("2026-11-28T01:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let inside = before + 90 * 60 * 1000;
+        let windows = Windows::parse("Sat 02:00-04:00").unwrap();
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                batch_delay_ms: 60_000,
+                ..Policy::default()
+            },
+            vec![target("a", "x", 1), target("b", "x", 1)],
+        );
+        let at = |now_ms| Observation {
+            now_ms,
+            connected: &all,
+            windows: &windows,
+        };
+        assert_eq!(plan(&r, &at(before)), vec![]);
+        assert_eq!(next_wake(&r, &at(before)), Some(before + 60 * 60 * 1000));
+        assert_eq!(plan(&r, &at(inside)), vec![Action::Dispatch(0)]);
+        r.set(
+            0,
+            TargetState::Dispatched {
+                op_id: "o".into(),
+                at_ms: inside,
+            },
+            inside,
+        );
+        r.set(0, after_update("updated", "", inside + 10), inside + 10);
+        assert_eq!(plan(&r, &at(inside + 20)), vec![], "batch delay");
+        assert_eq!(
+            plan(&r, &at(inside + 10 + 60_000)),
+            vec![Action::Dispatch(1)]
+        );
+    }
+}
