@@ -14,6 +14,7 @@ use crate::commands::{CommandError, Dispatcher, RecreateOptions};
 use crate::cycle::Cycle;
 use crate::detect::Decision;
 use crate::fleet::Fleet;
+use crate::rollout::{Rollout, RolloutState, TargetState};
 
 /// The `Admin` service.
 pub struct AdminApi {
@@ -153,6 +154,145 @@ impl pb::admin_server::Admin for AdminApi {
         let report = self.cycle.run(dry_run).await;
         Ok(Response::new(check_response(report)))
     }
+
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let id = request.into_inner().id;
+        let rollouts: Vec<pb::Rollout> = self
+            .fleet
+            .rollouts()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .iter()
+            .filter(|r| id.is_empty() || r.id == id)
+            .map(rollout_pb)
+            .collect();
+        if !id.is_empty() && rollouts.is_empty() {
+            return Err(Status::not_found(format!("no rollout {id}")));
+        }
+        Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let entries = self
+            .fleet
+            .history()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .filter(|e| r.host.is_empty() || e.host == r.host)
+            .filter(|e| r.container.is_empty() || e.container == r.container)
+            .filter(|e| e.finished_ms >= r.since_unix_ms)
+            .map(|e| pb::HistoryEntry {
+                rollout: e.rollout,
+                host: e.host,
+                container: e.container,
+                image: e.image,
+                old_digest: e.old_digest,
+                new_digest: e.new_digest,
+                result: e.result,
+                reason: e.reason,
+                started_unix_ms: e.started_ms,
+                finished_unix_ms: e.finished_ms,
+                duration_ms: e.duration_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::HistoryResponse { entries }))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<pb::ResumeRolloutRequest>,
+    ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
+        let id = request.into_inner().id;
+        let mut rollout = self
+            .fleet
+            .rollouts()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .find(|r| {
+                matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
+            })
+            .ok_or_else(|| {
+                Status::failed_precondition(if id.is_empty() {
+                    "no paused rollout".to_owned()
+                } else {
+                    format!("no paused rollout {id}")
+                })
+            })?;
+        rollout.state = RolloutState::Running;
+        rollout.updated_ms = ouroboros_shared::time_fmt::now_unix_ms();
+        let fleet = self.fleet.clone();
+        let stored = rollout.clone();
+        let saved = tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
+            .await
+            .unwrap_or(false);
+        if !saved {
+            return Err(Status::unavailable("cannot store the rollout; try again"));
+        }
+        info!(rollout = %rollout.id, "Rollout resumed.");
+        let cycle = self.cycle.clone();
+        tokio::spawn(async move { cycle.resume().await });
+        Ok(Response::new(pb::ResumeRolloutResponse {
+            rollout: Some(rollout_pb(&rollout)),
+        }))
+    }
+}
+
+/// A rollout as the admin API shows it.
+pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
+    let reason = match &r.state {
+        RolloutState::Paused { reason }
+        | RolloutState::RollingBack { reason }
+        | RolloutState::RolledBack { reason } => reason.clone(),
+        RolloutState::Completed { failed } if *failed > 0 => format!("{failed} target(s) failed"),
+        _ => String::new(),
+    };
+    pb::Rollout {
+        id: r.id.clone(),
+        state: r.state.name().to_owned(),
+        reason,
+        created_unix_ms: r.created_ms,
+        updated_unix_ms: r.updated_ms,
+        targets: r
+            .targets
+            .iter()
+            .map(|t| {
+                let (reason, op_id) = match &t.state {
+                    TargetState::Failed { reason, outcome } => {
+                        (format!("{outcome}: {reason}"), String::new())
+                    }
+                    TargetState::Skipped { reason } | TargetState::RevertFailed { reason } => {
+                        (reason.clone(), String::new())
+                    }
+                    TargetState::Dispatched { op_id, .. }
+                    | TargetState::Reverting { op_id, .. } => (String::new(), op_id.clone()),
+                    _ => (String::new(), String::new()),
+                };
+                pb::RolloutTarget {
+                    host: t.host.clone(),
+                    container: t.container.clone(),
+                    image: t.image.clone(),
+                    old_digest: t.old_digest.clone(),
+                    new_digest: t.new_digest.clone(),
+                    state: t.state.name().to_owned(),
+                    reason,
+                    op_id,
+                    started_unix_ms: t.started_ms,
+                    finished_unix_ms: t.finished_ms,
+                    transitions: t
+                        .transitions
+                        .iter()
+                        .map(|(at, s)| format!("{at} {s}"))
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// A cycle's report as the admin API answers it.
@@ -181,5 +321,6 @@ pub fn check_response(report: crate::cycle::Report) -> pb::CheckResponse {
     pb::CheckResponse {
         containers,
         pruned: report.pruned,
+        rollout: report.rollout.as_ref().map(rollout_pb),
     }
 }

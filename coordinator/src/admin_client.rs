@@ -416,3 +416,179 @@ mod tests {
         assert!(t.contains("disconnected  1m ago"), "{t}");
     }
 }
+
+fn rollout_json(r: &pb::Rollout) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "state": r.state,
+        "reason": r.reason,
+        "created": rfc3339_ms(r.created_unix_ms),
+        "updated": rfc3339_ms(r.updated_unix_ms),
+        "targets": r.targets.iter().map(|t| json!({
+            "host": t.host,
+            "container": t.container,
+            "image": t.image,
+            "old_digest": t.old_digest,
+            "new_digest": t.new_digest,
+            "state": t.state,
+            "reason": t.reason,
+            "op_id": t.op_id,
+            "started": rfc3339_ms(t.started_unix_ms),
+            "finished": rfc3339_ms(t.finished_unix_ms),
+            "transitions": t.transitions.iter().filter_map(|line| {
+                let (at, state) = line.split_once(' ')?;
+                Some(json!({"at": rfc3339_ms(at.parse().ok()?), "at_unix_ms": at.parse::<i64>().ok()?, "state": state}))
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `rollouts [ID]`: stored rollouts, newest first; with an id, that one's targets.
+pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let rollouts = client
+        .list_rollouts(pb::ListRolloutsRequest {
+            id: id.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .rollouts;
+    let now = now_unix_ms();
+    match (args.output, id) {
+        (OutputFormat::Json, _) => {
+            let items: Vec<_> = rollouts.iter().map(rollout_json).collect();
+            print!("{}", pretty(&items));
+        }
+        (OutputFormat::Table, None) => {
+            let rows: Vec<Vec<String>> = rollouts
+                .iter()
+                .map(|r| {
+                    let done = r.targets.iter().filter(|t| t.state == "updated").count();
+                    vec![
+                        r.id.clone(),
+                        r.state.clone(),
+                        format!("{done}/{}", r.targets.len()),
+                        age(r.created_unix_ms, now),
+                        r.reason.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ROLLOUT", "STATE", "UPDATED", "CREATED", "REASON"], &rows)
+            );
+        }
+        (OutputFormat::Table, Some(_)) => {
+            for r in &rollouts {
+                println!("rollout {}: {} {}", r.id, r.state, r.reason);
+                let rows: Vec<Vec<String>> = r
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.host.clone(),
+                            t.container.clone(),
+                            t.state.clone(),
+                            t.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["HOST", "CONTAINER", "STATE", "REASON"], &rows)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `history`: past outcomes, oldest first.
+pub async fn history(
+    args: &AdminArgs,
+    host: Option<&str>,
+    container: Option<&str>,
+    since: Option<Duration>,
+) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let since_unix_ms = since.map_or(0, |d| {
+        now_unix_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    });
+    let entries = client
+        .history(pb::HistoryRequest {
+            host: host.unwrap_or_default().to_owned(),
+            container: container.unwrap_or_default().to_owned(),
+            since_unix_ms,
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .entries;
+    match args.output {
+        OutputFormat::Json => {
+            let items: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "rollout": e.rollout,
+                        "host": e.host,
+                        "container": e.container,
+                        "image": e.image,
+                        "old_digest": e.old_digest,
+                        "new_digest": e.new_digest,
+                        "result": e.result,
+                        "reason": e.reason,
+                        "started": rfc3339_ms(e.started_unix_ms),
+                        "finished": rfc3339_ms(e.finished_unix_ms),
+                        "duration_ms": e.duration_ms,
+                    })
+                })
+                .collect();
+            print!("{}", pretty(&items));
+        }
+        OutputFormat::Table => {
+            let now = now_unix_ms();
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        age(e.finished_unix_ms, now),
+                        e.host.clone(),
+                        e.container.clone(),
+                        e.result.clone(),
+                        format!("{:.1}s", e.duration_ms as f64 / 1000.0),
+                        e.reason.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["FINISHED", "HOST", "CONTAINER", "RESULT", "TOOK", "REASON"],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `resume [ID]`: a paused rollout runs again.
+pub async fn resume(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let rollout = client
+        .resume_rollout(pb::ResumeRolloutRequest {
+            id: id.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner()
+        .rollout
+        .unwrap_or_default();
+    match args.output {
+        OutputFormat::Json => print!("{}", pretty(&[rollout_json(&rollout)])),
+        OutputFormat::Table => println!("rollout {} resumed", rollout.id),
+    }
+    Ok(())
+}

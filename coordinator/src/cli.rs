@@ -57,6 +57,60 @@ pub enum Command {
     Check(CheckArgs),
     /// What would update now, and what is skipped and why (a dry-run check).
     Updates(AdminArgs),
+    /// Stored rollouts, newest first; with an id, that rollout's targets.
+    Rollouts(RolloutsArgs),
+    /// Outcomes of past updates, oldest first.
+    History(HistoryArgs),
+    /// Run a paused rollout again (the newest paused one without an id).
+    Resume(RolloutsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutsArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// A rollout id (`r-…`).
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Only this host's outcomes.
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub host: Option<HostName>,
+    /// Only this container's outcomes.
+    #[arg(long, value_name = "NAME", value_parser = parse_container)]
+    pub container: Option<String>,
+    /// Only outcomes of the last DURATION (`90s`, `30m`, `12h`, `7d`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "{value:?} is not a duration like 90s, 30m, 12h or 7d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +227,82 @@ pub struct PolicyArgs {
     /// After each cycle, remove anonymous volumes no container uses (named volumes are kept).
     #[arg(long, env = ENV_CLEANUP_UNUSED_VOLUMES, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub cleanup_unused_volumes: bool,
+    /// Hosts updating at once in a rollout; 0: no limit.
+    #[arg(long, env = ENV_MAX_HOSTS_IN_FLIGHT, default_value_t = 0, value_name = "N")]
+    pub max_hosts_in_flight: u32,
+    /// Canary hosts, updated first: host names (comma-separated) or a count.
+    #[arg(long, env = ENV_CANARY_HOSTS, value_name = "HOSTS|N", value_parser = parse_canary, default_value = "")]
+    pub canary_hosts: CanaryArg,
+    /// Seconds the canary hosts must stay healthy before the other hosts start.
+    #[arg(long, env = ENV_CANARY_WAIT, default_value_t = 60, value_name = "SECONDS")]
+    pub canary_wait: u64,
+    /// Seconds before a freed host slot takes the next host.
+    #[arg(long, env = ENV_BATCH_DELAY, default_value_t = 0, value_name = "SECONDS")]
+    pub batch_delay: u64,
+    /// Seconds a new container must be healthy (or, without a healthcheck, running) to count
+    /// as updated [default: 0, the agent's own: 10 s running without a healthcheck].
+    #[arg(long, env = ENV_MIN_HEALTHY_TIME, default_value_t = 0, value_name = "SECONDS")]
+    pub min_healthy_time: u64,
+    /// Longest wait in seconds for a new container to become healthy [default: 0, the
+    /// agent's own: 120 s].
+    #[arg(long, env = ENV_HEALTHY_DEADLINE, default_value_t = 0, value_name = "SECONDS")]
+    pub healthy_deadline: u64,
+    /// Longest time in seconds from a command to its agent's answer; then the target fails.
+    #[arg(long, env = ENV_PROGRESS_DEADLINE, default_value_t = 900, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_deadline: u64,
+    /// When too many targets fail: pause (nothing new starts), rollback (updated targets go
+    /// back to their previous digest) or continue.
+    #[arg(long, env = ENV_FAILURE_ACTION, default_value = "pause", value_name = "ACTION")]
+    pub failure_action: crate::rollout::FailureAction,
+    /// Failures tolerated before the failure action, as a share of the targets (0 to 1).
+    #[arg(long, env = ENV_MAX_FAILURE_RATIO, default_value_t = 0.0, value_name = "RATIO", value_parser = parse_ratio)]
+    pub max_failure_ratio: f64,
+    /// Maintenance windows, `;`-separated, e.g. `Sat 02:00-04:00; Mon-Fri 22:00-06:00
+    /// Europe/Berlin`: new work starts only inside one (UTC unless a zone is given).
+    #[arg(long, env = ENV_MAINTENANCE_WINDOWS, value_name = "WINDOWS", value_parser = parse_windows, default_value = "")]
+    pub maintenance_windows: crate::window::Windows,
+    /// Days of update history kept.
+    #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub history_retention: u64,
+}
+
+/// `--canary-hosts`: names or a count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryArg(pub crate::rollout::Canary);
+
+fn parse_canary(value: &str) -> Result<CanaryArg, String> {
+    use crate::rollout::Canary;
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(CanaryArg(Canary::None));
+    }
+    if let Ok(n) = value.parse::<u32>() {
+        return Ok(CanaryArg(if n == 0 {
+            Canary::None
+        } else {
+            Canary::Count(n)
+        }));
+    }
+    let hosts = parse_list(value)?;
+    for h in &hosts {
+        parse_host(h)?;
+    }
+    Ok(CanaryArg(Canary::Hosts(hosts)))
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{value:?} is not a ratio from 0 to 1")),
+    }
+}
+
+fn parse_windows(value: &str) -> Result<crate::window::Windows, String> {
+    crate::window::Windows::parse(value)
+}
+
+fn secs_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// Registry hosts (`host[:port]`).
@@ -336,6 +466,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Update(args) => admin_client::update(&args).await,
         Command::Check(args) => admin_client::check(&args.admin, args.dry_run).await,
         Command::Updates(args) => admin_client::check(&args, true).await,
+        Command::Rollouts(args) => admin_client::rollouts(&args.admin, args.id.as_deref()).await,
+        Command::History(args) => {
+            admin_client::history(
+                &args.admin,
+                args.host.as_ref().map(HostName::as_str),
+                args.container.as_deref(),
+                args.since,
+            )
+            .await
+        }
+        Command::Resume(args) => admin_client::resume(&args.admin, args.id.as_deref()).await,
     }
 }
 
@@ -397,6 +538,19 @@ impl PolicyArgs {
                 ..RegistryConfig::default()
             },
             run_once: None,
+            rollout: crate::rollout::Policy {
+                max_hosts_in_flight: args.max_hosts_in_flight,
+                canary: args.canary_hosts.0,
+                canary_wait_ms: secs_ms(args.canary_wait),
+                batch_delay_ms: secs_ms(args.batch_delay),
+                min_healthy_ms: secs_ms(args.min_healthy_time),
+                healthy_deadline_ms: secs_ms(args.healthy_deadline),
+                progress_deadline_ms: secs_ms(args.progress_deadline),
+                failure_action: args.failure_action,
+                max_failure_ratio: args.max_failure_ratio,
+                windows: args.maintenance_windows.to_string(),
+            },
+            history_retention: Duration::from_secs(args.history_retention * 24 * 3600),
         })
     }
 }
@@ -452,6 +606,7 @@ async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failu
     }));
     let once = async {
         let missing = wait_for_fleet(&fleet, wait).await;
+        cycle.resume().await;
         let report = cycle.run(dry_run).await;
         (missing, report)
     };

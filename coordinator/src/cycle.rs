@@ -10,9 +10,16 @@ use ouroboros_proto::v1 as pb;
 use tracing::{info, warn};
 
 use crate::commands::Dispatcher;
+use crate::deps::{Graph, Node};
 use crate::detect::{Decision, Detection, Selection, detect};
 use crate::fleet::Fleet;
 use crate::registry::RegistryClient;
+use crate::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
+use crate::runner::Runner;
+use crate::window::Windows;
+use ouroboros_shared::inventory::ContainerInfo;
+use ouroboros_shared::reference::ImageRef;
+use ouroboros_shared::time_fmt::now_unix_ms;
 
 /// Probes in flight at once across registries (each registry has its own limit too).
 const PROBE_CONCURRENCY: usize = 32;
@@ -36,6 +43,10 @@ pub struct Cycle {
     pub selection: Selection,
     pub cleanup: Cleanup,
     pub update_timeout: Duration,
+    /// How updates roll out.
+    pub policy: Policy,
+    pub windows: Windows,
+    pub runner: Runner,
     /// One cycle at a time, whoever starts it (schedule or `check`).
     running: tokio::sync::Mutex<()>,
 }
@@ -54,6 +65,32 @@ pub struct Report {
     pub checked: Vec<Checked>,
     /// Volume prunes, by host (with [`Cleanup::volumes`], outside dry runs).
     pub pruned: Vec<pb::VolumePrune>,
+    /// The rollout of this cycle's updates, as it ended (or paused).
+    pub rollout: Option<Rollout>,
+}
+
+/// What a target that got no answer from its agent reports.
+fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
+    use pb::recreate_result::Status;
+    let (status, reason) = match &t.state {
+        TargetState::Failed { reason, .. } => (Status::Error, reason.clone()),
+        TargetState::Skipped { reason } => (Status::Refused, reason.clone()),
+        TargetState::Pending => (
+            Status::Refused,
+            format!(
+                "not started: rollout {} {}",
+                rollout.id,
+                rollout.state.name()
+            ),
+        ),
+        other => (Status::Error, format!("no answer ({})", other.name())),
+    };
+    let mut r = pb::RecreateResult {
+        reason,
+        ..Default::default()
+    };
+    r.set_status(status);
+    r
 }
 
 impl Cycle {
@@ -64,7 +101,10 @@ impl Cycle {
         selection: Selection,
         cleanup: Cleanup,
         update_timeout: Duration,
+        policy: Policy,
     ) -> Self {
+        let windows = Windows::parse(&policy.windows).unwrap_or_default();
+        let runner = Runner::new(fleet.clone(), commands.clone(), cleanup.images);
         Self {
             fleet,
             commands,
@@ -72,6 +112,9 @@ impl Cycle {
             selection,
             cleanup,
             update_timeout,
+            policy,
+            windows,
+            runner,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -103,13 +146,38 @@ impl Cycle {
                 });
             }
         }
-        let detections = detect(
+        let mut detections = detect(
             self.registry.clone(),
             &containers,
             &self.selection,
             PROBE_CONCURRENCY,
         )
         .await;
+        // Dependencies, per host: containers in a cycle or missing a parent are skipped.
+        let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
+        for host in &connected {
+            let nodes: Vec<Node> = containers
+                .iter()
+                .filter(|(h, _)| h == host)
+                .map(|(_, c)| Node {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    labels: c.labels.clone(),
+                    network_mode: c.network_mode.clone(),
+                    links: c.links.clone(),
+                })
+                .collect();
+            graphs.insert(host.clone(), Graph::build(&nodes));
+        }
+        for d in &mut detections {
+            if let (Decision::Update { .. }, Some(graph)) = (&d.decision, graphs.get(&d.host))
+                && let Some(why) = graph.broken(&d.container)
+            {
+                d.decision = Decision::Skip {
+                    reason: why.to_owned(),
+                };
+            }
+        }
         let updates = detections
             .iter()
             .filter(|d| matches!(d.decision, Decision::Update { .. }))
@@ -119,50 +187,41 @@ impl Cycle {
             updates, dry_run, "Check cycle: detection done."
         );
         let mut results: BTreeMap<(String, String), pb::RecreateResult> = BTreeMap::new();
-        if !dry_run {
-            let mut per_host: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-            for d in &detections {
-                if let Decision::Update { target, .. } = &d.decision {
-                    per_host
-                        .entry(d.host.clone())
-                        .or_default()
-                        .push((d.container.clone(), target.clone()));
+        let mut rollout = None;
+        if !dry_run && updates > 0 {
+            if let Some(paused) = self.paused_rollout() {
+                // A paused rollout holds the fleet: nothing new starts until it is resumed.
+                let why = match &paused.state {
+                    RolloutState::Paused { reason } => reason.clone(),
+                    _ => String::new(),
+                };
+                for d in &mut detections {
+                    if matches!(d.decision, Decision::Update { .. }) {
+                        d.decision = Decision::Skip {
+                            reason: format!("rollout {} is paused ({why})", paused.id),
+                        };
+                    }
                 }
-            }
-            let runs = per_host.into_iter().map(|(host, list)| async move {
-                let mut done = Vec::new();
-                for (container, target) in list {
-                    let result = match self
-                        .commands
-                        .recreate(
-                            &host,
-                            &container,
-                            &target,
-                            &crate::commands::RecreateOptions {
-                                cleanup: self.cleanup.images,
-                                ..Default::default()
-                            },
-                            self.update_timeout,
-                        )
-                        .await
-                    {
-                        Ok(outcome) => outcome.result.recreate.unwrap_or_default(),
-                        Err(e) => {
-                            warn!(host = %host, container = %container, error = %e, "Update not done.");
-                            let mut r = pb::RecreateResult {
-                                reason: e.to_string(),
-                                ..Default::default()
-                            };
-                            r.set_status(pb::recreate_result::Status::Error);
+            } else {
+                let planned = self.plan_rollout(&detections, &containers, &graphs);
+                info!(rollout = %planned.id, targets = planned.targets.len(), "Rollout starts.");
+                let (done, answers) = self.runner.run(planned, &self.windows).await;
+                info!(rollout = %done.id, state = done.state.name(), "Rollout stops.");
+                for (i, t) in done.targets.iter().enumerate() {
+                    let result = answers
+                        .get(&i)
+                        .cloned()
+                        .map(|mut r| {
+                            if matches!(t.state, TargetState::Reverted { .. }) {
+                                r.set_status(pb::recreate_result::Status::RolledBack);
+                                r.reason = format!("reverted: rollout {}", done.state.name());
+                            }
                             r
-                        }
-                    };
-                    done.push(((host.clone(), container), result));
+                        })
+                        .unwrap_or_else(|| unanswered(t, &done));
+                    results.insert((t.host.clone(), t.container.clone()), result);
                 }
-                done
-            });
-            for done in futures_util::future::join_all(runs).await {
-                results.extend(done);
+                rollout = Some(done);
             }
         }
         let pruned = if self.cleanup.volumes && !dry_run {
@@ -178,7 +237,111 @@ impl Cycle {
                 Checked { detection, result }
             })
             .collect();
-        Report { checked, pruned }
+        Report {
+            checked,
+            pruned,
+            rollout,
+        }
+    }
+
+    /// A stored rollout that is paused, if any.
+    fn paused_rollout(&self) -> Option<Rollout> {
+        self.fleet
+            .rollouts()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| matches!(r.state, RolloutState::Paused { .. }))
+    }
+
+    /// The rollout of this cycle's updates: per host in dependency order, canary hosts first.
+    fn plan_rollout(
+        &self,
+        detections: &[Detection],
+        containers: &[(String, ContainerInfo)],
+        graphs: &BTreeMap<String, Graph>,
+    ) -> Rollout {
+        let mut by_host: BTreeMap<String, Vec<&Detection>> = BTreeMap::new();
+        for d in detections {
+            if matches!(d.decision, Decision::Update { .. }) {
+                by_host.entry(d.host.clone()).or_default().push(d);
+            }
+        }
+        let hosts: Vec<String> = by_host.keys().cloned().collect();
+        let canary: Vec<String> = match &self.policy.canary {
+            Canary::None => Vec::new(),
+            Canary::Hosts(list) => hosts.iter().filter(|h| list.contains(h)).cloned().collect(),
+            Canary::Count(n) => hosts.iter().take(*n as usize).cloned().collect(),
+        };
+        let mut targets = Vec::new();
+        let mut ordered_hosts = hosts.clone();
+        ordered_hosts.sort_by_key(|h| (!canary.contains(h), h.clone()));
+        for host in ordered_hosts {
+            let list = &by_host[&host];
+            let names: Vec<String> = list.iter().map(|d| d.container.clone()).collect();
+            let order = graphs.get(&host).map(|g| g.order(&names)).unwrap_or(names);
+            for name in order {
+                let Some(d) = list.iter().find(|d| d.container == name) else {
+                    continue;
+                };
+                let Decision::Update { target, digest } = &d.decision else {
+                    continue;
+                };
+                let info = containers
+                    .iter()
+                    .find(|(h, c)| h == &host && c.name == name)
+                    .map(|(_, c)| c);
+                let old_digest = info
+                    .and_then(|c| {
+                        ImageRef::parse(&c.image)
+                            .ok()
+                            .and_then(|r| r.digest_in(&c.repo_digests).map(str::to_owned))
+                    })
+                    .unwrap_or_default();
+                let tagged = target.split('@').next().unwrap_or(target).to_owned();
+                targets.push(Target {
+                    host: host.clone(),
+                    container: name.clone(),
+                    image: d.image.clone(),
+                    target: target.clone(),
+                    previous: format!("{tagged}@{old_digest}"),
+                    old_digest,
+                    new_digest: digest.clone(),
+                    batch: u32::from(!canary.contains(&host)),
+                    state: TargetState::Pending,
+                    started_ms: 0,
+                    finished_ms: 0,
+                    transitions: vec![(now_unix_ms(), "pending".to_owned())],
+                });
+            }
+        }
+        let now = now_unix_ms();
+        Rollout {
+            id: self.runner.new_id(),
+            created_ms: now,
+            updated_ms: now,
+            policy: self.policy.clone(),
+            state: RolloutState::Running,
+            targets,
+            last_host_done_ms: 0,
+            canary_done_ms: 0,
+        }
+    }
+
+    /// Continues the rollouts a restart interrupted, before any new cycle.
+    pub async fn resume(&self) {
+        let _turn = self.running.lock().await;
+        let active: Vec<Rollout> = self
+            .fleet
+            .rollouts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.state.is_active())
+            .collect();
+        for r in active {
+            info!(rollout = %r.id, "Resuming a rollout interrupted by a restart.");
+            let (done, _) = self.runner.run(r, &self.windows).await;
+            info!(rollout = %done.id, state = done.state.name(), "Resumed rollout stops.");
+        }
     }
 
     /// Each host's unused anonymous volumes, hosts in parallel.

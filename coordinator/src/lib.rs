@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod output;
 pub mod registry;
 pub mod rollout;
+pub mod runner;
 pub mod schedule;
 pub mod server;
 pub mod store;

@@ -297,7 +297,7 @@ pub enum Action {
 pub struct Observation<'a> {
     pub now_ms: i64,
     /// Hosts whose agents are connected.
-    pub connected: &'a dyn Fn(&str) -> bool,
+    pub connected: &'a (dyn Fn(&str) -> bool + Sync),
     pub windows: &'a Windows,
 }
 

@@ -45,6 +45,10 @@ pub struct ServeConfig {
     pub cleanup_volumes: bool,
     /// `serve --run-once`: the longest wait for the fleet's agents before the one cycle.
     pub run_once: Option<Duration>,
+    /// How updates roll out.
+    pub rollout: crate::rollout::Policy,
+    /// How long outcomes are kept.
+    pub history_retention: Duration,
     /// When scheduled cycles run.
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
@@ -66,6 +70,8 @@ impl ServeConfig {
             cleanup: false,
             cleanup_volumes: false,
             run_once: None,
+            rollout: crate::rollout::Policy::default(),
+            history_retention: Duration::from_secs(90 * 24 * 3600),
             schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
             detect_only: false,
         }
@@ -103,9 +109,19 @@ async fn scheduled_cycles(
     cycle: Arc<Cycle>,
     schedule: Schedule,
     detect_only: bool,
+    retention: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Rollouts a restart interrupted go on before anything new.
+    tokio::select! {
+        () = cycle.resume() => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
     loop {
+        let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        cycle
+            .fleet
+            .prune_history(ouroboros_shared::time_fmt::now_unix_ms().saturating_sub(keep_ms));
         let wait = schedule
             .wait_from(chrono::Utc::now())
             .unwrap_or(crate::schedule::DEFAULT_INTERVAL);
@@ -184,6 +200,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
             volumes: config.cleanup_volumes,
         },
         UPDATE_TIMEOUT,
+        config.rollout.clone(),
     ));
     Ok(Prepared {
         config,
@@ -229,6 +246,7 @@ pub async fn run(
         cycle.clone(),
         config.schedule.clone(),
         config.detect_only,
+        config.history_retention,
         stop_rx.clone(),
     ));
     if config.run_once.is_some() {

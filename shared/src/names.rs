@@ -49,6 +49,29 @@ pub const ENV_CLEANUP_UNUSED_VOLUMES: &str = "CLEANUP_UNUSED_VOLUMES";
 /// `serve --run-once`: longest wait for the fleet's agents before the cycle.
 pub const ENV_RUN_ONCE_WAIT: &str = "OUROBOROS_RUN_ONCE_WAIT";
 
+/// Rollouts: hosts updating at once (0: no limit).
+pub const ENV_MAX_HOSTS_IN_FLIGHT: &str = "OUROBOROS_MAX_HOSTS_IN_FLIGHT";
+/// Rollouts: canary hosts (names, or a count), updated first.
+pub const ENV_CANARY_HOSTS: &str = "OUROBOROS_CANARY_HOSTS";
+/// Rollouts: health period (s) after the canary hosts.
+pub const ENV_CANARY_WAIT: &str = "OUROBOROS_CANARY_WAIT";
+/// Rollouts: pause (s) before a freed host slot takes the next host.
+pub const ENV_BATCH_DELAY: &str = "OUROBOROS_BATCH_DELAY";
+/// Rollouts: how long (s) a new container must be healthy (or running) to count as updated.
+pub const ENV_MIN_HEALTHY_TIME: &str = "OUROBOROS_MIN_HEALTHY_TIME";
+/// Rollouts: longest wait (s) for a new container to become healthy.
+pub const ENV_HEALTHY_DEADLINE: &str = "OUROBOROS_HEALTHY_DEADLINE";
+/// Rollouts: longest (s) from a command to its answer; then the target fails.
+pub const ENV_PROGRESS_DEADLINE: &str = "OUROBOROS_PROGRESS_DEADLINE";
+/// Rollouts: `pause`, `rollback` or `continue` when too many targets fail.
+pub const ENV_FAILURE_ACTION: &str = "OUROBOROS_FAILURE_ACTION";
+/// Rollouts: failures tolerated, as a share of the targets (0 to 1).
+pub const ENV_MAX_FAILURE_RATIO: &str = "OUROBOROS_MAX_FAILURE_RATIO";
+/// Rollouts: maintenance windows, `;`-separated (`Sat 02:00-04:00 Europe/Berlin`).
+pub const ENV_MAINTENANCE_WINDOWS: &str = "OUROBOROS_MAINTENANCE_WINDOWS";
+/// Days of update history kept.
+pub const ENV_HISTORY_RETENTION: &str = "OUROBOROS_HISTORY_RETENTION";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

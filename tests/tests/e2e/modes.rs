@@ -154,8 +154,9 @@ fn run_once_with_helper_credentials_cleans_up_old_images_and_unused_anonymous_vo
     assert_eq!(code, 0, "{log}");
     // The printed cycle: both updated; the solo image removed, the shared one kept.
     let line = |name: &str| -> String {
+        // The printed table's row (log lines start with a timestamp).
         log.lines()
-            .find(|l| l.contains(name) && l.contains("update"))
+            .find(|l| l.starts_with("host-a") && l.contains(name))
             .unwrap_or_default()
             .to_owned()
     };

@@ -1,0 +1,306 @@
+//! Runs a rollout: asks [`plan`] what to do, writes each state change to the store before the
+//! command it leads to is sent, sends the commands and feeds the agents' answers back. A
+//! rollout read back after a restart continues where it stopped: a target caught between its
+//! command and its answer gets the same op id again, which an agent answers with its stored
+//! outcome instead of doing the work twice (and does now if the command never reached it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ouroboros_proto::v1 as pb;
+use ouroboros_shared::time_fmt::now_unix_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::commands::{CommandError, Dispatcher, RecreateOptions};
+use crate::fleet::Fleet;
+use crate::rollout::{
+    Action, HistoryEntry, Observation, Rollout, TargetState, after_revert, after_update, next_wake,
+    plan,
+};
+use crate::window::Windows;
+
+/// How often the runner looks again without an answer (hosts connect and go).
+const TICK: Duration = Duration::from_secs(1);
+/// Pause between attempts to reach an agent that is away.
+const RESEND: Duration = Duration::from_secs(1);
+
+/// One agent answer for target `index`.
+struct Answer {
+    index: usize,
+    revert: bool,
+    result: pb::RecreateResult,
+}
+
+/// Runs rollouts on the fleet.
+pub struct Runner {
+    fleet: Arc<Fleet>,
+    commands: Arc<Dispatcher>,
+    /// Remove old images after updates (CLEANUP).
+    cleanup_images: bool,
+    /// The latest state of the rollout being run, for watchers.
+    pub progress: watch::Sender<Option<Rollout>>,
+    next_id: AtomicU64,
+}
+
+/// The agent's answer as the CLI names it.
+pub fn status_name(result: &pb::RecreateResult) -> &'static str {
+    use pb::recreate_result::Status;
+    match result.status() {
+        Status::Updated => "updated",
+        Status::AlreadyCurrent => "already-current",
+        Status::Refused => "refused",
+        Status::RolledBack => "rolled-back",
+        Status::RollbackFailed => "rollback-failed",
+        Status::Error | Status::Unspecified => "error",
+    }
+}
+
+impl Runner {
+    pub fn new(fleet: Arc<Fleet>, commands: Arc<Dispatcher>, cleanup_images: bool) -> Self {
+        Self {
+            fleet,
+            commands,
+            cleanup_images,
+            progress: watch::channel(None).0,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh rollout id, ordered by time.
+    pub fn new_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("r-{}-{n}", now_unix_ms())
+    }
+
+    /// Writes `rollout` (and outcomes) and waits until it is on disk; while the store fails,
+    /// keeps trying: nothing may be sent before its state is stored.
+    async fn persist(&self, rollout: &Rollout, history: Vec<HistoryEntry>) {
+        let mut history = history;
+        loop {
+            let fleet = self.fleet.clone();
+            let r = rollout.clone();
+            let h = std::mem::take(&mut history);
+            let stored = tokio::task::spawn_blocking(move || fleet.save_rollout(&r, h))
+                .await
+                .unwrap_or(false);
+            if stored {
+                let _ = self.progress.send(Some(rollout.clone()));
+                return;
+            }
+            warn!(rollout = %rollout.id, "Cannot store the rollout; retrying before going on.");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends the command for target `index` with `op_id` until an answer comes (the agent may
+    /// be away for a while: the rollout's progress deadline ends the attempts).
+    fn send(
+        &self,
+        rollout: &Rollout,
+        index: usize,
+        op_id: String,
+        revert: bool,
+        answers: mpsc::Sender<Answer>,
+    ) -> JoinHandle<()> {
+        let t = &rollout.targets[index];
+        let host = t.host.clone();
+        let container = t.container.clone();
+        let image = if revert {
+            t.previous.clone()
+        } else {
+            t.target.clone()
+        };
+        let options = RecreateOptions {
+            op_id: Some(op_id),
+            // Going back keeps the image that was just replaced, in case it is wanted again.
+            cleanup: self.cleanup_images && !revert,
+            min_healthy_ms: rollout.policy.min_healthy_ms,
+            healthy_deadline_ms: rollout.policy.healthy_deadline_ms,
+            auth_image: None,
+        };
+        let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            loop {
+                match commands
+                    .recreate(&host, &container, &image, &options, wait)
+                    .await
+                {
+                    Ok(outcome) => {
+                        let result = outcome.result.recreate.unwrap_or_default();
+                        let _ = answers
+                            .send(Answer {
+                                index,
+                                revert,
+                                result,
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(
+                        e @ (CommandError::NotConnected(_)
+                        | CommandError::AgentGone { .. }
+                        | CommandError::TimedOut { .. }),
+                    ) => {
+                        info!(host = %host, container = %container, error = %e, "No answer yet; the same operation is sent again when the agent is there.");
+                        tokio::time::sleep(RESEND).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs `rollout` until it has ended or is paused with nothing in flight. Returns it with
+    /// the agents' last answers by target.
+    pub async fn run(
+        &self,
+        mut rollout: Rollout,
+        windows: &Windows,
+    ) -> (Rollout, BTreeMap<usize, pb::RecreateResult>) {
+        let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
+        let mut senders: BTreeMap<usize, JoinHandle<()>> = BTreeMap::new();
+        let mut results: BTreeMap<usize, pb::RecreateResult> = BTreeMap::new();
+        // Picked up after a restart: what was in flight is asked again, with its op id and a
+        // fresh deadline (the agent may have finished long ago, or never got the command).
+        let now = now_unix_ms();
+        for i in 0..rollout.targets.len() {
+            let (op_id, revert) = match &rollout.targets[i].state {
+                TargetState::Dispatched { op_id, .. } => (op_id.clone(), false),
+                TargetState::Reverting { op_id, .. } => (op_id.clone(), true),
+                _ => continue,
+            };
+            let state = if revert {
+                TargetState::Reverting {
+                    op_id: op_id.clone(),
+                    at_ms: now,
+                }
+            } else {
+                TargetState::Dispatched {
+                    op_id: op_id.clone(),
+                    at_ms: now,
+                }
+            };
+            rollout.targets[i].state = state;
+            info!(rollout = %rollout.id, host = %rollout.targets[i].host, container = %rollout.targets[i].container, op = %op_id, "Resuming: asking the agent for the outcome of an operation in flight.");
+            senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+        }
+        loop {
+            let now = now_unix_ms();
+            let hosts = self.fleet.hosts();
+            let connected = |host: &str| {
+                hosts
+                    .iter()
+                    .any(|h| h.record.host == host && h.connected && h.reported)
+            };
+            let observation = Observation {
+                now_ms: now,
+                connected: &connected,
+                windows,
+            };
+            let actions = plan(&rollout, &observation);
+            let mut history = Vec::new();
+            let mut to_send = Vec::new();
+            for action in &actions {
+                match action {
+                    Action::Dispatch(i) | Action::Revert(i) => {
+                        let revert = matches!(action, Action::Revert(_));
+                        let op_id = self.commands.new_op_id();
+                        let state = if revert {
+                            TargetState::Reverting {
+                                op_id: op_id.clone(),
+                                at_ms: now,
+                            }
+                        } else {
+                            TargetState::Dispatched {
+                                op_id: op_id.clone(),
+                                at_ms: now,
+                            }
+                        };
+                        rollout.set(*i, state, now);
+                        to_send.push((*i, op_id, revert));
+                    }
+                    Action::TimedOut(i) => {
+                        if let Some(sender) = senders.remove(i) {
+                            sender.abort();
+                        }
+                        let reverting =
+                            matches!(rollout.targets[*i].state, TargetState::Reverting { .. });
+                        let reason = format!(
+                            "no answer from host {} within the progress deadline ({} s)",
+                            rollout.targets[*i].host,
+                            rollout.policy.progress_deadline_ms / 1000
+                        );
+                        let state = if reverting {
+                            TargetState::RevertFailed { reason }
+                        } else {
+                            TargetState::Failed {
+                                reason,
+                                outcome: "timeout".into(),
+                            }
+                        };
+                        rollout.set(*i, state, now);
+                        history.push(rollout.targets[*i].history(&rollout.id));
+                    }
+                    Action::Become(state) => {
+                        info!(rollout = %rollout.id, state = state.name(), "Rollout state changes.");
+                        rollout.state = state.clone();
+                        rollout.updated_ms = now;
+                    }
+                }
+            }
+            if !actions.is_empty() {
+                // Stored before anything it leads to is sent.
+                self.persist(&rollout, history).await;
+                for (i, op_id, revert) in to_send {
+                    senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+                }
+            }
+            let in_flight = rollout.targets.iter().any(|t| !t.state.is_terminal());
+            let waiting_for_answers = rollout.targets.iter().any(|t| {
+                matches!(
+                    t.state,
+                    TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+                )
+            });
+            if !rollout.state.is_active() && !waiting_for_answers {
+                break;
+            }
+            if !actions.is_empty() && in_flight {
+                // Plan again at once: one change may allow the next.
+                continue;
+            }
+            let wake = next_wake(&rollout, &observation)
+                .map(|t| Duration::from_millis((t - now).max(0) as u64))
+                .unwrap_or(TICK)
+                .min(TICK);
+            tokio::select! {
+                Some(answer) = answers.recv() => {
+                    senders.remove(&answer.index);
+                    let now = now_unix_ms();
+                    let status = status_name(&answer.result);
+                    let reason = answer.result.reason.clone();
+                    let state = if answer.revert {
+                        after_revert(status, &reason, now)
+                    } else {
+                        after_update(status, &reason, now)
+                    };
+                    let t = &rollout.targets[answer.index];
+                    info!(rollout = %rollout.id, host = %t.host, container = %t.container, status, reason = %reason, "Target answered.");
+                    rollout.set(answer.index, state, now);
+                    let entry = rollout.targets[answer.index].history(&rollout.id);
+                    results.insert(answer.index, answer.result);
+                    self.persist(&rollout, vec![entry]).await;
+                }
+                () = tokio::time::sleep(wake) => {}
+            }
+        }
+        for (_, sender) in senders {
+            sender.abort();
+        }
+        (rollout, results)
+    }
+}
