@@ -377,46 +377,6 @@ fn pretty(items: &[serde_json::Value]) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_json_is_stable() {
-        let h = pb::HostStatus {
-            host: "h1".into(),
-            connected: false,
-            last_seen_unix_ms: 1_000,
-            agent_version: "0.1.0".into(),
-            engine: Some(pb::EngineInfo {
-                version: "20.10.24".into(),
-                api_version: "1.41".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-            }),
-            mode: pb::HostMode::Standalone.into(),
-            container_count: 3,
-            connected_since_unix_ms: 0,
-            inventory_at_unix_ms: 0,
-        };
-        let v: serde_json::Value = serde_json::from_str(&render_hosts(
-            std::slice::from_ref(&h),
-            OutputFormat::Json,
-            0,
-        ))
-        .unwrap();
-        assert_eq!(v[0]["host"], "h1");
-        assert_eq!(v[0]["connected"], false);
-        assert_eq!(v[0]["last_seen"], "1970-01-01T00:00:01Z");
-        assert_eq!(v[0]["connected_since"], serde_json::Value::Null);
-        assert_eq!(v[0]["api_version"], "1.41");
-        assert_eq!(v[0]["mode"], "standalone");
-        assert_eq!(v[0]["containers"], 3);
-        let t = render_hosts(&[h], OutputFormat::Table, 61_000);
-        assert!(t.contains("disconnected  1m ago"), "{t}");
-    }
-}
-
 fn rollout_json(r: &pb::Rollout) -> serde_json::Value {
     json!({
         "id": r.id,
@@ -591,4 +551,44 @@ pub async fn resume(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure> {
         OutputFormat::Table => println!("rollout {} resumed", rollout.id),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_json_is_stable() {
+        let h = pb::HostStatus {
+            host: "h1".into(),
+            connected: false,
+            last_seen_unix_ms: 1_000,
+            agent_version: "0.1.0".into(),
+            engine: Some(pb::EngineInfo {
+                version: "20.10.24".into(),
+                api_version: "1.41".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+            }),
+            mode: pb::HostMode::Standalone.into(),
+            container_count: 3,
+            connected_since_unix_ms: 0,
+            inventory_at_unix_ms: 0,
+        };
+        let v: serde_json::Value = serde_json::from_str(&render_hosts(
+            std::slice::from_ref(&h),
+            OutputFormat::Json,
+            0,
+        ))
+        .unwrap();
+        assert_eq!(v[0]["host"], "h1");
+        assert_eq!(v[0]["connected"], false);
+        assert_eq!(v[0]["last_seen"], "1970-01-01T00:00:01Z");
+        assert_eq!(v[0]["connected_since"], serde_json::Value::Null);
+        assert_eq!(v[0]["api_version"], "1.41");
+        assert_eq!(v[0]["mode"], "standalone");
+        assert_eq!(v[0]["containers"], 3);
+        let t = render_hosts(&[h], OutputFormat::Table, 61_000);
+        assert!(t.contains("disconnected  1m ago"), "{t}");
+    }
 }
