@@ -9,7 +9,7 @@ use ouroboros_proto::v1 as pb;
 use pb::agent_message::Kind;
 use pb::recreate_result::Status;
 use tokio::sync::{Mutex, mpsc};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::recreate::executor::{HealthGate, Recreator, RegistryAuth, Request};
 
@@ -68,6 +68,28 @@ impl CommandRunner {
             // Progress is informative: never wait for the link because of it.
             let _ = progress.try_send(message);
         };
+        // Soft dependants: stop the running ones now, start them again after.
+        let mut stopped = Vec::new();
+        for name in &command.soft_dependants {
+            let running = self
+                .recreator
+                .docker()
+                .inspect_container(name, None)
+                .await
+                .ok()
+                .and_then(|c| c.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if running {
+                report("stop dependant");
+                match self.recreator.docker().stop_container(name, None).await {
+                    Ok(()) => stopped.push(name.clone()),
+                    Err(e) => {
+                        warn!(dependant = %name, error = %e, "Cannot stop a dependant before the update.")
+                    }
+                }
+            }
+        }
         let result = match self.recreator.recreate_reporting(&request, &report).await {
             Ok(outcome) => {
                 let mut result = pb::RecreateResult::from(&outcome);
@@ -91,6 +113,12 @@ impl CommandRunner {
                 r
             }
         };
+        for name in &stopped {
+            report("start dependant");
+            if let Err(e) = self.recreator.docker().start_container(name, None).await {
+                warn!(dependant = %name, error = %e, "Cannot start a dependant after the update.");
+            }
+        }
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
         let _ = tx
             .send(pb::AgentMessage {

@@ -67,6 +67,8 @@ pub struct RecreateOptions {
     pub healthy_deadline_ms: i64,
     /// With an empty `image`: the reference whose registry's credentials go with the pull.
     pub auth_image: Option<String>,
+    /// Stopped before the update and started after it.
+    pub soft_dependants: Vec<String>,
 }
 
 /// The links of connected agents, by host.
@@ -174,6 +176,7 @@ impl Dispatcher {
                 cleanup: options.cleanup,
                 min_healthy_ms: options.min_healthy_ms,
                 healthy_deadline_ms: options.healthy_deadline_ms,
+                soft_dependants: options.soft_dependants.clone(),
             })
         })
         .await

@@ -182,6 +182,18 @@ impl Cycle {
             .iter()
             .filter(|d| matches!(d.decision, Decision::Update { .. }))
             .count();
+        // Each new digest of a container is announced once; the store remembers across
+        // restarts.
+        let announced = self.fleet.announced_digests().unwrap_or_default();
+        for d in &detections {
+            if let Decision::Update { digest, .. } = &d.decision {
+                let key = format!("{}/{}", d.host, d.container);
+                if announced.get(&key) != Some(digest) {
+                    info!(host = %d.host, container = %d.container, image = %d.image, digest = %digest, "New image available.");
+                    self.fleet.announced(key, digest.clone());
+                }
+            }
+        }
         info!(
             containers = detections.len(),
             updates, dry_run, "Check cycle: detection done."
@@ -311,6 +323,16 @@ impl Cycle {
                     started_ms: 0,
                     finished_ms: 0,
                     transitions: vec![(now_unix_ms(), "pending".to_owned())],
+                    soft_dependants: graphs
+                        .get(&host)
+                        .map(|g| {
+                            g.dependants(&name)
+                                .into_iter()
+                                .filter(|(_, kind)| *kind == crate::deps::Kind::Soft)
+                                .map(|(n, _)| n)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 });
             }
         }

@@ -169,6 +169,9 @@ pub struct Target {
     pub finished_ms: i64,
     /// Every state the target went through, with when (for `rollout --watch` and tests).
     pub transitions: Vec<(i64, String)>,
+    /// Containers that depend on it softly: stopped before its update, started after.
+    #[serde(default)]
+    pub soft_dependants: Vec<String>,
 }
 
 /// Where a rollout stands.
@@ -578,6 +581,7 @@ mod tests {
             started_ms: 0,
             finished_ms: 0,
             transitions: Vec::new(),
+            soft_dependants: Vec::new(),
         }
     }
 

@@ -121,6 +121,7 @@ impl Runner {
             min_healthy_ms: rollout.policy.min_healthy_ms,
             healthy_deadline_ms: rollout.policy.healthy_deadline_ms,
             auth_image: None,
+            soft_dependants: t.soft_dependants.clone(),
         };
         let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
         let commands = self.commands.clone();

@@ -362,15 +362,20 @@ fn selection_matrix_monitor_only_and_latest_only() -> anyhow::Result<()> {
         "host/name is for that host only: {d:?}"
     );
 
-    // MONITOR_ONLY: scheduled cycles see the updates and change nothing.
+    // MONITOR_ONLY: scheduled cycles see the updates and change nothing. A store of its own,
+    // where nothing was announced yet.
+    let fresh = tempfile::Builder::new()
+        .prefix("ouroboros-test-matrix-mo-")
+        .tempdir()?;
+    let mut watcher = Coordinator::init(&bins.coordinator, fresh.path(), &["host-a"])?;
     {
         let env = [
             ("MONITOR", all.as_str()),
             ("MONITOR_ONLY", "true"),
             ("INTERVAL", "1"),
         ];
-        let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
-        let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+        let server = watcher.serve_with_env("127.0.0.1:0", &env)?;
+        let _agent = watcher.agent(&bins.agent, "host-a", &engine)?;
         eventually(CONVERGE, POLL, || {
             let cycles = server
                 .log()
@@ -378,11 +383,45 @@ fn selection_matrix_monitor_only_and_latest_only() -> anyhow::Result<()> {
                 .filter(|l| l.contains("Scheduled check cycle done.") && l.contains("updates=3"))
                 .count();
             ensure!(
-                cycles >= 2,
+                cycles >= 3,
                 "{cycles} monitor-only cycles saw the 3 updates"
             );
             Ok(())
         })?;
+        // Each container's new digest was announced once, not once per cycle.
+        let log = server.log();
+        for c in [&m.plain, &m.enabled, &m.watchtower] {
+            let announced = log
+                .lines()
+                .filter(|l| {
+                    l.contains("New image available.") && l.contains(&format!("container={c} "))
+                })
+                .count();
+            assert_eq!(announced, 1, "{c} announced {announced} times");
+        }
+    }
+    {
+        // The store remembers across a restart: nothing is announced again.
+        let env = [
+            ("MONITOR", all.as_str()),
+            ("MONITOR_ONLY", "true"),
+            ("INTERVAL", "1"),
+        ];
+        let server = watcher.serve_with_env("127.0.0.1:0", &env)?;
+        let _agent = watcher.agent(&bins.agent, "host-a", &engine)?;
+        eventually(CONVERGE, POLL, || {
+            let cycles = server
+                .log()
+                .lines()
+                .filter(|l| l.contains("Scheduled check cycle done.") && l.contains("updates=3"))
+                .count();
+            ensure!(cycles >= 2, "{cycles} cycles after the restart");
+            Ok(())
+        })?;
+        assert!(
+            !server.log().contains("New image available."),
+            "announced again after a restart"
+        );
     }
     assert_eq!(ids()?, ids_before, "MONITOR_ONLY changed a container");
 
