@@ -506,8 +506,24 @@ impl Recreator {
                 None => target = pinned.clone(),
             }
         }
-        // A dependant keeps its image: it is recreated only to follow its provider.
+        // A dependant keeps its image: it is recreated only to follow its provider. When its
+        // configured reference no longer names that image here (the tag moved or is gone),
+        // it is recreated from the image id rather than left in a namespace that is gone.
         let follows = matches!(dependency, Dependency::NetworkOf(_));
+        if follows {
+            let named = self
+                .docker
+                .inspect_image(&target)
+                .await
+                .ok()
+                .and_then(|i| i.id);
+            if let Some(id) = old.image.clone()
+                && named.as_deref() != Some(id.as_str())
+            {
+                warn!(container = %request.container, reference = %target, image = %id, "The dependant's reference names another image now; recreating it from its own image id.");
+                target = id;
+            }
+        }
         // An image id names a local image; there is nothing to pull.
         let local = target.starts_with("sha256:") || pinned_request.is_some();
         if !follows && !local {

@@ -13,5 +13,6 @@ mod fleet;
 mod harness;
 mod modes;
 mod multiarch;
+mod rollout;
 mod up;
 mod update;
