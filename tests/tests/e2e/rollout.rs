@@ -17,19 +17,11 @@ use crate::fleet::Coordinator;
 const CONVERGE: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(200);
 
-fn now_secs() -> u64 {
+/// Now in unix nanoseconds, as event times are given.
+fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Now, as `docker events --since` takes it, to the nanosecond: events of just before are not
-/// counted.
-fn now_precise() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// One container event of an engine.
@@ -41,39 +33,58 @@ struct Event {
     nanos: u128,
 }
 
-/// The engine's container events since `since` (`docker events --since`) until now.
-fn events(engine: &Engine, since: &str) -> anyhow::Result<Vec<Event>> {
-    let until = now_secs() + 1;
-    let out = engine.docker(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until.to_string(),
-        "--filter",
-        "type=container",
-        "--format",
-        "{{.Actor.Attributes.name}} {{.Actor.ID}} {{.TimeNano}} {{.Action}}",
-    ])?;
-    out.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            // The action goes last: exec actions carry the command, spaces and all.
-            let parts: Vec<&str> = l.splitn(4, ' ').collect();
-            ensure!(parts.len() == 4, "unexpected event line {l:?}");
-            Ok(Event {
-                name: parts[0].to_owned(),
-                id: parts[1].to_owned(),
-                nanos: parts[2].parse().context("event time")?,
-                action: parts[3]
-                    .split(':')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
+/// An engine's container lifecycle events, streamed from when it is made (`docker events`
+/// replays only the engine's last 256 events, which healthcheck execs soon push out).
+struct EventLog {
+    process: Process,
+}
+
+impl EventLog {
+    fn start(engine: &Engine) -> anyhow::Result<Self> {
+        // From now on, whenever the stream actually starts: `--since` replays what came
+        // between.
+        let now = now_nanos();
+        let since = format!("{}.{:09}", now / 1_000_000_000, now % 1_000_000_000);
+        let mut command = engine.docker_command();
+        command.args([
+            "events",
+            "--since",
+            &since,
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            "event=start",
+            "--filter",
+            "event=stop",
+            "--filter",
+            "event=destroy",
+            "--format",
+            "{{.Actor.Attributes.name}} {{.Actor.ID}} {{.TimeNano}} {{.Action}}",
+        ]);
+        let process = Process::spawn_command(command)?;
+        Ok(Self { process })
+    }
+
+    /// The events so far.
+    fn events(&self) -> anyhow::Result<Vec<Event>> {
+        self.process
+            .log()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let parts: Vec<&str> = l.splitn(4, ' ').collect();
+                ensure!(parts.len() == 4, "unexpected event line {l:?}");
+                Ok(Event {
+                    name: parts[0].to_owned(),
+                    id: parts[1].to_owned(),
+                    nanos: parts[2].parse().context("event time")?,
+                    action: parts[3].trim().to_owned(),
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 fn first(events: &[Event], action: &str, name: &str) -> Option<u128> {
@@ -170,7 +181,7 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
         ensure!(updates == 4, "{updates} of 4 planned: {planned}");
         Ok(())
     })?;
-    let since = now_precise();
+    let event_log = EventLog::start(&engine)?;
     let (code, checked) = coordinator.admin(&["check"])?;
     if code != 0 {
         let log = agent.log();
@@ -188,7 +199,7 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
     let rollout = newest_rollout(&coordinator)?;
     assert_eq!(rollout["state"], "completed", "{rollout}");
 
-    let ev = events(&engine, &since)?;
+    let ev = event_log.events()?;
     let created = |name: &str| {
         last(&ev, "create", name).with_context(|| format!("{name} not recreated: {ev:?}"))
     };
@@ -413,13 +424,16 @@ fn four_engines_never_have_two_hosts_updating_at_once() -> anyhow::Result<()> {
         ensure!(updates == 4, "{updates} of 4 planned");
         Ok(())
     })?;
-    let since = now_precise();
+    let event_logs: Vec<EventLog> = engines
+        .iter()
+        .map(EventLog::start)
+        .collect::<anyhow::Result<_>>()?;
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 0, "{checked}");
     // Each host's update, from its engine's log: the old container's stop to its removal.
     let mut spans: Vec<(u128, u128, String)> = Vec::new();
-    for ((engine, name), host) in engines.iter().zip(&names).zip(&hosts) {
-        let ev = events(engine, &since)?;
+    for ((event_log, name), host) in event_logs.iter().zip(&names).zip(&hosts) {
+        let ev = event_log.events()?;
         let begin = first(&ev, "stop", name).with_context(|| format!("{host}: no stop"))?;
         let old_id = ev
             .iter()
@@ -446,19 +460,19 @@ fn four_engines_never_have_two_hosts_updating_at_once() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts `create` events per container name on each engine since `since`.
+/// Counts `create` events per container name on each engine from `since` (unix ns) on.
 fn creates(
-    engines: &[Engine],
+    logs: &[EventLog],
     names: &[String],
-    since: &str,
+    since: u128,
 ) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
-    for (engine, name) in engines.iter().zip(names) {
-        let ev = events(engine, since)?;
+    for (log, name) in logs.iter().zip(names) {
+        let ev = log.events()?;
         counts.insert(
             name.clone(),
             ev.iter()
-                .filter(|e| e.action == "create" && e.name == *name)
+                .filter(|e| e.action == "create" && e.name == *name && e.nanos >= since)
                 .count(),
         );
     }
@@ -532,10 +546,15 @@ fn a_coordinator_killed_mid_rollout_resumes_and_recreates_each_container_once() 
         })
     };
 
+    let event_logs: Vec<EventLog> = engines
+        .iter()
+        .map(EventLog::start)
+        .collect::<anyhow::Result<_>>()?;
+
     // 1. Killed between batches: host-a is done, host-b waits for the batch delay.
     publish(&publisher, &registry, &repo, "stable", 2)?;
     wait_planned(&coordinator)?;
-    let since = now_precise();
+    let since = now_nanos();
     let _check = run_check(&coordinator)?;
     server.wait_for_log("Target answered.", CONVERGE)?;
     server.kill9()?;
@@ -550,7 +569,7 @@ fn a_coordinator_killed_mid_rollout_resumes_and_recreates_each_container_once() 
         Some(1),
         "one rollout"
     );
-    let counts = creates(&engines, &names, &since)?;
+    let counts = creates(&event_logs, &names, since)?;
     assert!(
         counts.values().all(|n| *n == 1),
         "recreated other than once: {counts:?}"
@@ -560,7 +579,7 @@ fn a_coordinator_killed_mid_rollout_resumes_and_recreates_each_container_once() 
     // coordinator asks again with the same op id and gets the stored outcome.
     publish(&publisher, &registry, &repo, "stable", 3)?;
     wait_planned(&coordinator)?;
-    let since = now_precise();
+    let since = now_nanos();
     let mark = agents[0].mark();
     let _check = run_check(&coordinator)?;
     agents[0].wait_for_log_since(mark, "Recreate requested.", CONVERGE)?;
@@ -576,7 +595,28 @@ fn a_coordinator_killed_mid_rollout_resumes_and_recreates_each_container_once() 
     let rollout = newest_rollout(&coordinator)?;
     let id = rollout["id"].as_str().unwrap_or_default().to_owned();
     wait_completed(&coordinator, &id)?;
-    let counts = creates(&engines, &names, &since)?;
+    let counts = creates(&event_logs, &names, since)?;
+    if !counts.values().all(|n| *n == 1) {
+        for (log, name) in event_logs.iter().zip(&names) {
+            let ev = log.events()?;
+            eprintln!(
+                "{name}: {:?}",
+                ev.iter()
+                    .filter(|e| e.name.starts_with(name.as_str()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        for a in &agents {
+            eprintln!(
+                "{}",
+                a.log()
+                    .lines()
+                    .filter(|l| l.contains("INFO") || l.contains("WARN"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
     assert!(
         counts.values().all(|n| *n == 1),
         "recreated other than once: {counts:?}"
