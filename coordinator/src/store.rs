@@ -435,4 +435,70 @@ mod tests {
         b.last_seen_unix_ms = 99;
         assert_eq!(store.load_hosts().unwrap(), vec![record("a"), b]);
     }
+
+    #[test]
+    fn rollouts_history_and_announced_digests_survive_reopen_and_history_is_pruned() {
+        use crate::rollout::{HistoryEntry, Policy, Rollout, RolloutState};
+        let entry = |finished_ms: i64, container: &str| HistoryEntry {
+            rollout: "r-1".into(),
+            host: "h".into(),
+            container: container.into(),
+            image: "app:1".into(),
+            old_digest: "sha256:old".into(),
+            new_digest: "sha256:new".into(),
+            result: "updated".into(),
+            reason: String::new(),
+            started_ms: finished_ms - 5,
+            finished_ms,
+            duration_ms: 5,
+        };
+        let rollout = Rollout {
+            id: "r-1".into(),
+            created_ms: 1,
+            updated_ms: 2,
+            policy: Policy::default(),
+            state: RolloutState::Paused {
+                reason: "1 of 2 targets failed".into(),
+            },
+            targets: Vec::new(),
+            last_host_done_ms: 0,
+            canary_done_ms: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            let mut batch = Batch::default();
+            batch.rollouts.insert(rollout.id.clone(), rollout.clone());
+            batch.history = vec![entry(100, "a"), entry(200, "b"), entry(300, "c")];
+            batch.announced.insert("h/a".into(), "sha256:new".into());
+            store.save(&batch).unwrap();
+            store
+                .save(&Batch {
+                    history_before: Some(200),
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_rollouts().unwrap(), vec![rollout]);
+        let kept: Vec<String> = store
+            .load_history()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.container)
+            .collect();
+        assert_eq!(
+            kept,
+            vec!["b".to_owned(), "c".to_owned()],
+            "older than 200 pruned"
+        );
+        assert_eq!(
+            store
+                .load_announced()
+                .unwrap()
+                .get("h/a")
+                .map(String::as_str),
+            Some("sha256:new")
+        );
+    }
 }

@@ -628,3 +628,86 @@ fn a_coordinator_killed_mid_rollout_resumes_and_recreates_each_container_once() 
     }
     Ok(())
 }
+
+#[test]
+fn with_failure_action_rollback_updated_hosts_go_back_to_their_previous_digest()
+-> anyhow::Result<()> {
+    let Some(engine_a) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let engine_b = Engine::start_extra()?;
+    let registry = Registry::start()?;
+    let on_a = Cleanup::new(&engine_a);
+    let on_b = Cleanup::new(&engine_b);
+    // host-a's image gets a good v2, host-b's a v2 that never gets healthy; host-a goes first.
+    let (good, bad) = (unique_name("rb-good"), unique_name("rb-bad"));
+    let good_v1 = publish(&on_a, &registry, &good, "stable", 1)?;
+    let bad_v1 = publish(&on_a, &registry, &bad, "stable", 1)?;
+    on_b.track_image(&bad_v1.reference)?;
+    let none = ["--network", "none"];
+    let a = on_a.run_container("rb-a", &none, &good_v1.reference, &[])?;
+    let b = on_b.run_container("rb-b", &none, &bad_v1.reference, &[])?;
+    let a_v1_image = engine_a.inspect(&a, "{{.Image}}")?;
+    let b_id = engine_b.inspect(&b, "{{.Id}}")?;
+    publish(&on_a, &registry, &good, "stable", 2)?;
+    publish(
+        &on_a,
+        &registry,
+        &bad,
+        "stable",
+        ImageSpec::new(2).unhealthy(),
+    )?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-rb-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a", "host-b"])?;
+    let monitor = format!("{a},{b}");
+    let _server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("MONITOR", &monitor),
+            ("OUROBOROS_MAX_HOSTS_IN_FLIGHT", "1"),
+            ("OUROBOROS_HEALTHY_DEADLINE", "5"),
+            ("OUROBOROS_FAILURE_ACTION", "rollback"),
+        ],
+    )?;
+    let _agent_a = coordinator.agent(&bins.agent, "host-a", &engine_a)?;
+    let _agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
+    eventually(CONVERGE, POLL, || {
+        let planned = coordinator.json(&["updates"])?;
+        let updates = planned
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["decision"] == "update")
+            .count();
+        ensure!(updates == 2, "{updates} of 2 planned");
+        Ok(())
+    })?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    assert_eq!(code, 1, "{checked}");
+    let rollout = newest_rollout(&coordinator)?;
+    assert_eq!(rollout["state"], "rolled-back", "{rollout}");
+    assert_eq!(target(&rollout, "host-a")["state"], "reverted", "{rollout}");
+    assert_eq!(target(&rollout, "host-b")["state"], "failed", "{rollout}");
+    // host-a runs its previous image again, still following its tag.
+    assert_eq!(engine_a.inspect(&a, "{{.Image}}")?, a_v1_image);
+    assert_eq!(
+        engine_a.inspect(&a, "{{.Config.Image}}")?,
+        good_v1.reference
+    );
+    assert_eq!(engine_a.inspect(&a, "{{.State.Running}}")?, "true");
+    // host-b's own failure was rolled back by its agent.
+    assert_eq!(engine_b.inspect(&b, "{{.Id}}")?, b_id);
+    let history = coordinator.json(&["history", "--host", "host-a"])?;
+    let results: Vec<&str> = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["result"].as_str())
+        .collect();
+    assert_eq!(results, ["updated", "reverted"], "{history}");
+    Ok(())
+}
