@@ -209,37 +209,150 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
         let id = request.into_inner().id;
-        let mut rollout = self
+        let was_paused = self.fleet.paused().is_some();
+        let paused_rollout = self
             .fleet
             .rollouts()
             .map_err(|e| Status::internal(e.to_string()))?
             .into_iter()
             .find(|r| {
                 matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
-            })
-            .ok_or_else(|| {
-                Status::failed_precondition(if id.is_empty() {
-                    "no paused rollout".to_owned()
-                } else {
-                    format!("no paused rollout {id}")
-                })
-            })?;
-        rollout.state = RolloutState::Running;
-        rollout.updated_ms = ouroboros_shared::time_fmt::now_unix_ms();
+            });
+        if paused_rollout.is_none() && (!id.is_empty() || !was_paused) {
+            return Err(Status::failed_precondition(if id.is_empty() {
+                "nothing is paused".to_owned()
+            } else {
+                format!("no paused rollout {id}")
+            }));
+        }
+        if was_paused {
+            let fleet = self.fleet.clone();
+            let saved = tokio::task::spawn_blocking(move || fleet.set_paused(None))
+                .await
+                .unwrap_or(false);
+            if !saved {
+                return Err(Status::unavailable("cannot store the setting; try again"));
+            }
+            info!("Updates resumed.");
+        }
+        let mut shown = None;
+        if let Some(mut rollout) = paused_rollout {
+            rollout.state = RolloutState::Running;
+            rollout.updated_ms = ouroboros_shared::time_fmt::now_unix_ms();
+            let fleet = self.fleet.clone();
+            let stored = rollout.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
+                    .await
+                    .unwrap_or(false);
+            if !saved {
+                return Err(Status::unavailable("cannot store the rollout; try again"));
+            }
+            info!(rollout = %rollout.id, "Rollout resumed.");
+            let cycle = self.cycle.clone();
+            tokio::spawn(async move { cycle.resume().await });
+            shown = Some(rollout_pb(&rollout));
+        }
+        Ok(Response::new(pb::ResumeRolloutResponse {
+            rollout: shown,
+            was_paused,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let hosts = self.fleet.hosts();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let containers: usize = hosts.iter().map(|h| h.record.containers.len()).sum();
+        let (last_at, monitored, pending) = self
+            .cycle
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or((0, 0, 0));
+        let active = self
+            .fleet
+            .rollouts()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .iter()
+            .filter(|r| r.state.is_active() || matches!(r.state, RolloutState::Paused { .. }))
+            .count();
+        let paused = self.fleet.paused();
+        Ok(Response::new(pb::StatusResponse {
+            hosts: count(hosts.len()),
+            hosts_connected: count(hosts.iter().filter(|h| h.connected).count()),
+            containers_monitored: monitored,
+            updates_pending: pending,
+            rollouts_active: count(active),
+            last_cycle_unix_ms: last_at,
+            next_cycle_unix_ms: self
+                .cycle
+                .next_at
+                .load(std::sync::atomic::Ordering::Relaxed),
+            paused: paused.is_some(),
+            paused_reason: paused.unwrap_or_default(),
+            containers: count(containers),
+        }))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let reason = request.into_inner().reason;
+        let reason = if reason.trim().is_empty() {
+            "paused by the operator".to_owned()
+        } else {
+            reason.trim().to_owned()
+        };
         let fleet = self.fleet.clone();
-        let stored = rollout.clone();
-        let saved = tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
+        let saved = tokio::task::spawn_blocking(move || fleet.set_paused(Some(reason)))
             .await
             .unwrap_or(false);
         if !saved {
-            return Err(Status::unavailable("cannot store the rollout; try again"));
+            return Err(Status::unavailable("cannot store the setting; try again"));
         }
-        info!(rollout = %rollout.id, "Rollout resumed.");
-        let cycle = self.cycle.clone();
-        tokio::spawn(async move { cycle.resume().await });
-        Ok(Response::new(pb::ResumeRolloutResponse {
-            rollout: Some(rollout_pb(&rollout)),
-        }))
+        info!("Updates paused.");
+        Ok(Response::new(pb::PauseResponse {}))
+    }
+
+    type WatchRolloutStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Rollout, Status>>;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let id = request.into_inner().id;
+        // Subscribe first, so that no change between the read and the subscription is lost.
+        let mut changes = self.cycle.runner.progress.subscribe();
+        let current = self
+            .fleet
+            .rollouts()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Status::not_found(format!("no rollout {id}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let running = current.state.is_active();
+            if tx.send(Ok(rollout_pb(&current))).await.is_err() || !running {
+                return;
+            }
+            while changes.changed().await.is_ok() {
+                let update = changes.borrow_and_update().clone();
+                let Some(r) = update.filter(|r| r.id == id) else {
+                    continue;
+                };
+                if tx.send(Ok(rollout_pb(&r))).await.is_err() || !r.state.is_active() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::{AdminArgs, Failure, UpdateArgs};
-use crate::output::{OutputFormat, table};
+use crate::output::{OutputFormat, colour_enabled, paint, table};
 
 /// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
 pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
@@ -31,7 +31,7 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| {
-        Failure::runtime(format!(
+        Failure::unreachable(format!(
             "cannot reach the coordinator at {}: {}",
             args.server,
             error_chain(&e)
@@ -41,10 +41,20 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
 }
 
 fn call_failed(status: tonic::Status) -> Failure {
-    let message = format!("coordinator refused: {}", status.message());
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => Failure::usage(message),
-        _ => Failure::runtime(message),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            Failure::usage(format!("coordinator refused: {}", status.message()))
+        }
+        // The connection broke or the handshake failed on the first call.
+        tonic::Code::Unavailable | tonic::Code::Unknown
+            if status.message().contains("transport error") =>
+        {
+            let cause = std::error::Error::source(&status)
+                .map(|e| format!(": {}", error_chain(e)))
+                .unwrap_or_default();
+            Failure::unreachable(format!("lost the coordinator: {}{cause}", status.message()))
+        }
+        _ => Failure::runtime(format!("coordinator refused: {}", status.message())),
     }
 }
 
@@ -259,6 +269,7 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
 }
 
 fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: i64) -> String {
+    let colour = colour_enabled();
     match format {
         OutputFormat::Json => {
             let items: Vec<_> = hosts
@@ -289,12 +300,14 @@ fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: i64) -> Str
                     let engine = h.engine.clone().unwrap_or_default();
                     vec![
                         h.host.clone(),
-                        if h.connected {
-                            "connected"
-                        } else {
-                            "disconnected"
-                        }
-                        .to_owned(),
+                        paint(
+                            if h.connected {
+                                "connected"
+                            } else {
+                                "disconnected"
+                            },
+                            colour,
+                        ),
                         age(h.last_seen_unix_ms, now),
                         h.agent_version.clone(),
                         engine.version,
@@ -534,23 +547,246 @@ pub async fn history(
     Ok(())
 }
 
-/// `resume [ID]`: a paused rollout runs again.
+/// `resume [ID]`: updates run again after `pause`, and a paused rollout goes on.
 pub async fn resume(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure> {
     let mut client = connect(args).await?;
-    let rollout = client
+    let answer = client
         .resume_rollout(pb::ResumeRolloutRequest {
             id: id.unwrap_or_default().to_owned(),
         })
         .await
         .map_err(call_failed)?
-        .into_inner()
-        .rollout
-        .unwrap_or_default();
+        .into_inner();
     match args.output {
-        OutputFormat::Json => print!("{}", pretty(&[rollout_json(&rollout)])),
-        OutputFormat::Table => println!("rollout {} resumed", rollout.id),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "was_paused": answer.was_paused,
+                "rollout": answer.rollout.as_ref().map(rollout_json),
+            }))
+            .unwrap_or_default()
+        ),
+        OutputFormat::Table => {
+            if answer.was_paused {
+                println!("updates resumed");
+            }
+            if let Some(r) = &answer.rollout {
+                println!("rollout {} resumed", r.id);
+            }
+        }
     }
     Ok(())
+}
+
+/// `pause`: no new update starts until `resume`.
+pub async fn pause(args: &AdminArgs, reason: Option<&str>) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    client
+        .pause(pb::PauseRequest {
+            reason: reason.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(call_failed)?;
+    match args.output {
+        OutputFormat::Json => println!("{}", json!({"paused": true})),
+        OutputFormat::Table => println!("updates paused; `resume` lets them run again"),
+    }
+    Ok(())
+}
+
+/// `status`: the fleet at a glance.
+pub async fn status(args: &AdminArgs) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    print!(
+        "{}",
+        render_status(&s, args.output, now_unix_ms(), colour_enabled())
+    );
+    Ok(())
+}
+
+fn render_status(s: &pb::StatusResponse, format: OutputFormat, now: i64, colour: bool) -> String {
+    let when = |ms: i64| (ms > 0).then(|| rfc3339_ms(ms)).flatten();
+    match format {
+        OutputFormat::Json => {
+            let value = json!({
+                "hosts": s.hosts,
+                "hosts_connected": s.hosts_connected,
+                "hosts_disconnected": s.hosts.saturating_sub(s.hosts_connected),
+                "containers": s.containers,
+                "containers_monitored": s.containers_monitored,
+                "updates_pending": s.updates_pending,
+                "rollouts_active": s.rollouts_active,
+                "last_cycle": when(s.last_cycle_unix_ms),
+                "next_cycle": when(s.next_cycle_unix_ms),
+                "paused": s.paused,
+                "paused_reason": s.paused_reason,
+            });
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            )
+        }
+        OutputFormat::Table => {
+            let relative = |ms: i64| {
+                if ms <= 0 {
+                    "-".to_owned()
+                } else if ms >= now {
+                    format!("in {}", age(now, ms).trim_end_matches(" ago"))
+                } else {
+                    age(ms, now)
+                }
+            };
+            let down = s.hosts.saturating_sub(s.hosts_connected);
+            let rows = vec![
+                vec![
+                    "hosts".into(),
+                    format!(
+                        "{} up, {}",
+                        s.hosts_connected,
+                        if down > 0 {
+                            paint(&format!("{down} down"), colour)
+                        } else {
+                            "0 down".into()
+                        }
+                    ),
+                ],
+                vec![
+                    "containers".into(),
+                    format!("{} ({} monitored)", s.containers, s.containers_monitored),
+                ],
+                vec!["updates pending".into(), s.updates_pending.to_string()],
+                vec!["rollouts active".into(), s.rollouts_active.to_string()],
+                vec!["last cycle".into(), relative(s.last_cycle_unix_ms)],
+                vec!["next cycle".into(), relative(s.next_cycle_unix_ms)],
+                vec![
+                    "updates".into(),
+                    if s.paused {
+                        format!("{} ({})", paint("paused", colour), s.paused_reason)
+                    } else {
+                        paint("running", colour)
+                    },
+                ],
+            ];
+            table(&["FLEET", ""], &rows)
+        }
+    }
+}
+
+/// `rollout ID [--watch]`: one rollout; with `--watch`, its targets' transitions as they
+/// happen (a server stream), until it ends: exit 0 when it completed, 1 otherwise.
+pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Failure> {
+    if !watch {
+        return rollouts(args, Some(id)).await;
+    }
+    use futures_util::StreamExt;
+    use std::io::IsTerminal;
+    let mut client = connect(args).await?;
+    let mut stream = client
+        .watch_rollout(pb::ListRolloutsRequest { id: id.to_owned() })
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    let terminal = args.output == OutputFormat::Table && std::io::stdout().is_terminal();
+    let colour = colour_enabled();
+    let mut printed: std::collections::BTreeSet<(String, String, String)> = Default::default();
+    let mut drawn_lines = 0usize;
+    let mut last: Option<pb::Rollout> = None;
+    while let Some(item) = stream.next().await {
+        let r = item.map_err(call_failed)?;
+        match args.output {
+            OutputFormat::Json => println!("{}", rollout_json(&r)),
+            OutputFormat::Table if terminal => {
+                // Redraw the progress display in place.
+                let text = progress_display(&r, colour);
+                if drawn_lines > 0 {
+                    print!("\x1b[{drawn_lines}A\x1b[J");
+                }
+                print!("{text}");
+                drawn_lines = text.lines().count();
+            }
+            OutputFormat::Table => {
+                for t in &r.targets {
+                    for line in &t.transitions {
+                        let key = (t.host.clone(), t.container.clone(), line.clone());
+                        if printed.insert(key) {
+                            let (at, state) = line.split_once(' ').unwrap_or(("0", line));
+                            let at = rfc3339_ms(at.parse().unwrap_or(0)).unwrap_or_default();
+                            let reason = if state == t.state && !t.reason.is_empty() {
+                                format!("  {}", t.reason)
+                            } else {
+                                String::new()
+                            };
+                            println!("{at}  {}/{}  {state}{reason}", t.host, t.container);
+                        }
+                    }
+                }
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        last = Some(r);
+    }
+    let Some(r) = last else {
+        return Err(Failure::runtime(format!("rollout {id}: nothing received")));
+    };
+    if !terminal && args.output == OutputFormat::Table {
+        println!("rollout {}: {} {}", r.id, r.state, r.reason);
+    }
+    match r.state.as_str() {
+        "completed" => Ok(()),
+        "running" | "rolling-back" => Err(Failure::unreachable(format!(
+            "the coordinator at {} ended the watch of rollout {} while it was still {}",
+            args.server, r.id, r.state
+        ))),
+        other => Err(Failure::runtime(format!(
+            "rollout {} {other}{}",
+            r.id,
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            }
+        ))),
+    }
+}
+
+/// The terminal display of a watched rollout: a progress bar and a line per target.
+fn progress_display(r: &pb::Rollout, colour: bool) -> String {
+    const WIDTH: usize = 30;
+    let total = r.targets.len().max(1);
+    let done = r
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.state.as_str(), "pending" | "updating" | "reverting"))
+        .count();
+    let filled = WIDTH * done / total;
+    let mut out = format!(
+        "rollout {}  {}  [{}{}] {done}/{}\n",
+        r.id,
+        paint(&r.state, colour),
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        r.targets.len()
+    );
+    let rows: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                format!("  {}/{}", t.host, t.container),
+                paint(&t.state, colour),
+                t.reason.clone(),
+            ]
+        })
+        .collect();
+    let body = table(&["  TARGET", "STATE", "REASON"], &rows);
+    out.push_str(&body);
+    out
 }
 
 #[cfg(test)]

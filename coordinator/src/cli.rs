@@ -61,8 +61,44 @@ pub enum Command {
     Rollouts(RolloutsArgs),
     /// Outcomes of past updates, oldest first.
     History(HistoryArgs),
-    /// Run a paused rollout again (the newest paused one without an id).
+    /// Let updates run again after `pause`, and a paused rollout go on (the newest paused one
+    /// without an id).
     Resume(RolloutsArgs),
+    /// The fleet at a glance: hosts up and down, containers, pending updates, rollouts,
+    /// cycles, paused or not.
+    Status(AdminArgs),
+    /// Stop starting updates (cycles detect only; a running rollout pauses) until `resume`.
+    Pause(PauseArgs),
+    /// One rollout's targets; with --watch, their transitions as they happen, exiting 0 when
+    /// the rollout completes and 1 when it fails or pauses.
+    Rollout(RolloutArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Why (shown by `status` and in paused rollouts).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The rollout id (`r-…`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Follow the rollout until it ends.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -412,6 +448,39 @@ fn parse_host(value: &str) -> Result<HostName, String> {
     HostName::parse(value).map_err(|e| e.to_string())
 }
 
+/// Admin commands: exit code of a usage error (as clap and most CLIs use).
+pub const EXIT_ADMIN_USAGE: i32 = 2;
+/// Admin commands: exit code when the coordinator cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+impl Command {
+    /// Whether this is an admin command (talks to a running coordinator): those exit 2 on a
+    /// usage error, while `serve`, `up` and `pki` keep 64 (bad configuration).
+    pub fn is_admin(&self) -> bool {
+        !matches!(
+            self,
+            Self::Pki(_) | Self::Serve(_) | Self::Up(_) | Self::Completions { .. }
+        )
+    }
+}
+
+/// Whether the command line names an admin command (for errors clap reports before a command
+/// is known).
+pub fn admin_command_line(args: &[String]) -> bool {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        if arg == "--log-level" {
+            rest.next();
+            continue;
+        }
+        if arg.starts_with('-') {
+            continue;
+        }
+        return !matches!(arg.as_str(), "pki" | "serve" | "up" | "help");
+    }
+    false
+}
+
 /// A failure to report with its exit code: 64 for the operator's input, 1 otherwise.
 #[derive(Debug)]
 pub struct Failure {
@@ -429,6 +498,13 @@ impl Failure {
     pub fn runtime(message: impl std::fmt::Display) -> Self {
         Self {
             code: 1,
+            message: message.to_string(),
+        }
+    }
+    /// The coordinator cannot be reached (admin commands exit 3).
+    pub fn unreachable(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_UNREACHABLE,
             message: message.to_string(),
         }
     }
@@ -477,6 +553,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             .await
         }
         Command::Resume(args) => admin_client::resume(&args.admin, args.id.as_deref()).await,
+        Command::Status(args) => admin_client::status(&args).await,
+        Command::Pause(args) => admin_client::pause(&args.admin, args.reason.as_deref()).await,
+        Command::Rollout(args) => admin_client::rollout(&args.admin, &args.id, args.watch).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "ouroboros-coordinator",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

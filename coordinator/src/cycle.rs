@@ -49,6 +49,10 @@ pub struct Cycle {
     pub runner: Runner,
     /// One cycle at a time, whoever starts it (schedule or `check`).
     running: tokio::sync::Mutex<()>,
+    /// What the last cycle saw: when, containers watched, updates found.
+    pub last: std::sync::Mutex<Option<(i64, u32, u32)>>,
+    /// When the next scheduled cycle runs (unix ms; 0: none scheduled).
+    pub next_at: std::sync::atomic::AtomicI64,
 }
 
 /// One container's part in a cycle.
@@ -116,6 +120,8 @@ impl Cycle {
             windows,
             runner,
             running: tokio::sync::Mutex::new(()),
+            last: std::sync::Mutex::new(None),
+            next_at: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -198,10 +204,28 @@ impl Cycle {
             containers = detections.len(),
             updates, dry_run, "Check cycle: detection done."
         );
+        let monitored = detections
+            .iter()
+            .filter(|d| !matches!(d.decision, Decision::Skip { .. }))
+            .count();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            now_unix_ms(),
+            u32::try_from(monitored).unwrap_or(u32::MAX),
+            u32::try_from(updates).unwrap_or(u32::MAX),
+        ));
+        let paused = self.fleet.paused();
         let mut results: BTreeMap<(String, String), pb::RecreateResult> = BTreeMap::new();
         let mut rollout = None;
         if !dry_run && updates > 0 {
-            if let Some(paused) = self.paused_rollout() {
+            if let Some(why) = &paused {
+                for d in &mut detections {
+                    if matches!(d.decision, Decision::Update { .. }) {
+                        d.decision = Decision::Skip {
+                            reason: format!("updates are paused ({why})"),
+                        };
+                    }
+                }
+            } else if let Some(paused) = self.paused_rollout() {
                 // A paused rollout holds the fleet: nothing new starts until it is resumed.
                 let why = match &paused.state {
                     RolloutState::Paused { reason } => reason.clone(),
@@ -236,7 +260,7 @@ impl Cycle {
                 rollout = Some(done);
             }
         }
-        let pruned = if self.cleanup.volumes && !dry_run {
+        let pruned = if self.cleanup.volumes && !dry_run && paused.is_none() {
             self.prune(&connected).await
         } else {
             Vec::new()

@@ -72,6 +72,9 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The setting that holds the operator's pause reason.
+const SETTING_PAUSED: &str = "paused";
+
 /// The in-memory fleet view, written through to a [`FleetStore`].
 pub struct Fleet {
     hosts: Mutex<BTreeMap<String, HostEntry>>,
@@ -79,6 +82,8 @@ pub struct Fleet {
     next_session: AtomicU64,
     /// For reads of rollouts and history (writes go through the writer).
     store: Arc<dyn FleetStore>,
+    /// Why the operator paused updates, if they did (stored as the `paused` setting).
+    paused: Mutex<Option<String>>,
 }
 
 impl Fleet {
@@ -96,6 +101,7 @@ impl Fleet {
                 (entry.record.host.clone(), entry)
             })
             .collect();
+        let paused = store.load_settings()?.remove(SETTING_PAUSED);
         let writer = StoreWriter::spawn(store.clone()).map_err(|source| StoreError::DataDir {
             path: "store writer thread".into(),
             source,
@@ -104,6 +110,7 @@ impl Fleet {
             hosts: Mutex::new(hosts),
             writer: Mutex::new(writer),
             next_session: AtomicU64::new(1),
+            paused: Mutex::new(paused),
             store,
         })
     }
@@ -114,6 +121,24 @@ impl Fleet {
         let mut batch = Batch::default();
         batch.rollouts.insert(rollout.id.clone(), rollout.clone());
         batch.history = history;
+        let writer = self.writer();
+        writer.batch(batch);
+        writer.sync()
+    }
+
+    /// Why updates are paused, if they are.
+    pub fn paused(&self) -> Option<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Pauses (`Some(reason)`) or resumes updates, and stores it. Blocking.
+    pub fn set_paused(&self, reason: Option<String>) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = reason.clone();
+        let mut batch = Batch::default();
+        batch.settings.insert(SETTING_PAUSED.to_owned(), reason);
         let writer = self.writer();
         writer.batch(batch);
         writer.sync()

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use crate::commands::{CommandError, Dispatcher, RecreateOptions};
 use crate::fleet::Fleet;
 use crate::rollout::{
-    Action, HistoryEntry, Observation, Rollout, TargetState, after_revert, after_update, next_wake,
-    plan,
+    Action, HistoryEntry, Observation, Rollout, RolloutState, TargetState, after_revert,
+    after_update, next_wake, plan,
 };
 use crate::window::Windows;
 
@@ -202,7 +202,16 @@ impl Runner {
                 connected: &connected,
                 windows,
             };
-            let actions = plan(&rollout, &observation);
+            let mut actions = plan(&rollout, &observation);
+            // The operator paused updates: nothing new starts; what is in flight finishes.
+            if rollout.state == RolloutState::Running
+                && let Some(why) = self.fleet.paused()
+            {
+                actions.retain(|a| matches!(a, Action::TimedOut(_)));
+                actions.push(Action::Become(RolloutState::Paused {
+                    reason: format!("paused by the operator ({why})"),
+                }));
+            }
             let mut history = Vec::new();
             let mut to_send = Vec::new();
             for action in &actions {

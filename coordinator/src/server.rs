@@ -125,6 +125,11 @@ async fn scheduled_cycles(
         let wait = schedule
             .wait_from(chrono::Utc::now())
             .unwrap_or(crate::schedule::DEFAULT_INTERVAL);
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        cycle.next_at.store(
+            ouroboros_shared::time_fmt::now_unix_ms().saturating_add(wait_ms),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,

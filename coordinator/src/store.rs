@@ -27,6 +27,8 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts_v1
 const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history_v1");
 /// The last digest announced per `host/container`.
 const ANNOUNCED: TableDefinition<&str, &str> = TableDefinition::new("announced_v1");
+/// Operator settings kept across restarts (`paused`).
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings_v1");
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "ouroboros.redb";
 /// Lock file that keeps a second coordinator off the same data dir.
@@ -90,6 +92,8 @@ pub struct Batch {
     pub history_before: Option<i64>,
     /// Digests announced, by `host/container`.
     pub announced: BTreeMap<String, String>,
+    /// Settings to set (`Some`) or clear (`None`).
+    pub settings: BTreeMap<String, Option<String>>,
 }
 
 impl Batch {
@@ -100,6 +104,7 @@ impl Batch {
             && self.history.is_empty()
             && self.history_before.is_none()
             && self.announced.is_empty()
+            && self.settings.is_empty()
     }
 
     /// Adds `newer` on top of this batch.
@@ -110,6 +115,7 @@ impl Batch {
         self.history.extend(newer.history);
         self.history_before = self.history_before.max(newer.history_before);
         self.announced.extend(newer.announced);
+        self.settings.extend(newer.settings);
     }
 }
 
@@ -135,6 +141,8 @@ pub trait FleetStore: Send + Sync {
     fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
     /// The digests announced, by `host/container`.
     fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError>;
+    /// Operator settings.
+    fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
@@ -187,6 +195,8 @@ impl RedbStore {
             .map_err(db_err("create the history table"))?;
         txn.open_table(ANNOUNCED)
             .map_err(db_err("create the announced table"))?;
+        txn.open_table(SETTINGS)
+            .map_err(db_err("create the settings table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self { db, _lock: lock })
     }
@@ -279,6 +289,23 @@ impl FleetStore for RedbStore {
                     .insert(key.as_str(), digest.as_str())
                     .map_err(db_err("write an announced digest"))?;
             }
+            let mut settings = txn
+                .open_table(SETTINGS)
+                .map_err(db_err("open the settings table"))?;
+            for (key, value) in &batch.settings {
+                match value {
+                    Some(v) => {
+                        settings
+                            .insert(key.as_str(), v.as_str())
+                            .map_err(db_err("write a setting"))?;
+                    }
+                    None => {
+                        settings
+                            .remove(key.as_str())
+                            .map_err(db_err("clear a setting"))?;
+                    }
+                }
+            }
         }
         txn.commit().map_err(db_err("commit"))
     }
@@ -292,14 +319,25 @@ impl FleetStore for RedbStore {
     }
 
     fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.load_strings(ANNOUNCED)
+    }
+
+    fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.load_strings(SETTINGS)
+    }
+}
+
+impl RedbStore {
+    fn load_strings(
+        &self,
+        table: TableDefinition<&str, &str>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
         use redb::ReadableTable;
         let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let table = txn
-            .open_table(ANNOUNCED)
-            .map_err(db_err("open the announced table"))?;
+        let table = txn.open_table(table).map_err(db_err("open a table"))?;
         let mut out = BTreeMap::new();
-        for row in table.iter().map_err(db_err("read announced digests"))? {
-            let (k, v) = row.map_err(db_err("read an announced digest"))?;
+        for row in table.iter().map_err(db_err("read records"))? {
+            let (k, v) = row.map_err(db_err("read a record"))?;
             out.insert(k.value().to_owned(), v.value().to_owned());
         }
         Ok(out)
@@ -377,7 +415,26 @@ impl FleetStore for MemoryStore {
             rest.history.retain(|e| e.finished_ms >= before);
         }
         rest.announced.extend(batch.announced.clone());
+        for (k, v) in &batch.settings {
+            match v {
+                Some(v) => {
+                    rest.settings.insert(k.clone(), Some(v.clone()));
+                }
+                None => {
+                    rest.settings.remove(k);
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest
+            .settings
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect())
     }
 
     fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {

@@ -27,8 +27,18 @@ fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// Asserts exit 64 and exactly one stderr line that contains `needle`.
 fn assert_usage_error(out: &Output, needle: &str) {
+    assert_exit_one_line(out, EXIT_USAGE, needle);
+}
+
+/// Admin commands: a usage error exits 2.
+fn assert_admin_usage_error(out: &Output, needle: &str) {
+    assert_exit_one_line(out, 2, needle);
+}
+
+/// Asserts exit `code` and exactly one stderr line that contains `needle`.
+fn assert_exit_one_line(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(EXIT_USAGE), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(
@@ -57,7 +67,7 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
         &output(c, &["serve"], &[("OUROBOROS_LISTEN", "1.2.3.4")]),
         "--listen",
     );
-    assert_usage_error(
+    assert_admin_usage_error(
         &output(c, &["hosts"], &[("LOG_LEVEL", "verbose")]),
         "--log-level",
     );
@@ -129,11 +139,40 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
         &output(c, &["serve"], &[("CLEANUP", "yes please")]),
         "--cleanup",
     );
-    assert_usage_error(
+    assert_admin_usage_error(
         &output(c, &["hosts", "--server", "http://127.0.0.1:1"], &[]),
         "--server",
     );
-    assert_usage_error(&output(c, &["hosts", "--output", "yaml"], &[]), "--output");
+    assert_admin_usage_error(&output(c, &["hosts", "--output", "yaml"], &[]), "--output");
+    assert_admin_usage_error(
+        &output(
+            c,
+            &["--log-level", "info", "history", "--since", "soon"],
+            &[],
+        ),
+        "--since",
+    );
+    // Nothing listens there: exit 3, one line naming the address.
+    let pki_dir = dir.path().join("admin-pki");
+    let made = output(c, &["pki", "init", "--dir", pki_dir.to_str().unwrap()], &[]);
+    assert!(made.status.success(), "{made:?}");
+    for command in ["hosts", "status"] {
+        assert_exit_one_line(
+            &output(
+                c,
+                &[
+                    command,
+                    "--server",
+                    "https://127.0.0.1:1",
+                    "--pki-dir",
+                    pki_dir.to_str().unwrap(),
+                ],
+                &[],
+            ),
+            3,
+            "cannot reach the coordinator at https://127.0.0.1:1",
+        );
+    }
     assert_usage_error(
         &output(c, &["pki", "issue", "--dir", d, "--agent", "bad_name"], &[]),
         "--agent",

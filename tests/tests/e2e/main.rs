@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod check;
+mod cli;
 mod config;
 mod docker_tls;
 mod fleet;
