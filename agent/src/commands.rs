@@ -68,9 +68,11 @@ impl CommandRunner {
             // Progress is informative: never wait for the link because of it.
             let _ = progress.try_send(message);
         };
-        // Soft dependants: stop the running ones now, start them again after.
+        // Soft dependants: stop the running ones now, start them again after. Not for a
+        // repeated op id: that gets the stored outcome, and its dependants were handled then.
         let mut stopped = Vec::new();
-        for name in &command.soft_dependants {
+        let repeated = self.recreator.knows(&op_id);
+        for name in command.soft_dependants.iter().filter(|_| !repeated) {
             let running = self
                 .recreator
                 .docker()

@@ -150,8 +150,12 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let dry_run = request.get_ref().dry_run;
-        // A cycle never overlaps a running one: `run` waits for it.
-        let report = self.cycle.run(dry_run).await;
+        // A cycle never overlaps a running one: `run` waits for it. It runs in a task of its
+        // own: a client that goes away must not cancel a rollout half way.
+        let cycle = self.cycle.clone();
+        let report = tokio::spawn(async move { cycle.run(dry_run).await })
+            .await
+            .map_err(|e| Status::internal(format!("the cycle failed: {e}")))?;
         Ok(Response::new(check_response(report)))
     }
 
@@ -236,22 +240,17 @@ impl pb::admin_server::Admin for AdminApi {
             info!("Updates resumed.");
         }
         let mut shown = None;
-        if let Some(mut rollout) = paused_rollout {
-            rollout.state = RolloutState::Running;
-            rollout.updated_ms = ouroboros_shared::time_fmt::now_unix_ms();
-            let fleet = self.fleet.clone();
-            let stored = rollout.clone();
-            let saved =
-                tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
-                    .await
-                    .unwrap_or(false);
-            if !saved {
-                return Err(Status::unavailable("cannot store the rollout; try again"));
+        if paused_rollout.is_some() {
+            let resumed = self
+                .cycle
+                .resume_rollout(&id)
+                .await
+                .map_err(Status::unavailable)?;
+            if let Some(rollout) = resumed {
+                shown = Some(rollout_pb(&rollout));
+                let cycle = self.cycle.clone();
+                tokio::spawn(async move { cycle.resume().await });
             }
-            info!(rollout = %rollout.id, "Rollout resumed.");
-            let cycle = self.cycle.clone();
-            tokio::spawn(async move { cycle.resume().await });
-            shown = Some(rollout_pb(&rollout));
         }
         Ok(Response::new(pb::ResumeRolloutResponse {
             rollout: shown,

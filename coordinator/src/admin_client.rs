@@ -28,8 +28,9 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
     let endpoint = Endpoint::from_shared(args.server.clone())
         .and_then(|e| e.tls_config(tls))
         .map_err(|e| Failure::usage(format!("--server {}: {e}", args.server)))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+        // No request timeout: `check`, `update` and `rollout --watch` last as long as their
+        // rollout; the server's own deadlines bound them.
+        .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
         Failure::unreachable(format!(
             "cannot reach the coordinator at {}: {}",

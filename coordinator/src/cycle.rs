@@ -370,7 +370,37 @@ impl Cycle {
             targets,
             last_host_done_ms: 0,
             canary_done_ms: 0,
+            acknowledged_failures: 0,
         }
+    }
+
+    /// The operator resumes a paused rollout (`id`, or the newest paused one): under the cycle
+    /// lock, so that no runner holds an older copy of it, and then runs it.
+    pub async fn resume_rollout(&self, id: &str) -> Result<Option<Rollout>, String> {
+        let turn = self.running.lock().await;
+        let Some(mut rollout) = self
+            .fleet
+            .rollouts()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| {
+                matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
+            })
+        else {
+            return Ok(None);
+        };
+        rollout.resume(now_unix_ms());
+        let fleet = self.fleet.clone();
+        let stored = rollout.clone();
+        let saved = tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
+            .await
+            .unwrap_or(false);
+        if !saved {
+            return Err("cannot store the rollout; try again".into());
+        }
+        info!(rollout = %rollout.id, "Rollout resumed.");
+        drop(turn);
+        Ok(Some(rollout))
     }
 
     /// Continues the rollouts a restart interrupted, before any new cycle.
@@ -381,7 +411,16 @@ impl Cycle {
             .rollouts()
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.state.is_active())
+            // Paused ones too when something was in flight: its outcome is still wanted.
+            .filter(|r| {
+                r.state.is_active()
+                    || r.targets.iter().any(|t| {
+                        matches!(
+                            t.state,
+                            TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+                        )
+                    })
+            })
             .collect();
         for r in active {
             info!(rollout = %r.id, "Resuming a rollout interrupted by a restart.");

@@ -227,6 +227,9 @@ pub struct Rollout {
     /// When the last host finished its targets (for the batch delay), and the canary end.
     pub last_host_done_ms: i64,
     pub canary_done_ms: i64,
+    /// Failures the operator accepted by resuming: only failures beyond these count.
+    #[serde(default)]
+    pub acknowledged_failures: u32,
 }
 
 /// One target's outcome, kept in the history.
@@ -291,6 +294,8 @@ pub enum Action {
     Revert(usize),
     /// Target `index` had no result in time.
     TimedOut(usize),
+    /// Target `index` cannot start: its host has been away past the progress deadline.
+    Abandon(usize),
     /// The rollout changes state.
     Become(RolloutState),
 }
@@ -345,11 +350,21 @@ impl Rollout {
         hosts
     }
 
-    /// Whether failures exceed what the policy tolerates.
+    /// Whether failures (beyond those acknowledged by a resume) exceed what the policy
+    /// tolerates.
     fn too_many_failures(&self) -> bool {
-        let failed = self.failed();
+        let failed = self
+            .failed()
+            .saturating_sub(self.acknowledged_failures as usize);
         failed > 0
             && (failed as f64) / (self.targets.len().max(1) as f64) > self.policy.max_failure_ratio
+    }
+
+    /// The operator resumes: the failures so far are accepted, the rollout runs again.
+    pub fn resume(&mut self, now_ms: i64) {
+        self.acknowledged_failures = u32::try_from(self.failed()).unwrap_or(u32::MAX);
+        self.state = RolloutState::Running;
+        self.updated_ms = now_ms;
     }
 
     /// Records a state change of target `index` at `now_ms`.
@@ -423,6 +438,29 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
             actions.push(Action::TimedOut(i));
         }
     }
+    // Targets whose host stayed away longer than the progress deadline are given up, so that
+    // no rollout waits for ever.
+    if r.state.is_active()
+        && o.now_ms - r.updated_ms.max(r.created_ms) > r.policy.progress_deadline_ms
+    {
+        for (i, t) in r.targets.iter().enumerate() {
+            let waiting = t.state == TargetState::Pending
+                || (matches!(r.state, RolloutState::RollingBack { .. })
+                    && matches!(
+                        t.state,
+                        TargetState::Updated {
+                            already_current: false,
+                            ..
+                        }
+                    ));
+            if waiting && !(o.connected)(&t.host) {
+                actions.push(Action::Abandon(i));
+            }
+        }
+        if !actions.is_empty() {
+            return actions;
+        }
+    }
     match &r.state {
         RolloutState::Running => {}
         RolloutState::RollingBack { reason } => {
@@ -448,12 +486,14 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
                     actions.push(Action::Revert(*i));
                 }
             }
-            if pending.is_empty()
-                && !r
-                    .targets
-                    .iter()
-                    .any(|t| matches!(t.state, TargetState::Reverting { .. }))
-            {
+            // Updates still in flight may yet need their way back: wait for them too.
+            let in_flight = r.targets.iter().any(|t| {
+                matches!(
+                    t.state,
+                    TargetState::Reverting { .. } | TargetState::Dispatched { .. }
+                )
+            });
+            if pending.is_empty() && !in_flight {
                 actions.push(Action::Become(RolloutState::RolledBack {
                     reason: reason.clone(),
                 }));
@@ -595,6 +635,7 @@ mod tests {
             targets,
             last_host_done_ms: 0,
             canary_done_ms: 0,
+            acknowledged_failures: 0,
         }
     }
 
@@ -652,6 +693,13 @@ mod tests {
                     now_ms,
                 ),
                 Action::Become(s) => r.state = s.clone(),
+                Action::Abandon(i) => r.set(
+                    *i,
+                    TargetState::Skipped {
+                        reason: "host away".into(),
+                    },
+                    now_ms,
+                ),
             }
         }
         // Answers arrive.
@@ -894,7 +942,11 @@ mod tests {
             now_ms: 6_001,
             ..o.clone()
         };
-        assert_eq!(plan(&r, &later), vec![Action::TimedOut(0)]);
+        assert_eq!(
+            plan(&r, &later),
+            vec![Action::TimedOut(0), Action::Abandon(1)],
+            "a's command timed out; b stayed away as long"
+        );
         assert_eq!(next_wake(&r, &o), Some(6_001));
     }
 
@@ -936,5 +988,129 @@ mod tests {
             plan(&r, &at(inside + 10 + 60_000)),
             vec![Action::Dispatch(1)]
         );
+    }
+
+    #[test]
+    fn a_resumed_rollout_goes_on_past_the_failures_it_paused_for() {
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        run(&mut r, &|t: &Target| {
+            if t.host == "a" {
+                "rolled-back"
+            } else {
+                "updated"
+            }
+        });
+        assert!(matches!(r.state, RolloutState::Paused { .. }));
+        r.resume(50_000);
+        let rounds = run(&mut r, &ok);
+        assert_eq!(rounds, vec![vec![1], vec![2]], "b and c after the resume");
+        assert_eq!(r.state, RolloutState::Completed { failed: 1 });
+        // A new failure after the resume pauses again.
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        run(&mut r, &|t: &Target| {
+            if t.host == "a" { "refused" } else { "updated" }
+        });
+        r.resume(50_000);
+        run(&mut r, &|t: &Target| {
+            if t.host == "b" { "refused" } else { "updated" }
+        });
+        assert!(
+            matches!(r.state, RolloutState::Paused { .. }),
+            "{:?}",
+            r.state
+        );
+        assert_eq!(r.targets[2].state, TargetState::Pending);
+    }
+
+    #[test]
+    fn a_rollback_waits_for_updates_still_in_flight_and_sends_them_back_too() {
+        let mut r = rollout(
+            Policy {
+                failure_action: FailureAction::Rollback,
+                ..Policy::default()
+            },
+            vec![target("a", "x", 1), target("b", "x", 1)],
+        );
+        let now = 1_000;
+        for i in 0..2 {
+            r.set(
+                i,
+                TargetState::Dispatched {
+                    op_id: format!("op-{i}"),
+                    at_ms: now,
+                },
+                now,
+            );
+        }
+        r.set(
+            0,
+            after_update("rolled-back", "unhealthy", now + 1),
+            now + 1,
+        );
+        let actions = plan_at(&r, now + 2);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::Become(RolloutState::RollingBack { .. })]
+            ),
+            "{actions:?}"
+        );
+        r.state = RolloutState::RollingBack {
+            reason: "1 of 2".into(),
+        };
+        assert_eq!(
+            plan_at(&r, now + 3),
+            vec![],
+            "b is still in flight: not rolled back yet"
+        );
+        r.set(1, after_update("updated", "", now + 4), now + 4);
+        assert_eq!(
+            plan_at(&r, now + 5),
+            vec![Action::Revert(1)],
+            "b goes back too"
+        );
+    }
+
+    #[test]
+    fn targets_of_a_host_away_past_the_deadline_are_given_up() {
+        let mut r = rollout(
+            Policy {
+                progress_deadline_ms: 5_000,
+                failure_action: FailureAction::Continue,
+                ..Policy::default()
+            },
+            vec![target("a", "x", 1), target("b", "x", 1)],
+        );
+        r.created_ms = 1_000;
+        r.updated_ms = 1_000;
+        let windows = Windows::default();
+        let only_a = |h: &str| h == "a";
+        let at = |now_ms| Observation {
+            now_ms,
+            connected: &only_a,
+            windows: &windows,
+        };
+        assert_eq!(plan(&r, &at(2_000)), vec![Action::Dispatch(0)]);
+        assert_eq!(plan(&r, &at(7_000)), vec![Action::Abandon(1)]);
     }
 }

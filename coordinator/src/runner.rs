@@ -31,6 +31,7 @@ const RESEND: Duration = Duration::from_secs(1);
 /// One agent answer for target `index`.
 struct Answer {
     index: usize,
+    op_id: String,
     revert: bool,
     result: pb::RecreateResult,
 }
@@ -125,6 +126,7 @@ impl Runner {
         };
         let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
         let commands = self.commands.clone();
+        let answer_op = options.op_id.clone().unwrap_or_default();
         tokio::spawn(async move {
             loop {
                 match commands
@@ -136,6 +138,7 @@ impl Runner {
                         let _ = answers
                             .send(Answer {
                                 index,
+                                op_id: answer_op,
                                 revert,
                                 result,
                             })
@@ -255,6 +258,20 @@ impl Runner {
                         rollout.set(*i, state, now);
                         history.push(rollout.targets[*i].history(&rollout.id));
                     }
+                    Action::Abandon(i) => {
+                        let reason = format!(
+                            "host {} away for longer than the progress deadline ({} s)",
+                            rollout.targets[*i].host,
+                            rollout.policy.progress_deadline_ms / 1000
+                        );
+                        let state = if rollout.targets[*i].state == TargetState::Pending {
+                            TargetState::Skipped { reason }
+                        } else {
+                            TargetState::RevertFailed { reason }
+                        };
+                        rollout.set(*i, state, now);
+                        history.push(rollout.targets[*i].history(&rollout.id));
+                    }
                     Action::Become(state) => {
                         info!(rollout = %rollout.id, state = state.name(), "Rollout state changes.");
                         rollout.state = state.clone();
@@ -289,6 +306,16 @@ impl Runner {
                 .min(TICK);
             tokio::select! {
                 Some(answer) = answers.recv() => {
+                    // Only the answer to what the target waits for now counts (a late answer
+                    // to a timed-out command does not).
+                    let expected = match &rollout.targets[answer.index].state {
+                        TargetState::Dispatched { op_id, .. } | TargetState::Reverting { op_id, .. } => op_id == &answer.op_id,
+                        _ => false,
+                    };
+                    if !expected {
+                        warn!(rollout = %rollout.id, op = %answer.op_id, "Ignoring a late answer.");
+                        continue;
+                    }
                     senders.remove(&answer.index);
                     let now = now_unix_ms();
                     let status = status_name(&answer.result);

@@ -520,6 +520,7 @@ mod tests {
             targets: Vec::new(),
             last_host_done_ms: 0,
             canary_done_ms: 0,
+            acknowledged_failures: 0,
         };
         let dir = tempfile::tempdir().unwrap();
         {

@@ -224,6 +224,12 @@ impl Recreator {
         self.api
     }
 
+    /// Whether operation `op_id` is already in the journal (done, or begun before a crash):
+    /// a repeated command then gets the stored outcome and nothing around it runs again.
+    pub fn knows(&self, op_id: &str) -> bool {
+        self.journal.get(op_id).ok().flatten().is_some()
+    }
+
     pub fn new(
         engine: &Engine,
         journal: Journal,
@@ -333,12 +339,14 @@ impl Recreator {
                 c.id.map(|id| (id, running))
             })
             .collect();
-        for (i, (id, running)) in dependants.into_iter().enumerate() {
+        for (id, running) in dependants {
             match outcome {
                 Outcome::Updated { new_id, .. } => {
                     report("dependant");
+                    // Named by the dependant, not its place in a list: a resend after a crash
+                    // must find the same op id for the same container.
                     let dependant = Request {
-                        op_id: format!("{}-dep{i}", request.op_id),
+                        op_id: format!("{}-dep-{}", request.op_id, short(&id)),
                         container: id.clone(),
                         image: None,
                         auth: None,
