@@ -359,6 +359,21 @@ fn a_failing_update_rolls_back_and_pauses_and_no_other_host_is_touched() -> anyh
         .unwrap_or_default();
     assert_eq!(entry["result"], "failed", "{history}");
     assert_eq!(entry["container"], a.as_str());
+    // `resume` accepts the failure and goes on with host-b, whose v2 fails too: a new failure
+    // pauses the rollout again, and host-b's agent rolled its container back.
+    let (code, resumed) = coordinator.admin(&["resume"])?;
+    assert_eq!(code, 0, "{resumed}");
+    eventually(CONVERGE, POLL, || {
+        let rollout = newest_rollout(&coordinator)?;
+        ensure!(
+            target(&rollout, "host-b")["state"] == "failed",
+            "host-b not done yet: {rollout}"
+        );
+        ensure!(rollout["state"] == "paused", "{rollout}");
+        Ok(())
+    })?;
+    assert_eq!(engine_b.inspect(&b, "{{.Id}}")?, b_id);
+    assert_eq!(engine_b.inspect(&b, "{{.State.Running}}")?, "true");
     Ok(())
 }
 
