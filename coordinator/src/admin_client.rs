@@ -455,7 +455,7 @@ pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure>
         }
         (OutputFormat::Table, Some(_)) => {
             for r in &rollouts {
-                println!("rollout {}: {} {}", r.id, r.state, r.reason);
+                println!("rollout {}: {}{}", r.id, r.state, reason_suffix(&r.reason));
                 let rows: Vec<Vec<String>> = r
                     .targets
                     .iter()
@@ -736,7 +736,7 @@ pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Fail
         return Err(Failure::runtime(format!("rollout {id}: nothing received")));
     };
     if !terminal && args.output == OutputFormat::Table {
-        println!("rollout {}: {} {}", r.id, r.state, r.reason);
+        println!("rollout {}: {}{}", r.id, r.state, reason_suffix(&r.reason));
     }
     match r.state.as_str() {
         "completed" => Ok(()),
@@ -753,6 +753,14 @@ pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Fail
                 format!(": {}", r.reason)
             }
         ))),
+    }
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" {reason}")
     }
 }
 

@@ -476,7 +476,10 @@ pub fn admin_command_line(args: &[String]) -> bool {
         if arg.starts_with('-') {
             continue;
         }
-        return !matches!(arg.as_str(), "pki" | "serve" | "up" | "help");
+        return !matches!(
+            arg.as_str(),
+            "pki" | "serve" | "up" | "help" | "completions"
+        );
     }
     false
 }
