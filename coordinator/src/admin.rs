@@ -149,13 +149,20 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let dry_run = request.get_ref().dry_run;
+        let r = request.into_inner();
+        let dry_run = r.dry_run;
+        let host = (!r.host.is_empty()).then_some(r.host);
+        let container = (!r.container.is_empty()).then_some(r.container);
         // A cycle never overlaps a running one: `run` waits for it. It runs in a task of its
         // own: a client that goes away must not cancel a rollout half way.
         let cycle = self.cycle.clone();
-        let report = tokio::spawn(async move { cycle.run(dry_run).await })
-            .await
-            .map_err(|e| Status::internal(format!("the cycle failed: {e}")))?;
+        let report = tokio::spawn(async move {
+            cycle
+                .run_scoped(dry_run, host.as_deref(), container.as_deref())
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the cycle failed: {e}")))?;
         Ok(Response::new(check_response(report)))
     }
 

@@ -99,10 +99,15 @@ pub async fn containers(args: &AdminArgs, host: Option<&HostName>) -> Result<(),
 /// `update --host H --container C [--image REF]`: exit 0 when the container runs the target
 /// image, 1 with one line when it was refused or rolled back.
 pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
+    let (Some(host), Some(container)) = (&args.host, &args.container) else {
+        return Err(Failure::usage(
+            "update of one container needs --host and --container",
+        ));
+    };
     let mut client = connect(&args.admin).await?;
     let request = pb::UpdateRequest {
-        host: args.host.to_string(),
-        container: args.container.clone(),
+        host: host.to_string(),
+        container: container.clone(),
         image: args.image.clone().unwrap_or_default(),
     };
     let response = client
@@ -117,8 +122,8 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
         OutputFormat::Json => print!(
             "{}",
             pretty(&[json!({
-                "host": args.host.as_str(),
-                "container": args.container,
+                "host": host.as_str(),
+                "container": container,
                 "op_id": response.op_id,
                 "status": status,
                 "new_id": result.new_id,
@@ -133,8 +138,8 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             table(
                 &["HOST", "CONTAINER", "STATUS", "STEPS", "OP"],
                 &[vec![
-                    args.host.to_string(),
-                    args.container.clone(),
+                    host.to_string(),
+                    container.clone(),
                     status.to_owned(),
                     response.steps.join(","),
                     response.op_id.clone(),
@@ -146,15 +151,15 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
         Status::Updated | Status::AlreadyCurrent => Ok(()),
         Status::RolledBack => Err(Failure::runtime(format!(
             "update of {} on {} failed at {}: {}; the old container was restored",
-            args.container, args.host, result.step, result.reason
+            container, host, result.step, result.reason
         ))),
         Status::RollbackFailed => Err(Failure::runtime(format!(
             "update of {} on {} failed at {} and the rollback did not complete: {}",
-            args.container, args.host, result.step, result.reason
+            container, host, result.step, result.reason
         ))),
         _ => Err(Failure::runtime(format!(
             "update of {} on {} refused: {}",
-            args.container, args.host, result.reason
+            container, host, result.reason
         ))),
     }
 }
@@ -174,9 +179,23 @@ fn status_name(result: &pb::RecreateResult) -> &'static str {
 
 /// `check [--dry-run]` and `updates`: exit 1 when an update was sent and did not succeed.
 pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
+    check_scoped(args, dry_run, None, None).await
+}
+
+/// A check cycle over `host`'s and/or `container`'s containers only.
+pub async fn check_scoped(
+    args: &AdminArgs,
+    dry_run: bool,
+    host: Option<&str>,
+    container: Option<&str>,
+) -> Result<(), Failure> {
     let mut client = connect(args).await?;
     let response = client
-        .check(pb::CheckRequest { dry_run })
+        .check(pb::CheckRequest {
+            dry_run,
+            host: host.unwrap_or_default().to_owned(),
+            container: container.unwrap_or_default().to_owned(),
+        })
         .await
         .map_err(call_failed)?
         .into_inner();

@@ -395,14 +395,15 @@ pub struct ContainersArgs {
 pub struct UpdateArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// The container's host.
+    /// Only this host's containers; with --container, that one container now.
     #[arg(long, value_name = "HOST", value_parser = parse_host)]
-    pub host: HostName,
-    /// Container name or id.
+    pub host: Option<HostName>,
+    /// Only containers of this name or id (on every host, or on --host).
     #[arg(long, value_name = "NAME", value_parser = parse_container)]
-    pub container: String,
-    /// Image reference to recreate from [default: the container's configured reference].
-    #[arg(long, value_name = "REF", value_parser = parse_image)]
+    pub container: Option<String>,
+    /// Image reference to recreate from [default: the container's configured reference];
+    /// needs --host and --container.
+    #[arg(long, value_name = "REF", value_parser = parse_image, requires_all = ["host", "container"])]
     pub image: Option<String>,
 }
 
@@ -542,7 +543,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Containers(args) => {
             admin_client::containers(&args.admin, args.host.as_ref()).await
         }
-        Command::Update(args) => admin_client::update(&args).await,
+        Command::Update(args) => match (&args.host, &args.container) {
+            // One container: recreated now, on its tag's current image or on --image.
+            (Some(_), Some(_)) => admin_client::update(&args).await,
+            // A host's or a name's containers: a cycle over them, updating what moved.
+            (host, container) => {
+                admin_client::check_scoped(
+                    &args.admin,
+                    false,
+                    host.as_ref().map(HostName::as_str),
+                    container.as_deref(),
+                )
+                .await
+            }
+        },
         Command::Check(args) => admin_client::check(&args.admin, args.dry_run).await,
         Command::Updates(args) => admin_client::check(&args, true).await,
         Command::Rollouts(args) => admin_client::rollouts(&args.admin, args.id.as_deref()).await,

@@ -127,7 +127,21 @@ impl Cycle {
 
     /// Runs one cycle, after any cycle already running.
     pub async fn run(&self, dry_run: bool) -> Report {
+        self.run_scoped(dry_run, None, None).await
+    }
+
+    /// Runs one cycle over the containers of `host` and/or named `container` only.
+    pub async fn run_scoped(
+        &self,
+        dry_run: bool,
+        host: Option<&str>,
+        container: Option<&str>,
+    ) -> Report {
         let _turn = self.running.lock().await;
+        let in_scope = |h: &str, c: &ContainerInfo| {
+            host.is_none_or(|want| want == h)
+                && container.is_none_or(|want| want == c.name || c.id.starts_with(want))
+        };
         // Only hosts that reported since they connected: a stored inventory may be stale.
         let connected: Vec<String> = self
             .fleet
@@ -139,6 +153,9 @@ impl Cycle {
         let mut containers = Vec::new();
         let mut offline = Vec::new();
         for (host, c) in self.fleet.containers(None).unwrap_or_default() {
+            if !in_scope(&host, &c) {
+                continue;
+            }
             if connected.contains(&host) {
                 containers.push((host, c));
             } else {

@@ -292,6 +292,12 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
         ),
         ("updates", vec!["updates"], 0),
         ("check", vec!["check"], 0),
+        ("update-host", vec!["update", "--host", "web-01"], 0),
+        (
+            "update-container",
+            vec!["update", "--container", "postgres"],
+            0,
+        ),
         ("rollouts", vec!["rollouts"], 0),
         ("rollout", vec!["rollout", "r-1748782800000-0"], 0),
         (

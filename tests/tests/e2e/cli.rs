@@ -45,7 +45,11 @@ fn admin_args(coordinator: &Coordinator) -> anyhow::Result<Vec<String>> {
 }
 
 /// Runs `rollout ID --watch` on a pseudo-terminal (`script`), in the background.
-fn watch_on_terminal(coordinator: &Coordinator, id: &str) -> anyhow::Result<Process> {
+fn watch_on_terminal(
+    coordinator: &Coordinator,
+    id: &str,
+    no_color: bool,
+) -> anyhow::Result<Process> {
     let mut line = format!(
         "{} rollout {id} --watch",
         coordinator.bin.to_str().context("bin path")?
@@ -59,6 +63,9 @@ fn watch_on_terminal(coordinator: &Coordinator, id: &str) -> anyhow::Result<Proc
         .args(["-qefc", &line, "/dev/null"])
         .env("TERM", "xterm")
         .env_remove("NO_COLOR");
+    if no_color {
+        command.env("NO_COLOR", "1");
+    }
     Process::spawn_command(command)
 }
 
@@ -130,7 +137,8 @@ fn watch_follows_a_rollout_to_its_end_and_status_pause_resume_work() -> anyhow::
     let check_refs: Vec<&str> = check.iter().map(String::as_str).collect();
     let _check = Process::spawn(&coordinator.bin, &check_refs, &[])?;
     let id = running_rollout(&coordinator)?;
-    let terminal = watch_on_terminal(&coordinator, &id)?;
+    let terminal = watch_on_terminal(&coordinator, &id, false)?;
+    let colourless = watch_on_terminal(&coordinator, &id, true)?;
     let plain = Command::new(&coordinator.bin)
         .args(["rollout", &id, "--watch"])
         .args(&args)
@@ -165,6 +173,14 @@ fn watch_follows_a_rollout_to_its_end_and_status_pause_resume_work() -> anyhow::
     assert!(
         shown.contains("\u{1b}[32mcompleted\u{1b}[0m"),
         "no colour on a terminal:\n{shown}"
+    );
+    // NO_COLOR: the same display, without colour.
+    assert_eq!(wait_exit(&colourless, CONVERGE)?, 0, "{}", colourless.log());
+    let plain_display = colourless.log();
+    assert!(plain_display.contains("] 2/2"), "{plain_display}");
+    assert!(
+        !plain_display.contains("\u{1b}[32m"),
+        "colour despite NO_COLOR:\n{plain_display}"
     );
 
     // pause: a new cycle updates nothing; status says so; resume lets it run again.
