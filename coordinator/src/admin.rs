@@ -138,6 +138,13 @@ impl pb::admin_server::Admin for AdminApi {
                 CommandError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
             })?;
         info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
+        if let Some(result) = &outcome.result.recreate {
+            crate::metrics::METRICS.update_done(
+                host.as_str(),
+                &r.container,
+                crate::runner::status_name(result),
+            );
+        }
         Ok(Response::new(pb::UpdateResponse {
             op_id: outcome.op_id,
             result: outcome.result.recreate,

@@ -297,6 +297,16 @@ pub struct PolicyArgs {
     /// Europe/Berlin`: new work starts only inside one (UTC unless a zone is given).
     #[arg(long, env = ENV_MAINTENANCE_WINDOWS, value_name = "WINDOWS", value_parser = parse_windows, default_value = "")]
     pub maintenance_windows: crate::window::Windows,
+    /// Address of the metrics endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = ENV_PROMETHEUS_ADDR, default_value = "0.0.0.0", value_name = "IP")]
+    pub prometheus_addr: std::net::IpAddr,
+    /// Port of the metrics endpoint; served only when given.
+    #[arg(long, env = ENV_PROMETHEUS_PORT, value_name = "PORT")]
+    pub prometheus_port: Option<u16>,
+    /// Per-container update counters (ouroboros_container_updates_total); off for large
+    /// fleets.
+    #[arg(long, env = ENV_METRICS_PER_CONTAINER, value_parser = parse_flag, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub metrics_per_container: bool,
     /// Days of update history kept.
     #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
     pub history_retention: u64,
@@ -597,6 +607,7 @@ impl PolicyArgs {
         let args = self;
         let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
             .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
+        crate::metrics::METRICS.set_per_container(args.metrics_per_container);
         let repo = args.repo_user.zip(args.repo_pass);
         let credentials = Credentials::new(repo, args.docker_config.as_deref())
             .map_err(|e| Failure::usage(format!("--docker-config: {e}")))?;
@@ -658,6 +669,9 @@ impl PolicyArgs {
                 windows: args.maintenance_windows.to_string(),
             },
             history_retention: Duration::from_secs(args.history_retention * 24 * 3600),
+            metrics_listen: args
+                .prometheus_port
+                .map(|port| SocketAddr::new(args.prometheus_addr, port)),
         })
     }
 }

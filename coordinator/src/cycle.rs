@@ -138,6 +138,7 @@ impl Cycle {
         container: Option<&str>,
     ) -> Report {
         let _turn = self.running.lock().await;
+        let started = std::time::Instant::now();
         let in_scope = |h: &str, c: &ContainerInfo| {
             host.is_none_or(|want| want == h)
                 && container.is_none_or(|want| want == c.name || c.id.starts_with(want))
@@ -225,6 +226,14 @@ impl Cycle {
             .iter()
             .filter(|d| !matches!(d.decision, Decision::Skip { .. }))
             .count();
+        let mut monitored_by_host: BTreeMap<String, u64> =
+            connected.iter().map(|h| (h.clone(), 0)).collect();
+        for d in detections
+            .iter()
+            .filter(|d| !matches!(d.decision, Decision::Skip { .. }))
+        {
+            *monitored_by_host.entry(d.host.clone()).or_default() += 1;
+        }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((
             now_unix_ms(),
             u32::try_from(monitored).unwrap_or(u32::MAX),
@@ -290,6 +299,13 @@ impl Cycle {
                 Checked { detection, result }
             })
             .collect();
+        let now = now_unix_ms();
+        crate::metrics::METRICS.cycle(
+            started.elapsed().as_secs_f64(),
+            now as f64 / 1000.0,
+            monitored_by_host,
+            updates as u64,
+        );
         Report {
             checked,
             pruned,

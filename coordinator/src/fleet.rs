@@ -126,6 +126,18 @@ impl Fleet {
         writer.sync()
     }
 
+    /// A stored setting.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        self.store.load_settings().ok()?.remove(key)
+    }
+
+    /// Queues a setting for the store.
+    pub fn save_setting(&self, key: &str, value: String) {
+        let mut batch = Batch::default();
+        batch.settings.insert(key.to_owned(), Some(value));
+        self.writer().batch(batch);
+    }
+
     /// Why updates are paused, if they are.
     pub fn paused(&self) -> Option<String> {
         self.paused

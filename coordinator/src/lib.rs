@@ -17,6 +17,8 @@ pub mod deps;
 pub mod detect;
 pub mod fleet;
 pub mod gateway;
+pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod registry;
 pub mod rollout;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use ouroboros_shared::reference::ImageRef;
 
 use crate::credentials::{Credential, Credentials, Secret};
+use crate::metrics::METRICS;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use tokio::sync::Semaphore;
@@ -307,8 +308,22 @@ impl RegistryClient {
         }
     }
 
-    /// The tag's (or pinned digest's) manifest digest now.
+    /// The tag's (or pinned digest's) manifest digest now (timed, for the metrics).
     pub async fn digest(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
+        let started = std::time::Instant::now();
+        let probe = self.probe(image).await;
+        METRICS.probe(started.elapsed().as_secs_f64());
+        if let Ok(Probe {
+            ratelimit_remaining: Some(remaining),
+            ..
+        }) = &probe
+        {
+            METRICS.ratelimit(&image.registry, remaining);
+        }
+        probe
+    }
+
+    async fn probe(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
         let name = image.to_string();
         let limit = self.limit(&image.registry);
         let reference = image
@@ -491,7 +506,10 @@ impl RegistryClient {
         if let Some(auth) = auth {
             request = request.header(AUTHORIZATION, auth);
         }
-        request.send().await.map_err(|e| self.transport(e, image))
+        let method = method_name(&request);
+        let answer = request.send().await;
+        record(url, method, &answer);
+        answer.map_err(|e| self.transport(e, image))
     }
 
     fn transport(&self, e: reqwest::Error, image: &str) -> ProbeError {
@@ -613,19 +631,21 @@ impl RegistryClient {
         };
         let mut response = None;
         if let Some(request) = request {
-            let r = request.send().await.map_err(|e| self.transport(e, image))?;
+            let method = method_name(&request);
+            let answer = request.send().await;
+            record(url.as_str(), method, &answer);
+            let r = answer.map_err(|e| self.transport(e, image))?;
             if !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                 response = Some(r);
             }
         }
         let response = match response {
             Some(r) => r,
-            None => self
-                .http
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| self.transport(e, image))?,
+            None => {
+                let answer = self.http.get(url.clone()).send().await;
+                record(url.as_str(), "GET", &answer);
+                answer.map_err(|e| self.transport(e, image))?
+            }
         };
         match response.status() {
             s if s.is_success() => {}
@@ -686,6 +706,32 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The method of a request about to be sent, for the metrics.
+fn method_name(request: &reqwest::RequestBuilder) -> &'static str {
+    match request
+        .try_clone()
+        .and_then(|r| r.build().ok())
+        .map(|r| r.method().clone())
+    {
+        Some(reqwest::Method::HEAD) => "HEAD",
+        Some(reqwest::Method::POST) => "POST",
+        _ => "GET",
+    }
+}
+
+/// Counts a request to `url`'s host by its answer's status (0: none).
+fn record(url: &str, method: &str, answer: &Result<reqwest::Response, reqwest::Error>) {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+        })
+        .unwrap_or_default();
+    let code = answer.as_ref().map_or(0, |r| r.status().as_u16());
+    METRICS.registry_request(&host, method, code);
 }
 
 /// `Retry-After`: seconds, or an HTTP date.

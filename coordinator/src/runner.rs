@@ -255,6 +255,15 @@ impl Runner {
                                 outcome: "timeout".into(),
                             }
                         };
+                        crate::metrics::METRICS.update_done(
+                            &rollout.targets[*i].host,
+                            &rollout.targets[*i].container,
+                            if reverting {
+                                "revert-failed"
+                            } else {
+                                "timeout"
+                            },
+                        );
                         rollout.set(*i, state, now);
                         history.push(rollout.targets[*i].history(&rollout.id));
                     }
@@ -327,6 +336,12 @@ impl Runner {
                     };
                     let t = &rollout.targets[answer.index];
                     info!(rollout = %rollout.id, host = %t.host, container = %t.container, status, reason = %reason, "Target answered.");
+                    let outcome = match (answer.revert, status) {
+                        (true, "updated" | "already-current") => "reverted",
+                        (true, _) => "revert-failed",
+                        (false, s) => s,
+                    };
+                    crate::metrics::METRICS.update_done(&t.host, &t.container, outcome);
                     rollout.set(answer.index, state, now);
                     let entry = rollout.targets[answer.index].history(&rollout.id);
                     results.insert(answer.index, answer.result);

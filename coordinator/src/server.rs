@@ -17,6 +17,7 @@ use crate::cycle::Cycle;
 use crate::detect::Selection;
 use crate::fleet::Fleet;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::schedule::Schedule;
 use crate::store::{RedbStore, StoreError};
@@ -24,8 +25,19 @@ use crate::tls::{incoming, require_role};
 
 /// Longest an `update` waits for the agent's result (pull, stop, health gate included).
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
-/// How often heartbeat times are queued for the store.
+/// How often heartbeat times (and changed counters) are queued for the store.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// The setting that holds the counters.
+const METRICS_SETTING: &str = "metrics";
+
+/// Queues the counters for the store when they changed.
+fn store_counters(fleet: &Fleet) {
+    if let Some(counters) = METRICS.take_dirty()
+        && let Ok(json) = serde_json::to_string(&counters)
+    {
+        fleet.save_setting(METRICS_SETTING, json);
+    }
+}
 
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
@@ -49,6 +61,8 @@ pub struct ServeConfig {
     pub rollout: crate::rollout::Policy,
     /// How long outcomes are kept.
     pub history_retention: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// When scheduled cycles run.
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
@@ -72,6 +86,7 @@ impl ServeConfig {
             run_once: None,
             rollout: crate::rollout::Policy::default(),
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            metrics_listen: None,
             schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
             detect_only: false,
         }
@@ -89,6 +104,11 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Registry(String),
+    #[error("--prometheus-addr/--prometheus-port {addr}: cannot listen: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -98,7 +118,9 @@ impl ServeError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Pki { .. } | Self::Store(StoreError::Locked(_) | StoreError::DataDir { .. })
+            Self::Pki { .. }
+                | Self::Metrics { .. }
+                | Self::Store(StoreError::Locked(_) | StoreError::DataDir { .. })
         )
     }
 }
@@ -169,6 +191,7 @@ pub struct Prepared {
     fleet: Arc<Fleet>,
     commands: Arc<Dispatcher>,
     cycle: Arc<Cycle>,
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Prepared {
@@ -194,6 +217,13 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     let registry = RegistryClient::new(config.registry.clone()).map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store)?);
+    // Counters go on from where they were.
+    if let Some(stored) = fleet.setting(METRICS_SETTING) {
+        match serde_json::from_str(&stored) {
+            Ok(counters) => METRICS.restore(counters),
+            Err(e) => tracing::warn!(error = %e, "Stored counters unreadable; starting from zero."),
+        }
+    }
     let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
     let cycle = Arc::new(Cycle::new(
         fleet.clone(),
@@ -207,12 +237,24 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         UPDATE_TIMEOUT,
         config.rollout.clone(),
     ));
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| ServeError::Metrics { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "Metrics listening.");
+            Some(listener)
+        }
+        None => None,
+    };
     Ok(Prepared {
         config,
         tls,
         fleet,
         commands,
         cycle,
+        metrics,
     })
 }
 
@@ -228,8 +270,21 @@ pub async fn run(
         fleet,
         commands,
         cycle,
+        metrics,
     } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let monitoring = match metrics.map(TcpListener::from_std) {
+        Some(Ok(listener)) => Some(tokio::spawn(crate::http::serve(
+            listener,
+            fleet.clone(),
+            stop_rx.clone(),
+        ))),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "Cannot serve metrics.");
+            None
+        }
+        None => None,
+    };
 
     let flusher = {
         let fleet = fleet.clone();
@@ -242,6 +297,7 @@ pub async fn run(
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 fleet.flush_last_seen();
+                store_counters(&fleet);
             }
         })
     };
@@ -288,7 +344,11 @@ pub async fn run(
         .await;
     flusher.abort();
     scheduler.abort();
+    if let Some(m) = monitoring {
+        m.abort();
+    }
     // Links have ended; store what is pending before returning.
+    store_counters(&fleet);
     let closing = fleet.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     result.map_err(ServeError::from)

@@ -72,6 +72,13 @@ pub const ENV_MAINTENANCE_WINDOWS: &str = "OUROBOROS_MAINTENANCE_WINDOWS";
 /// Days of update history kept.
 pub const ENV_HISTORY_RETENTION: &str = "OUROBOROS_HISTORY_RETENTION";
 
+/// Address of the metrics endpoint (`/metrics`, `/healthz`, `/readyz`), as in Ouroboros.
+pub const ENV_PROMETHEUS_ADDR: &str = "PROMETHEUS_ADDR";
+/// Port of the metrics endpoint; the endpoint is served only when set, as in Ouroboros.
+pub const ENV_PROMETHEUS_PORT: &str = "PROMETHEUS_PORT";
+/// Per-container update counters (`true`/`false`), off for large fleets.
+pub const ENV_METRICS_PER_CONTAINER: &str = "OUROBOROS_METRICS_PER_CONTAINER";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

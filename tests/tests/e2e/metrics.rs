@@ -1,0 +1,238 @@
+//! Metrics end to end: the coordinator's `/metrics` scraped by a real Prometheus (Debian's),
+//! whose query API returns `ouroboros_updates_total` for the updated host; `promtool check
+//! metrics` passes on the output; counters survive a restart; the Grafana dashboard in
+//! `deploy/` only queries exported metrics.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ouroboros_tests::{
+    Binaries, Cleanup, Process, Registry, eventually, publish, require_engine, unique_name,
+};
+
+use crate::fleet::Coordinator;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(250);
+
+/// A plain HTTP GET: the status code and the body.
+fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// The address the coordinator's log says metrics are served on.
+fn metrics_addr(server: &Process) -> anyhow::Result<String> {
+    let line = server.wait_for_log("Metrics listening.", CONVERGE)?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .map(str::to_owned)
+        .with_context(|| format!("no addr= in {line:?}"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Metric names (families) in a Prometheus text exposition.
+fn families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let on = Cleanup::new(&engine);
+    let repo = unique_name("metrics");
+    let v1 = publish(&on, &registry, &repo, "stable", 1)?;
+    let name = on.run_container("metrics", &["--network", "none"], &v1.reference, &[])?;
+    publish(&on, &registry, &repo, "stable", 2)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-metrics-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let env = [
+        ("MONITOR", name.as_str()),
+        ("PROMETHEUS_ADDR", "127.0.0.1"),
+        ("PROMETHEUS_PORT", "0"),
+    ];
+    let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
+    let addr = metrics_addr(&server)?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || {
+        let planned = coordinator.json(&["updates"])?;
+        ensure!(
+            planned
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["decision"] == "update"),
+            "not planned yet"
+        );
+        Ok(())
+    })?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    assert_eq!(code, 0, "{checked}");
+
+    // The endpoint.
+    let (status, text) = get(&addr, "/metrics")?;
+    assert_eq!(status, 200);
+    let updated = "ouroboros_updates_total{host=\"host-a\",outcome=\"updated\"} 1";
+    assert!(text.contains(updated), "{text}");
+    assert!(text.contains("ouroboros_agents_connected 1"), "{text}");
+    assert!(
+        text.contains("ouroboros_containers_monitored{host=\"host-a\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ouroboros_registry_requests_total{registry=\"127.0.0.1:"),
+        "{text}"
+    );
+    for family in [
+        "ouroboros_agents_connected",
+        "ouroboros_hosts",
+        "ouroboros_containers_monitored",
+        "ouroboros_updates_available",
+        "ouroboros_updates_total",
+        "ouroboros_rollbacks_total",
+        "ouroboros_registry_requests_total",
+        "ouroboros_registry_probe_seconds",
+        "ouroboros_registry_ratelimit_remaining",
+        "ouroboros_cycle_seconds",
+        "ouroboros_last_cycle_timestamp_seconds",
+        "ouroboros_rollouts",
+        "ouroboros_notifications_total",
+        "ouroboros_container_updates_total",
+    ] {
+        assert!(families(&text).contains(family), "no {family}:\n{text}");
+    }
+    assert_eq!(get(&addr, "/healthz")?.0, 200);
+    assert_eq!(get(&addr, "/readyz")?.0, 200);
+    assert_eq!(get(&addr, "/nothing")?.0, 404);
+
+    // promtool accepts it.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian's prometheus package)")?;
+    promtool
+        .stdin
+        .take()
+        .context("promtool stdin")?
+        .write_all(text.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // A real Prometheus scrapes it; its query API has the update of host-a.
+    let prom_dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-prometheus-")
+        .tempdir()?;
+    let config = prom_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ouroboros\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+        ),
+    )?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let prometheus = Process::spawn(
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!(
+                "--storage.tsdb.path={}",
+                prom_dir.path().join("data").display()
+            ),
+            &format!("--web.listen-address={listen}"),
+        ],
+        &[],
+    )?;
+    eventually(CONVERGE, Duration::from_millis(500), || {
+        let (status, body) = get(
+            &listen,
+            "/api/v1/query?query=ouroboros_updates_total%7Bhost%3D%22host-a%22%7D",
+        )?;
+        ensure!(status == 200, "query answered {status}: {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body)?;
+        let result = &answer["data"]["result"][0];
+        ensure!(result["metric"]["outcome"] == "updated", "{body}");
+        ensure!(result["value"][1] == "1", "{body}");
+        Ok(())
+    })
+    .with_context(|| prometheus.log_tail(20))?;
+    drop(prometheus);
+
+    // The dashboard queries only exported metrics.
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )?)?;
+    let exported = families(&text);
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            queries += 1;
+            let named: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("ouroboros_"))
+                .collect();
+            ensure!(!named.is_empty(), "{expr} names no ouroboros metric");
+            for metric in named {
+                let family = metric
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                ensure!(
+                    exported.contains(family),
+                    "{expr}: {metric} is not exported"
+                );
+            }
+        }
+    }
+    ensure!(queries >= 10, "only {queries} queries");
+
+    // Counters survive a restart.
+    server.terminate(Duration::from_secs(20))?;
+    drop(server);
+    let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
+    let addr = metrics_addr(&server)?;
+    let (_, text) = get(&addr, "/metrics")?;
+    assert!(text.contains(updated), "counter lost in a restart:\n{text}");
+    Ok(())
+}
