@@ -307,6 +307,33 @@ pub struct PolicyArgs {
     /// fleets.
     #[arg(long, env = ENV_METRICS_PER_CONTAINER, value_parser = parse_flag, default_value = "true", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub metrics_per_container: bool,
+    /// `influxdb`: write the figures to InfluxDB after every cycle.
+    #[arg(long, env = ENV_DATA_EXPORT, value_name = "KIND", value_parser = ["influxdb"])]
+    pub data_export: Option<String>,
+    /// InfluxDB: `http://HOST` or `https://HOST`.
+    #[arg(long, env = ENV_INFLUX_URL, default_value = "http://localhost", value_name = "URL")]
+    pub influx_url: String,
+    /// InfluxDB: port.
+    #[arg(long, env = ENV_INFLUX_PORT, default_value_t = 8086, value_name = "PORT")]
+    pub influx_port: u16,
+    /// InfluxDB 1.x: user.
+    #[arg(long, env = ENV_INFLUX_USERNAME, value_name = "USER")]
+    pub influx_username: Option<String>,
+    /// InfluxDB 1.x: password. Never logged.
+    #[arg(long, env = ENV_INFLUX_PASSWORD, value_name = "PASSWORD", hide_env_values = true)]
+    pub influx_password: Option<String>,
+    /// InfluxDB 1.x: database (2.x: the bucket unless --influx-bucket).
+    #[arg(long, env = ENV_INFLUX_DATABASE, default_value = "ouroboros", value_name = "NAME")]
+    pub influx_database: String,
+    /// InfluxDB 2.x: organisation.
+    #[arg(long, env = ENV_INFLUX_ORG, value_name = "ORG")]
+    pub influx_org: Option<String>,
+    /// InfluxDB 2.x: bucket.
+    #[arg(long, env = ENV_INFLUX_BUCKET, value_name = "BUCKET")]
+    pub influx_bucket: Option<String>,
+    /// InfluxDB 2.x: token (uses the 2.x write API). Never logged.
+    #[arg(long, env = ENV_INFLUX_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub influx_token: Option<String>,
     /// Days of update history kept.
     #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
     pub history_retention: u64,
@@ -608,6 +635,25 @@ impl PolicyArgs {
         let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
             .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
         crate::metrics::METRICS.set_per_container(args.metrics_per_container);
+        let influx = match args.data_export.as_deref() {
+            Some("influxdb") => {
+                let config = crate::export::InfluxConfig {
+                    url: args.influx_url.clone(),
+                    port: args.influx_port,
+                    database: args.influx_database.clone(),
+                    username: args.influx_username.clone(),
+                    password: args.influx_password.clone(),
+                    org: args.influx_org.clone(),
+                    bucket: args.influx_bucket.clone(),
+                    token: args.influx_token.clone(),
+                };
+                config
+                    .write_url()
+                    .map_err(|e| Failure::usage(format!("--influx-url: {e}")))?;
+                Some(config)
+            }
+            _ => None,
+        };
         let repo = args.repo_user.zip(args.repo_pass);
         let credentials = Credentials::new(repo, args.docker_config.as_deref())
             .map_err(|e| Failure::usage(format!("--docker-config: {e}")))?;
@@ -672,6 +718,7 @@ impl PolicyArgs {
             metrics_listen: args
                 .prometheus_port
                 .map(|port| SocketAddr::new(args.prometheus_addr, port)),
+            influx,
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct Cycle {
     pub last: std::sync::Mutex<Option<(i64, u32, u32)>>,
     /// When the next scheduled cycle runs (unix ms; 0: none scheduled).
     pub next_at: std::sync::atomic::AtomicI64,
+    /// Woken after every cycle (for the InfluxDB export).
+    pub done: Arc<tokio::sync::Notify>,
 }
 
 /// One container's part in a cycle.
@@ -122,6 +124,7 @@ impl Cycle {
             running: tokio::sync::Mutex::new(()),
             last: std::sync::Mutex::new(None),
             next_at: std::sync::atomic::AtomicI64::new(0),
+            done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -306,6 +309,7 @@ impl Cycle {
             monitored_by_host,
             updates as u64,
         );
+        self.done.notify_waiters();
         Report {
             checked,
             pruned,

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod cycle;
 pub mod deps;
 pub mod detect;
+pub mod export;
 pub mod fleet;
 pub mod gateway;
 pub mod http;

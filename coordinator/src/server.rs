@@ -63,6 +63,8 @@ pub struct ServeConfig {
     pub history_retention: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `DATA_EXPORT=influxdb`: where the figures go after every cycle.
+    pub influx: Option<crate::export::InfluxConfig>,
     /// When scheduled cycles run.
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
@@ -87,6 +89,7 @@ impl ServeConfig {
             rollout: crate::rollout::Policy::default(),
             history_retention: Duration::from_secs(90 * 24 * 3600),
             metrics_listen: None,
+            influx: None,
             schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
             detect_only: false,
         }
@@ -273,6 +276,19 @@ pub async fn run(
         metrics,
     } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let exporting = match config.influx.clone().map(crate::export::Exporter::new) {
+        Some(Ok(exporter)) => Some(tokio::spawn(crate::export::run(
+            exporter,
+            fleet.clone(),
+            cycle.done.clone(),
+            stop_rx.clone(),
+        ))),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "No InfluxDB export.");
+            None
+        }
+        None => None,
+    };
     let monitoring = match metrics.map(TcpListener::from_std) {
         Some(Ok(listener)) => Some(tokio::spawn(crate::http::serve(
             listener,
@@ -346,6 +362,9 @@ pub async fn run(
     scheduler.abort();
     if let Some(m) = monitoring {
         m.abort();
+    }
+    if let Some(e) = exporting {
+        e.abort();
     }
     // Links have ended; store what is pending before returning.
     store_counters(&fleet);

@@ -79,6 +79,25 @@ pub const ENV_PROMETHEUS_PORT: &str = "PROMETHEUS_PORT";
 /// Per-container update counters (`true`/`false`), off for large fleets.
 pub const ENV_METRICS_PER_CONTAINER: &str = "OUROBOROS_METRICS_PER_CONTAINER";
 
+/// `influxdb`: write the figures to InfluxDB after every cycle, as in Ouroboros.
+pub const ENV_DATA_EXPORT: &str = "DATA_EXPORT";
+/// InfluxDB: `http://host` or `https://host`, as in Ouroboros.
+pub const ENV_INFLUX_URL: &str = "INFLUX_URL";
+/// InfluxDB: port, as in Ouroboros.
+pub const ENV_INFLUX_PORT: &str = "INFLUX_PORT";
+/// InfluxDB 1.x: user, as in Ouroboros.
+pub const ENV_INFLUX_USERNAME: &str = "INFLUX_USERNAME";
+/// InfluxDB 1.x: password, as in Ouroboros.
+pub const ENV_INFLUX_PASSWORD: &str = "INFLUX_PASSWORD";
+/// InfluxDB 1.x: database, as in Ouroboros.
+pub const ENV_INFLUX_DATABASE: &str = "INFLUX_DATABASE";
+/// InfluxDB 2.x: organisation.
+pub const ENV_INFLUX_ORG: &str = "INFLUX_ORG";
+/// InfluxDB 2.x: bucket.
+pub const ENV_INFLUX_BUCKET: &str = "INFLUX_BUCKET";
+/// InfluxDB 2.x: token (selects the 2.x write API).
+pub const ENV_INFLUX_TOKEN: &str = "INFLUX_TOKEN";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

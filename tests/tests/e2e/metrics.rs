@@ -236,3 +236,162 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     assert!(text.contains(updated), "counter lost in a restart:\n{text}");
     Ok(())
 }
+
+/// An HTTP request with an optional body and Basic credentials: status and body.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    user: Option<(&str, &str)>,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = user
+        .map(|(u, p)| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                ouroboros_shared::base64::standard(format!("{u}:{p}").as_bytes())
+            )
+        })
+        .unwrap_or_default();
+    write!(
+        stream,
+        // HTTP/1.0: the answer comes whole, never chunked.
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+#[test]
+fn influxdb_receives_the_figures_after_a_cycle() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    // A real InfluxDB 1.x (Debian's), with authentication.
+    let influx_dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-influxdb-")
+        .tempdir()?;
+    let (rpc_port, http_port) = (free_port()?, free_port()?);
+    let d = influx_dir.path().display();
+    let config = influx_dir.path().join("influxdb.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n[http]\n  bind-address = \"127.0.0.1:{http_port}\"\n  auth-enabled = true\n  log-enabled = false\n[monitor]\n  store-enabled = false\n"
+        ),
+    )?;
+    let influxd = Process::spawn(
+        "influxd",
+        &["-config", config.to_str().context("path")?],
+        &[],
+    )?;
+    let influx = format!("127.0.0.1:{http_port}");
+    let (user, password) = ("ouroboros", "infl?x>pw");
+    let q = |s: &str| {
+        s.replace(' ', "%20")
+            .replace('\'', "%27")
+            .replace('"', "%22")
+    };
+    eventually(CONVERGE, POLL, || {
+        let (code, body) = request(&influx, "GET", "/ping", None)?;
+        ensure!(code == 204, "ping answered {code}: {body}");
+        Ok(())
+    })
+    .with_context(|| influxd.log_tail(20))?;
+    // The first user may be made without credentials; then everything needs them.
+    let create_user = format!(
+        "/query?q={}",
+        q(&format!(
+            "CREATE USER {user} WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+        ))
+        .replace('?', "%3F")
+        .replace('>', "%3E")
+    );
+    let (code, body) = request(&influx, "POST", &create_user, None)?;
+    ensure!(code == 200, "create user: {code} {body}");
+    let (code, body) = request(
+        &influx,
+        "POST",
+        "/query?q=CREATE%20DATABASE%20fleet",
+        Some((user, password)),
+    )?;
+    ensure!(code == 200, "create database: {code} {body}");
+
+    let registry = Registry::start()?;
+    let on = Cleanup::new(&engine);
+    let repo = unique_name("influx");
+    let v1 = publish(&on, &registry, &repo, "stable", 1)?;
+    let name = on.run_container("influx", &["--network", "none"], &v1.reference, &[])?;
+    publish(&on, &registry, &repo, "stable", 2)?;
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-influx-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let port = http_port.to_string();
+    let server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("MONITOR", name.as_str()),
+            ("DATA_EXPORT", "influxdb"),
+            ("INFLUX_URL", "http://127.0.0.1"),
+            ("INFLUX_PORT", &port),
+            ("INFLUX_USERNAME", user),
+            ("INFLUX_PASSWORD", password),
+            ("INFLUX_DATABASE", "fleet"),
+        ],
+    )?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || {
+        let planned = coordinator.json(&["updates"])?;
+        ensure!(
+            planned
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["decision"] == "update"),
+            "not planned yet"
+        );
+        Ok(())
+    })?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    assert_eq!(code, 0, "{checked}");
+    let query = format!(
+        "/query?db=fleet&q={}",
+        q(
+            "SELECT last(value) FROM ouroboros_updates_total WHERE host='host-a' AND outcome='updated'"
+        )
+    );
+    eventually(CONVERGE, POLL, || {
+        let (code, body) = request(&influx, "GET", &query, Some((user, password)))?;
+        ensure!(code == 200, "query: {code} {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body)?;
+        let value = &answer["results"][0]["series"][0]["values"][0][1];
+        ensure!(value == 1, "no point yet: {body}");
+        Ok(())
+    })?;
+    let (_, fleet) = request(
+        &influx,
+        "GET",
+        &format!(
+            "/query?db=fleet&q={}",
+            q("SELECT last(hosts) FROM ouroboros_fleet")
+        ),
+        Some((user, password)),
+    )?;
+    assert!(fleet.contains("\"values\":[["), "{fleet}");
+    assert!(
+        !server.log().contains(password),
+        "the InfluxDB password was logged"
+    );
+    drop(influxd);
+    Ok(())
+}
