@@ -5,7 +5,8 @@
 //!
 //! Per host, targets run one at a time in dependency order. Hosts start while fewer than
 //! `max_hosts_in_flight` are busy, canary hosts first; the others wait until every canary host
-//! is done and `canary_wait` has passed without a failure. After a host finishes, its slot is
+//! is done and `canary_wait` has passed; a failed canary triggers the failure action whatever
+//! the ratio. After a host finishes, its slot is
 //! free again `batch_delay` later. New work starts only inside a maintenance window; work in
 //! flight always finishes. When failures exceed `max_failure_ratio` of the targets, the
 //! `failure_action` applies: `pause` (nothing new starts), `rollback` (targets already updated
@@ -502,13 +503,24 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
         }
         _ => return actions,
     }
-    if r.too_many_failures() {
+    // A canary that fails stops the rollout whatever the ratio: the canaries exist to find
+    // what the other hosts must not get (failures a resume accepted aside).
+    let canary_failed = r.failed() > r.acknowledged_failures as usize
+        && r.targets.iter().any(|t| t.batch == 0)
+        && r.targets
+            .iter()
+            .any(|t| t.batch == 0 && matches!(t.state, TargetState::Failed { .. }));
+    if r.too_many_failures() || canary_failed {
         let failed = r.failed();
-        let reason = format!(
-            "{failed} of {} targets failed (tolerated: {:.0}%)",
-            r.targets.len(),
-            r.policy.max_failure_ratio * 100.0
-        );
+        let reason = if canary_failed && !r.too_many_failures() {
+            "a canary host failed".to_owned()
+        } else {
+            format!(
+                "{failed} of {} targets failed (tolerated: {:.0}%)",
+                r.targets.len(),
+                r.policy.max_failure_ratio * 100.0
+            )
+        };
         match r.policy.failure_action {
             FailureAction::Pause => {
                 actions.push(Action::Become(RolloutState::Paused { reason }));
@@ -1112,5 +1124,34 @@ mod tests {
         };
         assert_eq!(plan(&r, &at(2_000)), vec![Action::Dispatch(0)]);
         assert_eq!(plan(&r, &at(7_000)), vec![Action::Abandon(1)]);
+    }
+
+    #[test]
+    fn a_failed_canary_stops_the_rollout_whatever_the_ratio() {
+        let mut r = rollout(
+            Policy {
+                max_failure_ratio: 0.9,
+                canary_wait_ms: 0,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 0),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        let rounds = run(&mut r, &|t: &Target| {
+            if t.host == "a" {
+                "rolled-back"
+            } else {
+                "updated"
+            }
+        });
+        assert_eq!(rounds, vec![vec![0]], "nothing after the failed canary");
+        assert!(
+            matches!(&r.state, RolloutState::Paused { reason } if reason == "a canary host failed"),
+            "{:?}",
+            r.state
+        );
     }
 }
