@@ -334,6 +334,28 @@ pub struct PolicyArgs {
     /// InfluxDB 2.x: token (uses the 2.x write API). Never logged.
     #[arg(long, env = ENV_INFLUX_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub influx_token: Option<String>,
+    /// Notification services as Apprise URLs (json://, discord://, slack://, tgram://,
+    /// mailto://, ntfy://, gotify://, msteams://, pushover://, apprise:// and their TLS forms),
+    /// separated by spaces. Their secrets are never logged.
+    #[arg(long, env = ENV_NOTIFIERS, value_name = "URLS", default_value = "", hide_env_values = true)]
+    pub notifiers: String,
+    /// No notification at startup.
+    #[arg(long, env = ENV_SKIP_STARTUP_NOTIFICATIONS, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub skip_startup_notifications: bool,
+    /// A template file for notification texts: {event}, {kind}, {title} and {message} are
+    /// replaced.
+    #[arg(long, env = ENV_NOTIFICATION_TEMPLATE, value_name = "FILE")]
+    pub notification_template: Option<PathBuf>,
+    /// Other API roots for notification services with fixed hosts, e.g. an egress proxy:
+    /// `discord=URL,slack=URL,tgram=URL,pushover=URL,msteams=URL,ntfy=URL`.
+    #[arg(long, env = ENV_NOTIFY_API, value_name = "ROOTS", default_value = "", value_parser = crate::notify::parse_api_roots)]
+    pub notify_api: crate::notify::ApiRoots,
+    /// Extra CA certificates (PEM) trusted for notifications over TLS (SMTP).
+    #[arg(long, env = ENV_NOTIFY_CA, value_name = "FILE")]
+    pub notify_ca: Option<PathBuf>,
+    /// Seconds an agent must be away before "agent lost" is notified.
+    #[arg(long, env = ENV_AGENT_LOST_AFTER, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub agent_lost_after: u64,
     /// Days of update history kept.
     #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
     pub history_retention: u64,
@@ -635,6 +657,26 @@ impl PolicyArgs {
         let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
             .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
         crate::metrics::METRICS.set_per_container(args.metrics_per_container);
+        let template = match &args.notification_template {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Failure::usage(format!("--notification-template {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let urls: Vec<String> = args
+            .notifiers
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let notify_ca = match &args.notify_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Failure::usage(format!("--notify-ca {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let notifiers = crate::notify::Notifiers::new(&urls, template, &args.notify_api, notify_ca)
+            .map_err(|e| Failure::usage(format!("--notifiers: {e}")))?;
         let influx = match args.data_export.as_deref() {
             Some("influxdb") => {
                 let config = crate::export::InfluxConfig {
@@ -719,6 +761,9 @@ impl PolicyArgs {
                 .prometheus_port
                 .map(|port| SocketAddr::new(args.prometheus_addr, port)),
             influx,
+            notifiers,
+            startup_notification: !args.skip_startup_notifications,
+            agent_lost_after: Duration::from_secs(args.agent_lost_after),
         })
     }
 }

@@ -212,14 +212,29 @@ impl Cycle {
         // Each new digest of a container is announced once; the store remembers across
         // restarts.
         let announced = self.fleet.announced_digests().unwrap_or_default();
+        let mut fresh = Vec::new();
         for d in &detections {
             if let Decision::Update { digest, .. } = &d.decision {
                 let key = format!("{}/{}", d.host, d.container);
                 if announced.get(&key) != Some(digest) {
                     info!(host = %d.host, container = %d.container, image = %d.image, digest = %digest, "New image available.");
                     self.fleet.announced(key, digest.clone());
+                    fresh.push(format!(
+                        "{}/{}: {} ({digest})",
+                        d.host, d.container, d.image
+                    ));
                 }
             }
+        }
+        // Announced when nothing will be updated now (monitor-only, dry runs, paused).
+        let will_update = !dry_run && self.fleet.paused().is_none();
+        if !fresh.is_empty() && !will_update {
+            self.notifiers().send(crate::notify::Message {
+                event: "updates-available",
+                kind: crate::notify::Kind::Info,
+                title: format!("Ouroboros: {} update(s) available", fresh.len()),
+                body: fresh.join("\n"),
+            });
         }
         info!(
             containers = detections.len(),
@@ -272,6 +287,7 @@ impl Cycle {
                 info!(rollout = %planned.id, targets = planned.targets.len(), "Rollout starts.");
                 let (done, answers) = self.runner.run(planned, &self.windows).await;
                 info!(rollout = %done.id, state = done.state.name(), "Rollout stops.");
+                self.announce_outcome(&done, &answers);
                 for (i, t) in done.targets.iter().enumerate() {
                     let result = answers
                         .get(&i)
@@ -314,6 +330,86 @@ impl Cycle {
             checked,
             pruned,
             rollout,
+        }
+    }
+
+    /// The notifiers, as configured.
+    pub fn notifiers(&self) -> crate::notify::Notifiers {
+        self.runner
+            .notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One message for the updates a rollout made, one for those that failed.
+    fn announce_outcome(&self, done: &Rollout, answers: &BTreeMap<usize, pb::RecreateResult>) {
+        let image = |t: &Target, digest: &str| {
+            format!("{}@{}", t.image, digest.get(..19).unwrap_or(digest))
+        };
+        let updated: Vec<String> = done
+            .targets
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TargetState::Updated {
+                        already_current: false,
+                        ..
+                    }
+                )
+            })
+            .map(|t| {
+                format!(
+                    "{}/{}: {} -> {}",
+                    t.host,
+                    t.container,
+                    image(t, &t.old_digest),
+                    image(t, &t.new_digest)
+                )
+            })
+            .collect();
+        if !updated.is_empty() {
+            self.notifiers().send(crate::notify::Message {
+                event: "updates-done",
+                kind: crate::notify::Kind::Success,
+                title: format!("Ouroboros: {} container(s) updated", updated.len()),
+                body: updated.join("\n"),
+            });
+        }
+        let failed: Vec<String> = done
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.state {
+                TargetState::Failed { reason, outcome } => Some(format!(
+                    "{}/{}: {} ({outcome}: {reason})",
+                    t.host,
+                    t.container,
+                    image(t, &t.new_digest)
+                )),
+                TargetState::Reverted { .. } => Some(format!(
+                    "{}/{}: sent back to {} ({})",
+                    t.host,
+                    t.container,
+                    image(t, &t.old_digest),
+                    answers.get(&i).map_or(String::new(), |r| r.reason.clone())
+                )),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            self.notifiers().send(crate::notify::Message {
+                event: "update-failed",
+                kind: crate::notify::Kind::Failure,
+                title: format!(
+                    "Ouroboros: {} update(s) failed or rolled back (rollout {} {})",
+                    failed.len(),
+                    done.id,
+                    done.state.name()
+                ),
+                body: failed.join("\n"),
+            });
         }
     }
 

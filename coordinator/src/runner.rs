@@ -44,6 +44,8 @@ pub struct Runner {
     cleanup_images: bool,
     /// The latest state of the rollout being run, for watchers.
     pub progress: watch::Sender<Option<Rollout>>,
+    /// Told when a rollout pauses.
+    pub notifiers: std::sync::Mutex<crate::notify::Notifiers>,
     next_id: AtomicU64,
 }
 
@@ -67,6 +69,7 @@ impl Runner {
             commands,
             cleanup_images,
             progress: watch::channel(None).0,
+            notifiers: std::sync::Mutex::new(crate::notify::Notifiers::default()),
             next_id: AtomicU64::new(0),
         }
     }
@@ -283,6 +286,21 @@ impl Runner {
                     }
                     Action::Become(state) => {
                         info!(rollout = %rollout.id, state = state.name(), "Rollout state changes.");
+                        if let RolloutState::Paused { reason } = state {
+                            let notifiers = self
+                                .notifiers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone();
+                            notifiers.send(crate::notify::Message {
+                                event: "rollout-paused",
+                                kind: crate::notify::Kind::Warning,
+                                title: format!("Ouroboros: rollout {} paused", rollout.id),
+                                body: format!(
+                                    "{reason}. `ouroboros-coordinator resume` lets it go on."
+                                ),
+                            });
+                        }
                         rollout.state = state.clone();
                         rollout.updated_ms = now;
                     }

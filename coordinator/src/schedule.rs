@@ -27,6 +27,14 @@ impl Schedule {
         }
     }
 
+    /// In words, for messages: "checks every 300 s" or "checks on cron 0 4 * * *".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Interval(every) => format!("checks every {} s", every.as_secs()),
+            Self::Cron(schedule) => format!("checks on cron {schedule}"),
+        }
+    }
+
     /// The first run after `now`.
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {

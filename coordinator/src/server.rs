@@ -65,6 +65,12 @@ pub struct ServeConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `DATA_EXPORT=influxdb`: where the figures go after every cycle.
     pub influx: Option<crate::export::InfluxConfig>,
+    /// Where notifications go.
+    pub notifiers: crate::notify::Notifiers,
+    /// Notify at startup.
+    pub startup_notification: bool,
+    /// How long an agent must be away before "agent lost" is notified.
+    pub agent_lost_after: Duration,
     /// When scheduled cycles run.
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
@@ -90,6 +96,9 @@ impl ServeConfig {
             history_retention: Duration::from_secs(90 * 24 * 3600),
             metrics_listen: None,
             influx: None,
+            notifiers: crate::notify::Notifiers::default(),
+            startup_notification: false,
+            agent_lost_after: Duration::from_secs(60),
             schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
             detect_only: false,
         }
@@ -186,6 +195,58 @@ async fn scheduled_cycles(
     }
 }
 
+/// Notifies "agent lost" once a host has been away for `after` (it was connected during this
+/// run), and "agent back" when it returns.
+async fn watch_agents(
+    fleet: Arc<Fleet>,
+    notifiers: crate::notify::Notifiers,
+    after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen_connected = std::collections::HashSet::new();
+    let mut lost = std::collections::HashSet::new();
+    let mut away_since: std::collections::HashMap<String, tokio::time::Instant> =
+        std::collections::HashMap::new();
+    let tick = (after / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for h in fleet.hosts() {
+            let host = h.record.host.clone();
+            if h.connected {
+                seen_connected.insert(host.clone());
+                away_since.remove(&host);
+                if lost.remove(&host) {
+                    notifiers.send(crate::notify::Message {
+                        event: "agent-back",
+                        kind: crate::notify::Kind::Success,
+                        title: format!("Ouroboros: agent of {host} is back"),
+                        body: format!("{host} is connected again."),
+                    });
+                }
+            } else if seen_connected.contains(&host) && !lost.contains(&host) {
+                let since = *away_since
+                    .entry(host.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= after {
+                    lost.insert(host.clone());
+                    notifiers.send(crate::notify::Message {
+                        event: "agent-lost",
+                        kind: crate::notify::Kind::Warning,
+                        title: format!("Ouroboros: agent of {host} lost"),
+                        body: format!(
+                            "{host} has not been connected for {} s; its containers are not updated.",
+                            after.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Everything `serve` opens before it accepts connections: checked first, so that bad
 /// configuration fails before anything listens.
 pub struct Prepared {
@@ -251,6 +312,11 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         }
         None => None,
     };
+    *cycle
+        .runner
+        .notifiers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = config.notifiers.clone();
     Ok(Prepared {
         config,
         tls,
@@ -289,6 +355,27 @@ pub async fn run(
         }
         None => None,
     };
+    if config.startup_notification && !config.notifiers.is_empty() {
+        let hosts = fleet.hosts().len();
+        config.notifiers.send(crate::notify::Message {
+            event: "startup",
+            kind: crate::notify::Kind::Info,
+            title: "Ouroboros coordinator started".into(),
+            body: format!(
+                "Version {}; {hosts} host(s) known; {}.",
+                env!("CARGO_PKG_VERSION"),
+                config.schedule.describe()
+            ),
+        });
+    }
+    let watching = (!config.notifiers.is_empty()).then(|| {
+        tokio::spawn(watch_agents(
+            fleet.clone(),
+            config.notifiers.clone(),
+            config.agent_lost_after,
+            stop_rx.clone(),
+        ))
+    });
     let monitoring = match metrics.map(TcpListener::from_std) {
         Some(Ok(listener)) => Some(tokio::spawn(crate::http::serve(
             listener,
@@ -365,6 +452,9 @@ pub async fn run(
     }
     if let Some(e) = exporting {
         e.abort();
+    }
+    if let Some(w) = watching {
+        w.abort();
     }
     // Links have ended; store what is pending before returning.
     store_counters(&fleet);

@@ -98,6 +98,20 @@ pub const ENV_INFLUX_BUCKET: &str = "INFLUX_BUCKET";
 /// InfluxDB 2.x: token (selects the 2.x write API).
 pub const ENV_INFLUX_TOKEN: &str = "INFLUX_TOKEN";
 
+/// Notification services as Apprise URLs, space-separated, as in Ouroboros.
+pub const ENV_NOTIFIERS: &str = "NOTIFIERS";
+/// No notification at startup, as in Ouroboros.
+pub const ENV_SKIP_STARTUP_NOTIFICATIONS: &str = "SKIP_STARTUP_NOTIFICATIONS";
+/// A template file for notification texts.
+pub const ENV_NOTIFICATION_TEMPLATE: &str = "OUROBOROS_NOTIFICATION_TEMPLATE";
+/// Seconds an agent must be away before "agent lost" is notified.
+pub const ENV_AGENT_LOST_AFTER: &str = "OUROBOROS_AGENT_LOST_AFTER";
+
+/// Other API roots for notification services with fixed hosts (`discord=URL,slack=URL`).
+pub const ENV_NOTIFY_API: &str = "OUROBOROS_NOTIFY_API";
+/// Extra CA certificates (PEM file) for notifications over TLS (SMTP).
+pub const ENV_NOTIFY_CA: &str = "OUROBOROS_NOTIFY_CA";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

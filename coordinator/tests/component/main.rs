@@ -5,4 +5,5 @@
 
 mod cli;
 mod mtls;
+mod notify;
 mod registry;

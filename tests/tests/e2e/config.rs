@@ -20,6 +20,7 @@ fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("DRY_RUN")
         .env_remove("DOCKER_CONFIG")
         .env_remove("RUN_ONCE")
+        .env_remove("NOTIFIERS")
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -139,6 +140,19 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
         &output(c, &["serve"], &[("CLEANUP", "yes please")]),
         "--cleanup",
     );
+    // A notifier URL with an unknown scheme, or malformed, stops startup naming it, its
+    // secrets masked.
+    assert_usage_error(
+        &output(c, &["serve", "--notifiers", "irc://chat.lan/ops"], &[]),
+        "unknown scheme \"irc\"",
+    );
+    let out = output(
+        c,
+        &["serve"],
+        &[("NOTIFIERS", "json://h.lan/x discord://only-one-sentinel")],
+    );
+    assert_usage_error(&out, "discord://***");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sentinel"));
     assert_admin_usage_error(
         &output(c, &["hosts", "--server", "http://127.0.0.1:1"], &[]),
         "--server",

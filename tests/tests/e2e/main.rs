@@ -15,6 +15,7 @@ mod harness;
 mod metrics;
 mod modes;
 mod multiarch;
+mod notify;
 mod rollout;
 mod up;
 mod update;

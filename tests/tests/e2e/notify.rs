@@ -1,0 +1,361 @@
+//! Notifications end to end: a cycle updating three containers on two hosts sends one
+//! "updates done" message naming all three; a monitor-only coordinator announces a new digest
+//! once over three cycles; with sentinel secrets in every notifier URL and `LOG_LEVEL=trace`,
+//! no log line and no metric holds a secret.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::ensure;
+use ouroboros_tests::{
+    Binaries, Cleanup, Engine, Registry, eventually, publish, require_engine, unique_name,
+};
+use serde_json::Value;
+
+use crate::fleet::Coordinator;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(200);
+
+/// An HTTP receiver on 127.0.0.1 that keeps `(path, body)` of every request.
+/// What the receiver got: `(path, body)` of every request.
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+fn receiver() -> anyhow::Result<(String, Received)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let got: Received = Arc::default();
+    let log = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut need: Option<usize> = None;
+                loop {
+                    if let Some(n) = need
+                        && buf.len() >= n
+                    {
+                        break;
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if need.is_none()
+                        && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                    {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        need = Some(i + 4 + length);
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                log.lock().unwrap().push((path, body.to_owned()));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+            });
+        }
+    });
+    Ok((addr, got))
+}
+
+/// The JSON messages the receiver got (json:// notifier).
+fn messages(got: &Received) -> Vec<Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, body)| serde_json::from_str(body).ok())
+        .collect()
+}
+
+fn wait_planned(coordinator: &Coordinator, n: usize) -> anyhow::Result<()> {
+    eventually(CONVERGE, POLL, || {
+        let planned = coordinator.json(&["updates"])?;
+        let updates = planned
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["decision"] == "update")
+            .count();
+        ensure!(updates == n, "{updates} of {n} planned");
+        Ok(())
+    })
+}
+
+#[test]
+fn one_message_names_every_update_of_a_cycle() -> anyhow::Result<()> {
+    let Some(engine_a) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let engine_b = Engine::start_extra()?;
+    let registry = Registry::start()?;
+    let on_a = Cleanup::new(&engine_a);
+    let on_b = Cleanup::new(&engine_b);
+    let repo = unique_name("ntf");
+    let v1 = publish(&on_a, &registry, &repo, "stable", 1)?;
+    on_b.track_image(&v1.reference)?;
+    let none = ["--network", "none"];
+    let a1 = on_a.run_container("ntf-a1", &none, &v1.reference, &[])?;
+    let a2 = on_a.run_container("ntf-a2", &none, &v1.reference, &[])?;
+    let b1 = on_b.run_container("ntf-b1", &none, &v1.reference, &[])?;
+    publish(&on_a, &registry, &repo, "stable", 2)?;
+    let (addr, got) = receiver()?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-ntf-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a", "host-b"])?;
+    let monitor = format!("{a1},{a2},{b1}");
+    let notifiers = format!("json://{addr}/hook");
+    let _server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("MONITOR", &monitor),
+            ("NOTIFIERS", &notifiers),
+            ("SKIP_STARTUP_NOTIFICATIONS", "true"),
+        ],
+    )?;
+    let _agent_a = coordinator.agent(&bins.agent, "host-a", &engine_a)?;
+    let _agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
+    wait_planned(&coordinator, 3)?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    assert_eq!(code, 0, "{checked}");
+    eventually(CONVERGE, POLL, || {
+        ensure!(
+            messages(&got)
+                .iter()
+                .any(|m| m["title"].as_str().unwrap_or_default().contains("updated")),
+            "no message yet"
+        );
+        Ok(())
+    })?;
+    // Give a second message (there must be none) the time to come.
+    std::thread::sleep(Duration::from_secs(1));
+    // (The `updates` dry run before announced the new digest; that is another event.)
+    let all: Vec<Value> = messages(&got)
+        .into_iter()
+        .filter(|m| m["title"].as_str().unwrap_or_default().contains("updated"))
+        .collect();
+    assert_eq!(
+        all.len(),
+        1,
+        "one \"updates done\" message per cycle: {all:?}"
+    );
+    let m = &all[0];
+    assert_eq!(m["title"], "Ouroboros: 3 container(s) updated", "{m}");
+    assert_eq!(m["type"], "success");
+    let body = m["message"].as_str().unwrap_or_default();
+    for (host, c) in [("host-a", &a1), ("host-a", &a2), ("host-b", &b1)] {
+        assert!(
+            body.contains(&format!("{host}/{c}: {}@sha256:", v1.reference)),
+            "{body}"
+        );
+    }
+    assert!(
+        !got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| b.contains("\"startup\"") || b.contains("coordinator started")),
+        "startup notification despite SKIP_STARTUP_NOTIFICATIONS"
+    );
+    Ok(())
+}
+
+#[test]
+fn monitor_only_announces_a_digest_once_and_no_secret_leaks() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let on = Cleanup::new(&engine);
+    let repo = unique_name("ntfmo");
+    let v1 = publish(&on, &registry, &repo, "stable", 1)?;
+    let c = on.run_container("ntfmo", &["--network", "none"], &v1.reference, &[])?;
+    publish(&on, &registry, &repo, "stable", 2)?;
+    let (addr, got) = receiver()?;
+    // A port where nothing listens, for the mail notifier to fail on.
+    let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-ntfmo-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let s = "SeNtInEl";
+    let notifiers = [
+        format!("json://user{s}:pass{s}@{addr}/hook{s}"),
+        format!("discord://id{s}/token{s}"),
+        format!("slack://a{s}/b{s}/c{s}"),
+        format!("tgram://bot{s}/chat{s}"),
+        format!("ntfy://user{s}:pass{s}@{addr}/topic{s}"),
+        format!("gotify://{addr}/token{s}"),
+        format!("msteams://team{s}/a{s}/b{s}/c{s}"),
+        format!("pushover://user{s}@token{s}"),
+        format!("apprise://{addr}/key{s}"),
+        format!("mailto://user{s}:pass{s}@127.0.0.1:{closed}?to=ops@fleet.lan"),
+    ]
+    .join(" ");
+    let roots = ["discord", "slack", "tgram", "pushover", "msteams"]
+        .iter()
+        .map(|n| format!("{n}=http://{addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("MONITOR", c.as_str()),
+            ("MONITOR_ONLY", "true"),
+            ("INTERVAL", "1"),
+            ("NOTIFIERS", &notifiers),
+            ("OUROBOROS_NOTIFY_API", &roots),
+            ("LOG_LEVEL", "trace"),
+            ("PROMETHEUS_ADDR", "127.0.0.1"),
+            ("PROMETHEUS_PORT", "0"),
+            ("OUROBOROS_AGENT_LOST_AFTER", "1"),
+        ],
+    )?;
+    let agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    // Three monitor-only cycles that see the update.
+    eventually(CONVERGE, POLL, || {
+        let cycles = server
+            .log()
+            .lines()
+            .filter(|l| l.contains("Scheduled check cycle done.") && l.contains("updates=1"))
+            .count();
+        ensure!(cycles >= 3, "{cycles} cycles");
+        Ok(())
+    })?;
+    // Deliveries done (the mail one fails three times).
+    eventually(CONVERGE, POLL, || {
+        let m = messages(&got);
+        let available = m
+            .iter()
+            .filter(|m| {
+                m["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("update(s) available")
+            })
+            .count();
+        ensure!(available >= 1, "no announcement yet");
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let json_messages = messages(&got);
+    let available: Vec<&Value> = json_messages
+        .iter()
+        .filter(|m| {
+            m["title"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("update(s) available")
+        })
+        .collect();
+    // json:// and apprise:// and gotify:// bodies are JSON: the json:// one (version 1.0)
+    // announced the digest once over three cycles.
+    let from_json: Vec<&&Value> = available.iter().filter(|m| m["version"] == "1.0").collect();
+    assert_eq!(
+        from_json.len(),
+        1,
+        "announced {} times: {available:?}",
+        from_json.len()
+    );
+    assert!(
+        from_json[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&c),
+        "{:?}",
+        from_json[0]
+    );
+    // The startup notification went out (not skipped here).
+    assert!(
+        json_messages
+            .iter()
+            .any(|m| m["title"] == "Ouroboros coordinator started"),
+        "{json_messages:?}"
+    );
+    // Every service with a fixed host was reached at its documented path.
+    let paths: Vec<String> = got.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    for expected in [
+        format!("/api/webhooks/id{s}/token{s}"),
+        format!("/services/a{s}/b{s}/c{s}"),
+        format!("/botbot{s}/sendMessage"),
+        "/1/messages.json".to_owned(),
+        format!("/webhookb2/a{s}/IncomingWebhook/b{s}/c{s}"),
+        format!("/notify/key{s}"),
+        "/message".to_owned(),
+        format!("/topic{s}"),
+    ] {
+        assert!(
+            paths.iter().any(|p| p == &expected),
+            "no request to {expected}: {paths:?}"
+        );
+    }
+    // No secret in any log line (trace level) or metric, though the mail notifier failed.
+    let log = server.log();
+    assert!(
+        log.contains("Notification not delivered"),
+        "the mail failure was not logged"
+    );
+    if let Some(line) = log.lines().find(|l| l.contains(s)) {
+        panic!("a secret in the log: {line}");
+    }
+    let metrics_line = server.wait_for_log("Metrics listening.", CONVERGE)?;
+    let maddr = metrics_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_default()
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&maddr)?;
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    assert!(!text.contains(s), "a secret in the metrics");
+    assert!(
+        text.contains("ouroboros_notifications_total{scheme=\"mailto\",outcome=\"failed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ouroboros_notifications_total{scheme=\"discord\",outcome=\"sent\"}"),
+        "{text}"
+    );
+    // The agent goes away (and is notified lost after a second), then comes back.
+    drop(agent);
+    let titled = |title: &str| {
+        messages(&got)
+            .iter()
+            .filter(|m| m["version"] == "1.0" && m["title"] == title)
+            .count()
+    };
+    eventually(CONVERGE, POLL, || {
+        ensure!(
+            titled("Ouroboros: agent of host-a lost") == 1,
+            "not notified lost"
+        );
+        Ok(())
+    })?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || {
+        ensure!(
+            titled("Ouroboros: agent of host-a is back") == 1,
+            "not notified back"
+        );
+        Ok(())
+    })?;
+    Ok(())
+}
