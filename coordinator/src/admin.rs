@@ -59,6 +59,7 @@ impl pb::admin_server::Admin for AdminApi {
                 mode: pb::HostMode::from(h.record.mode).into(),
                 container_count: u32::try_from(h.record.containers.len()).unwrap_or(u32::MAX),
                 connected_since_unix_ms: h.connected_since_unix_ms,
+                reported: h.reported,
                 inventory_at_unix_ms: h.record.inventory_at_unix_ms,
             })
             .collect();

@@ -838,6 +838,7 @@ mod tests {
             container_count: 3,
             connected_since_unix_ms: 0,
             inventory_at_unix_ms: 0,
+            reported: false,
         };
         let v: serde_json::Value = serde_json::from_str(&render_hosts(
             std::slice::from_ref(&h),

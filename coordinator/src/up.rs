@@ -148,7 +148,7 @@ async fn first_inventory(admin: &AdminArgs, host: &HostName) -> Result<(), Failu
             .hosts;
         if hosts
             .iter()
-            .any(|h| h.host == host.as_str() && h.connected && h.inventory_at_unix_ms > 0)
+            .any(|h| h.host == host.as_str() && h.connected && h.reported)
         {
             return Ok(());
         }
