@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::cli::{AdminArgs, Failure, UpdateArgs};
 use crate::output::{OutputFormat, colour_enabled, paint, table};
+use crate::runner::status_name;
 
 /// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
 pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
@@ -161,19 +162,6 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             "update of {} on {} refused: {}",
             container, host, result.reason
         ))),
-    }
-}
-
-/// The CLI's name for a recreate result.
-fn status_name(result: &pb::RecreateResult) -> &'static str {
-    use pb::recreate_result::Status;
-    match result.status() {
-        Status::Updated => "updated",
-        Status::AlreadyCurrent => "already-current",
-        Status::Refused => "refused",
-        Status::RolledBack => "rolled-back",
-        Status::RollbackFailed => "rollback-failed",
-        Status::Error | Status::Unspecified => "error",
     }
 }
 

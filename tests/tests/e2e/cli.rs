@@ -113,17 +113,7 @@ fn watch_follows_a_rollout_to_its_end_and_status_pause_resume_work() -> anyhow::
         ],
     )?;
     let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let n = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(n == 2, "{n} of 2 planned");
-        Ok(())
-    })?;
+    coordinator.wait_planned(2)?;
     // status before: two updates pending, nothing paused.
     let status = coordinator.json(&["status"])?;
     assert_eq!(status["hosts_connected"], 1, "{status}");

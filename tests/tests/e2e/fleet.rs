@@ -153,6 +153,22 @@ impl Coordinator {
     }
 
     /// The container called `name` as the coordinator reports it for `host`.
+    /// Waits until `updates` plans exactly `n` updates (agents connected and reported, the
+    /// registry probed).
+    pub(crate) fn wait_planned(&self, n: usize) -> anyhow::Result<()> {
+        eventually(CONVERGE, POLL, || {
+            let planned = self.json(&["updates"])?;
+            let updates = planned
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["decision"] == "update")
+                .count();
+            ensure!(updates == n, "{updates} of {n} updates planned: {planned}");
+            Ok(())
+        })
+    }
+
     pub(crate) fn container(&self, host: &str, name: &str) -> anyhow::Result<Value> {
         let all = self.json(&["containers", "--host", host])?;
         all.as_array()

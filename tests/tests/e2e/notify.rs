@@ -81,20 +81,6 @@ fn messages(got: &Received) -> Vec<Value> {
         .collect()
 }
 
-fn wait_planned(coordinator: &Coordinator, n: usize) -> anyhow::Result<()> {
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let updates = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(updates == n, "{updates} of {n} planned");
-        Ok(())
-    })
-}
-
 #[test]
 fn one_message_names_every_update_of_a_cycle() -> anyhow::Result<()> {
     let Some(engine_a) = require_engine() else {
@@ -131,7 +117,7 @@ fn one_message_names_every_update_of_a_cycle() -> anyhow::Result<()> {
     )?;
     let _agent_a = coordinator.agent(&bins.agent, "host-a", &engine_a)?;
     let _agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
-    wait_planned(&coordinator, 3)?;
+    coordinator.wait_planned(3)?;
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 0, "{checked}");
     eventually(CONVERGE, POLL, || {

@@ -170,17 +170,7 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
         .join(",");
     let _server = coordinator.serve_with_env("127.0.0.1:0", &[("MONITOR", &monitor)])?;
     let agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let updates = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(updates == 4, "{updates} of 4 planned: {planned}");
-        Ok(())
-    })?;
+    coordinator.wait_planned(4)?;
     let event_log = EventLog::start(&engine)?;
     let (code, checked) = coordinator.admin(&["check"])?;
     if code != 0 {
@@ -306,17 +296,7 @@ fn a_failing_update_rolls_back_and_pauses_and_no_other_host_is_touched() -> anyh
     )?;
     let _agent_a = coordinator.agent(&bins.agent, "host-a", &engine_a)?;
     let _agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let updates = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(updates == 2, "{updates} of 2 planned: {planned}");
-        Ok(())
-    })?;
+    coordinator.wait_planned(2)?;
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 1, "a failed update must fail the check: {checked}");
     let rollout = newest_rollout(&coordinator)?;
@@ -428,17 +408,7 @@ fn four_engines_never_have_two_hosts_updating_at_once() -> anyhow::Result<()> {
         .zip(&engines)
         .map(|(h, e)| coordinator.agent(&bins.agent, h, e))
         .collect::<anyhow::Result<_>>()?;
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let updates = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(updates == 4, "{updates} of 4 planned");
-        Ok(())
-    })?;
+    coordinator.wait_planned(4)?;
     let event_logs: Vec<EventLog> = engines
         .iter()
         .map(EventLog::start)
@@ -690,17 +660,7 @@ fn with_failure_action_rollback_updated_hosts_go_back_to_their_previous_digest()
     )?;
     let _agent_a = coordinator.agent(&bins.agent, "host-a", &engine_a)?;
     let _agent_b = coordinator.agent(&bins.agent, "host-b", &engine_b)?;
-    eventually(CONVERGE, POLL, || {
-        let planned = coordinator.json(&["updates"])?;
-        let updates = planned
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["decision"] == "update")
-            .count();
-        ensure!(updates == 2, "{updates} of 2 planned");
-        Ok(())
-    })?;
+    coordinator.wait_planned(2)?;
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 1, "{checked}");
     let rollout = newest_rollout(&coordinator)?;
