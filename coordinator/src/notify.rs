@@ -593,7 +593,7 @@ pub struct Notifiers {
     /// `{event}`, `{title}`, `{message}`, `{kind}` are replaced.
     template: Option<String>,
     attempt_timeout: Option<Duration>,
-    /// Extra CA certificates (PEM) for SMTP over TLS.
+    /// Extra CA certificates (PEM) for TLS: SMTP and HTTPS services.
     ca_pem: Option<Arc<Vec<u8>>>,
 }
 
@@ -618,9 +618,18 @@ impl Notifiers {
             .map(|u| Notifier::parse_with(u, roots))
             .collect::<Result<Vec<_>, _>>()?;
         ouroboros_shared::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
-            .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
+        // Self-hosted services (ntfy, Gotify, Apprise, webhooks) behind a private CA.
+        if let Some(pem) = &ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the notification CA: {e}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the notification client: {e}"))?;
         Ok(Self {

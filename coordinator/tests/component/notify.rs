@@ -346,3 +346,86 @@ async fn mail_goes_through_a_real_smtp_server_plain_starttls_and_tls() {
         assert!(mail.contains("web-01/shop: a -> b"), "{mode}: {mail}");
     }
 }
+
+/// The TLS forms (`jsons`, `ntfys`, `gotifys`, `apprises`) against an HTTPS receiver whose
+/// certificate comes from a private CA given to the notifiers.
+#[tokio::test]
+async fn the_tls_schemes_speak_https_and_verify_it() {
+    use ouroboros_shared::pki::{self, PkiDir};
+    ouroboros_shared::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = PkiDir::new(dir.path().join("pki"));
+    pki::init(&pki, &[]).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            pki::load_certs(&pki.coordinator_cert()).unwrap(),
+            pki::load_key(&pki.coordinator_key()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                log.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_owned());
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let ca = std::fs::read(pki.ca_cert()).unwrap();
+    // localhost: the certificate names it (and 127.0.0.1).
+    let host = addr.replace("127.0.0.1", "localhost");
+    for (url, line) in [
+        (format!("jsons://{host}/hook"), "POST /hook HTTP/1.1"),
+        (format!("ntfys://{host}/fleet"), "POST /fleet HTTP/1.1"),
+        (format!("gotifys://{host}/tok"), "POST /message HTTP/1.1"),
+        (
+            format!("apprises://{host}/key"),
+            "POST /notify/key HTTP/1.1",
+        ),
+    ] {
+        got.lock().unwrap().clear();
+        let trusted =
+            Notifiers::new(&[url.clone()], None, &ApiRoots::new(), Some(ca.clone())).unwrap();
+        for t in trusted.send(message()) {
+            assert!(t.await.unwrap(), "{url}: not delivered over TLS");
+        }
+        assert_eq!(got.lock().unwrap().clone(), vec![line.to_owned()], "{url}");
+    }
+    // Without the CA the certificate is refused: nothing is delivered.
+    got.lock().unwrap().clear();
+    let untrusted = Notifiers::new(
+        &[format!("jsons://{host}/hook")],
+        None,
+        &ApiRoots::new(),
+        None,
+    )
+    .unwrap();
+    for t in untrusted.send(message()) {
+        assert!(!t.await.unwrap(), "delivered to an unverified server");
+    }
+    assert!(got.lock().unwrap().is_empty());
+}
