@@ -408,8 +408,13 @@ async fn the_tls_schemes_speak_https_and_verify_it() {
         ),
     ] {
         got.lock().unwrap().clear();
-        let trusted =
-            Notifiers::new(&[url.clone()], None, &ApiRoots::new(), Some(ca.clone())).unwrap();
+        let trusted = Notifiers::new(
+            std::slice::from_ref(&url),
+            None,
+            &ApiRoots::new(),
+            Some(ca.clone()),
+        )
+        .unwrap();
         for t in trusted.send(message()) {
             assert!(t.await.unwrap(), "{url}: not delivered over TLS");
         }
