@@ -692,6 +692,11 @@ impl PolicyArgs {
                 config
                     .write_url()
                     .map_err(|e| Failure::usage(format!("--influx-url: {e}")))?;
+                if config.token.is_some() && config.org.as_deref().is_none_or(str::is_empty) {
+                    return Err(Failure::usage(
+                        "--influx-org: InfluxDB 2.x (a token is given) needs the organisation",
+                    ));
+                }
                 Some(config)
             }
             _ => None,
@@ -828,7 +833,8 @@ async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failu
         () = ouroboros_shared::shutdown::signal() => None,
     };
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    // The server lets notifications under way end (35 s at most).
+    match tokio::time::timeout(Duration::from_secs(40), server).await {
         Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
         Ok(Err(e)) => return Err(Failure::runtime(format!("server task failed: {e}"))),
         _ => {}

@@ -35,18 +35,30 @@ pub fn fleet_figures(fleet: &Fleet) -> FleetFigures {
 /// Serves until `stop`.
 pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
                 let fleet = fleet.clone();
                 tokio::spawn(async move { handle(stream, &fleet).await });
             }
-            _ = stop.wait_for(|s| *s) => return,
+            // Out of descriptors, say: do not spin.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
 
-async fn handle(mut stream: TcpStream, fleet: &Fleet) {
+/// Whether the store answers (read off the async runtime).
+async fn ready(fleet: &Arc<Fleet>) -> Result<(), String> {
+    let f = fleet.clone();
+    tokio::task::spawn_blocking(move || f.rollouts().map(|_| ()).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>) {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -68,13 +80,20 @@ async fn handle(mut stream: TcpStream, fleet: &Fleet) {
     let path = target.split('?').next().unwrap_or("");
     debug!(method, path, "Monitoring request.");
     let (status, kind, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            METRICS.render(&fleet_figures(fleet)),
-        ),
+        ("GET" | "HEAD", "/metrics") => {
+            // The store is read off the async runtime.
+            let f = fleet.clone();
+            let figures = tokio::task::spawn_blocking(move || fleet_figures(&f))
+                .await
+                .unwrap_or_default();
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                METRICS.render(&figures),
+            )
+        }
         ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => match fleet.rollouts() {
+        ("GET" | "HEAD", "/readyz") => match ready(fleet).await {
             Ok(_) => ("200 OK", "text/plain", "ready\n".to_owned()),
             Err(e) => (
                 "503 Service Unavailable",
@@ -97,6 +116,9 @@ async fn handle(mut stream: TcpStream, fleet: &Fleet) {
     if method != "HEAD" {
         answer.extend_from_slice(body.as_bytes());
     }
-    let _ = stream.write_all(&answer).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(READ_TIMEOUT, async {
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

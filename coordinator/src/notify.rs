@@ -160,16 +160,25 @@ fn api_root(service: &str, roots: &ApiRoots) -> String {
 }
 
 fn decode(s: &str) -> String {
-    // Percent-decoding of URL parts (user names and passwords may hold reserved characters).
+    // Percent-decoding of URL parts (user names and passwords may hold reserved characters),
+    // on bytes: no slicing of the text, so no panic (whose message would quote it).
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..(i + 3).min(s.len())], 16)
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
         {
-            out.push(b);
+            out.push(h * 16 + l);
             i += 3;
             continue;
         }
@@ -177,6 +186,31 @@ fn decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parts of what follows `scheme://`: credentials, host and path, query. The query starts
+/// at the first `?` that reads as parameters (an `=` before any `@`), so that an unencoded `?`
+/// in a password does not cut the URL; the credentials end at the last `@` before the path.
+fn split_url(rest: &str) -> (Option<&str>, &str, &str) {
+    let mut query_at = rest.len();
+    for (i, _) in rest.match_indices('?') {
+        let after = &rest[i + 1..];
+        let is_query = match (after.find('='), after.find('@')) {
+            (_, None) => true,
+            (Some(eq), Some(at)) => eq < at,
+            (None, Some(_)) => false,
+        };
+        if is_query {
+            query_at = i;
+            break;
+        }
+    }
+    let (main, query) = (&rest[..query_at], rest.get(query_at + 1..).unwrap_or(""));
+    let authority_end = main.find('/').unwrap_or(main.len());
+    match main[..authority_end].rfind('@') {
+        Some(at) => (Some(&main[..at]), &main[at + 1..], query),
+        None => (None, main, query),
+    }
 }
 
 impl Notifier {
@@ -194,7 +228,7 @@ impl Notifier {
         let scheme = scheme.to_ascii_lowercase();
         let masked = mask(&scheme, rest);
         let bad = |why: &str| format!("notifier {masked}: {why}");
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (userinfo, location, query) = split_url(rest);
         let params: Vec<(String, String)> = query
             .split('&')
             .filter(|p| !p.is_empty())
@@ -208,10 +242,6 @@ impl Notifier {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
-        };
-        let (userinfo, location) = match rest.rsplit_once('@') {
-            Some((u, l)) => (Some(u), l),
-            None => (None, rest),
         };
         let credentials = userinfo.map(|u| match u.split_once(':') {
             Some((user, pass)) => (decode(user), decode(pass)),
@@ -553,10 +583,12 @@ fn check(
 /// `scheme://…` with everything that may be secret replaced by `***`: credentials, and every
 /// path segment but the host of services whose path is a token.
 fn mask(scheme: &str, rest: &str) -> String {
-    let rest = rest.split('?').next().unwrap_or(rest);
-    let location = rest.rsplit_once('@').map_or(rest, |(_, l)| l);
-    let had_user = rest.contains('@');
+    let (userinfo, location, _) = split_url(rest);
+    let had_user = userinfo.is_some();
     let segments: Vec<&str> = location.split('/').filter(|s| !s.is_empty()).collect();
+    // The first segment is a host only when something follows it (`ntfy://topic`,
+    // `gotify://TOKEN` hold a secret there); a mail server is always a host.
+    let mail = matches!(scheme, "mailto" | "mailtos");
     let keep_host = matches!(
         scheme,
         "json"
@@ -572,7 +604,7 @@ fn mask(scheme: &str, rest: &str) -> String {
     );
     let mut shown = Vec::new();
     for (i, s) in segments.iter().enumerate() {
-        if i == 0 && keep_host {
+        if i == 0 && keep_host && (mail || segments.len() >= 2) {
             shown.push((*s).to_owned());
         } else {
             shown.push("***".to_owned());
@@ -585,6 +617,22 @@ fn mask(scheme: &str, rest: &str) -> String {
     )
 }
 
+/// Counts one delivery under way for as long as it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Every configured service, with the message template.
 #[derive(Clone, Default)]
 pub struct Notifiers {
@@ -595,6 +643,8 @@ pub struct Notifiers {
     attempt_timeout: Option<Duration>,
     /// Extra CA certificates (PEM) for TLS: SMTP and HTTPS services.
     ca_pem: Option<Arc<Vec<u8>>>,
+    /// Deliveries under way (shared by clones), so that a stopping coordinator lets them end.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Notifiers {
@@ -638,6 +688,7 @@ impl Notifiers {
             template,
             attempt_timeout: None,
             ca_pem: ca_pem.map(Arc::new),
+            pending: Arc::default(),
         })
     }
 
@@ -671,14 +722,16 @@ impl Notifiers {
         };
         let message = Arc::new(self.render(&message));
         let timeout = self.attempt_timeout.unwrap_or(ATTEMPT_TIMEOUT);
-        self.services
+        let handles: Vec<tokio::task::JoinHandle<bool>> = self.services
             .iter()
             .cloned()
             .map(|notifier| {
                 let http = http.clone();
                 let message = message.clone();
                 let ca = self.ca_pem.clone();
+                let pending = InFlight::new(self.pending.clone());
                 tokio::spawn(async move {
+                    let _pending = pending;
                     let mut delay = Duration::from_millis(500);
                     for attempt in 1..=ATTEMPTS {
                         let outcome =
@@ -709,7 +762,19 @@ impl Notifiers {
                     false
                 })
             })
-            .collect()
+            .collect();
+        handles
+    }
+
+    /// Waits (at most `limit`) for the deliveries under way: a stopping coordinator must not
+    /// drop a message it has just made.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -760,6 +825,24 @@ mod tests {
                 "mailtos://u:pw-sentinel@smtp.lan:465",
                 "mailtos://***@smtp.lan:465",
             ),
+            ("ntfy://topic-sentinel", "ntfy://***"),
+            (
+                "mailtos://bob:pa?ss-sentinel@smtp.lan",
+                "mailtos://***@smtp.lan",
+            ),
+            (
+                "json://bob:p?ss-sentinel@hook.lan/x",
+                "json://***@hook.lan/***",
+            ),
+            (
+                "msteams://team/a1@a2-sentinel/b/c",
+                "msteams://***/***/***/***",
+            ),
+            ("tgram://bot-sentinel/@channel", "tgram://***/***"),
+            (
+                "mailto://u:p-sentinel@smtp.lan?to=a@lan",
+                "mailto://***@smtp.lan",
+            ),
         ] {
             let n = Notifier::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(n.masked, masked, "{url}");
@@ -774,11 +857,29 @@ mod tests {
             ("pushover://app", "USER_KEY@APP_TOKEN"),
             ("not a url", "SCHEME://"),
             ("mailto://u:p@smtp.lan:port", "not a number"),
+            ("gotify://token-sentinel", "gotify://HOST/TOKEN"),
         ] {
             let e = Notifier::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
             assert!(!e.contains("sentinel"), "{bad}: {e}");
         }
+        // Percent escapes cut by a multi-byte character neither panic nor leak.
+        assert!(Notifier::parse("json://u:p%a\u{e9}-sentinel@x/y").is_ok());
+        // A Teams token with its `@` and a Telegram channel keep their places.
+        let Service::Teams { url } = Notifier::parse("msteams://team/a1@a2/b/c").unwrap().service
+        else {
+            panic!("not teams");
+        };
+        assert_eq!(
+            url,
+            "https://team.webhook.office.com/webhookb2/a1@a2/IncomingWebhook/b/c"
+        );
+        let Service::Telegram { chats, .. } =
+            Notifier::parse("tgram://bot/@channel").unwrap().service
+        else {
+            panic!("not telegram");
+        };
+        assert_eq!(chats, vec!["@channel".to_owned()]);
         let Service::Mail {
             host,
             port,

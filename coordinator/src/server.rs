@@ -456,6 +456,8 @@ pub async fn run(
     if let Some(w) = watching {
         w.abort();
     }
+    // Messages just made (a run-once cycle's "updates done") still go out.
+    config.notifiers.drain(Duration::from_secs(35)).await;
     // Links have ended; store what is pending before returning.
     store_counters(&fleet);
     let closing = fleet.clone();

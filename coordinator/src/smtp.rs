@@ -111,6 +111,16 @@ pub async fn send(
     subject: &str,
     body: &str,
 ) -> Result<(), String> {
+    // Addresses go into commands and headers: no line breaks, brackets or spaces.
+    for address in std::iter::once(from).chain(to.iter().map(String::as_str)) {
+        if address.is_empty()
+            || address
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>'))
+        {
+            return Err(format!("{address:?} is not a mail address"));
+        }
+    }
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
@@ -125,9 +135,10 @@ pub async fn send(
     let mut features = s.command("EHLO ouroboros", '2').await?;
     let mut secure = tls;
     if !tls
-        && features
-            .iter()
-            .any(|l| l[4.min(l.len())..].eq_ignore_ascii_case("STARTTLS"))
+        && features.iter().any(|l| {
+            l.get(4..)
+                .is_some_and(|f| f.trim().eq_ignore_ascii_case("STARTTLS"))
+        })
     {
         s.command("STARTTLS", '2').await?;
         let plain = s.io.into_inner();
@@ -145,9 +156,17 @@ pub async fn send(
         }
         let _ = features;
         let token = ouroboros_shared::base64::standard(format!("\0{user}\0{password}").as_bytes());
+        // Only the reply's code: a server may echo what it got.
         s.command(&format!("AUTH PLAIN {token}"), '2')
             .await
-            .map_err(|e| format!("authentication: {e}"))?;
+            .map_err(|e| {
+                let code: String = e
+                    .trim_start_matches("the server answered ")
+                    .chars()
+                    .take(3)
+                    .collect();
+                format!("authentication refused ({code})")
+            })?;
     }
     s.command(&format!("MAIL FROM:<{from}>"), '2').await?;
     for rcpt in to {
@@ -160,6 +179,8 @@ pub async fn send(
         to.join(", "),
         subject.replace(['\r', '\n'], " ")
     );
+    // Every line break, whatever it was, becomes CRLF; a lone CR never reaches the server.
+    let body = body.replace("\r\n", "\n").replace('\r', "\n");
     for line in body.lines() {
         // Dot-stuffing: a line that starts with "." gets another.
         if line.starts_with('.') {

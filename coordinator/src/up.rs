@@ -127,7 +127,7 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     };
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
+    match tokio::time::timeout(Duration::from_secs(40), server).await {
         Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
         Ok(Err(e)) => return Err(Failure::runtime(format!("coordinator task failed: {e}"))),
         _ => {}
