@@ -17,6 +17,23 @@ use crate::metrics::METRICS;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per message and service.
 const ATTEMPTS: u32 = 3;
+/// Ends the error of an answer that another attempt cannot change.
+const NOT_RETRIED: &str = " (not retried)";
+/// Longest text Discord takes in `content`.
+const DISCORD_MAX: usize = 2000;
+/// Longest text Telegram takes in `text`.
+const TELEGRAM_MAX: usize = 4096;
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
 
 /// How bad the news is (Apprise's notification types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +361,8 @@ impl Notifier {
                 };
                 Service::Teams { url }
             }
-            "pushover" => {
+            // `pover://` is Apprise's name for it.
+            "pushover" | "pover" => {
                 let Some((user, _)) = &credentials else {
                     return Err(bad("expected pushover://USER_KEY@APP_TOKEN"));
                 };
@@ -441,7 +459,9 @@ impl Notifier {
             }
             Service::Discord { base, id, token } => http
                 .post(format!("{base}/api/webhooks/{id}/{token}"))
-                .json_body(&json!({ "username": "Ouroboros", "content": text })),
+                .json_body(
+                    &json!({ "username": "Ouroboros", "content": clip(&text, DISCORD_MAX) }),
+                ),
             Service::Slack {
                 base,
                 tokens,
@@ -462,7 +482,7 @@ impl Notifier {
                 for chat in chats {
                     let r = http
                         .post(format!("{base}/bot{token}/sendMessage"))
-                        .json_body(&json!({ "chat_id": chat, "text": text }));
+                        .json_body(&json!({ "chat_id": chat, "text": clip(&text, TELEGRAM_MAX) }));
                     check(r.send().await, &fail)?;
                 }
                 return Ok(());
@@ -571,6 +591,11 @@ fn check(
 ) -> Result<(), String> {
     match answer {
         Ok(r) if r.status().is_success() => Ok(()),
+        // The service refuses this request (bad token, unknown webhook): asking again the
+        // same way cannot help. A 429 may pass later.
+        Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+            Err(fail(format!("answered {}{NOT_RETRIED}", r.status())))
+        }
         Ok(r) => Err(fail(format!("answered {}", r.status()))),
         // reqwest's messages name the URL, which holds the secret for some services: only
         // the kind of failure is kept.
@@ -748,6 +773,9 @@ impl Notifiers {
                             }
                             Ok(Err(e)) => {
                                 warn!(error = %e, attempt, "Notification not delivered.");
+                                if e.ends_with(NOT_RETRIED) {
+                                    break;
+                                }
                             }
                             Err(_) => {
                                 warn!(notifier = %notifier.masked, attempt, "Notification not delivered in time.");
@@ -896,6 +924,19 @@ mod tests {
         assert_eq!((host.as_str(), port, tls), ("smtp.lan", 465, true));
         assert_eq!(from, "ops@lan");
         assert_eq!(to, vec!["a@lan".to_owned(), "b@lan".to_owned()]);
+    }
+
+    #[test]
+    fn pover_is_pushover_and_long_texts_are_clipped() {
+        let n = Notifier::parse("pover://user-sentinel@app-sentinel").unwrap();
+        assert!(matches!(n.service, Service::Pushover { .. }));
+        assert_eq!(n.masked, "pover://***@***");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "ab…");
+        assert_eq!(
+            clip(&"é".repeat(5000), DISCORD_MAX).chars().count(),
+            DISCORD_MAX
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl Got {
 
 /// An HTTP server on 127.0.0.1 answering 200 to everything and keeping the requests.
 async fn receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
+    receiver_answering("200 OK").await
+}
+
+/// [`receiver`] answering `status` (e.g. `404 Not Found`).
+async fn receiver_answering(status: &'static str) -> (String, Arc<Mutex<Vec<Got>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
@@ -78,11 +83,10 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
                     body: String::from_utf8_lossy(&buf[head_end..]).to_string(),
                 };
                 log.lock().unwrap().push(got);
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-                    )
-                    .await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
             });
         }
     });
@@ -433,4 +437,22 @@ async fn the_tls_schemes_speak_https_and_verify_it() {
         assert!(!t.await.unwrap(), "delivered to an unverified server");
     }
     assert!(got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_request_is_not_retried_and_a_server_error_is() {
+    for (status, expected) in [("404 Not Found", 1), ("503 Service Unavailable", 3)] {
+        let (addr, got) = receiver_answering(status).await;
+        let notifiers = Notifiers::new(
+            &[format!("json://{addr}/hook")],
+            None,
+            &ApiRoots::new(),
+            None,
+        )
+        .unwrap();
+        for t in notifiers.send(message()) {
+            assert!(!t.await.unwrap(), "{status}: counted as delivered");
+        }
+        assert_eq!(got.lock().unwrap().len(), expected, "{status}");
+    }
 }
