@@ -499,6 +499,12 @@ impl RegistryClient {
         auth: Option<&str>,
         image: &str,
     ) -> Result<reqwest::Response, ProbeError> {
+        // Probes send HEAD, or GET for a manifest without a digest header.
+        let name = if method == reqwest::Method::HEAD {
+            "HEAD"
+        } else {
+            "GET"
+        };
         let mut request = self
             .http
             .request(method, url)
@@ -506,9 +512,8 @@ impl RegistryClient {
         if let Some(auth) = auth {
             request = request.header(AUTHORIZATION, auth);
         }
-        let method = method_name(&request);
         let answer = request.send().await;
-        record(url, method, &answer);
+        record(url, name, &answer);
         answer.map_err(|e| self.transport(e, image))
     }
 
@@ -596,11 +601,12 @@ impl RegistryClient {
             || self.scheme(&host) == "http"
             || self.scheme(&host_port) == "http";
         let request = match (credential.map(|c| &c.secret), safe) {
-            (Some(Secret::Basic { username, password }), true) => Some(
+            (Some(Secret::Basic { username, password }), true) => Some((
+                "GET",
                 self.http
                     .get(url.clone())
                     .basic_auth(username, Some(password)),
-            ),
+            )),
             (Some(Secret::IdentityToken(refresh)), true) => {
                 let mut form = reqwest::Url::parse("http://form.invalid/").map_err(|e| {
                     ProbeError::Malformed {
@@ -617,7 +623,8 @@ impl RegistryClient {
                 let body = form.query().unwrap_or_default().to_owned();
                 let mut endpoint = url.clone();
                 endpoint.set_query(None);
-                Some(
+                Some((
+                    "POST",
                     self.http
                         .post(endpoint)
                         .header(
@@ -625,13 +632,12 @@ impl RegistryClient {
                             "application/x-www-form-urlencoded",
                         )
                         .body(body),
-                )
+                ))
             }
             _ => None,
         };
         let mut response = None;
-        if let Some(request) = request {
-            let method = method_name(&request);
+        if let Some((method, request)) = request {
             let answer = request.send().await;
             record(url.as_str(), method, &answer);
             let r = answer.map_err(|e| self.transport(e, image))?;
@@ -706,19 +712,6 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
-}
-
-/// The method of a request about to be sent, for the metrics.
-fn method_name(request: &reqwest::RequestBuilder) -> &'static str {
-    match request
-        .try_clone()
-        .and_then(|r| r.build().ok())
-        .map(|r| r.method().clone())
-    {
-        Some(reqwest::Method::HEAD) => "HEAD",
-        Some(reqwest::Method::POST) => "POST",
-        _ => "GET",
-    }
 }
 
 /// Counts a request to `url`'s host by its answer's status (0: none).
