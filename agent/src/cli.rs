@@ -13,6 +13,7 @@ use ouroboros_shared::telemetry::parse_filter;
 use crate::AgentConfig;
 use crate::engine::DockerEndpoint;
 use crate::link::LinkConfig;
+use crate::recreate::faults::CrashPoint;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,10 @@ pub struct Cli {
     /// Directory for the agent's own state.
     #[arg(long, env = ENV_AGENT_DATA_DIR, default_value = DEFAULT_AGENT_DATA_DIR, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// After SIGTERM: seconds the operation in flight gets to reach a safe point (finished
+    /// past its health gate, else rolled back) before the agent exits anyway.
+    #[arg(long, env = ENV_SHUTDOWN_TIMEOUT, default_value = "60", value_name = "SECS", value_parser = parse_shutdown_timeout)]
+    pub shutdown_timeout: Duration,
     /// Log level: trace, debug, info, warn, error (or a tracing filter).
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
     pub log_level: String,
@@ -90,16 +95,26 @@ impl Cli {
             docker,
             data_dir: self.data_dir,
             crash: crash_point()?,
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
 
-/// `OUROBOROS_FAILPOINT` (after-stop, after-rename, after-create, after-start,
-/// during-health): hang the agent at that point of every recreate, for a test to SIGKILL it. Only in builds with the
-/// `failpoints` feature, which release builds do not have.
+/// Seconds, 1 to 3600.
+pub fn parse_shutdown_timeout(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<u64>() {
+        Ok(s) if (1..=3600).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "{value:?} is not a number of seconds from 1 to 3600"
+        )),
+    }
+}
+
+/// `OUROBOROS_FAILPOINT` (a name of [`CrashPoint::ALL`]: after-stop, during-health, ...): hang
+/// the agent at that point of every recreate, for a test to SIGKILL it. Only in builds with
+/// the `failpoints` feature, which release builds do not have.
 #[cfg(feature = "failpoints")]
-fn crash_point() -> Result<Option<crate::recreate::executor::CrashPoint>, String> {
-    use crate::recreate::executor::CrashPoint;
+fn crash_point() -> Result<Option<CrashPoint>, String> {
     match std::env::var("OUROBOROS_FAILPOINT") {
         Ok(v) if !v.is_empty() => CrashPoint::parse(&v)
             .map(Some)
@@ -109,7 +124,7 @@ fn crash_point() -> Result<Option<crate::recreate::executor::CrashPoint>, String
 }
 
 #[cfg(not(feature = "failpoints"))]
-fn crash_point() -> Result<Option<crate::recreate::executor::CrashPoint>, String> {
+fn crash_point() -> Result<Option<CrashPoint>, String> {
     Ok(None)
 }
 
@@ -125,5 +140,9 @@ mod tests {
         assert!(parse_flag("maybe").is_err());
         assert!(parse_https_url("http://x:1").is_err());
         assert!(parse_https_url("https://x:1/").is_ok());
+        assert_eq!(parse_shutdown_timeout("60"), Ok(Duration::from_secs(60)));
+        for bad in ["0", "-1", "3601", "1m", ""] {
+            assert!(parse_shutdown_timeout(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Commands from the coordinator, run one at a time, with their progress and result sent back
 //! on the link. A command outlives the link it came on: if the stream breaks, the journal still
-//! records its end, and a repeated op id gets that stored result.
+//! records its end, and a repeated op id gets that stored result. The containers that refer to
+//! the one updated (soft dependants included) are the recreate's own business
+//! ([`crate::recreate`]), journaled with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +11,11 @@ use ouroboros_proto::v1 as pb;
 use pb::agent_message::Kind;
 use pb::recreate_result::Status;
 use tokio::sync::{Mutex, mpsc};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::recreate::executor::{HealthGate, Recreator, RegistryAuth, Request};
+use crate::recreate::executor::{HealthGate, RecreateError, Recreator, Request};
+use crate::recreate::journal::SetAside;
+use crate::recreate::pull::RegistryAuth;
 
 /// Runs the coordinator's commands on this host.
 pub struct CommandRunner {
@@ -28,10 +32,26 @@ impl CommandRunner {
         })
     }
 
-    /// Runs a `Recreate` and sends its progress and result on `tx`.
+    /// Completes when no command runs (the one in flight, if any, ended).
+    pub async fn idle(&self) {
+        let _turn = self.one_at_a_time.lock().await;
+    }
+
+    /// What the journal says about containers set aside, for the inventory.
+    pub fn set_aside(&self) -> SetAside {
+        self.recreator.journal().set_aside()
+    }
+
+    /// Runs a `Recreate` and sends its progress and result on `tx`. A stopping agent starts
+    /// nothing and does not answer: the coordinator asks again, with the same op id, when
+    /// the agent is back.
     pub async fn recreate(&self, command: pb::Recreate, tx: mpsc::Sender<pb::AgentMessage>) {
         let _turn = self.one_at_a_time.lock().await;
         let op_id = command.op_id.clone();
+        if self.recreator.is_stopping() {
+            info!(op = %op_id, container = %command.container, "Recreate not started: the agent is stopping.");
+            return;
+        }
         info!(op = %op_id, container = %command.container, image = %command.image, "Recreate requested.");
         let request = Request {
             op_id: op_id.clone(),
@@ -49,6 +69,8 @@ impl CommandRunner {
                     deadline: Duration::from_millis(command.healthy_deadline_ms.max(0) as u64),
                 }
             }),
+            soft_dependants: command.soft_dependants,
+            dependant_images: command.dependant_images.into_iter().collect(),
         };
         // The old image, for the cleanup after a successful update.
         let old_image = if command.cleanup {
@@ -68,33 +90,9 @@ impl CommandRunner {
             // Progress is informative: never wait for the link because of it.
             let _ = progress.try_send(message);
         };
-        // Soft dependants: stop the running ones now, start them again after. Not for a
-        // repeated op id: that gets the stored outcome, and its dependants were handled then.
-        let mut stopped = Vec::new();
-        let repeated = self.recreator.knows(&op_id);
-        for name in command.soft_dependants.iter().filter(|_| !repeated) {
-            let running = self
-                .recreator
-                .docker()
-                .inspect_container(name, None)
-                .await
-                .ok()
-                .and_then(|c| c.state)
-                .and_then(|s| s.running)
-                .unwrap_or(false);
-            if running {
-                report("stop dependant");
-                match self.recreator.docker().stop_container(name, None).await {
-                    Ok(()) => stopped.push(name.clone()),
-                    Err(e) => {
-                        warn!(dependant = %name, error = %e, "Cannot stop a dependant before the update.")
-                    }
-                }
-            }
-        }
-        let result = match self.recreator.recreate_reporting(&request, &report).await {
-            Ok(outcome) => {
-                let mut result = pb::RecreateResult::from(&outcome);
+        let result = match self.recreator.run(&request, &report).await {
+            Ok(done) => {
+                let mut result = pb::RecreateResult::from(&done);
                 if let (Status::Updated, Some(old)) = (result.status(), &old_image) {
                     report("cleanup");
                     result.cleanup = crate::cleanup::remove_image_if_unused(
@@ -106,6 +104,10 @@ impl CommandRunner {
                 }
                 result
             }
+            Err(RecreateError::ShuttingDown) => {
+                info!(op = %op_id, "Recreate not started: the agent is stopping.");
+                return;
+            }
             Err(error) => {
                 let mut r = pb::RecreateResult {
                     reason: error.to_string(),
@@ -115,12 +117,6 @@ impl CommandRunner {
                 r
             }
         };
-        for name in &stopped {
-            report("start dependant");
-            if let Err(e) = self.recreator.docker().start_container(name, None).await {
-                warn!(dependant = %name, error = %e, "Cannot start a dependant after the update.");
-            }
-        }
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
         let _ = tx
             .send(pb::AgentMessage {
@@ -141,6 +137,10 @@ impl CommandRunner {
         tx: mpsc::Sender<pb::AgentMessage>,
     ) {
         let _turn = self.one_at_a_time.lock().await;
+        if self.recreator.is_stopping() {
+            info!(op = %command.op_id, "Volume prune not started: the agent is stopping.");
+            return;
+        }
         let (removed, failed) =
             crate::cleanup::prune_anonymous_volumes(self.recreator.docker(), self.recreator.api())
                 .await;

@@ -13,6 +13,8 @@ use ouroboros_shared::inventory::{
 };
 use ouroboros_shared::time_fmt::now_unix_ms;
 
+use crate::recreate::journal::SetAside;
+
 /// Seconds a single Docker API call may take.
 const API_TIMEOUT_SECS: u64 = 120;
 /// Containers inspected at once while taking an inventory.
@@ -184,8 +186,8 @@ impl Engine {
         Ok((engine, mode))
     }
 
-    /// Every container on the host, running or not.
-    pub async fn inventory(&self) -> Result<Inventory, EngineError> {
+    /// Every container on the host, running or not; those `set_aside` names are marked.
+    pub async fn inventory(&self, set_aside: &SetAside) -> Result<Inventory, EngineError> {
         let observed_at_unix_ms = now_unix_ms();
         let mode = self.describe().await?.1;
         let summaries = self
@@ -195,7 +197,7 @@ impl Engine {
             .map_err(self.err("list containers"))?;
         let inspected: Vec<Result<Option<ContainerInfo>, EngineError>> =
             futures_util::stream::iter(summaries)
-                .map(|summary| self.container(summary))
+                .map(|summary| self.container(summary, set_aside))
                 .buffered(INSPECT_CONCURRENCY)
                 .collect()
                 .await;
@@ -233,6 +235,7 @@ impl Engine {
     async fn container(
         &self,
         summary: bollard::models::ContainerSummary,
+        set_aside: &SetAside,
     ) -> Result<Option<ContainerInfo>, EngineError> {
         let Some(id) = summary.id else {
             return Ok(None);
@@ -250,13 +253,15 @@ impl Engine {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned();
+        let labels = config.labels.unwrap_or_default();
+        let set_aside = set_aside.reason(&id, &name, &labels).unwrap_or_default();
         Ok(Some(ContainerInfo {
             id,
             name,
             image: config.image.unwrap_or_default(),
             image_id: inspect.image.unwrap_or_default(),
             repo_digests: Vec::new(),
-            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            labels: labels.into_iter().collect(),
             state: state.status.map_or(ContainerState::Unknown, |s| {
                 ContainerState::from_docker(s.as_ref())
             }),
@@ -273,6 +278,9 @@ impl Engine {
                 .unwrap_or(0),
             created_unix: summary.created.unwrap_or(0),
             network_mode: host_config.network_mode.unwrap_or_default(),
+            pid_mode: host_config.pid_mode.unwrap_or_default(),
+            ipc_mode: host_config.ipc_mode.unwrap_or_default(),
+            set_aside,
             links: host_config
                 .links
                 .unwrap_or_default()

@@ -6,6 +6,9 @@
 //! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
 //! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
 //!   decides when it takes the next inventory.
+//! - [`commands`]: the coordinator's commands, one destructive operation at a time;
+//!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
+//!   old images and unused anonymous volumes.
 
 pub mod backoff;
 pub mod cleanup;
@@ -17,6 +20,7 @@ pub mod recreate;
 pub mod schedule;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,8 +29,13 @@ use tracing::{error, info, warn};
 use crate::commands::CommandRunner;
 use crate::engine::{DockerEndpoint, Engine};
 use crate::link::LinkConfig;
-use crate::recreate::executor::{CrashMode, CrashPoint, Deadlines, Recreator};
+use crate::recreate::Alerts;
+use crate::recreate::executor::{Deadlines, Recreator};
+use crate::recreate::faults::{CrashMode, CrashPoint};
 use crate::recreate::journal::Journal;
+
+/// How long a stopping agent gives the operation in flight to reach a safe point, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Validated configuration of the agent.
 #[derive(Clone)]
@@ -36,6 +45,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Fault injection for tests (built with the `failpoints` feature only).
     pub crash: Option<CrashPoint>,
+    /// After SIGTERM: the longest wait for the operation in flight (finished past its health
+    /// gate, else reverted) before the agent exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
 /// The agent's own container id, when it runs in a container (Docker sets `HOSTNAME` to the
@@ -47,14 +59,20 @@ fn own_container_id() -> Option<String> {
 
 /// Runs the agent until `shutdown` completes. Waits (with backoff) for the Docker engine when it
 /// is not reachable yet; before it connects to the coordinator it finishes or reverts every
-/// recreate a crash interrupted. Fails only when its journal cannot be used.
+/// recreate a crash interrupted. On `shutdown` it takes no new command, lets the operation in
+/// flight reach a safe point (at most [`AgentConfig::shutdown_timeout`]), sends its answer and
+/// closes the link. Fails only when its journal cannot be used.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let (link_stop_tx, link_stop_rx) = watch::channel(false);
+    let alerts: Alerts = Arc::default();
+    let bound = config.shutdown_timeout;
     let agent = async move {
+        let mut stopping = stopping_rx.clone();
         let mut backoff =
             backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let engine = loop {
@@ -63,7 +81,10 @@ pub async fn run(
                 Err(error) => {
                     let delay = backoff.next_delay();
                     warn!(%error, delay_ms = delay.as_millis(), "Docker engine unreachable; retrying.");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = link::stopped(&mut stopping) => return,
+                    }
                 }
             }
         };
@@ -74,7 +95,8 @@ pub async fn run(
             "Docker engine connected."
         );
         let mut recreator =
-            Recreator::new(&engine, journal, Deadlines::default(), own_container_id());
+            Recreator::new(&engine, journal, Deadlines::default(), own_container_id())
+                .with_stopping(stopping_rx.clone());
         if let Some(point) = config.crash {
             warn!(
                 ?point,
@@ -84,23 +106,52 @@ pub async fn run(
         }
         match recreator.recover().await {
             Ok(recovered) => {
-                for (op, outcome) in recovered {
+                for (op, outcome) in recovered.operations {
                     info!(op = %op, ?outcome, "Recovered an interrupted recreate.");
                 }
+                alerts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(recovered.alerts);
             }
             Err(e) => {
                 error!(error = %e, "Cannot recover interrupted recreates; the journal needs an operator.")
             }
         }
-        link::run(config.link, engine, CommandRunner::new(recreator), stop_rx).await;
+        let commands = CommandRunner::new(recreator);
+        let link = link::run(
+            config.link,
+            engine,
+            commands.clone(),
+            alerts.clone(),
+            link_stop_rx,
+        );
+        tokio::pin!(link);
+        tokio::select! {
+            () = &mut link => return,
+            () = link::stopped(&mut stopping) => {}
+        }
+        info!(
+            bound_s = bound.as_secs(),
+            "Stopping: no new command is taken; an operation in flight reaches a safe point first."
+        );
+        match tokio::time::timeout(bound, commands.idle()).await {
+            Ok(()) => info!("Nothing in flight any more."),
+            Err(_) => warn!(
+                bound_s = bound.as_secs(),
+                "An operation is still in flight at the shutdown bound; exiting anyway. The journal finishes or reverts it at the next start."
+            ),
+        }
+        let _ = link_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), link).await;
     };
     tokio::pin!(agent);
     tokio::select! {
         () = &mut agent => {}
         () = shutdown => {
-            let _ = stop_tx.send(true);
-            // The link ends at its next await point.
-            let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+            let _ = stopping_tx.send(true);
+            // The agent ends within its bound (plus the link's close).
+            let _ = tokio::time::timeout(bound + Duration::from_secs(10), agent).await;
         }
     }
     Ok(())

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use crate::backoff::Backoff;
 use crate::commands::CommandRunner;
 use crate::engine::{Engine, EngineError};
+use crate::recreate::{Alert, Alerts};
 use crate::schedule::InventorySchedule;
 
 /// A session that lasted this long resets the backoff; shorter ones (refused, replaced,
@@ -58,20 +59,25 @@ enum SessionError {
     Protocol(&'static str),
 }
 
-/// Keeps a session open until `shutdown` becomes true.
+/// Keeps a session open until `shutdown` becomes true; then the session's last messages go
+/// out and the stream is closed cleanly.
 pub async fn run(
     config: LinkConfig,
     engine: Engine,
     commands: Arc<CommandRunner>,
+    alerts: Alerts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         let started = Instant::now();
-        let result = tokio::select! {
-            r = session(&config, &engine, &commands) => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
+        let result = session(&config, &engine, &commands, &alerts, shutdown.clone()).await;
+        if *shutdown.borrow() {
+            return;
+        }
         match result {
             Ok(()) => info!(coordinator = %config.coordinator, "Coordinator closed the stream."),
             Err(error) => {
@@ -88,7 +94,7 @@ pub async fn run(
         );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = stopped(&mut shutdown) => return,
         }
     }
 }
@@ -110,15 +116,22 @@ fn message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
     pb::AgentMessage { kind: Some(kind) }
 }
 
+/// How long a closing session waits for the coordinator to end the stream after its own
+/// last message.
+const DRAIN: Duration = Duration::from_secs(3);
+
 async fn session(
     config: &LinkConfig,
     engine: &Engine,
     commands: &Arc<CommandRunner>,
+    alerts: &Alerts,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let channel = endpoint(config)?
-        .connect()
-        .await
-        .map_err(|e| SessionError::Connect(error_chain(&e)))?;
+    let endpoint = endpoint(config)?;
+    let channel = tokio::select! {
+        c = endpoint.connect() => c.map_err(|e| SessionError::Connect(error_chain(&e)))?,
+        () = stopped(&mut shutdown) => return Ok(()),
+    };
     let (engine_info, mode) = engine.describe().await?;
     let hello = Hello {
         host: config.host.to_string(),
@@ -127,17 +140,10 @@ async fn session(
         mode,
     };
     let (tx, rx) = mpsc::channel(16);
-    let send = |m| {
-        let tx = tx.clone();
-        async move {
-            tx.send(m)
-                .await
-                .map_err(|_| SessionError::Protocol("outbound stream closed"))
-        }
-    };
-    send(message(pb::agent_message::Kind::Hello(
-        hello.clone().into(),
-    )))
+    send(
+        &tx,
+        message(pb::agent_message::Kind::Hello(hello.clone().into())),
+    )
     .await?;
     let mut inbound = AgentGatewayClient::new(channel)
         .connect(ReceiverStream::new(rx))
@@ -162,6 +168,12 @@ async fn session(
         api = %hello.engine.api_version,
         "Connected to the coordinator."
     );
+    // What recovery (or the journal) found for an operator, now that someone can hear it.
+    let pending: Vec<Alert> =
+        std::mem::take(&mut *alerts.lock().unwrap_or_else(|p| p.into_inner()));
+    for alert in &pending {
+        send(&tx, message(pb::agent_message::Kind::Alert(alert.into()))).await?;
+    }
 
     // Events are replayed from before the first inventory, so no change falls between.
     let mut events_since = now_unix_ms() / 1000 - 1;
@@ -175,9 +187,19 @@ async fn session(
     loop {
         let start_at = schedule.next_start();
         tokio::select! {
+            () = stopped(&mut shutdown) => {
+                // Nothing more to say: close our side, and let the coordinator read what is
+                // still on its way (the last result) and end the stream.
+                drop(tx);
+                let _ = tokio::time::timeout(DRAIN, async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
+                return Ok(());
+            }
             _ = beat.tick() => {
                 let hb = pb::Heartbeat { sent_at_unix_ms: now_unix_ms() };
-                send(message(pb::agent_message::Kind::Heartbeat(hb))).await?;
+                send(&tx, message(pb::agent_message::Kind::Heartbeat(hb))).await?;
             }
             _ = resync.tick() => schedule.due_now(Instant::now()),
             event = events.next(), if events_retry.is_none() => match event {
@@ -210,7 +232,8 @@ async fn session(
             () = sleep_until(start_at) => {
                 schedule.started();
                 let engine = engine.clone();
-                job = Some(tokio::spawn(async move { engine.inventory().await }));
+                let set_aside = commands.set_aside();
+                job = Some(tokio::spawn(async move { engine.inventory(&set_aside).await }));
             }
             taken = join(&mut job) => {
                 job = None;
@@ -218,7 +241,7 @@ async fn session(
                 match taken {
                     Ok(Ok(inventory)) => {
                         debug!(containers = inventory.containers.len(), "Sending inventory.");
-                        send(message(pb::agent_message::Kind::Inventory(inventory.into()))).await?;
+                        send(&tx, message(pb::agent_message::Kind::Inventory(inventory.into()))).await?;
                     }
                     Ok(Err(error)) => {
                         warn!(%error, "Cannot take the inventory; trying again shortly.");
@@ -247,6 +270,22 @@ async fn session(
             },
         }
     }
+}
+
+/// Completes once `shutdown` is true (holding no borrow of it afterwards).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    m: pb::AgentMessage,
+) -> Result<(), SessionError> {
+    tx.send(m)
+        .await
+        .map_err(|_| SessionError::Protocol("outbound stream closed"))
 }
 
 /// Waits for the running inventory task, or forever when none runs.

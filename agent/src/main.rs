@@ -1,4 +1,5 @@
-//! `ouroboros-agent`: parse, validate, set up logging and TLS, run until SIGTERM.
+//! `ouroboros-agent`: parse, validate, set up logging and TLS, run until SIGTERM (then bring
+//! the operation in flight to a safe point and exit 0).
 
 use std::process::ExitCode;
 
@@ -19,7 +20,8 @@ fn main() -> ExitCode {
     let runtime = ouroboros_shared::cli::runtime_or_exit();
     match runtime.block_on(ouroboros_agent::run(
         config,
-        ouroboros_shared::shutdown::signal(),
+        // A second signal ends the agent at once (128 + SIGTERM); its journal recovers.
+        ouroboros_shared::shutdown::signal_then_force(143),
     )) {
         Ok(()) => {
             tracing::info!("Agent stopped.");

@@ -69,6 +69,9 @@ fn container(i: usize, image: &str, repo_digest: &str) -> (String, ContainerInfo
             created_unix: 0,
             network_mode: String::new(),
             links: Vec::new(),
+            pid_mode: String::new(),
+            ipc_mode: String::new(),
+            set_aside: String::new(),
         },
     )
 }

@@ -69,6 +69,8 @@ pub struct RecreateOptions {
     pub auth_image: Option<String>,
     /// Stopped before the update and started after it.
     pub soft_dependants: Vec<String>,
+    /// Recreated with it and moved to these images (name → `repo:tag@digest`).
+    pub dependant_images: std::collections::BTreeMap<String, String>,
 }
 
 /// The links of connected agents, by host.
@@ -177,6 +179,11 @@ impl Dispatcher {
                 min_healthy_ms: options.min_healthy_ms,
                 healthy_deadline_ms: options.healthy_deadline_ms,
                 soft_dependants: options.soft_dependants.clone(),
+                dependant_images: options
+                    .dependant_images
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             })
         })
         .await

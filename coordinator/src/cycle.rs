@@ -191,6 +191,8 @@ impl Cycle {
                     name: c.name.clone(),
                     labels: c.labels.clone(),
                     network_mode: c.network_mode.clone(),
+                    pid_mode: c.pid_mode.clone(),
+                    ipc_mode: c.ipc_mode.clone(),
                     links: c.links.clone(),
                 })
                 .collect();
@@ -490,6 +492,24 @@ impl Cycle {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    // Recreated by this container's operation anyway: those whose own tag
+                    // moved go to their new image in the same operation.
+                    dependant_images: graphs
+                        .get(&host)
+                        .map(|g| g.recreated_with(&name))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|dependant| {
+                            list.iter()
+                                .find(|d| d.container == dependant)
+                                .and_then(|d| match &d.decision {
+                                    Decision::Update { target, .. } => {
+                                        Some((dependant.clone(), target.clone()))
+                                    }
+                                    _ => None,
+                                })
+                        })
+                        .collect(),
                 });
             }
         }

@@ -2,9 +2,10 @@
 //!
 //! Edges come from `com.ouroboros.depends_on` and Watchtower's `depends-on` label (soft: the
 //! dependant is stopped before its parent's update and started once the parent is healthy),
-//! `com.ouroboros.hard_depends_on` and `container:` network mode (hard: the dependant is
-//! recreated after its parent), legacy links and Compose's `com.docker.compose.depends_on`
-//! (soft; Compose names services, resolved within the container's Compose project). Parents go
+//! `com.ouroboros.hard_depends_on`, `container:` network, pid and ipc modes and legacy links
+//! (hard: the dependant is recreated after its parent, by the parent's own operation on the
+//! agent), and Compose's `com.docker.compose.depends_on` (soft; Compose names services,
+//! resolved within the container's Compose project). Parents go
 //! before their dependants. A dependency cycle, or a dependency on a container the host does
 //! not have, is reported with the names involved; those containers (and what depends on them)
 //! are left out, the rest proceed.
@@ -37,8 +38,10 @@ pub struct Node {
     pub id: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// `HostConfig.NetworkMode` (`container:<name or id>` matters here).
+    /// `HostConfig.NetworkMode`, `PidMode`, `IpcMode` (`container:<name or id>` matters here).
     pub network_mode: String,
+    pub pid_mode: String,
+    pub ipc_mode: String,
     /// Legacy links' target container names.
     pub links: Vec<String>,
 }
@@ -92,10 +95,12 @@ impl Graph {
                     wanted.extend(names(value).map(|n| (n.to_owned(), kind)));
                 }
             }
-            if let Some(provider) = node.network_mode.strip_prefix("container:") {
-                wanted.push((provider.to_owned(), Kind::Hard));
+            for mode in [&node.network_mode, &node.pid_mode, &node.ipc_mode] {
+                if let Some(provider) = mode.strip_prefix("container:") {
+                    wanted.push((provider.to_owned(), Kind::Hard));
+                }
             }
-            wanted.extend(node.links.iter().map(|l| (l.clone(), Kind::Soft)));
+            wanted.extend(node.links.iter().map(|l| (l.clone(), Kind::Hard)));
             if let (Some(value), Some(project)) = (
                 node.labels.get(LABEL_COMPOSE_DEPENDS_ON),
                 node.labels.get(LABEL_COMPOSE_PROJECT),
@@ -224,6 +229,21 @@ impl Graph {
         self.broken.get(name).map(String::as_str)
     }
 
+    /// Every container recreated with `name` by its operation on the agent: its hard
+    /// dependants, theirs, and so on.
+    pub fn recreated_with(&self, name: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut queue = vec![name.to_owned()];
+        while let Some(at) = queue.pop() {
+            for (dependant, kind) in self.dependants.get(&at).into_iter().flatten() {
+                if *kind == Kind::Hard && dependant != name && found.insert(dependant.clone()) {
+                    queue.push(dependant.clone());
+                }
+            }
+        }
+        found
+    }
+
     /// The direct dependants of `name`, with how they depend on it.
     pub fn dependants(&self, name: &str) -> Vec<(String, Kind)> {
         self.dependants
@@ -327,8 +347,14 @@ mod tests {
         );
         assert_eq!(
             graph.dependants("db"),
-            vec![("app".into(), Kind::Hard), ("linked".into(), Kind::Soft)]
+            vec![("app".into(), Kind::Hard), ("linked".into(), Kind::Hard)]
         );
+        // db's operation recreates app (hard), and with it app's network sidecar.
+        assert_eq!(
+            graph.recreated_with("db"),
+            ["app", "linked", "sidecar"].map(String::from).into()
+        );
+        assert!(graph.recreated_with("proxy").is_empty());
         // Order holds through a container that is not updated: db before proxy.
         let order = graph.order(&strings(&["proxy", "db"]));
         assert_eq!(order, strings(&["db", "proxy"]));
@@ -408,14 +434,22 @@ mod tests {
     }
 
     #[test]
-    fn network_mode_by_id_and_hard_over_soft() {
+    fn namespace_modes_by_id_and_hard_over_soft() {
         let app = node("app", &[]);
         let mut sidecar = node("sidecar", &[(LABEL_DEPENDS_ON, "app")]);
         sidecar.network_mode = format!("container:{}", &app.id[..12]);
-        let graph = Graph::build(&[app, sidecar]);
+        let mut pid = node("pid", &[]);
+        pid.pid_mode = format!("container:{}", app.id);
+        let mut ipc = node("ipc", &[]);
+        ipc.ipc_mode = "container:app".into();
+        let graph = Graph::build(&[app, sidecar, pid, ipc]);
         assert_eq!(
             graph.dependants("app"),
-            vec![("sidecar".into(), Kind::Hard)]
+            vec![
+                ("ipc".into(), Kind::Hard),
+                ("pid".into(), Kind::Hard),
+                ("sidecar".into(), Kind::Hard)
+            ]
         );
     }
 }

@@ -18,6 +18,8 @@ pub const LABEL_ENABLE: &str = "com.ouroboros.enable";
 pub const LABEL_ENABLE_WATCHTOWER: &str = "com.centurylinklabs.watchtower.enable";
 /// Label the coordinator and agents carry on their own containers.
 pub const LABEL_SELF: &str = "com.ouroboros.self";
+/// What an old container's name gets while an update sets it aside (`NAME-ouroboros-old-OP`).
+pub const ASIDE_MARK: &str = "-ouroboros-old-";
 
 /// Which containers are watched (Ouroboros' MONITOR, IGNORE, LABEL_ENABLE, LABELS_ONLY,
 /// SELF_UPDATE).
@@ -54,6 +56,14 @@ fn enable_label(c: &ContainerInfo) -> Option<bool> {
 impl Selection {
     /// `Ok` when `container` on `host` is watched, else why not.
     pub fn check(&self, host: &str, c: &ContainerInfo) -> Result<(), String> {
+        // An update's set-aside container (the old one, or a replacement not yet confirmed)
+        // is never an update of its own; agents say so, and the name tells for older ones.
+        if !c.set_aside.is_empty() {
+            return Err(format!("set aside: {}", c.set_aside));
+        }
+        if c.name.contains(ASIDE_MARK) {
+            return Err("set aside: old container of an update".into());
+        }
         let label = enable_label(c);
         if label == Some(false) {
             return Err("labelled enable=false".into());
@@ -236,6 +246,9 @@ mod tests {
             created_unix: 0,
             network_mode: String::new(),
             links: Vec::new(),
+            pid_mode: String::new(),
+            ipc_mode: String::new(),
+            set_aside: String::new(),
         }
     }
 
@@ -428,6 +441,21 @@ mod tests {
             ..all.clone()
         };
         assert!(with_self.check("h", &own).is_ok());
+        // Set-aside containers are never selected, whatever the lists and labels say.
+        let mut aside = container("web", "nginx", &[], &[(LABEL_ENABLE, "true")]);
+        aside.set_aside = "old container set aside by an update".into();
+        let named_aside = container("web-ouroboros-old-op-7", "nginx", &[], &[]);
+        let monitor_them = Selection {
+            monitor: vec!["web".into(), "web-ouroboros-old-op-7".into()],
+            label_enable: true,
+            ..all.clone()
+        };
+        for c in [&aside, &named_aside] {
+            for selection in [&all, &monitor_them] {
+                let why = selection.check("h", c).unwrap_err();
+                assert!(why.starts_with("set aside"), "{why}");
+            }
+        }
 
         let label_enable = Selection {
             label_enable: true,

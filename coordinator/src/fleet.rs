@@ -410,6 +410,9 @@ mod tests {
                     created_unix: 1,
                     network_mode: String::new(),
                     links: Vec::new(),
+                    pid_mode: String::new(),
+                    ipc_mode: String::new(),
+                    set_aside: String::new(),
                 })
                 .collect(),
             mode,

@@ -15,7 +15,7 @@ use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::commands::Dispatcher;
 use crate::fleet::{Fleet, SessionGuard};
@@ -31,6 +31,8 @@ pub struct Gateway {
     heartbeat: Duration,
     missed_heartbeats: u32,
     shutdown: watch::Receiver<bool>,
+    /// For the agents' alerts.
+    notifiers: crate::notify::Notifiers,
 }
 
 impl Gateway {
@@ -40,6 +42,7 @@ impl Gateway {
         heartbeat: Duration,
         missed_heartbeats: u32,
         shutdown: watch::Receiver<bool>,
+        notifiers: crate::notify::Notifiers,
     ) -> Self {
         Self {
             fleet,
@@ -47,6 +50,7 @@ impl Gateway {
             heartbeat,
             missed_heartbeats,
             shutdown,
+            notifiers,
         }
     }
 }
@@ -136,6 +140,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
             silence_limit: self.heartbeat * self.missed_heartbeats,
             shutdown: self.shutdown.clone(),
             outbound: tx,
+            notifiers: self.notifiers.clone(),
         };
         tokio::spawn(link.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -153,6 +158,7 @@ struct AgentLink {
     shutdown: watch::Receiver<bool>,
     /// The response stream; open while the link lives.
     outbound: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    notifiers: crate::notify::Notifiers,
 }
 
 /// Why a link ended, and what the agent is told.
@@ -240,6 +246,23 @@ impl AgentLink {
             }
             Some(Kind::Result(result)) => {
                 self.commands.result(self.host.as_str(), result);
+                Ok(())
+            }
+            Some(Kind::Alert(alert)) => {
+                // Found by the agent where no command could carry it (recovery at its start):
+                // a container that does not run again, an unreadable journal entry.
+                error!(host = %self.host, container = %alert.container, op = %alert.op_id, message = %alert.message, "Agent alert: needs an operator.");
+                let what = if alert.container.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", alert.container)
+                };
+                self.notifiers.send(crate::notify::Message {
+                    event: "operator-needed",
+                    kind: crate::notify::Kind::Failure,
+                    title: format!("Ouroboros: {}{what} needs an operator", self.host),
+                    body: alert.message,
+                });
                 Ok(())
             }
             Some(Kind::Hello(_)) => Err(Status::invalid_argument("protocol error: second Hello")),

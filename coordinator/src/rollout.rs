@@ -173,6 +173,11 @@ pub struct Target {
     /// Containers that depend on it softly: stopped before its update, started after.
     #[serde(default)]
     pub soft_dependants: Vec<String>,
+    /// Containers its operation recreates with it whose own tag moved in the same rollout:
+    /// name → `repo:tag@digest`. They move there with it, and their own targets count as
+    /// updated by its answer.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dependant_images: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a rollout stands.
@@ -634,6 +639,7 @@ mod tests {
             finished_ms: 0,
             transitions: Vec::new(),
             soft_dependants: Vec::new(),
+            dependant_images: Default::default(),
         }
     }
 

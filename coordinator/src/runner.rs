@@ -49,6 +49,51 @@ pub struct Runner {
     next_id: AtomicU64,
 }
 
+/// Targets that target `index`'s operation moved to their new image along with it (dependants
+/// recreated by it, from [`crate::rollout::Target::dependant_images`]): they become updated
+/// without a command of their own. Returns them with the result to report for each.
+fn moved_with(
+    rollout: &mut Rollout,
+    index: usize,
+    result: &pb::RecreateResult,
+    now: i64,
+) -> Vec<(usize, pb::RecreateResult)> {
+    let parent = rollout.targets[index].clone();
+    let mut moved = Vec::new();
+    for d in result.dependants.iter().filter(|d| d.action == "updated") {
+        if !parent.dependant_images.contains_key(&d.container) {
+            continue;
+        }
+        let Some(i) = rollout.targets.iter().position(|t| {
+            t.host == parent.host && t.container == d.container && t.state == TargetState::Pending
+        }) else {
+            continue;
+        };
+        rollout.targets[i].started_ms = now;
+        rollout.set(
+            i,
+            TargetState::Updated {
+                at_ms: now,
+                already_current: false,
+            },
+            now,
+        );
+        crate::metrics::METRICS.update_done(&parent.host, &d.container, "updated");
+        let mut r = pb::RecreateResult {
+            new_id: d.new_id.clone(),
+            image_id: d.image_id.clone(),
+            reason: format!(
+                "updated with {}, whose operation recreated it",
+                parent.container
+            ),
+            ..Default::default()
+        };
+        r.set_status(pb::recreate_result::Status::Updated);
+        moved.push((i, r));
+    }
+    moved
+}
+
 /// The agent's answer as the CLI names it.
 pub fn status_name(result: &pb::RecreateResult) -> &'static str {
     use pb::recreate_result::Status;
@@ -126,6 +171,12 @@ impl Runner {
             healthy_deadline_ms: rollout.policy.healthy_deadline_ms,
             auth_image: None,
             soft_dependants: t.soft_dependants.clone(),
+            // Going back, each dependant keeps what it runs (its own target goes back itself).
+            dependant_images: if revert {
+                Default::default()
+            } else {
+                t.dependant_images.clone()
+            },
         };
         let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
         let commands = self.commands.clone();
@@ -361,9 +412,20 @@ impl Runner {
                     };
                     crate::metrics::METRICS.update_done(&t.host, &t.container, outcome);
                     rollout.set(answer.index, state, now);
-                    let entry = rollout.targets[answer.index].history(&rollout.id);
+                    let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
+                    if !answer.revert {
+                        for (i, result) in moved_with(&mut rollout, answer.index, &answer.result, now) {
+                            entries.push(rollout.targets[i].history(&rollout.id));
+                            results.insert(i, result);
+                        }
+                    }
+                    for d in &answer.result.dependants {
+                        if d.action == "failed" || d.action == "restored" {
+                            warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = %d.action, reason = %d.reason, "A dependant did not follow the update.");
+                        }
+                    }
                     results.insert(answer.index, answer.result);
-                    self.persist(&rollout, vec![entry]).await;
+                    self.persist(&rollout, entries).await;
                 }
                 () = tokio::time::sleep(wake) => {}
             }

@@ -423,6 +423,7 @@ pub async fn run(
             config.heartbeat,
             config.missed_heartbeats,
             stop_rx,
+            config.notifiers.clone(),
         ),
         require_role(Role::Agent, "AgentGateway"),
     );

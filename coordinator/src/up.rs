@@ -46,6 +46,10 @@ pub struct UpArgs {
     /// Run one full check cycle (detect, update) and exit: 0 when every update succeeded.
     #[arg(long, env = ENV_RUN_ONCE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub run_once: bool,
+    /// After SIGTERM: seconds the embedded agent's operation in flight gets to reach a safe
+    /// point (finished past its health gate, else rolled back) before `up` exits anyway.
+    #[arg(long, env = ENV_SHUTDOWN_TIMEOUT, default_value = "60", value_name = "SECS", value_parser = ouroboros_agent::cli::parse_shutdown_timeout)]
+    pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -79,11 +83,14 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     };
     let url = format!("https://{ip}:{}", addr.port());
 
+    // The agent stops first, so that the answer of its operation in flight still reaches the
+    // server; then the server.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_agent_tx, stop_agent_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(server::run(prepared, listener, stopped(stop_rx.clone())));
+    let server = tokio::spawn(server::run(prepared, listener, stopped(stop_rx)));
 
     let agent_dir = args.data_dir.join("agent");
     std::fs::create_dir_all(&agent_dir)
@@ -105,8 +112,9 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         docker,
         data_dir: agent_dir,
         crash: None,
+        shutdown_timeout: args.shutdown_timeout,
     };
-    let agent = tokio::spawn(ouroboros_agent::run(agent_config, stopped(stop_rx)));
+    let agent = tokio::spawn(ouroboros_agent::run(agent_config, stopped(stop_agent_rx)));
 
     let result = if args.run_once {
         let admin = AdminArgs {
@@ -122,11 +130,13 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             Err(e) => Err(e),
         }
     } else {
-        ouroboros_shared::shutdown::signal().await;
+        // A second signal ends `up` at once (128 + SIGTERM); the agent's journal recovers.
+        ouroboros_shared::shutdown::signal_then_force(143).await;
         Ok(())
     };
+    let _ = stop_agent_tx.send(true);
+    let _ = tokio::time::timeout(args.shutdown_timeout + Duration::from_secs(15), agent).await;
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
     match tokio::time::timeout(Duration::from_secs(40), server).await {
         Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
         Ok(Err(e)) => return Err(Failure::runtime(format!("coordinator task failed: {e}"))),

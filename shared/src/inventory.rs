@@ -152,6 +152,15 @@ pub struct ContainerInfo {
     /// Legacy links' target container names.
     #[serde(default)]
     pub links: Vec<String>,
+    /// `HostConfig.PidMode` and `HostConfig.IpcMode` (`container:<id>` shares a namespace).
+    #[serde(default)]
+    pub pid_mode: String,
+    #[serde(default)]
+    pub ipc_mode: String,
+    /// Why the container is set aside by an update (empty: it is not). A set-aside container
+    /// is never selected for an update and not counted as monitored.
+    #[serde(default)]
+    pub set_aside: String,
 }
 
 /// The first message of an agent stream.
@@ -282,6 +291,9 @@ impl From<ContainerInfo> for pb::Container {
             created_unix: c.created_unix,
             network_mode: c.network_mode,
             links: c.links,
+            set_aside: c.set_aside,
+            pid_mode: c.pid_mode,
+            ipc_mode: c.ipc_mode,
         }
     }
 }
@@ -311,6 +323,9 @@ impl TryFrom<pb::Container> for ContainerInfo {
             created_unix: c.created_unix,
             network_mode: c.network_mode,
             links: c.links,
+            pid_mode: c.pid_mode,
+            ipc_mode: c.ipc_mode,
+            set_aside: c.set_aside,
         })
     }
 }
@@ -397,6 +412,9 @@ mod tests {
             created_unix: 1_700_000_000,
             network_mode: "container:abc".into(),
             links: vec!["db".into()],
+            pid_mode: "container:def".into(),
+            ipc_mode: "shareable".into(),
+            set_aside: "set aside by update op-1".into(),
         }
     }
 

@@ -112,6 +112,10 @@ pub const ENV_NOTIFY_API: &str = "OUROBOROS_NOTIFY_API";
 /// Extra CA certificates (PEM file) for notifications over TLS (SMTP).
 pub const ENV_NOTIFY_CA: &str = "OUROBOROS_NOTIFY_CA";
 
+/// Agent (and `up`): seconds a stopping agent gives the operation in flight to reach a safe
+/// point before it exits anyway.
+pub const ENV_SHUTDOWN_TIMEOUT: &str = "OUROBOROS_SHUTDOWN_TIMEOUT";
+
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";
 

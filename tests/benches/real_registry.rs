@@ -118,6 +118,9 @@ fn fleet(images: &[TestImage]) -> Vec<(String, ContainerInfo)> {
                 created_unix: 0,
                 network_mode: String::new(),
                 links: Vec::new(),
+                pid_mode: String::new(),
+                ipc_mode: String::new(),
+                set_aside: String::new(),
             };
             (format!("host-{}", i % HOSTS), info)
         })

@@ -1,32 +1,39 @@
-//! The safe recreate sequence (DESIGN.md section 5): never destroy before the replacement
-//! runs. Pull and inspect first; then stop, rename the old container aside, create the new one
-//! under the original name, connect its networks, start it, pass the health gate, and only
-//! then remove the old container (never its volumes). Any failure after the stop rolls back:
-//! the new container is removed, the old one renamed back and started again. Every step is
-//! journaled before it is taken (see [`super::journal`]).
+//! The safe recreate sequence (DESIGN.md sections 5 and 11): never destroy before the
+//! replacement runs, and leave nothing that refers to the container down.
+//!
+//! 1. Prepare (nothing changes): inspect, pull, derive the replacement; find the dependants
+//!    ([`super::dependants`]) and pull the new images of those whose own tag moved too.
+//! 2. Stop the dependants that cannot outlive the old container (shared namespaces, legacy
+//!    links) and the soft ones, deepest first; then stop the container, set it aside, create
+//!    its replacement, start it, pass the health gate.
+//! 3. Follow: recreate each dependant that must refer to the new container, parents first,
+//!    with the same sequence and gate.
+//! 4. Remove the old containers (never volumes) and start the soft dependants again.
+//!
+//! A failure before the end of step 3 rolls everything back to the old containers (a hard
+//! dependant that fails on its own is rolled back alone; a namespace dependant whose new image
+//! fails runs its own image again). Every step, of the container and of each dependant, is
+//! journaled before it is taken; [`super::recovery`] finishes (from step 3 on) or reverts
+//! (before) what a crash interrupted. Asked to stop, the agent starts nothing new and brings
+//! an operation to that same safe point.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ImageInspect, NetworkConnectRequest,
-};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
-};
+use bollard::models::{ImageInspect, NetworkConnectRequest};
 use futures_util::StreamExt;
-use tokio::time::Instant;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::journal::{Entry, Journal, JournalError, Outcome, Step};
+use super::dependants::{self, Action, Node};
+use super::faults::{CrashMode, CrashPoint, Faults, Hook};
+use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
+use super::ops::{Interrupt, OnStop, StepFailure, failed};
+use super::pull::{RegistryAuth, split_pinned};
 use super::spec::{self, ApiVersion, CreatePlan};
+use super::{ASIDE_MARK, DependantReport, Report, short};
 use crate::engine::{Engine, is_not_found};
-use ouroboros_shared::reference::ImageRef;
-
-/// Label on every container a recreate creates: the operation that made it. A rollback only
-/// removes a container under the name that carries its own operation's label.
-pub const LABEL_OP: &str = "com.ouroboros.op";
 
 /// How long each part may take; each deadline acts (the step fails and rolls back).
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +47,9 @@ pub struct Deadlines {
     pub min_healthy_with_check: Duration,
     /// How often the health gate looks.
     pub poll: Duration,
+    /// How long a container restored by a rollback or recovery must be seen running before
+    /// it counts as restored.
+    pub settle: Duration,
 }
 
 impl Default for Deadlines {
@@ -50,6 +60,7 @@ impl Default for Deadlines {
             min_running: Duration::from_secs(10),
             min_healthy_with_check: Duration::ZERO,
             poll: Duration::from_millis(250),
+            settle: Duration::from_secs(2),
         }
     }
 }
@@ -63,10 +74,15 @@ pub struct Request {
     /// Image to recreate it from; its configured reference when `None`. `repo:tag@sha256:…`
     /// pulls exactly that manifest and points `repo:tag` at it.
     pub image: Option<String>,
-    /// Credentials for the pull.
+    /// Credentials for the pulls.
     pub auth: Option<RegistryAuth>,
     /// The coordinator's health gate for this update, instead of the agent's defaults.
     pub gate: Option<HealthGate>,
+    /// More soft dependants (names), besides those the labels declare.
+    pub soft_dependants: Vec<String>,
+    /// Dependants recreated with the container whose own tag moved too: name →
+    /// `repo:tag@sha256:…`; they move to it in the same operation.
+    pub dependant_images: BTreeMap<String, String>,
 }
 
 /// A health gate asked for with one update (rollout policy).
@@ -78,53 +94,7 @@ pub struct HealthGate {
     pub deadline: Duration,
 }
 
-/// Registry credentials: username and password, or an identity token, or a registry token.
-/// `Debug` never shows a secret.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: String,
-    pub identity_token: String,
-    pub registry_token: String,
-}
-
-impl std::fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryAuth")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The `X-Registry-Auth` header value: JSON in URL-safe base64, which is what the engine
-/// decodes (bollard's standard alphabet silently turns some passwords into an anonymous pull).
-pub fn registry_auth_header(auth: &RegistryAuth, server: &str) -> String {
-    let mut json = serde_json::json!({ "serveraddress": server });
-    for (key, value) in [
-        ("username", &auth.username),
-        ("password", &auth.password),
-        ("identitytoken", &auth.identity_token),
-        ("registrytoken", &auth.registry_token),
-    ] {
-        if !value.is_empty() {
-            json[key] = serde_json::Value::String(value.clone());
-        }
-    }
-    ouroboros_shared::base64::url_safe(json.to_string().as_bytes())
-}
-
-/// Splits `repo:tag@sha256:…` into the pinned reference to pull and the tag to point at it.
-fn split_pinned(reference: &str) -> Option<(String, Option<String>)> {
-    let (named, digest) = reference.split_once('@')?;
-    let repo_end = named.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match named[repo_end..].rfind(':') {
-        Some(i) => (&named[..repo_end + i], Some(named.to_owned())),
-        None => (named, None),
-    };
-    Some((format!("{repo}@{digest}"), tag))
-}
-
-/// Failures that leave nothing to report as an outcome (the journal itself failed).
+/// Failures that leave nothing to report as an outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum RecreateError {
     #[error(transparent)]
@@ -133,103 +103,30 @@ pub enum RecreateError {
     InProgress(String),
     #[error("stopped at crash point {0:?} (fault injection)")]
     Crashed(CrashPoint),
-}
-
-/// Places where a crash is injected for tests: right after the named step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    AfterStop,
-    AfterRename,
-    AfterCreate,
-    AfterStart,
-    /// While waiting for the health gate (after its first look).
-    DuringHealthWait,
-    /// When a failure is about to be rolled back.
-    BeforeRollback,
-}
-
-impl CrashPoint {
-    /// Parses `after-stop`, `after-rename`, `after-create`, `after-start`, `during-health`.
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "after-stop" => Some(Self::AfterStop),
-            "after-rename" => Some(Self::AfterRename),
-            "after-create" => Some(Self::AfterCreate),
-            "after-start" => Some(Self::AfterStart),
-            "during-health" => Some(Self::DuringHealthWait),
-            "before-rollback" => Some(Self::BeforeRollback),
-            _ => None,
-        }
-    }
-}
-
-/// What an injected crash does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashMode {
-    /// Return [`RecreateError::Crashed`] at once, leaving Docker and the journal as they are
-    /// (library tests).
-    Return,
-    /// Log and hang at the point, for the test to SIGKILL the process (end-to-end tests of
-    /// the binary).
-    Hang,
+    #[error("the agent is stopping; the operation was not started")]
+    ShuttingDown,
 }
 
 /// Recreates containers of one engine.
 pub struct Recreator {
-    docker: Docker,
-    api: ApiVersion,
-    journal: Journal,
-    deadlines: Deadlines,
+    pub(crate) docker: Docker,
+    pub(crate) api: ApiVersion,
+    pub(crate) journal: Journal,
+    pub(crate) deadlines: Deadlines,
     own_id: Option<String>,
-    crash: Option<(CrashPoint, CrashMode)>,
-    hooks: Vec<(CrashPoint, Hook)>,
+    pub(crate) faults: Faults,
+    stopping: watch::Receiver<bool>,
 }
 
-/// A test's action at a [`CrashPoint`] (fault injection: take a port, kill a process, ...).
-pub type Hook = std::sync::Arc<dyn Fn() + Send + Sync>;
-
-/// Why the sequence stopped before the end.
-pub(crate) enum Interrupt {
-    Failed(StepFailure),
-    Crashed(CrashPoint),
-}
-
-impl From<StepFailure> for Interrupt {
-    fn from(f: StepFailure) -> Self {
-        Self::Failed(f)
-    }
-}
-
-/// A failed step: what was being done and why it failed.
-pub(crate) struct StepFailure {
-    step: &'static str,
-    reason: String,
-}
-
-fn failed(step: &'static str) -> impl FnOnce(bollard::errors::Error) -> StepFailure {
-    move |e| StepFailure {
-        step,
-        reason: e.to_string(),
-    }
+/// What preparing found; nothing was changed.
+struct Prepared {
+    plan: CreatePlan,
+    old_id: String,
+    target: String,
+    dependants: Vec<DependantEntry>,
 }
 
 impl Recreator {
-    /// The engine this recreator works on.
-    pub fn docker(&self) -> &Docker {
-        &self.docker
-    }
-
-    /// The engine's API version.
-    pub fn api(&self) -> ApiVersion {
-        self.api
-    }
-
-    /// Whether operation `op_id` is already in the journal (done, or begun before a crash):
-    /// a repeated command then gets the stored outcome and nothing around it runs again.
-    pub fn knows(&self, op_id: &str) -> bool {
-        self.journal.get(op_id).ok().flatten().is_some()
-    }
-
     pub fn new(
         engine: &Engine,
         journal: Journal,
@@ -242,216 +139,235 @@ impl Recreator {
             journal,
             deadlines,
             own_id,
-            crash: None,
-            hooks: Vec::new(),
+            faults: Faults::default(),
+            stopping: watch::channel(false).1,
         }
+    }
+
+    /// The engine this recreator works on.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The engine's API version.
+    pub fn api(&self) -> ApiVersion {
+        self.api
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Whether operation `op_id` is already in the journal (done, or begun before a crash).
+    pub fn knows(&self, op_id: &str) -> bool {
+        self.journal.get(op_id).ok().flatten().is_some()
     }
 
     /// Runs `hook` whenever a recreate passes `point` (tests only), then goes on.
     pub fn with_hook(mut self, point: CrashPoint, hook: Hook) -> Self {
-        self.hooks.push((point, hook));
+        self.faults.hooks.push((point, hook));
         self
     }
 
     /// Injects a crash right after `point` (tests only).
     pub fn with_crash(mut self, point: CrashPoint, mode: CrashMode) -> Self {
-        self.crash = Some((point, mode));
+        self.faults.crash = Some((point, mode));
         self
     }
 
-    async fn crash_point(&self, point: CrashPoint) -> Result<(), Interrupt> {
-        for (p, hook) in &self.hooks {
-            if *p == point {
-                hook();
-            }
+    /// `stopping` turning true asks operations to reach their safe point (see the module
+    /// docs) and new ones not to start.
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Completes when the agent is asked to stop (never, if nobody can ask).
+    pub(crate) async fn until_stopping(&self) {
+        let mut stopping = self.stopping.clone();
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
         }
-        match self.crash {
-            Some((p, CrashMode::Hang)) if p == point => {
-                warn!(
-                    ?point,
-                    "Hanging at the injected crash point; waiting to be killed."
-                );
-                std::future::pending().await
-            }
-            Some((p, CrashMode::Return)) if p == point => Err(Interrupt::Crashed(point)),
-            _ => Ok(()),
+    }
+
+    /// Fails the current step when the agent is asked to stop.
+    fn unless_stopping(&self) -> Result<(), StepFailure> {
+        if self.is_stopping() {
+            Err(StepFailure::new("shutdown", "the agent is stopping"))
+        } else {
+            Ok(())
         }
     }
 
     /// Runs one recreate. A repeated op id gets the stored outcome, without doing anything.
     pub async fn recreate(&self, request: &Request) -> Result<Outcome, RecreateError> {
-        self.recreate_reporting(request, &|_| {}).await
+        Ok(self.run(request, &|_| {}).await?.outcome)
     }
 
-    /// [`Recreator::recreate`], calling `report` with the name of each step as it starts.
-    pub async fn recreate_reporting(
+    /// Runs one recreate, calling `report` with the name of each step as it starts; returns
+    /// the outcome and what became of each dependant.
+    pub async fn run(
         &self,
         request: &Request,
         report: &(dyn Fn(&'static str) + Send + Sync),
-    ) -> Result<Outcome, RecreateError> {
-        let outcome = self
-            .recreate_one(request, &Dependency::None, report)
-            .await?;
-        let dependants_of = match &outcome {
-            Outcome::Updated { .. } | Outcome::RolledBack { .. } => {
-                self.journal.get(&request.op_id)?.map(|e| e.old_id)
-            }
-            _ => None,
-        };
-        if let Some(old_id) = dependants_of {
-            self.follow_dependants(request, &old_id, &outcome, report)
-                .await?;
-        }
-        Ok(outcome)
-    }
-
-    /// Containers in `container:<old_id>` network mode run in a namespace that is gone once
-    /// the old container stopped. After an update they are recreated pointing at the new
-    /// container; after a rollback they are restarted to rejoin the restored one.
-    async fn follow_dependants(
-        &self,
-        request: &Request,
-        old_id: &str,
-        outcome: &Outcome,
-        report: &(dyn Fn(&'static str) + Send + Sync),
-    ) -> Result<(), RecreateError> {
-        let mode = format!("container:{old_id}");
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-            .all(true)
-            .build();
-        let listed = match self.docker.list_containers(Some(options)).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "Cannot list containers to find dependants.");
-                return Ok(());
-            }
-        };
-        let dependants: Vec<(String, bool)> = listed
-            .into_iter()
-            .filter(|c| {
-                c.host_config
-                    .as_ref()
-                    .and_then(|h| h.network_mode.as_deref())
-                    == Some(mode.as_str())
-            })
-            .filter_map(|c| {
-                let running = c.state.map(|s| s.to_string()) == Some("running".into());
-                c.id.map(|id| (id, running))
-            })
-            .collect();
-        for (id, running) in dependants {
-            match outcome {
-                Outcome::Updated { new_id, .. } => {
-                    report("dependant");
-                    // Named by the dependant, not its place in a list: a resend after a crash
-                    // must find the same op id for the same container.
-                    let dependant = Request {
-                        op_id: format!("{}-dep-{}", request.op_id, short(&id)),
-                        container: id.clone(),
-                        image: None,
-                        auth: None,
-                        gate: request.gate,
-                    };
-                    let provider = Dependency::NetworkOf(new_id.clone());
-                    let result = Box::pin(self.recreate_one(&dependant, &provider, report)).await?;
-                    info!(dependant = %id, ?result, "Dependant recreated on the new container's network.");
-                }
-                _ if running => {
-                    report("dependant");
-                    if let Err(e) = self.docker.restart_container(&id, None).await {
-                        warn!(dependant = %id, error = %e, "Cannot restart a dependant after the rollback.");
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn recreate_one(
-        &self,
-        request: &Request,
-        dependency: &Dependency,
-        report: &(dyn Fn(&'static str) + Send + Sync),
-    ) -> Result<Outcome, RecreateError> {
+    ) -> Result<Report, RecreateError> {
         if let Some(entry) = self.journal.get(&request.op_id)? {
             return match entry.step {
-                Step::Done { outcome } => Ok(outcome),
+                Step::Done { ref outcome } => Ok(report_of(&entry, outcome.clone())),
                 _ => Err(RecreateError::InProgress(request.op_id.clone())),
             };
         }
+        if self.is_stopping() {
+            return Err(RecreateError::ShuttingDown);
+        }
         report("prepare");
-        let prepared = match self.prepare(request, dependency).await {
-            Ok(p) => p,
-            Err(outcome) => {
-                self.finish_without_change(request, &outcome)?;
-                return Ok(outcome);
-            }
-        };
         let Prepared {
             plan,
             old_id,
-            image_id,
             target,
-        } = prepared;
-        let aside_name = format!("{}-ouroboros-old-{}", plan.name, short(&request.op_id));
+            dependants,
+        } = match self.prepare(request).await {
+            Ok(p) => p,
+            Err(outcome) => {
+                self.finish_without_change(request, &outcome)?;
+                return Ok(Report {
+                    outcome,
+                    dependants: Vec::new(),
+                });
+            }
+        };
         let mut entry = Entry {
             op_id: request.op_id.clone(),
             name: plan.name.clone(),
-            old_id: old_id.clone(),
-            aside_name,
+            old_id,
+            aside_name: format!("{}{ASIDE_MARK}{}", plan.name, short(&request.op_id)),
             was_running: plan.was_running,
             target_image: target,
+            dependants,
+            leftovers: Vec::new(),
             step: Step::Planned,
         };
         self.journal.record(&entry)?;
+        let deadlines = self.deadlines_for(request.gate);
+        let outcome = self.execute(&mut entry, &plan, &deadlines, report).await?;
+        let _ = self
+            .journal
+            .prune(std::time::SystemTime::now(), super::journal::RETENTION);
+        Ok(report_of(&entry, outcome))
+    }
+
+    /// The agent's deadlines with the coordinator's health gate applied.
+    pub(crate) fn deadlines_for(&self, gate: Option<HealthGate>) -> Deadlines {
         let mut deadlines = self.deadlines;
-        if let Some(gate) = request.gate {
+        if let Some(gate) = gate {
             if !gate.deadline.is_zero() {
                 deadlines.health = gate.deadline;
             }
             deadlines.min_running = gate.min_healthy;
             deadlines.min_healthy_with_check = gate.min_healthy;
         }
-        let outcome = match self.swap(&mut entry, &plan, &deadlines, report).await {
-            Ok(new_id) => {
-                report("remove old");
-                entry.step = Step::RemovingOld {
-                    new_id: new_id.clone(),
-                };
-                self.journal.record(&entry)?;
-                if let Err(e) = self.remove(&old_id).await {
-                    // The update holds; the old container only lingers under its aside name.
-                    warn!(container = %plan.name, old = %old_id, error = %e, "Cannot remove the old container.");
-                }
-                info!(container = %plan.name, new = %new_id, "Container updated.");
-                Outcome::Updated { new_id, image_id }
-            }
-            Err(Interrupt::Crashed(point)) => return Err(RecreateError::Crashed(point)),
-            Err(Interrupt::Failed(failure)) => {
-                warn!(container = %plan.name, step = failure.step, reason = %failure.reason, "Update failed; rolling back.");
-                let new_id = match &entry.step {
-                    Step::Created { new_id } => Some(new_id.clone()),
-                    _ => None,
-                };
-                entry.step = Step::RollingBack {
-                    new_id: new_id.clone(),
-                    reason: failure.reason.clone(),
-                };
-                self.journal.record(&entry)?;
-                if let Err(Interrupt::Crashed(point)) =
-                    self.crash_point(CrashPoint::BeforeRollback).await
-                {
-                    return Err(RecreateError::Crashed(point));
-                }
-                report("rollback");
-                self.roll_back(&entry, new_id.as_deref(), failure).await
-            }
+        deadlines
+    }
+
+    /// Steps 2 to 4 of the module docs, from a planned entry.
+    async fn execute(
+        &self,
+        entry: &mut Entry,
+        plan: &CreatePlan,
+        deadlines: &Deadlines,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Outcome, RecreateError> {
+        if let Err(interrupt) = self.stop_dependants(entry, report).await {
+            return self.after_failure(entry, interrupt, report).await;
+        }
+        let new_id = match self.swap(entry, plan, deadlines, report).await {
+            Ok(new_id) => new_id,
+            Err(interrupt) => return self.after_failure(entry, interrupt, report).await,
         };
+        entry.step = Step::Following { new_id };
+        self.journal.record(entry)?;
+        if let Err(Interrupt::Crashed(p)) = self.faults.at(CrashPoint::AfterHealthGate).await {
+            return Err(RecreateError::Crashed(p));
+        }
+        self.finish(entry, deadlines, report).await
+    }
+
+    /// Steps 3 and 4 from an entry whose container passed its gate (also after a crash).
+    pub(crate) async fn finish(
+        &self,
+        entry: &mut Entry,
+        deadlines: &Deadlines,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Outcome, RecreateError> {
+        if let Step::Following { new_id } = entry.step.clone() {
+            match self.follow(entry, &new_id, deadlines, report).await {
+                Ok(()) => {}
+                Err(interrupt) => return self.after_failure(entry, interrupt, report).await,
+            }
+            entry.step = Step::RemovingOld { new_id };
+            self.journal.record(entry)?;
+        }
+        let Step::RemovingOld { new_id } = entry.step.clone() else {
+            return Err(RecreateError::InProgress(entry.op_id.clone()));
+        };
+        if let Err(Interrupt::Crashed(p)) = self.faults.at(CrashPoint::BeforeRemoveOld).await {
+            return Err(RecreateError::Crashed(p));
+        }
+        self.start_restarted(entry, report).await;
+        report("remove old");
+        entry.leftovers = self.remove_old(entry).await;
+        let image_id = self
+            .inspect(&new_id)
+            .await
+            .and_then(|c| c.image)
+            .unwrap_or_default();
+        info!(container = %entry.name, new = %new_id, "Container updated.");
+        let outcome = Outcome::Updated { new_id, image_id };
         entry.step = Step::Done {
             outcome: outcome.clone(),
         };
-        self.journal.record(&entry)?;
+        self.journal.record(entry)?;
+        Ok(outcome)
+    }
+
+    /// A failure rolls everything back; a crash leaves it to recovery.
+    async fn after_failure(
+        &self,
+        entry: &mut Entry,
+        interrupt: Interrupt,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Outcome, RecreateError> {
+        let failure = match interrupt {
+            Interrupt::Crashed(point) => return Err(RecreateError::Crashed(point)),
+            Interrupt::Failed(f) => f,
+        };
+        warn!(container = %entry.name, step = failure.step, reason = %failure.reason, "Update failed; rolling back.");
+        let stop_under_way = entry.step == Step::Stopping;
+        let new_id = match &entry.step {
+            Step::Created { new_id } | Step::Following { new_id } => Some(new_id.clone()),
+            _ => None,
+        };
+        entry.step = Step::RollingBack {
+            new_id: new_id.clone(),
+            reason: failure.reason.clone(),
+        };
+        self.journal.record(entry)?;
+        if let Err(Interrupt::Crashed(point)) = self.faults.at(CrashPoint::BeforeRollback).await {
+            return Err(RecreateError::Crashed(point));
+        }
+        report("rollback");
+        let outcome = self
+            .revert(entry, new_id.as_deref(), failure, stop_under_way)
+            .await;
+        entry.step = Step::Done {
+            outcome: outcome.clone(),
+        };
+        self.journal.record(entry)?;
         Ok(outcome)
     }
 
@@ -467,18 +383,17 @@ impl Recreator {
             aside_name: String::new(),
             was_running: false,
             target_image: request.image.clone().unwrap_or_default(),
+            dependants: Vec::new(),
+            leftovers: Vec::new(),
             step: Step::Done {
                 outcome: outcome.clone(),
             },
         })
     }
 
-    /// Inspect, pull and derive; nothing is changed. Err is the outcome to report.
-    async fn prepare(
-        &self,
-        request: &Request,
-        dependency: &Dependency,
-    ) -> Result<Prepared, Outcome> {
+    /// Inspect, pull and derive, for the container and its dependants; nothing is changed.
+    /// Err is the outcome to report.
+    async fn prepare(&self, request: &Request) -> Result<Prepared, Outcome> {
         let refused = |reason: String| Outcome::Refused { reason };
         let old = self
             .docker
@@ -500,6 +415,11 @@ impl Recreator {
         if target.is_empty() {
             return Err(refused("no image to recreate from".into()));
         }
+        // Everything that can refuse the update is checked before the pull.
+        if let Some(pinned) = spec::pinned(&old) {
+            return Err(refused(spec::Refusal::DigestPinned(pinned).to_string()));
+        }
+        spec::check(&old, self.own_id.as_deref()).map_err(|e| refused(e.to_string()))?;
         let pinned_request = split_pinned(&target);
         if let Some((pinned, tag)) = &pinned_request {
             // Exactly this manifest; the container keeps following its tag afterwards.
@@ -513,28 +433,7 @@ impl Recreator {
                 }
                 None => target = pinned.clone(),
             }
-        }
-        // A dependant keeps its image: it is recreated only to follow its provider. When its
-        // configured reference no longer names that image here (the tag moved or is gone),
-        // it is recreated from the image id rather than left in a namespace that is gone.
-        let follows = matches!(dependency, Dependency::NetworkOf(_));
-        if follows {
-            let named = self
-                .docker
-                .inspect_image(&target)
-                .await
-                .ok()
-                .and_then(|i| i.id);
-            if let Some(id) = old.image.clone()
-                && named.as_deref() != Some(id.as_str())
-            {
-                warn!(container = %request.container, reference = %target, image = %id, "The dependant's reference names another image now; recreating it from its own image id.");
-                target = id;
-            }
-        }
-        // An image id names a local image; there is nothing to pull.
-        let local = target.starts_with("sha256:") || pinned_request.is_some();
-        if !follows && !local {
+        } else if !target.starts_with("sha256:") {
             self.pull(&target, request.auth.as_ref())
                 .await
                 .map_err(refused)?;
@@ -545,93 +444,142 @@ impl Recreator {
             .await
             .map_err(|e| refused(format!("cannot inspect image {target}: {e}")))?;
         let image_id = new_image.id.clone().unwrap_or_default();
-        if old.image.as_deref() == Some(image_id.as_str()) && !follows {
+        if old.image.as_deref() == Some(image_id.as_str()) {
             return Err(Outcome::AlreadyCurrent);
         }
-        let old_image = match old.image.as_deref() {
-            Some(id) => match self.docker.inspect_image(id).await {
-                Ok(i) => i,
-                // The old image is gone: nothing can be told apart, so everything is kept.
-                Err(e) if is_not_found(&e) => ImageInspect::default(),
-                Err(e) => return Err(refused(format!("cannot inspect the old image: {e}"))),
-            },
-            None => ImageInspect::default(),
-        };
-        let mut plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
+        let old_image = self
+            .old_image(old.image.as_deref())
+            .await
+            .map_err(refused)?;
+        let plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
             .map_err(|e| refused(e.to_string()))?;
-        if let Dependency::NetworkOf(provider) = dependency
-            && let Some(hc) = plan.body.host_config.as_mut()
-        {
-            hc.network_mode = Some(format!("container:{provider}"));
-        }
+        let dependants = self
+            .prepare_dependants(request, &old_id)
+            .await
+            .map_err(refused)?;
         Ok(Prepared {
             plan,
             old_id,
-            image_id,
             target,
+            dependants,
         })
     }
 
-    /// Points `tag` (`repo:tag`) at the image `source`.
-    async fn tag(&self, source: &str, tag: &str) -> Result<(), String> {
-        let repo_end = tag.rfind('/').map_or(0, |i| i + 1);
-        let (repo, name) = match tag[repo_end..].rfind(':') {
-            Some(i) => (&tag[..repo_end + i], &tag[repo_end + i + 1..]),
-            None => (tag, "latest"),
-        };
-        let options = bollard::query_parameters::TagImageOptionsBuilder::new()
-            .repo(repo)
-            .tag(name)
-            .build();
-        self.docker
-            .tag_image(source, Some(options))
-            .await
-            .map_err(|e| format!("cannot tag {source} as {tag}: {e}"))
-    }
-
-    /// Pulls `reference`, with `auth` when given; when the credentials are refused (they may
-    /// be for another registry), once more anonymously.
-    async fn pull(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<(), String> {
-        match (self.pull_once(reference, auth).await, auth) {
-            (Err(first), Some(_)) => self.pull_once(reference, None).await.map_err(|_| first),
-            (result, _) => result,
+    /// The image a container was made from; empty when it is gone (then nothing can be told
+    /// apart, so every setting is kept).
+    async fn old_image(&self, id: Option<&str>) -> Result<ImageInspect, String> {
+        match id {
+            Some(id) => match self.docker.inspect_image(id).await {
+                Ok(i) => Ok(i),
+                Err(e) if is_not_found(&e) => Ok(ImageInspect::default()),
+                Err(e) => Err(format!("cannot inspect the old image: {e}")),
+            },
+            None => Ok(ImageInspect::default()),
         }
     }
 
-    async fn pull_once(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<(), String> {
-        let options = CreateImageOptionsBuilder::new()
-            .from_image(reference)
-            .build();
-        let docker = match auth {
-            Some(auth) => {
-                // The server as a docker config.json keys it (Docker Hub's v1 URL).
-                let server = ImageRef::parse(reference)
-                    .map(|r| r.auth_key().to_owned())
-                    .map_err(|e| e.to_string())?;
-                let header = registry_auth_header(auth, &server);
-                self.docker
-                    .clone()
-                    .with_request_modifier(move |mut request| {
-                        if request.uri().path().ends_with("/images/create")
-                            && let Ok(value) = header.parse()
-                        {
-                            request.headers_mut().insert("X-Registry-Auth", value);
-                        }
-                        request
-                    })
-            }
-            None => self.docker.clone(),
-        };
-        let pulling = async {
-            let mut stream = docker.create_image(Some(options), None, None);
-            while let Some(item) = stream.next().await {
-                item.map_err(|e| format!("cannot pull {reference}: {e}"))?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(self.deadlines.pull, pulling)
+    /// The dependants of `root_id`, checked and with their new images pulled.
+    async fn prepare_dependants(
+        &self,
+        request: &Request,
+        root_id: &str,
+    ) -> Result<Vec<DependantEntry>, String> {
+        let listed = self
+            .docker
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build(),
+            ))
             .await
-            .map_err(|_| format!("pull of {reference} exceeded {:?}", self.deadlines.pull))?
+            .map_err(|e| format!("cannot list the host's containers for dependants: {e}"))?;
+        let docker = &self.docker;
+        let inspected: Vec<_> = futures_util::stream::iter(listed.into_iter().filter_map(|c| c.id))
+            .map(|id| async move { docker.inspect_container(&id, None).await.ok() })
+            .buffered(8)
+            .collect()
+            .await;
+        let by_id: HashMap<String, _> = inspected
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some((c.id.clone()?, c)))
+            .collect();
+        let nodes: Vec<Node> = by_id.values().filter_map(Node::from_inspect).collect();
+        let found = dependants::dependants(root_id, &nodes, &request.soft_dependants);
+        let mut entries = Vec::new();
+        for d in found {
+            let c = &by_id[&d.id];
+            if d.action != Action::Untouched {
+                // Its own stop and create must be possible, or nothing starts.
+                spec::check(c, self.own_id.as_deref())
+                    .map_err(|e| format!("dependant {} ({}): {e}", d.name, d.kind.as_str()))?;
+            }
+            let target = match request.dependant_images.get(&d.name) {
+                Some(image) if d.action == Action::Recreate => {
+                    let (pinned, _) = split_pinned(image).ok_or_else(|| {
+                        format!("dependant {}: {image} is not repo:tag@digest", d.name)
+                    })?;
+                    self.pull(&pinned, request.auth.as_ref())
+                        .await
+                        .map_err(|e| format!("dependant {}: {e}", d.name))?;
+                    Some(image.clone())
+                }
+                _ => None,
+            };
+            entries.push(DependantEntry {
+                aside_name: format!("{}{ASIDE_MARK}{}", d.name, short(&request.op_id)),
+                name: d.name,
+                old_id: d.id,
+                kind: d.kind,
+                action: d.action,
+                parent: d.parent,
+                was_running: d.running,
+                target,
+                state: DependantState::Untouched,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Step 2 for the dependants: those that cannot outlive the old container, and the soft
+    /// ones, are stopped, deepest first.
+    async fn stop_dependants(
+        &self,
+        entry: &mut Entry,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<(), Interrupt> {
+        for i in (0..entry.dependants.len()).rev() {
+            let d = &entry.dependants[i];
+            let goes_down = d.action == Action::Restart
+                || (d.action == Action::Recreate && d.kind.refers_to_container());
+            if !goes_down || !d.was_running || d.state != DependantState::Untouched {
+                continue;
+            }
+            self.unless_stopping()?;
+            report("stop dependant");
+            let id = d.old_id.clone();
+            let name = d.name.clone();
+            self.set_dependant(entry, i, DependantState::Stopping)?;
+            self.stop_as_configured(&id)
+                .await
+                .map_err(|e| StepFailure::new("stop dependant", format!("{name}: {e}")))?;
+            self.set_dependant(entry, i, DependantState::Stopped)?;
+            self.faults.at(CrashPoint::AfterDependantStop).await?;
+        }
+        Ok(())
+    }
+
+    /// Records dependant `i`'s new state.
+    pub(crate) fn set_dependant(
+        &self,
+        entry: &mut Entry,
+        i: usize,
+        state: DependantState,
+    ) -> Result<(), StepFailure> {
+        entry.dependants[i].state = state;
+        self.journal
+            .record(entry)
+            .map_err(|e| StepFailure::new("journal", e.to_string()))
     }
 
     /// Stop, rename aside, create, connect, start, health gate. Returns the new id.
@@ -642,49 +590,30 @@ impl Recreator {
         deadlines: &Deadlines,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> Result<String, Interrupt> {
-        let journal = |e: JournalError| StepFailure {
-            step: "journal",
-            reason: e.to_string(),
-        };
+        let journal = |e: JournalError| StepFailure::new("journal", e.to_string());
+        self.unless_stopping()?;
         entry.step = Step::Stopping;
         self.journal.record(entry).map_err(journal)?;
         report("stop");
-        let mut stop = StopContainerOptionsBuilder::new();
-        if let Some(t) = plan.stop_timeout.and_then(|t| i32::try_from(t).ok()) {
-            stop = stop.t(t);
-        }
-        if let Some(signal) = &plan.stop_signal {
-            stop = stop.signal(signal);
-        }
-        // The client's own timeout must outlast the engine's wait for the container.
-        let stop_wait = Duration::from_secs(
-            plan.stop_timeout
-                .and_then(|t| u64::try_from(t).ok())
-                .unwrap_or(10),
-        );
-        self.docker
-            .clone()
-            .with_timeout(stop_wait + Duration::from_secs(60))
-            .stop_container(&entry.old_id, Some(stop.build()))
-            .await
-            .or_else(not_modified)
-            .map_err(failed("stop"))?;
-        self.crash_point(CrashPoint::AfterStop).await?;
+        self.stop_with(
+            &entry.old_id,
+            plan.stop_signal.as_deref(),
+            plan.stop_timeout,
+        )
+        .await
+        .map_err(failed("stop"))?;
+        self.faults.at(CrashPoint::AfterStop).await?;
 
+        self.unless_stopping()?;
         entry.step = Step::RenamingAside;
         self.journal.record(entry).map_err(journal)?;
         report("rename");
-        self.docker
-            .rename_container(
-                &entry.old_id,
-                RenameContainerOptionsBuilder::new()
-                    .name(&entry.aside_name)
-                    .build(),
-            )
+        self.rename(&entry.old_id, &entry.aside_name)
             .await
             .map_err(failed("rename"))?;
-        self.crash_point(CrashPoint::AfterRename).await?;
+        self.faults.at(CrashPoint::AfterRename).await?;
 
+        self.unless_stopping()?;
         entry.step = Step::Creating;
         self.journal.record(entry).map_err(journal)?;
         report("create");
@@ -696,7 +625,7 @@ impl Recreator {
             new_id: new_id.clone(),
         };
         self.journal.record(entry).map_err(journal)?;
-        self.crash_point(CrashPoint::AfterCreate).await?;
+        self.faults.at(CrashPoint::AfterCreate).await?;
 
         for (network, endpoint) in &plan.extra_networks {
             self.docker
@@ -711,146 +640,373 @@ impl Recreator {
                 .map_err(failed("connect network"))?;
         }
         if plan.was_running {
+            self.unless_stopping()?;
             report("start");
             self.docker
                 .start_container(&new_id, None)
                 .await
                 .map_err(failed("start"))?;
-            self.crash_point(CrashPoint::AfterStart).await?;
+            self.faults.at(CrashPoint::AfterStart).await?;
             report("health gate");
-            self.health_gate(&new_id, deadlines).await?;
+            self.health_gate(&new_id, deadlines, OnStop::Fail).await?;
         }
         Ok(new_id)
     }
 
-    /// Creates the replacement; on engines before API 1.44 a user-set MAC goes into
-    /// `Config.MacAddress`, which the typed request body cannot carry.
-    async fn create(
+    /// Step 3: each dependant that must refer to the new container is recreated, parents
+    /// first. Re-entered after a crash, it undoes a dependant caught half-way and goes on.
+    async fn follow(
         &self,
-        plan: &CreatePlan,
-        op_id: &str,
-    ) -> Result<String, bollard::errors::Error> {
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&plan.name)
-            .build();
-        let mut plan = plan.clone();
-        plan.body
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(LABEL_OP.to_owned(), op_id.to_owned());
-        let plan = &plan;
-        let docker = match &plan.legacy_mac {
-            Some(mac) => with_legacy_mac(&self.docker, &plan.body, mac),
-            None => self.docker.clone(),
-        };
-        Ok(docker
-            .create_container(Some(options), plan.body.clone())
-            .await?
-            .id)
-    }
-
-    /// Healthy (with a healthcheck), or running without a restart for the minimum time;
-    /// both within the health deadline.
-    async fn health_gate(&self, id: &str, deadlines: &Deadlines) -> Result<(), Interrupt> {
-        let gate = |reason: String| StepFailure {
-            step: "health gate",
-            reason,
-        };
-        let started = Instant::now();
-        let deadline = started + deadlines.health;
-        let mut first_restarts = None;
-        // With a healthcheck: since when it has been healthy, for the minimum healthy time.
-        let mut healthy_since: Option<Instant> = None;
-        loop {
-            let state = self
-                .docker
-                .inspect_container(id, None)
-                .await
-                .map_err(|e| gate(format!("cannot inspect the new container: {e}")))?;
-            self.crash_point(CrashPoint::DuringHealthWait).await?;
-            let restarts = state.restart_count.unwrap_or(0);
-            let first = *first_restarts.get_or_insert(restarts);
-            let s = state.state.clone().unwrap_or_default();
-            if s.running != Some(true) || s.restarting == Some(true) {
-                return Err(gate(format!(
-                    "the new container is not running (exit code {})",
-                    s.exit_code.unwrap_or_default()
-                ))
-                .into());
+        entry: &mut Entry,
+        new_id: &str,
+        deadlines: &Deadlines,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<(), Interrupt> {
+        let mut new_ids: HashMap<String, String> =
+            HashMap::from([(entry.name.clone(), new_id.to_owned())]);
+        for i in 0..entry.dependants.len() {
+            let d = entry.dependants[i].clone();
+            if d.action != Action::Recreate {
+                continue;
             }
-            if restarts != first {
-                return Err(gate("the new container restarted".into()).into());
-            }
-            match s.health.and_then(|h| h.status).map(|h| h.to_string()) {
-                Some(h) if h == "healthy" => {
-                    let since = *healthy_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= deadlines.min_healthy_with_check {
-                        return Ok(());
+            match &d.state {
+                DependantState::Passed { new_id, .. } => {
+                    new_ids.insert(d.name.clone(), new_id.clone());
+                    continue;
+                }
+                DependantState::Restored { .. } | DependantState::Failed { .. } => continue,
+                DependantState::RenamingAside
+                | DependantState::Creating
+                | DependantState::Created { .. } => {
+                    let problems = self.undo_dependant(entry, i).await;
+                    if !problems.is_empty() {
+                        return Err(StepFailure::new(
+                            "dependant",
+                            format!("{}: {}", d.name, problems.join("; ")),
+                        )
+                        .into());
                     }
                 }
-                Some(h) if h == "unhealthy" => {
-                    return Err(gate("the new container is unhealthy".into()).into());
-                }
-                Some(h) if h == "starting" => {}
-                // No healthcheck: running without a restart for the minimum time.
-                _ if started.elapsed() >= deadlines.min_running => return Ok(()),
                 _ => {}
             }
-            if Instant::now() >= deadline {
-                return Err(gate(format!("not healthy within {:?}", deadlines.health)).into());
+            report("dependant");
+            let first = self
+                .recreate_dependant(entry, i, &new_ids, deadlines, false)
+                .await;
+            let failure = match first {
+                Ok(id) => {
+                    new_ids.insert(d.name.clone(), id);
+                    continue;
+                }
+                Err(Interrupt::Crashed(p)) => return Err(Interrupt::Crashed(p)),
+                Err(Interrupt::Failed(f)) => f,
+            };
+            warn!(container = %entry.name, dependant = %d.name, step = failure.step, reason = %failure.reason, "A dependant failed to follow the new container.");
+            let mut problems = self.undo_dependant(entry, i).await;
+            let why = format!("{}: {}", failure.step, failure.reason);
+            if problems.is_empty() && d.target.is_some() && d.kind.refers_to_container() {
+                // Its own new image failed: it follows the new container on its old image.
+                match self
+                    .recreate_dependant(entry, i, &new_ids, deadlines, true)
+                    .await
+                {
+                    Ok(id) => {
+                        if let DependantState::Passed { reason, .. } =
+                            &mut entry.dependants[i].state
+                        {
+                            *reason = format!("its new image failed ({why}); it kept its own");
+                        }
+                        self.journal
+                            .record(entry)
+                            .map_err(|e| StepFailure::new("journal", e.to_string()))?;
+                        new_ids.insert(d.name.clone(), id);
+                        continue;
+                    }
+                    Err(Interrupt::Crashed(p)) => return Err(Interrupt::Crashed(p)),
+                    Err(Interrupt::Failed(f)) => {
+                        problems = self.undo_dependant(entry, i).await;
+                        problems.insert(0, format!("{}: {}", f.step, f.reason));
+                    }
+                }
             }
-            tokio::time::sleep(deadlines.poll).await;
+            let followed_by_others = entry
+                .dependants
+                .iter()
+                .any(|o| o.parent == d.name && o.action == Action::Recreate);
+            if d.kind.refers_to_container() || followed_by_others || !problems.is_empty() {
+                problems.insert(0, why);
+                return Err(StepFailure::new(
+                    "dependant",
+                    format!("{} ({}): {}", d.name, d.kind.as_str(), problems.join("; ")),
+                )
+                .into());
+            }
+            // A hard dependant on its own: its old container again, the update stands.
+            let state = if d.was_running {
+                let _ = self.start(&d.old_id).await;
+                let down = self
+                    .verify_running(&[(d.old_id.clone(), d.name.clone())])
+                    .await;
+                match down.get(&d.name) {
+                    None => DependantState::Restored { reason: why },
+                    Some(bad) => DependantState::Failed {
+                        reason: format!("{why}; its old container does not run again: {bad}"),
+                    },
+                }
+            } else {
+                DependantState::Restored { reason: why }
+            };
+            self.set_dependant(entry, i, state)?;
         }
+        Ok(())
     }
 
-    async fn remove(&self, id: &str) -> Result<(), bollard::errors::Error> {
-        // Volumes are never removed (v=false).
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(false)
-            .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Err(e) if is_not_found(&e) => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Removes the replacement and puts the old container back under its name, running if it
-    /// was.
-    pub(crate) async fn roll_back(
+    /// Recreates dependant `i` to refer to the new containers in `new_ids` (by name): on its
+    /// new image, or with `own_image` on the one it ran. Returns its new id.
+    async fn recreate_dependant(
         &self,
-        entry: &Entry,
+        entry: &mut Entry,
+        i: usize,
+        new_ids: &HashMap<String, String>,
+        deadlines: &Deadlines,
+        own_image: bool,
+    ) -> Result<String, Interrupt> {
+        let d = entry.dependants[i].clone();
+        let fail = |step: &'static str| move |reason: String| StepFailure::new(step, reason);
+        let old = self
+            .inspect(&d.old_id)
+            .await
+            .ok_or_else(|| StepFailure::new("dependant", "its old container is gone".to_owned()))?;
+        if old.state.as_ref().and_then(|s| s.running) == Some(true) {
+            // A hard dependant ran on during the update; it stops only now.
+            self.set_dependant(entry, i, DependantState::Stopping)?;
+            self.stop_as_configured(&d.old_id)
+                .await
+                .map_err(failed("stop"))?;
+            self.set_dependant(entry, i, DependantState::Stopped)?;
+        }
+        self.set_dependant(entry, i, DependantState::RenamingAside)?;
+        self.rename(&d.old_id, &d.aside_name)
+            .await
+            .map_err(failed("rename"))?;
+        self.faults.at(CrashPoint::AfterDependantRename).await?;
+
+        let configured = old
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let old_image_id = old.image.clone().unwrap_or_default();
+        let (reference, moved) = match (&d.target, own_image) {
+            (Some(target), false) => match split_pinned(target) {
+                Some((pinned, Some(tag))) => {
+                    self.tag(&pinned, &tag).await.map_err(fail("create"))?;
+                    (tag, true)
+                }
+                Some((pinned, None)) => (pinned, true),
+                None => (configured, false),
+            },
+            _ => (configured, false),
+        };
+        let image_id = if moved {
+            self.docker
+                .inspect_image(&reference)
+                .await
+                .ok()
+                .and_then(|i| i.id)
+                .ok_or_else(|| StepFailure::new("create", format!("{reference} is not here")))?
+        } else {
+            old_image_id.clone()
+        };
+        let old_image = self
+            .old_image(Some(&old_image_id))
+            .await
+            .map_err(fail("create"))?;
+        let mut plan = spec::derive(
+            &old,
+            &old_image,
+            &reference,
+            self.api,
+            self.own_id.as_deref(),
+        )
+        .map_err(|e| StepFailure::new("create", e.to_string()))?;
+        refer_to_new(&mut plan, entry, new_ids);
+        self.set_dependant(entry, i, DependantState::Creating)?;
+        let new_id = self.create_on(&plan, &entry.op_id, &image_id).await?;
+        self.set_dependant(
+            entry,
+            i,
+            DependantState::Created {
+                new_id: new_id.clone(),
+            },
+        )?;
+        self.faults.at(CrashPoint::AfterDependantCreate).await?;
+        for (network, endpoint) in &plan.extra_networks {
+            self.docker
+                .connect_network(
+                    network,
+                    NetworkConnectRequest {
+                        container: new_id.clone(),
+                        endpoint_config: Some(endpoint.clone()),
+                    },
+                )
+                .await
+                .map_err(failed("connect network"))?;
+        }
+        if d.was_running {
+            self.start(&new_id).await.map_err(failed("start"))?;
+            self.health_gate(&new_id, deadlines, OnStop::AcceptRunning)
+                .await?;
+        }
+        self.set_dependant(
+            entry,
+            i,
+            DependantState::Passed {
+                new_id: new_id.clone(),
+                image_id,
+                moved,
+                reason: String::new(),
+            },
+        )?;
+        info!(container = %entry.name, dependant = %d.name, kind = d.kind.as_str(), new = %new_id, "Dependant follows the new container.");
+        Ok(new_id)
+    }
+
+    /// Takes dependant `i`'s replacement away (if this operation made one) and gives its old
+    /// container its name back. Returns what could not be done.
+    pub(crate) async fn undo_dependant(&self, entry: &mut Entry, i: usize) -> Vec<String> {
+        let d = entry.dependants[i].clone();
+        let mut problems = Vec::new();
+        let replacement = match &d.state {
+            DependantState::Created { new_id } | DependantState::Passed { new_id, .. } => {
+                Some(new_id.clone())
+            }
+            _ => self.made_by(&d.name, &entry.op_id, &d.old_id).await,
+        };
+        if let Some(id) = replacement
+            && let Err(e) = self.remove(&id).await
+        {
+            problems.push(format!("cannot remove its new container: {e}"));
+        }
+        match self.name_of(&d.old_id).await {
+            Some(name) if name == d.name => {}
+            Some(_) => {
+                if let Err(e) = self.rename(&d.old_id, &d.name).await {
+                    problems.push(format!("cannot rename its old container back: {e}"));
+                }
+            }
+            None => problems.push("its old container is gone".into()),
+        }
+        let state = if d.was_running {
+            DependantState::Stopped
+        } else {
+            DependantState::Untouched
+        };
+        if let Err(e) = self.set_dependant(entry, i, state) {
+            problems.push(e.reason);
+        }
+        problems
+    }
+
+    /// Starts the dependants stopped for the update (the soft ones, and any that were only to
+    /// go down with their parent), parents first, and looks that they run. Ends a stop still
+    /// under way first.
+    async fn start_restarted(
+        &self,
+        entry: &mut Entry,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) {
+        let mut started = Vec::new();
+        for i in 0..entry.dependants.len() {
+            let d = entry.dependants[i].clone();
+            if d.action != Action::Restart || !d.was_running {
+                continue;
+            }
+            if !matches!(d.state, DependantState::Stopping | DependantState::Stopped) {
+                continue;
+            }
+            report("start dependant");
+            if d.state == DependantState::Stopping {
+                let _ = self.stop_as_configured(&d.old_id).await;
+            }
+            if let Err(e) = self.start(&d.old_id).await {
+                warn!(dependant = %d.name, error = %e, "Cannot start a dependant after the update.");
+            }
+            started.push((i, d.old_id.clone(), d.name.clone()));
+        }
+        let targets: Vec<(String, String)> = started
+            .iter()
+            .map(|(_, id, name)| (id.clone(), name.clone()))
+            .collect();
+        let down = self.verify_running(&targets).await;
+        for (i, _, name) in started {
+            let state = match down.get(&name) {
+                None => DependantState::Started,
+                Some(why) => {
+                    warn!(dependant = %name, why = %why, "A dependant does not run again after the update; it needs an operator.");
+                    DependantState::Failed {
+                        reason: format!("does not run again: {why}"),
+                    }
+                }
+            };
+            let _ = self.set_dependant(entry, i, state);
+        }
+    }
+
+    /// Step 4: removes the old containers of the recreated dependants (deepest first), then
+    /// the container's own. Returns those that could not be removed.
+    async fn remove_old(&self, entry: &Entry) -> Vec<String> {
+        let olds = entry
+            .dependants
+            .iter()
+            .rev()
+            .filter(|d| matches!(d.state, DependantState::Passed { .. }))
+            .map(|d| (d.old_id.clone(), d.name.clone()))
+            .chain([(entry.old_id.clone(), entry.name.clone())]);
+        let mut leftovers = Vec::new();
+        for (id, name) in olds {
+            if let Err(e) = self.remove(&id).await {
+                // The update holds; the old container lingers under its aside name until the
+                // next start of the agent removes it.
+                warn!(container = %name, old = %id, error = %e, "Cannot remove an old container; the agent tries again at its next start.");
+                leftovers.push(id);
+            }
+        }
+        leftovers
+    }
+
+    /// Rolls the whole operation back: replacements away, old containers under their names,
+    /// and what ran runs again (checked by looking). `stop_under_way`: the container's stop
+    /// may still be going on in the engine (it is waited for before the start).
+    pub(crate) async fn revert(
+        &self,
+        entry: &mut Entry,
         new_id: Option<&str>,
         failure: StepFailure,
+        stop_under_way: bool,
     ) -> Outcome {
         let mut problems = Vec::new();
-        // The replacement: by id if known, else what holds the name if this operation made it
-        // (its label says so); never someone else's container.
+        for i in (0..entry.dependants.len()).rev() {
+            if entry.dependants[i].action == Action::Recreate {
+                let name = entry.dependants[i].name.clone();
+                problems.extend(
+                    self.undo_dependant(entry, i)
+                        .await
+                        .into_iter()
+                        .map(|p| format!("{name}: {p}")),
+                );
+            }
+        }
+        // The replacement: by id if known, else what holds the name if this operation made it.
         let holder = match new_id {
             Some(id) => Some(id.to_owned()),
-            None => match self.inspect(&entry.name).await {
-                Some(c)
-                    if c.id.as_deref() != Some(entry.old_id.as_str())
-                        && c.config
-                            .as_ref()
-                            .and_then(|cfg| cfg.labels.as_ref())
-                            .and_then(|l| l.get(LABEL_OP))
-                            == Some(&entry.op_id) =>
-                {
-                    c.id
-                }
-                _ => None,
-            },
+            None => self.made_by(&entry.name, &entry.op_id, &entry.old_id).await,
         };
         // Without the old container there is nothing to go back to: keep the replacement
         // (running) rather than leave nothing under the name.
         if self.name_of(&entry.old_id).await.is_none() {
             if let Some(id) = &holder {
-                let _ = self
-                    .docker
-                    .start_container(id, None)
-                    .await
-                    .or_else(not_modified);
+                let _ = self.start(id).await;
             }
             warn!(container = %entry.name, "The old container is gone; the replacement is kept.");
             return Outcome::RollbackFailed {
@@ -869,225 +1025,208 @@ impl Recreator {
         match self.name_of(&entry.old_id).await {
             Some(name) if name == entry.name => {}
             Some(_) => {
-                if let Err(e) = self
-                    .docker
-                    .rename_container(
-                        &entry.old_id,
-                        RenameContainerOptionsBuilder::new()
-                            .name(&entry.name)
-                            .build(),
-                    )
-                    .await
-                {
+                if let Err(e) = self.rename(&entry.old_id, &entry.name).await {
                     problems.push(format!("cannot rename the old container back: {e}"));
                 }
             }
             None => problems.push("the old container is gone".into()),
         }
-        if entry.was_running
-            && let Err(e) = self
-                .docker
-                .start_container(&entry.old_id, None)
-                .await
-                .or_else(not_modified)
-        {
-            problems.push(format!("cannot start the old container: {e}"));
+        // What ran runs again, providers first: the container, then its dependants.
+        let mut started: Vec<(Option<usize>, String, String)> = Vec::new();
+        if entry.was_running {
+            if stop_under_way {
+                let _ = self.stop_as_configured(&entry.old_id).await;
+            }
+            if let Err(e) = self.start(&entry.old_id).await {
+                problems.push(format!("cannot start the old container: {e}"));
+            }
+            started.push((None, entry.old_id.clone(), entry.name.clone()));
+        }
+        for i in 0..entry.dependants.len() {
+            let d = entry.dependants[i].clone();
+            if !d.was_running
+                || !matches!(d.state, DependantState::Stopping | DependantState::Stopped)
+            {
+                continue;
+            }
+            if d.state == DependantState::Stopping {
+                let _ = self.stop_as_configured(&d.old_id).await;
+            }
+            if let Err(e) = self.start(&d.old_id).await {
+                problems.push(format!("cannot start {}: {e}", d.name));
+            }
+            started.push((Some(i), d.old_id.clone(), d.name.clone()));
+        }
+        let targets: Vec<(String, String)> = started
+            .iter()
+            .map(|(_, id, name)| (id.clone(), name.clone()))
+            .collect();
+        let down = self.verify_running(&targets).await;
+        for (i, _, name) in &started {
+            let state = match down.get(name) {
+                Some(why) => {
+                    problems.push(format!("{name} does not run again: {why}"));
+                    DependantState::Failed {
+                        reason: format!("does not run again: {why}"),
+                    }
+                }
+                None => DependantState::Restored {
+                    reason: format!("{}: {}", failure.step, failure.reason),
+                },
+            };
+            if let Some(i) = i {
+                let _ = self.set_dependant(entry, *i, state);
+            }
         }
         if problems.is_empty() {
-            info!(container = %entry.name, "Old container restored.");
+            info!(container = %entry.name, dependants = started.len().saturating_sub(usize::from(entry.was_running)), "Old container restored and seen running.");
             Outcome::RolledBack {
                 step: failure.step.to_owned(),
                 reason: failure.reason,
             }
         } else {
-            warn!(container = %entry.name, problems = %problems.join("; "), "Rollback incomplete.");
+            warn!(container = %entry.name, problems = %problems.join("; "), "Rollback incomplete: needs an operator.");
             Outcome::RollbackFailed {
                 step: failure.step.to_owned(),
                 reason: format!("{}; rollback: {}", failure.reason, problems.join("; ")),
             }
         }
     }
+}
 
-    /// Finishes or reverts every operation a crash interrupted (call before taking new
-    /// work). An operation whose replacement had passed the health gate is finished (the old
-    /// container removed); every other one is reverted to the old container. Returns each
-    /// operation with its outcome.
-    pub async fn recover(&self) -> Result<Vec<(String, Outcome)>, RecreateError> {
-        let mut done = Vec::new();
-        for mut entry in self.journal.unfinished()? {
-            let outcome = match entry.step.clone() {
-                Step::RemovingOld { new_id } => {
-                    if let Err(e) = self.remove(&entry.old_id).await {
-                        warn!(container = %entry.name, error = %e, "Cannot remove the old container.");
-                    }
-                    let image_id = self
-                        .inspect(&new_id)
-                        .await
-                        .and_then(|c| c.image)
-                        .unwrap_or_default();
-                    Outcome::Updated { new_id, image_id }
-                }
-                Step::Planned => Outcome::Refused {
-                    reason: "the agent restarted before anything was changed".into(),
-                },
-                step => {
-                    let new_id = match &step {
-                        Step::Created { new_id } => Some(new_id.clone()),
-                        Step::RollingBack { new_id, .. } => new_id.clone(),
-                        _ => None,
-                    };
-                    let interrupted = step_name(&step);
-                    let failure = StepFailure {
-                        step: interrupted,
-                        reason: format!("the agent restarted during {interrupted}"),
-                    };
-                    entry.step = Step::RollingBack {
-                        new_id: new_id.clone(),
-                        reason: failure.reason.clone(),
-                    };
-                    self.journal.record(&entry)?;
-                    self.roll_back(&entry, new_id.as_deref(), failure).await
-                }
-            };
-            info!(op = %entry.op_id, container = %entry.name, ?outcome, "Interrupted operation recovered.");
-            entry.step = Step::Done {
-                outcome: outcome.clone(),
-            };
-            self.journal.record(&entry)?;
-            done.push((entry.op_id, outcome));
+/// The outcome with what the journal says of each dependant.
+fn report_of(entry: &Entry, outcome: Outcome) -> Report {
+    Report {
+        outcome,
+        dependants: entry.dependants.iter().map(DependantReport::of).collect(),
+    }
+}
+
+/// Points a dependant's references to containers recreated in this operation (`new_ids`, by
+/// name) at their new containers: `container:` namespace modes by id, legacy links and
+/// `--volumes-from` by name (inspect shows a set-aside container under its aside name).
+fn refer_to_new(plan: &mut CreatePlan, entry: &Entry, new_ids: &HashMap<String, String>) {
+    // (old id, aside name, name, new id) of each recreated container.
+    let mut moved: Vec<(&str, &str, &str, &str)> = Vec::new();
+    if let Some(new_id) = new_ids.get(&entry.name) {
+        moved.push((&entry.old_id, &entry.aside_name, &entry.name, new_id));
+    }
+    for d in &entry.dependants {
+        if let Some(new_id) = new_ids.get(&d.name) {
+            moved.push((&d.old_id, &d.aside_name, &d.name, new_id));
         }
-        Ok(done)
     }
-
-    async fn inspect(&self, id_or_name: &str) -> Option<ContainerInspectResponse> {
-        self.docker.inspect_container(id_or_name, None).await.ok()
-    }
-
-    async fn name_of(&self, id: &str) -> Option<String> {
-        self.inspect(id)
-            .await
-            .and_then(|c| c.name)
-            .map(|n| n.trim_start_matches('/').to_owned())
-    }
-}
-
-/// What a recreate follows.
-enum Dependency {
-    /// A container of its own: pulled, skipped when already current.
-    None,
-    /// A dependant sharing the network namespace of this (new) container: recreated on its
-    /// configured reference without a pull, joined to the provider's namespace.
-    NetworkOf(String),
-}
-
-struct Prepared {
-    plan: CreatePlan,
-    old_id: String,
-    image_id: String,
-    target: String,
-}
-
-fn step_name(step: &Step) -> &'static str {
-    match step {
-        Step::Planned => "planning",
-        Step::Stopping => "stop",
-        Step::RenamingAside => "rename",
-        Step::Creating => "create",
-        Step::Created { .. } => "start and health gate",
-        Step::RemovingOld { .. } => "removing the old container",
-        Step::RollingBack { .. } => "rollback",
-        Step::Done { .. } => "done",
-    }
-}
-
-/// 304 Not Modified from stop/start means "already so".
-fn not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors::Error> {
-    match e {
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 304, ..
-        } => Ok(()),
-        other => Err(other),
-    }
-}
-
-/// The op id as a container-name suffix (letters, digits, `-`).
-fn short(op_id: &str) -> String {
-    op_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(100)
-        .collect()
-}
-
-/// A client whose create request carries `Config.MacAddress` (engines before API 1.44).
-fn with_legacy_mac(docker: &Docker, body: &ContainerCreateBody, mac: &str) -> Docker {
-    let mut json = serde_json::to_value(body).unwrap_or_default();
-    if let Some(obj) = json.as_object_mut() {
-        obj.insert(
-            "MacAddress".into(),
-            serde_json::Value::String(mac.to_owned()),
-        );
-    }
-    let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
-    docker.clone().with_request_modifier(move |mut request| {
-        if request.uri().path().ends_with("/containers/create") {
-            *request.body_mut() = bollard::body_full(bytes.clone());
+    let find = |reference: &str| {
+        let r = reference.trim_start_matches('/');
+        moved.iter().find(|(old_id, aside, name, _)| {
+            r == *aside || r == *name || r == *old_id || (r.len() >= 12 && old_id.starts_with(r))
+        })
+    };
+    let Some(hc) = plan.body.host_config.as_mut() else {
+        return;
+    };
+    for mode in [&mut hc.network_mode, &mut hc.pid_mode, &mut hc.ipc_mode] {
+        if let Some(value) = mode.as_mut()
+            && let Some(reference) = value.strip_prefix("container:")
+            && let Some((_, _, _, new_id)) = find(reference)
+        {
+            *value = format!("container:{new_id}");
         }
-        request
-    })
+    }
+    if let Some(links) = hc.links.as_mut() {
+        for link in links.iter_mut() {
+            if let Some((target, alias)) = link.split_once(':')
+                && let Some((_, _, name, _)) = find(target)
+            {
+                *link = format!("{name}:{alias}");
+            }
+        }
+    }
+    if let Some(from) = hc.volumes_from.as_mut() {
+        for source in from.iter_mut() {
+            let (reference, mode) = match source.split_once(':') {
+                Some((r, m)) => (r.to_owned(), format!(":{m}")),
+                None => (source.clone(), String::new()),
+            };
+            if let Some((_, _, name, _)) = find(&reference) {
+                *source = format!("{name}{mode}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recreate::dependants::Kind;
+    use bollard::models::{ContainerCreateBody, HostConfig};
 
     #[test]
-    fn auth_header_is_url_safe_and_carries_the_server() {
-        let auth = RegistryAuth {
-            username: "ci".into(),
-            password: "s3cr?t>>~~??".into(),
-            ..RegistryAuth::default()
+    fn references_to_recreated_containers_point_at_the_new_ones() {
+        let entry = Entry {
+            op_id: "op-1".into(),
+            name: "web".into(),
+            old_id: "a".repeat(64),
+            aside_name: "web-ouroboros-old-op-1".into(),
+            was_running: true,
+            target_image: "app:2".into(),
+            dependants: vec![DependantEntry {
+                name: "side".into(),
+                old_id: "b".repeat(64),
+                kind: Kind::Network,
+                action: Action::Recreate,
+                parent: "web".into(),
+                was_running: true,
+                target: None,
+                aside_name: "side-ouroboros-old-op-1".into(),
+                state: DependantState::Stopped,
+            }],
+            leftovers: Vec::new(),
+            step: Step::Following {
+                new_id: "n".repeat(64),
+            },
         };
-        let header = registry_auth_header(&auth, "127.0.0.1:5000");
-        assert!(!header.contains('+') && !header.contains('/'), "{header}");
-        assert!(header.contains('-') || header.contains('_'), "{header}");
-        assert!(
-            !format!("{auth:?}").contains("s3cr"),
-            "password in Debug output"
-        );
-        let decoded = |h: &str| -> serde_json::Value {
-            let standard = h.replace('-', "+").replace('_', "/");
-            let raw = ouroboros_shared::base64::decode_standard(&standard).unwrap();
-            serde_json::from_slice(&raw).unwrap()
+        let new_ids = HashMap::from([
+            ("web".to_owned(), "n".repeat(64)),
+            ("side".to_owned(), "s".repeat(64)),
+        ]);
+        let mut plan = CreatePlan {
+            name: "tail".into(),
+            body: ContainerCreateBody {
+                host_config: Some(HostConfig {
+                    network_mode: Some(format!("container:{}", "a".repeat(64))),
+                    pid_mode: Some(format!("container:{}", &"b".repeat(64)[..12])),
+                    ipc_mode: Some("shareable".into()),
+                    links: Some(vec![
+                        "web-ouroboros-old-op-1:db".into(),
+                        "cache:cache".into(),
+                    ]),
+                    volumes_from: Some(vec![format!("{}:ro", "a".repeat(64)), "data".into()]),
+                    ..HostConfig::default()
+                }),
+                ..ContainerCreateBody::default()
+            },
+            legacy_mac: None,
+            extra_networks: Vec::new(),
+            was_running: true,
+            stop_signal: None,
+            stop_timeout: None,
         };
+        refer_to_new(&mut plan, &entry, &new_ids);
+        let hc = plan.body.host_config.unwrap();
         assert_eq!(
-            decoded(&header),
-            serde_json::json!({"username": "ci", "password": "s3cr?t>>~~??", "serveraddress": "127.0.0.1:5000"})
+            hc.network_mode,
+            Some(format!("container:{}", "n".repeat(64)))
         );
-        let token = RegistryAuth {
-            identity_token: "refresh-sentinel".into(),
-            ..RegistryAuth::default()
-        };
+        assert_eq!(hc.pid_mode, Some(format!("container:{}", "s".repeat(64))));
+        assert_eq!(hc.ipc_mode.as_deref(), Some("shareable"));
         assert_eq!(
-            decoded(&registry_auth_header(&token, "ghcr.io")),
-            serde_json::json!({"identitytoken": "refresh-sentinel", "serveraddress": "ghcr.io"})
-        );
-        assert!(!format!("{token:?}").contains("sentinel"));
-    }
-
-    #[test]
-    fn pinned_references_split_into_pull_and_tag() {
-        assert_eq!(
-            split_pinned("127.0.0.1:5000/app:stable@sha256:ab"),
-            Some((
-                "127.0.0.1:5000/app@sha256:ab".into(),
-                Some("127.0.0.1:5000/app:stable".into())
-            ))
+            hc.links,
+            Some(vec!["web:db".to_owned(), "cache:cache".to_owned()])
         );
         assert_eq!(
-            split_pinned("127.0.0.1:5000/app@sha256:ab"),
-            Some(("127.0.0.1:5000/app@sha256:ab".into(), None))
+            hc.volumes_from,
+            Some(vec!["web:ro".to_owned(), "data".to_owned()])
         );
-        assert_eq!(split_pinned("app:1"), None);
     }
 }

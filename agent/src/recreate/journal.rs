@@ -1,20 +1,44 @@
 //! The agent's small journal of recreate operations, one JSON file per operation in
-//! `DATA_DIR/journal/`. Each step is written and flushed to disk *before* the destructive
-//! Docker call it announces, so that after a crash the agent knows how far an operation got
-//! and can finish or revert it. Finished operations stay, so a repeated op id is answered with
-//! the stored result instead of being done twice.
+//! `DATA_DIR/journal/`. Each step, of the container and of each of its dependants, is written
+//! and flushed to disk *before* the Docker call it announces, so that after a crash the agent
+//! knows how far an operation got and can finish or revert it.
+//!
+//! Finished operations stay for a while, so that a repeated op id is answered with the stored
+//! result instead of being done twice: [`Journal::prune`] keeps them as long as [`RETENTION`]
+//! says (always those with a leftover container still to remove). A file
+//! that cannot be read (damaged, or from another version) is moved to `journal/quarantine/`
+//! and reported, and never stops the recovery of the others.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
+use super::dependants::{Action, Kind};
+
+/// How long, and how many, finished operations are kept for repeated op ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub age: Duration,
+    pub count: usize,
+}
+
+/// A week, and at most 1,000: a coordinator asks again within its progress deadline, or
+/// after its own restart.
+pub const RETENTION: Retention = Retention {
+    age: Duration::from_secs(7 * 24 * 3600),
+    count: 1000,
+};
 
 /// How far an operation got. Each value is recorded before the step it names is attempted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    /// Inspected and pulled; nothing changed yet.
+    /// Inspected and pulled; nothing changed yet (dependants may be being stopped).
     Planned,
     /// About to stop the old container.
     Stopping,
@@ -24,9 +48,12 @@ pub enum Step {
     Creating,
     /// The replacement exists (connecting networks, starting, health gate).
     Created { new_id: String },
-    /// The replacement passed the health gate; about to remove the old container.
+    /// The replacement passed the health gate; the dependants that must follow it are being
+    /// recreated. A crash from here on finishes the operation.
+    Following { new_id: String },
+    /// Everything passed; about to remove the old containers and start what was stopped.
     RemovingOld { new_id: String },
-    /// Rolling back: about to remove the replacement and restore the old container.
+    /// Rolling back: about to remove the replacements and restore the old containers.
     RollingBack {
         new_id: Option<String>,
         reason: String,
@@ -51,6 +78,58 @@ pub enum Outcome {
     RollbackFailed { step: String, reason: String },
 }
 
+/// Where one dependant stands. Recorded before the Docker call it names, like [`Step`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DependantState {
+    /// Nothing done to it yet.
+    Untouched,
+    /// About to stop it (it may be stopped, or still stopping, after a crash).
+    Stopping,
+    /// Stopped by this operation.
+    Stopped,
+    /// About to rename its old container aside.
+    RenamingAside,
+    /// About to create its replacement.
+    Creating,
+    /// Its replacement exists (starting, health gate).
+    Created { new_id: String },
+    /// Its replacement runs (or, if it was stopped, exists) and passed its health gate;
+    /// `moved`: on the new image of its own tag. `reason`: why not, when it was to move.
+    Passed {
+        new_id: String,
+        image_id: String,
+        moved: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
+    /// Stopped before and started again after.
+    Started,
+    /// Back to its old container after its own recreate failed.
+    Restored { reason: String },
+    /// Could not be brought back: needs an operator.
+    Failed { reason: String },
+}
+
+/// A dependant as journaled with its operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependantEntry {
+    pub name: String,
+    pub old_id: String,
+    pub kind: Kind,
+    pub action: Action,
+    /// The container it follows (the one updated, or another dependant), by name.
+    pub parent: String,
+    pub was_running: bool,
+    /// `repo:tag@sha256:…` it moves to in this operation (pulled before anything stopped);
+    /// `None`: it keeps its own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The name its old container has while set aside.
+    pub aside_name: String,
+    pub state: DependantState,
+}
+
 /// One operation as journaled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -65,6 +144,12 @@ pub struct Entry {
     pub was_running: bool,
     /// The image the replacement is created from.
     pub target_image: String,
+    /// The containers that refer to this one, parents first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependants: Vec<DependantEntry>,
+    /// Old containers whose removal failed after the update: removed at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
     #[serde(flatten)]
     pub step: Step,
 }
@@ -90,21 +175,89 @@ pub enum JournalError {
     InvalidOpId(String),
 }
 
+/// A journal file that could not be used, moved aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where it is now.
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What the journal knows about containers, for the inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Index {
+    /// Operations that have not ended.
+    unfinished: BTreeSet<String>,
+    /// Old containers still to remove (id → operation).
+    leftovers: BTreeMap<String, String>,
+}
+
+/// Why containers are set aside, as the journal sees it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAside {
+    index: Index,
+}
+
+/// The label every replacement carries: the operation that made it (see [`super::LABEL_OP`]).
+const LABEL_OP: &str = super::LABEL_OP;
+
+impl SetAside {
+    /// Why the container `id` named `name` with `labels` is set aside, if it is.
+    pub fn reason(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Option<String> {
+        if let Some(op) = self.index.leftovers.get(id) {
+            return Some(format!(
+                "old container of update {op}, whose removal failed; removed at the agent's next start"
+            ));
+        }
+        if let Some(op) = labels.get(LABEL_OP)
+            && self.index.unfinished.contains(op)
+        {
+            return Some(format!(
+                "replacement made by update {op}, still in progress"
+            ));
+        }
+        name.contains(super::ASIDE_MARK)
+            .then(|| "old container set aside by an update".to_owned())
+    }
+}
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    index: Arc<Mutex<Index>>,
+    quarantined: Arc<Mutex<Vec<Quarantined>>>,
 }
 
 impl Journal {
-    /// Opens (creating) `data_dir/journal`.
+    /// Opens (creating) `data_dir/journal` and reads what it holds; unreadable files are moved
+    /// to `journal/quarantine/` (see [`Journal::take_quarantined`]).
     pub fn open(data_dir: &Path) -> Result<Self, JournalError> {
         let dir = data_dir.join("journal");
         fs::create_dir_all(&dir).map_err(|source| JournalError::Write {
             path: dir.clone(),
             source,
         })?;
-        Ok(Self { dir })
+        let journal = Self {
+            dir,
+            index: Arc::default(),
+            quarantined: Arc::default(),
+        };
+        let mut index = Index::default();
+        for (_, entry) in journal.scan()? {
+            index.add(&entry);
+        }
+        *journal.lock_index() = index;
+        Ok(journal)
+    }
+
+    fn lock_index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn path(&self, op_id: &str) -> Result<PathBuf, JournalError> {
@@ -142,7 +295,9 @@ impl Journal {
         fs::rename(&tmp, &path).map_err(err)?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(err)
+            .map_err(err)?;
+        self.lock_index().add(entry);
+        Ok(())
     }
 
     /// The entry of `op_id`, if there is one.
@@ -163,32 +318,121 @@ impl Journal {
         }
     }
 
-    /// Every operation that did not finish, oldest first.
-    pub fn unfinished(&self) -> Result<Vec<Entry>, JournalError> {
+    /// Every entry with its file's time; unreadable files are quarantined on the way.
+    fn scan(&self) -> Result<Vec<(SystemTime, Entry)>, JournalError> {
         let read_err = |reason: String| JournalError::Read {
             path: self.dir.clone(),
             reason,
         };
         let mut entries = Vec::new();
         for item in fs::read_dir(&self.dir).map_err(|e| read_err(e.to_string()))? {
-            let path = item.map_err(|e| read_err(e.to_string()))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
+            let Ok(item) = item else { continue };
+            let path = item.path();
+            if !path.is_file() || path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let modified = fs::metadata(&path)
+            let read = fs::metadata(&path)
                 .and_then(|m| m.modified())
-                .map_err(|e| read_err(e.to_string()))?;
-            let bytes = fs::read(&path).map_err(|e| read_err(e.to_string()))?;
-            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| JournalError::Read {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            if !entry.is_done() {
-                entries.push((modified, entry));
+                .map_err(|e| e.to_string())
+                .and_then(|modified| {
+                    let bytes = fs::read(&path).map_err(|e| e.to_string())?;
+                    let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                    Ok((modified, entry))
+                });
+            match read {
+                Ok(found) => entries.push(found),
+                Err(reason) => self.quarantine(&path, reason),
             }
         }
-        entries.sort_by_key(|(modified, _)| *modified);
-        Ok(entries.into_iter().map(|(_, e)| e).collect())
+        entries.sort_by_key(|(modified, e)| (*modified, e.op_id.clone()));
+        Ok(entries)
+    }
+
+    /// Moves an unusable file to `quarantine/` and remembers it for the report.
+    fn quarantine(&self, path: &Path, reason: String) {
+        let aside = self.dir.join("quarantine");
+        let target = aside.join(path.file_name().unwrap_or_default());
+        let moved = fs::create_dir_all(&aside)
+            .and_then(|()| fs::rename(path, &target))
+            .map(|()| target.clone());
+        let (path, reason) = match moved {
+            Ok(p) => (p, reason),
+            Err(e) => (
+                path.to_owned(),
+                format!("{reason}; moving it to quarantine failed too: {e}"),
+            ),
+        };
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Quarantined { path, reason });
+    }
+
+    /// The files quarantined since the last call.
+    pub fn take_quarantined(&self) -> Vec<Quarantined> {
+        std::mem::take(&mut *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every operation that did not finish, oldest first (unreadable files are quarantined).
+    pub fn unfinished(&self) -> Result<Vec<Entry>, JournalError> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| !e.is_done())
+            .collect())
+    }
+
+    /// Finished operations that still have old containers to remove, oldest first.
+    pub fn with_leftovers(&self) -> Result<Vec<Entry>, JournalError> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.is_done() && !e.leftovers.is_empty())
+            .collect())
+    }
+
+    /// Removes finished entries older than `keep.age` and all but the newest `keep.count`;
+    /// entries with leftovers and unfinished ones stay. Returns how many went.
+    pub fn prune(&self, now: SystemTime, keep: Retention) -> Result<usize, JournalError> {
+        let done: Vec<(SystemTime, Entry)> = self
+            .scan()?
+            .into_iter()
+            .filter(|(_, e)| e.is_done() && e.leftovers.is_empty())
+            .collect();
+        let surplus = done.len().saturating_sub(keep.count);
+        let mut removed = 0;
+        for (i, (modified, entry)) in done.iter().enumerate() {
+            let old = now
+                .duration_since(*modified)
+                .is_ok_and(|age| age > keep.age);
+            if (i < surplus || old) && fs::remove_file(self.path(&entry.op_id)?).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// What the journal says about containers now, for the inventory.
+    pub fn set_aside(&self) -> SetAside {
+        SetAside {
+            index: self.lock_index().clone(),
+        }
+    }
+}
+
+impl Index {
+    fn add(&mut self, entry: &Entry) {
+        if entry.is_done() {
+            self.unfinished.remove(&entry.op_id);
+        } else {
+            self.unfinished.insert(entry.op_id.clone());
+        }
+        self.leftovers.retain(|_, op| *op != entry.op_id);
+        for id in &entry.leftovers {
+            self.leftovers.insert(id.clone(), entry.op_id.clone());
+        }
     }
 }
 
@@ -204,8 +448,19 @@ mod tests {
             aside_name: "web-ouroboros-old".into(),
             was_running: true,
             target_image: "app:2".into(),
+            dependants: Vec::new(),
+            leftovers: Vec::new(),
             step,
         }
+    }
+
+    fn done(op: &str) -> Entry {
+        entry(
+            op,
+            Step::Done {
+                outcome: Outcome::AlreadyCurrent,
+            },
+        )
     }
 
     #[test]
@@ -213,18 +468,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         j.record(&entry("op-1", Step::Stopping)).unwrap();
-        j.record(&entry(
-            "op-2",
-            Step::Done {
-                outcome: Outcome::AlreadyCurrent,
-            },
-        ))
-        .unwrap();
+        j.record(&done("op-2")).unwrap();
         let created = Step::Created {
             new_id: "def".into(),
         };
-        j.record(&entry("op-1", created.clone())).unwrap();
-        assert_eq!(j.get("op-1").unwrap().unwrap().step, created);
+        let mut with_dependant = entry("op-1", created.clone());
+        with_dependant.dependants.push(DependantEntry {
+            name: "side".into(),
+            old_id: "123".into(),
+            kind: Kind::Network,
+            action: Action::Recreate,
+            parent: "web".into(),
+            was_running: true,
+            target: Some("side:1@sha256:ab".into()),
+            aside_name: "side-ouroboros-old-op-1".into(),
+            state: DependantState::Created {
+                new_id: "456".into(),
+            },
+        });
+        j.record(&with_dependant).unwrap();
+        assert_eq!(j.get("op-1").unwrap().unwrap(), with_dependant);
         assert_eq!(j.get("nope").unwrap(), None);
         let open: Vec<String> = j
             .unfinished()
@@ -239,6 +502,116 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn entries_of_the_previous_version_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let old = r#"{"op_id":"op-old","name":"web","old_id":"abc","aside_name":"web-ouroboros-old-op-old","was_running":true,"target_image":"app:1","step":"created","new_id":"def"}"#;
+        fs::write(dir.path().join("journal/op-old.json"), old).unwrap();
+        let open = j.unfinished().unwrap();
+        assert_eq!(open.len(), 1);
+        assert!(open[0].dependants.is_empty());
+        assert_eq!(
+            open[0].step,
+            Step::Created {
+                new_id: "def".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_quarantined_and_the_others_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("journal")).unwrap();
+        fs::write(dir.path().join("journal/bad.json"), b"{not json").unwrap();
+        fs::write(
+            dir.path().join("journal/future.json"),
+            br#"{"op_id":"future","step":"teleporting"}"#,
+        )
+        .unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&entry("op-1", Step::Stopping)).unwrap();
+        let quarantined = j.take_quarantined();
+        assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+        for q in &quarantined {
+            assert!(q.path.starts_with(dir.path().join("journal/quarantine")));
+            assert!(q.path.exists());
+        }
+        let open: Vec<String> = j
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.op_id)
+            .collect();
+        assert_eq!(open, ["op-1"]);
+        assert!(j.take_quarantined().is_empty(), "reported twice");
+    }
+
+    #[test]
+    fn old_and_surplus_finished_entries_are_pruned_but_leftovers_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let keep = Retention {
+            age: Duration::from_secs(3600),
+            count: 10,
+        };
+        for i in 0..keep.count + 5 {
+            j.record(&done(&format!("op-{i:05}"))).unwrap();
+        }
+        let mut leftover = done("op-leftover");
+        leftover.leftovers = vec!["deadbeef".into()];
+        j.record(&leftover).unwrap();
+        j.record(&entry("op-open", Step::Stopping)).unwrap();
+        let removed = j.prune(SystemTime::now(), keep).unwrap();
+        assert_eq!(removed, 5);
+        assert!(
+            j.get("op-00004").unwrap().is_none(),
+            "not the oldest pruned"
+        );
+        assert!(j.get("op-00005").unwrap().is_some());
+        assert!(j.get("op-open").unwrap().is_some());
+        assert!(j.get("op-leftover").unwrap().is_some());
+        // Past the age every finished entry without leftovers is gone.
+        let later = SystemTime::now() + keep.age + Duration::from_secs(60);
+        assert_eq!(j.prune(later, keep).unwrap(), keep.count);
+        assert!(j.get("op-leftover").unwrap().is_some());
+        assert!(j.get("op-open").unwrap().is_some());
+    }
+
+    #[test]
+    fn set_aside_names_leftovers_unfinished_replacements_and_aside_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&entry("op-run", Step::Created { new_id: "n".into() }))
+            .unwrap();
+        let mut left = done("op-left");
+        left.leftovers = vec!["old1".into()];
+        j.record(&left).unwrap();
+        let view = j.set_aside();
+        let none = std::collections::HashMap::new();
+        let labelled =
+            |op: &str| std::collections::HashMap::from([(LABEL_OP.to_owned(), op.to_owned())]);
+        assert!(
+            view.reason("old1", "web", &none)
+                .unwrap()
+                .contains("op-left")
+        );
+        assert!(
+            view.reason("new", "web", &labelled("op-run"))
+                .unwrap()
+                .contains("in progress")
+        );
+        assert_eq!(view.reason("x", "web", &labelled("op-left")), None);
+        assert!(view.reason("y", "web-ouroboros-old-op-9", &none).is_some());
+        assert_eq!(view.reason("z", "web", &none), None);
+        // Finishing the operation clears it.
+        j.record(&done("op-run")).unwrap();
+        assert_eq!(
+            j.set_aside().reason("new", "web", &labelled("op-run")),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::signal::StopSignal;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
     HealthConfig, ImageInspect, NetworkingConfig,
@@ -53,6 +54,8 @@ pub enum Refusal {
     OwnContainer,
     #[error("docker inspect lacks {0}")]
     Incomplete(&'static str),
+    #[error("its label {label}: {reason}; nothing was changed")]
+    InvalidStopSignal { label: &'static str, reason: String },
 }
 
 /// Everything needed to create the replacement.
@@ -72,9 +75,46 @@ pub struct CreatePlan {
     pub stop_timeout: Option<i64>,
 }
 
+/// The digest a container's configured reference is pinned to, if it is: such a container
+/// is never updated (it may still be recreated to follow a container it depends on).
+pub fn pinned(container: &ContainerInspectResponse) -> Option<String> {
+    container
+        .config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .filter(|image| image.contains("@sha256:"))
+}
+
+/// Whether `container` can be recreated at all: not a Swarm task, not the agent's own
+/// container (`own_id`), and a stop signal label that names a signal.
+pub fn check(container: &ContainerInspectResponse, own_id: Option<&str>) -> Result<(), Refusal> {
+    let id = container.id.as_deref().ok_or(Refusal::Incomplete("Id"))?;
+    let config = container
+        .config
+        .as_ref()
+        .ok_or(Refusal::Incomplete("Config"))?;
+    let labels = config.labels.clone().unwrap_or_default();
+    if labels.contains_key("com.docker.swarm.task.id")
+        || labels.contains_key("com.docker.swarm.service.id")
+    {
+        return Err(Refusal::SwarmTask);
+    }
+    if own_id.is_some_and(|own| id.starts_with(own) || own.starts_with(id)) {
+        return Err(Refusal::OwnContainer);
+    }
+    for label in [LABEL_STOP_SIGNAL, LABEL_STOP_SIGNAL_WATCHTOWER] {
+        if let Some(value) = labels.get(label).filter(|v| !v.is_empty()) {
+            StopSignal::parse(value)
+                .map_err(|reason| Refusal::InvalidStopSignal { label, reason })?;
+        }
+    }
+    Ok(())
+}
+
 /// Derives the create request for replacing `container` (made from `old_image`) with
 /// `new_image` (a reference the engine has, e.g. `repo:tag` or `repo@sha256:…`).
-/// `own_id` is the agent's own container id, if it runs in one.
+/// `own_id` is the agent's own container id, if it runs in one. Refuses what [`check`]
+/// refuses; a digest-pinned container is the caller's to refuse ([`pinned`]).
 pub fn derive(
     container: &ContainerInspectResponse,
     old_image: &ImageInspect,
@@ -82,6 +122,7 @@ pub fn derive(
     api: ApiVersion,
     own_id: Option<&str>,
 ) -> Result<CreatePlan, Refusal> {
+    check(container, own_id)?;
     let id = container.id.as_deref().ok_or(Refusal::Incomplete("Id"))?;
     let name = container
         .name
@@ -93,25 +134,14 @@ pub fn derive(
         .config
         .clone()
         .ok_or(Refusal::Incomplete("Config"))?;
-    let configured = config.image.clone().unwrap_or_default();
-    if configured.contains("@sha256:") {
-        return Err(Refusal::DigestPinned(configured));
-    }
     let all_labels = config.labels.clone().unwrap_or_default();
-    if all_labels.contains_key("com.docker.swarm.task.id")
-        || all_labels.contains_key("com.docker.swarm.service.id")
-    {
-        return Err(Refusal::SwarmTask);
-    }
-    if own_id.is_some_and(|own| id.starts_with(own) || own.starts_with(id)) {
-        return Err(Refusal::OwnContainer);
-    }
     let image = old_image.config.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();
     let mut host_config = container.host_config.clone().unwrap_or_default();
     let network_mode = host_config.network_mode.clone().unwrap_or_default();
     let shares_namespace = network_mode.starts_with("container:");
 
+    // Checked above: a label's signal is valid.
     let stop_signal = [LABEL_STOP_SIGNAL, LABEL_STOP_SIGNAL_WATCHTOWER]
         .iter()
         .find_map(|k| all_labels.get(*k).filter(|v| !v.is_empty()).cloned())
@@ -629,15 +659,15 @@ mod tests {
     }
 
     #[test]
-    fn pinned_swarm_and_own_containers_are_refused() {
-        let mut pinned = web();
-        if let Some(c) = pinned.config.as_mut() {
+    fn swarm_and_own_containers_are_refused_and_pinned_ones_told() {
+        let mut pinned_one = web();
+        if let Some(c) = pinned_one.config.as_mut() {
             c.image = Some("app@sha256:abc".into());
         }
-        assert!(matches!(
-            derive(&pinned, &image(), "x", API_41, None),
-            Err(Refusal::DigestPinned(_))
-        ));
+        assert_eq!(pinned(&pinned_one), Some("app@sha256:abc".into()));
+        assert_eq!(super::pinned(&web()), None);
+        // A pinned container can still be recreated (as a dependant) on its own reference.
+        assert!(derive(&pinned_one, &image(), "app@sha256:abc", API_41, None).is_ok());
         let mut task = web();
         if let Some(c) = task.config.as_mut() {
             c.labels
@@ -653,5 +683,34 @@ mod tests {
             derive(&web(), &image(), "x", API_41, Some(&own[..12])),
             Err(Refusal::OwnContainer)
         );
+    }
+
+    #[test]
+    fn a_stop_signal_label_must_name_a_signal() {
+        for (label, value, ok) in [
+            (LABEL_STOP_SIGNAL, "SIGUSR1", true),
+            (LABEL_STOP_SIGNAL_WATCHTOWER, "10", true),
+            (LABEL_STOP_SIGNAL, "SIGFOO", false),
+            (LABEL_STOP_SIGNAL_WATCHTOWER, "SIGTERMINATE", false),
+        ] {
+            let mut old = web();
+            if let Some(c) = old.config.as_mut() {
+                c.labels
+                    .get_or_insert_with(HashMap::new)
+                    .insert(label.into(), value.into());
+            }
+            match derive(&old, &image(), "new:2", API_41, None) {
+                Ok(plan) => {
+                    assert!(ok, "{value} accepted");
+                    assert_eq!(plan.stop_signal.as_deref(), Some(value));
+                }
+                Err(e) => {
+                    assert!(!ok, "{value} refused: {e}");
+                    let text = e.to_string();
+                    assert!(text.contains(label) && text.contains(value), "{text}");
+                    assert_eq!(check(&old, None), Err(e));
+                }
+            }
+        }
     }
 }

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_agent::engine::{DockerEndpoint, Engine as AgentEngine};
-use ouroboros_agent::recreate::executor::{
-    CrashMode, CrashPoint, Deadlines, RecreateError, Recreator, Request,
-};
+use ouroboros_agent::recreate::executor::{Deadlines, RecreateError, Recreator, Request};
+use ouroboros_agent::recreate::faults::{CrashMode, CrashPoint};
 use ouroboros_agent::recreate::journal::{Journal, Outcome};
 use ouroboros_tests::{
     Cleanup, Engine, ImageSpec, Registry, TestImage, publish, require_engine, unique_name,
@@ -134,6 +133,7 @@ const DEADLINES: Deadlines = Deadlines {
     min_running: Duration::from_secs(2),
     min_healthy_with_check: Duration::ZERO,
     poll: Duration::from_millis(100),
+    settle: Duration::from_secs(1),
 };
 
 pub(crate) fn request(op: &str, container: &str) -> Request {
@@ -359,7 +359,7 @@ async fn crash_then_recover(point: CrashPoint, prefix: &str) -> anyhow::Result<(
         Err(RecreateError::InProgress(_))
     ));
 
-    let recovered = s.restarted()?.recover().await?;
+    let recovered = s.restarted()?.recover().await?.operations;
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(
         matches!(recovered[0].1, Outcome::RolledBack { .. }),
@@ -371,7 +371,7 @@ async fn crash_then_recover(point: CrashPoint, prefix: &str) -> anyhow::Result<(
         s.restarted()?.recreate(&request(&op, &name)).await?,
         recovered[0].1
     );
-    assert!(s.restarted()?.recover().await?.is_empty());
+    assert!(s.restarted()?.recover().await?.operations.is_empty());
     Ok(())
 }
 

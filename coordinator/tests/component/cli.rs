@@ -39,6 +39,9 @@ fn container(name: &str, image: &str, state: ContainerState, health: Health) -> 
         created_unix: T0 / 1000 - 86_400,
         network_mode: "bridge".into(),
         links: Vec::new(),
+        pid_mode: String::new(),
+        ipc_mode: String::new(),
+        set_aside: String::new(),
     }
 }
 
@@ -78,6 +81,7 @@ fn target(host: &str, container: &str, state: TargetState, at: i64) -> Target {
         started_ms: at + 1_000,
         finished_ms: at + 9_000,
         soft_dependants: Vec::new(),
+        dependant_images: Default::default(),
     }
 }
 

@@ -1,0 +1,168 @@
+//! Recovery at start: every operation a crash (or a SIGKILL) interrupted is finished or
+//! reverted before the agent takes new work, from what its journal says and what the engine
+//! shows.
+//!
+//! - Nothing touched yet: nothing to do.
+//! - Before the replacement passed its health gate: reverted. Old containers go back under
+//!   their names; what ran is started again, after any stop still under way in the engine
+//!   ended; and only containers seen running (and not unhealthy) for the settle time count as
+//!   restored.
+//! - Past the gate: finished. The dependants still to follow the new container are recreated,
+//!   the old containers removed, the stopped dependants started.
+//! - Old containers whose removal failed before are removed now.
+//!
+//! Whatever cannot be brought back running is logged as an error and becomes an [`Alert`] for
+//! the coordinator, as does a journal file that cannot be read (moved to quarantine).
+
+use tracing::{error, info, warn};
+
+use super::Alert;
+use super::executor::{RecreateError, Recreator};
+use super::journal::{DependantState, Outcome, RETENTION, Step};
+use super::ops::StepFailure;
+
+/// What recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Each interrupted operation with its outcome.
+    pub operations: Vec<(String, Outcome)>,
+    /// What needs an operator.
+    pub alerts: Vec<Alert>,
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Planned => "stopping the dependants",
+        Step::Stopping => "stop",
+        Step::RenamingAside => "rename",
+        Step::Creating => "create",
+        Step::Created { .. } => "start and health gate",
+        Step::Following { .. } => "recreating the dependants",
+        Step::RemovingOld { .. } => "removing the old containers",
+        Step::RollingBack { .. } => "rollback",
+        Step::Done { .. } => "done",
+    }
+}
+
+impl Recreator {
+    /// Finishes or reverts every operation a crash interrupted (call before taking new work),
+    /// removes leftovers of earlier operations and prunes the journal.
+    pub async fn recover(&self) -> Result<Recovered, RecreateError> {
+        let mut recovered = Recovered::default();
+        let unfinished = self.journal.unfinished()?;
+        for q in self.journal.take_quarantined() {
+            error!(path = %q.path.display(), reason = %q.reason, "Unreadable journal entry moved to quarantine; the operation it recorded is not recovered. Check the containers it names.");
+            recovered.alerts.push(Alert {
+                container: String::new(),
+                op_id: String::new(),
+                message: format!(
+                    "unreadable journal entry {} moved to quarantine ({}); the operation it recorded was not recovered",
+                    q.path.display(),
+                    q.reason
+                ),
+            });
+        }
+        for mut entry in unfinished {
+            let touched = entry
+                .dependants
+                .iter()
+                .any(|d| d.state != DependantState::Untouched);
+            let outcome = match entry.step.clone() {
+                Step::Done { outcome } => outcome,
+                Step::Planned if !touched => {
+                    let outcome = Outcome::Refused {
+                        reason: "the agent restarted before anything was changed".into(),
+                    };
+                    entry.step = Step::Done {
+                        outcome: outcome.clone(),
+                    };
+                    self.journal.record(&entry)?;
+                    outcome
+                }
+                Step::Following { .. } | Step::RemovingOld { .. } => {
+                    info!(op = %entry.op_id, container = %entry.name, "The replacement had passed its health gate; finishing the operation.");
+                    let deadlines = self.deadlines;
+                    self.finish(&mut entry, &deadlines, &|_| {}).await?
+                }
+                step => {
+                    let interrupted = step_name(&step);
+                    let new_id = match &step {
+                        Step::Created { new_id } => Some(new_id.clone()),
+                        Step::RollingBack { new_id, .. } => new_id.clone(),
+                        _ => None,
+                    };
+                    let failure = StepFailure::new(
+                        interrupted,
+                        format!("the agent restarted during {interrupted}"),
+                    );
+                    entry.step = Step::RollingBack {
+                        new_id: new_id.clone(),
+                        reason: failure.reason.clone(),
+                    };
+                    self.journal.record(&entry)?;
+                    let outcome = self
+                        .revert(
+                            &mut entry,
+                            new_id.as_deref(),
+                            failure,
+                            step == Step::Stopping,
+                        )
+                        .await;
+                    entry.step = Step::Done {
+                        outcome: outcome.clone(),
+                    };
+                    self.journal.record(&entry)?;
+                    outcome
+                }
+            };
+            let mut trouble: Vec<String> = entry
+                .dependants
+                .iter()
+                .filter_map(|d| match &d.state {
+                    DependantState::Failed { reason } => Some(format!("{}: {reason}", d.name)),
+                    _ => None,
+                })
+                .collect();
+            if let Outcome::RollbackFailed { reason, .. } = &outcome {
+                trouble.insert(0, reason.clone());
+            }
+            if trouble.is_empty() {
+                info!(op = %entry.op_id, container = %entry.name, ?outcome, "Interrupted operation recovered.");
+            } else {
+                let message = format!(
+                    "recovery of update {} of {} left containers that do not run: {}",
+                    entry.op_id,
+                    entry.name,
+                    trouble.join("; ")
+                );
+                error!(op = %entry.op_id, container = %entry.name, problems = %trouble.join("; "), "Recovery could not bring every container back running; it needs an operator.");
+                recovered.alerts.push(Alert {
+                    container: entry.name.clone(),
+                    op_id: entry.op_id.clone(),
+                    message,
+                });
+            }
+            recovered.operations.push((entry.op_id.clone(), outcome));
+        }
+        for mut entry in self.journal.with_leftovers()? {
+            let mut still = Vec::new();
+            for id in &entry.leftovers {
+                match self.remove(id).await {
+                    Ok(()) => {
+                        info!(op = %entry.op_id, old = %id, "Leftover old container removed.")
+                    }
+                    Err(e) => {
+                        warn!(op = %entry.op_id, old = %id, error = %e, "Cannot remove a leftover old container; trying again at the next start.");
+                        still.push(id.clone());
+                    }
+                }
+            }
+            if still != entry.leftovers {
+                entry.leftovers = still;
+                self.journal.record(&entry)?;
+            }
+        }
+        let _ = self.journal.prune(std::time::SystemTime::now(), RETENTION);
+        Ok(recovered)
+    }
+}
