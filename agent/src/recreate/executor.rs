@@ -176,6 +176,12 @@ impl Recreator {
         self
     }
 
+    /// Makes the removal of old containers after a successful update fail (tests only).
+    pub fn with_failing_removal(mut self) -> Self {
+        self.faults.fail_removal = true;
+        self
+    }
+
     /// `stopping` turning true asks operations to reach their safe point (see the module
     /// docs) and new ones not to start.
     pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> Self {
@@ -965,7 +971,12 @@ impl Recreator {
             .chain([(entry.old_id.clone(), entry.name.clone())]);
         let mut leftovers = Vec::new();
         for (id, name) in olds {
-            if let Err(e) = self.remove(&id).await {
+            let removed = if self.faults.fail_removal {
+                Err("removal refused (fault injection)".to_owned())
+            } else {
+                self.remove(&id).await.map_err(|e| e.to_string())
+            };
+            if let Err(e) = removed {
                 // The update holds; the old container lingers under its aside name until the
                 // next start of the agent removes it.
                 warn!(container = %name, old = %id, error = %e, "Cannot remove an old container; the agent tries again at its next start.");

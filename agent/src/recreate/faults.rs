@@ -75,6 +75,8 @@ pub type Hook = Arc<dyn Fn() + Send + Sync>;
 pub(crate) struct Faults {
     pub(crate) crash: Option<(CrashPoint, CrashMode)>,
     pub(crate) hooks: Vec<(CrashPoint, Hook)>,
+    /// Removing an old container after a successful update fails.
+    pub(crate) fail_removal: bool,
 }
 
 impl Faults {

@@ -3,5 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dependants;
 mod fidelity;
 mod recreate;
+mod safety;

@@ -21,8 +21,8 @@ pub(crate) struct Setup {
     pub(crate) repo: String,
     pub(crate) v1: TestImage,
     pub(crate) recreator: Recreator,
-    agent_engine: AgentEngine,
-    journal_dir: tempfile::TempDir,
+    pub(crate) agent_engine: AgentEngine,
+    pub(crate) journal_dir: tempfile::TempDir,
 }
 
 impl Setup {
@@ -61,12 +61,12 @@ impl Setup {
     }
 
     /// A fresh recreator on the same journal, as after an agent restart.
-    fn restarted(&self) -> anyhow::Result<Recreator> {
+    pub(crate) fn restarted(&self) -> anyhow::Result<Recreator> {
         self.restarted_with(DEADLINES)
     }
 
     /// Like [`Setup::restarted`], with other deadlines.
-    fn restarted_with(&self, deadlines: Deadlines) -> anyhow::Result<Recreator> {
+    pub(crate) fn restarted_with(&self, deadlines: Deadlines) -> anyhow::Result<Recreator> {
         Ok(Recreator::new(
             &self.agent_engine,
             Journal::open(self.journal_dir.path())?,
@@ -127,7 +127,7 @@ impl Setup {
     }
 }
 
-const DEADLINES: Deadlines = Deadlines {
+pub(crate) const DEADLINES: Deadlines = Deadlines {
     pull: Duration::from_secs(60),
     health: Duration::from_secs(20),
     min_running: Duration::from_secs(2),
@@ -398,88 +398,6 @@ async fn crash_after_start_is_recovered() -> anyhow::Result<()> {
 #[tokio::test]
 async fn crash_during_the_health_wait_is_recovered() -> anyhow::Result<()> {
     crash_then_recover(CrashPoint::DuringHealthWait, "rc-crash-health").await
-}
-
-/// The network namespace of a running container, as the host sees it.
-fn netns(s: &Setup, container: &str) -> anyhow::Result<std::path::PathBuf> {
-    let pid = s.inspect(container, "{{.State.Pid}}")?;
-    ensure!(pid != "0", "{container} is not running");
-    Ok(std::fs::read_link(format!("/proc/{pid}/ns/net"))?)
-}
-
-/// A provider and a container in its network namespace; the provider is recreated onto
-/// `next`. Returns the setup and both names.
-async fn provider_with_dependant(
-    prefix: &str,
-    next: ImageSpec,
-) -> anyhow::Result<Option<(Setup, String, String, Outcome)>> {
-    let Some(engine) = require_engine() else {
-        return Ok(None);
-    };
-    let s = Setup::new(engine).await?;
-    let provider = s
-        .cleanup
-        .run_container(prefix, &["--network", "none"], &s.v1.reference, &[])?;
-    let provider_id = s.inspect(&provider, "{{.Id}}")?;
-    let dependant = s.cleanup.run_container(
-        &format!("{prefix}-dep"),
-        &["--network", &format!("container:{provider_id}")],
-        &s.v1.reference,
-        &[],
-    )?;
-    ensure!(netns(&s, &dependant)? == netns(&s, &provider)?);
-    s.publish_next(next)?;
-    let outcome = s
-        .recreator
-        .recreate(&request(&format!("op-{prefix}"), &provider))
-        .await?;
-    Ok(Some((s, provider, dependant, outcome)))
-}
-
-#[tokio::test]
-async fn a_dependant_follows_its_provider_to_the_new_container() -> anyhow::Result<()> {
-    let Some((s, provider, dependant, outcome)) =
-        provider_with_dependant("rc-prov", ImageSpec::new(2)).await?
-    else {
-        return Ok(());
-    };
-    let Outcome::Updated { new_id, .. } = outcome else {
-        anyhow::bail!("provider not updated: {outcome:?}");
-    };
-    assert_eq!(
-        s.inspect(&dependant, "{{.HostConfig.NetworkMode}}")?,
-        format!("container:{new_id}")
-    );
-    assert_eq!(s.inspect(&dependant, "{{.State.Running}}")?, "true");
-    assert_eq!(
-        netns(&s, &dependant)?,
-        netns(&s, &provider)?,
-        "not in the new namespace"
-    );
-    let leftovers: Vec<String> = s
-        .named_like("ouroboros-old")?
-        .into_iter()
-        .filter(|n| n.starts_with(&provider) || n.starts_with(&dependant))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_dependant_rejoins_the_restored_provider_after_a_rollback() -> anyhow::Result<()> {
-    let Some((s, provider, dependant, outcome)) =
-        provider_with_dependant("rc-provrb", ImageSpec::new(2).exiting()).await?
-    else {
-        return Ok(());
-    };
-    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
-    assert_eq!(s.inspect(&dependant, "{{.State.Running}}")?, "true");
-    assert_eq!(
-        netns(&s, &dependant)?,
-        netns(&s, &provider)?,
-        "not in the restored namespace"
-    );
-    Ok(())
 }
 
 #[tokio::test]
