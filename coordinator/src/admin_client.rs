@@ -132,6 +132,13 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
                 "failed_step": result.step,
                 "reason": result.reason,
                 "steps": response.steps,
+                "dependants": result.dependants.iter().map(|d| json!({
+                    "container": d.container,
+                    "kind": d.kind,
+                    "action": d.action,
+                    "new_id": d.new_id,
+                    "reason": d.reason,
+                })).collect::<Vec<_>>(),
             })])
         ),
         OutputFormat::Table => print!(
@@ -149,7 +156,15 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
         ),
     }
     match result.status() {
-        Status::Updated | Status::AlreadyCurrent => Ok(()),
+        Status::Updated | Status::AlreadyCurrent => {
+            match result.dependants.iter().find(|d| d.action == "failed") {
+                Some(d) => Err(Failure::runtime(format!(
+                    "{} on {} was updated, but its dependant {} does not run again: {}",
+                    container, host, d.container, d.reason
+                ))),
+                None => Ok(()),
+            }
+        }
         Status::RolledBack => Err(Failure::runtime(format!(
             "update of {} on {} failed at {}: {}; the old container was restored",
             container, host, result.step, result.reason
@@ -360,6 +375,7 @@ fn render_containers(rows: &[(String, ContainerInfo)], format: OutputFormat) -> 
                         "health": match c.health { Health::None => "none", h => h.as_str() },
                         "restart_count": c.restart_count,
                         "created": rfc3339_secs(c.created_unix),
+                        "set_aside": (!c.set_aside.is_empty()).then_some(&c.set_aside),
                     })
                 })
                 .collect();
@@ -369,11 +385,14 @@ fn render_containers(rows: &[(String, ContainerInfo)], format: OutputFormat) -> 
             let table_rows: Vec<Vec<String>> = rows
                 .iter()
                 .map(|(host, c)| {
-                    let state = match (c.state, c.health) {
+                    let mut state = match (c.state, c.health) {
                         (ContainerState::Running, Health::None) => "running".to_owned(),
                         (ContainerState::Running, h) => format!("running ({})", h.as_str()),
                         (s, _) => s.as_str().to_owned(),
                     };
+                    if !c.set_aside.is_empty() {
+                        state.push_str(", set aside");
+                    }
                     vec![
                         host.clone(),
                         c.name.clone(),

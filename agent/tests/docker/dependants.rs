@@ -82,7 +82,11 @@ impl Pair {
     }
 
     /// Updates web to a new healthy image: it must be updated.
-    async fn update(&self, op: &str, dependant_images: BTreeMap<String, String>) -> anyhow::Result<()> {
+    async fn update(
+        &self,
+        op: &str,
+        dependant_images: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
         self.s.publish_next(ImageSpec::new(2))?;
         let outcome = self
             .s
@@ -126,25 +130,40 @@ impl Pair {
             s.inspect(&self.dep, "{{.Config.Image}}")? == self.dep_v1.reference,
             "the dependant lost its tag reference"
         );
-        ensure!(s.inspect(&self.dep, "{{.Image}}")? == image, "not on {image}");
+        ensure!(
+            s.inspect(&self.dep, "{{.Image}}")? == image,
+            "not on {image}"
+        );
         ensure!(s.inspect(&self.web, "{{.State.Running}}")? == "true");
         let env = s.inspect(&self.dep, "{{json .Config.Env}}")?;
         ensure!(env.contains("DEP_SETTING=kept"), "setting lost: {env}");
         let labels = s.inspect(&self.dep, "{{json .Config.Labels}}")?;
-        ensure!(labels.contains(r#""dep.label":"kept""#), "label lost: {labels}");
+        ensure!(
+            labels.contains(r#""dep.label":"kept""#),
+            "label lost: {labels}"
+        );
         no_leftovers(s, &[&self.web, &self.dep])
     }
 
     fn dep_v1_id(&self) -> anyhow::Result<String> {
-        self.s
-            .engine
-            .docker(&["image", "inspect", "--format", "{{.Id}}", &self.dep_v1.pinned()])
+        self.s.engine.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &self.dep_v1.pinned(),
+        ])
     }
 }
 
 /// `--network/--pid/--ipc container:web`: recreated into the new web, and back in the restored
 /// one after a rollback.
-async fn namespace_case(prefix: &str, flag: &'static str, ns_kind: &str, web_args: &[&str]) -> anyhow::Result<()> {
+async fn namespace_case(
+    prefix: &str,
+    flag: &'static str,
+    ns_kind: &str,
+    web_args: &[&str],
+) -> anyhow::Result<()> {
     let Some(p) = Pair::start(prefix, web_args, |_, web_id| {
         let mut args = vec![format!("--{flag}"), format!("container:{web_id}")];
         if flag != "network" {
@@ -156,23 +175,32 @@ async fn namespace_case(prefix: &str, flag: &'static str, ns_kind: &str, web_arg
     else {
         return Ok(());
     };
-    let mode = format!("{{{{.HostConfig.{}Mode}}}}", match flag {
-        "network" => "Network",
-        "pid" => "Pid",
-        _ => "Ipc",
-    });
+    let mode = format!(
+        "{{{{.HostConfig.{}Mode}}}}",
+        match flag {
+            "network" => "Network",
+            "pid" => "Pid",
+            _ => "Ipc",
+        }
+    );
     let dep_v1 = p.dep_v1_id()?;
     let old_dep = p.id(&p.dep)?;
     p.update("op-ns-up", BTreeMap::new()).await?;
     let web_id = p.id(&p.web)?;
     ensure!(p.id(&p.dep)? != old_dep, "the dependant was not recreated");
     ensure!(p.s.inspect(&p.dep, &mode)? == format!("container:{web_id}"));
-    ensure!(ns(&p.s, &p.dep, ns_kind)? == ns(&p.s, &p.web, ns_kind)?, "not in the new {ns_kind} namespace");
+    ensure!(
+        ns(&p.s, &p.dep, ns_kind)? == ns(&p.s, &p.web, ns_kind)?,
+        "not in the new {ns_kind} namespace"
+    );
     p.dependant_sound(&dep_v1)?;
 
     p.forced_rollback("op-ns-rb").await?;
     ensure!(p.s.inspect(&p.dep, &mode)? == format!("container:{web_id}"));
-    ensure!(ns(&p.s, &p.dep, ns_kind)? == ns(&p.s, &p.web, ns_kind)?, "not in the restored {ns_kind} namespace");
+    ensure!(
+        ns(&p.s, &p.dep, ns_kind)? == ns(&p.s, &p.web, ns_kind)?,
+        "not in the restored {ns_kind} namespace"
+    );
     p.dependant_sound(&dep_v1)
 }
 
@@ -188,7 +216,13 @@ async fn pid_dependant_joins_the_new_container() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn ipc_dependant_joins_the_new_container() -> anyhow::Result<()> {
-    namespace_case("dp-ipc", "ipc", "ipc", &["--network", "none", "--ipc", "shareable"]).await
+    namespace_case(
+        "dp-ipc",
+        "ipc",
+        "ipc",
+        &["--network", "none", "--ipc", "shareable"],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -206,7 +240,10 @@ async fn network_dependant_whose_tag_moved_moves_in_the_same_operation() -> anyh
         p.s.engine
             .docker(&["image", "inspect", "--format", "{{.Id}}", &dep_v2.pinned()])?
     };
-    let images = BTreeMap::from([(p.dep.clone(), format!("{}@{}", p.dep_v1.reference, dep_v2.digest))]);
+    let images = BTreeMap::from([(
+        p.dep.clone(),
+        format!("{}@{}", p.dep_v1.reference, dep_v2.digest),
+    )]);
     p.update("op-mv-up", images).await?;
     let web_id = p.id(&p.web)?;
     ensure!(p.s.inspect(&p.dep, "{{.HostConfig.NetworkMode}}")? == format!("container:{web_id}"));
@@ -215,10 +252,13 @@ async fn network_dependant_whose_tag_moved_moves_in_the_same_operation() -> anyh
     p.dependant_sound(&dep_v2_id)?;
     // Asked again for its own update, the dependant is already there: no second recreate.
     let before = p.id(&p.dep)?;
-    let again = p.s.recreator.recreate(&Request {
-        image: Some(format!("{}@{}", p.dep_v1.reference, dep_v2.digest)),
-        ..request("op-mv-own", &p.dep)
-    }).await?;
+    let again =
+        p.s.recreator
+            .recreate(&Request {
+                image: Some(format!("{}@{}", p.dep_v1.reference, dep_v2.digest)),
+                ..request("op-mv-own", &p.dep)
+            })
+            .await?;
     ensure!(again == Outcome::AlreadyCurrent, "{again:?}");
     ensure!(p.id(&p.dep)? == before);
 
@@ -236,23 +276,41 @@ async fn a_dependant_whose_new_image_fails_follows_on_its_own_image() -> anyhow:
     else {
         return Ok(());
     };
-    let bad = publish(&p.s.cleanup, &p.s.registry, &p.dep_repo, "stable", ImageSpec::new(2).exiting())?;
-    let images = BTreeMap::from([(p.dep.clone(), format!("{}@{}", p.dep_v1.reference, bad.digest))]);
+    let bad = publish(
+        &p.s.cleanup,
+        &p.s.registry,
+        &p.dep_repo,
+        "stable",
+        ImageSpec::new(2).exiting(),
+    )?;
+    let images = BTreeMap::from([(
+        p.dep.clone(),
+        format!("{}@{}", p.dep_v1.reference, bad.digest),
+    )]);
     p.s.publish_next(ImageSpec::new(2))?;
-    let report = p
-        .s
-        .recreator
-        .run(
-            &Request {
-                dependant_images: images,
-                ..request("op-bad-up", &p.web)
-            },
-            &|_| {},
-        )
-        .await?;
-    ensure!(matches!(report.outcome, Outcome::Updated { .. }), "{report:?}");
-    let d = report.dependants.iter().find(|d| d.container == p.dep).context("no report")?;
-    ensure!(d.action == "recreated" && d.reason.contains("new image failed"), "{d:?}");
+    let report =
+        p.s.recreator
+            .run(
+                &Request {
+                    dependant_images: images,
+                    ..request("op-bad-up", &p.web)
+                },
+                &|_| {},
+            )
+            .await?;
+    ensure!(
+        matches!(report.outcome, Outcome::Updated { .. }),
+        "{report:?}"
+    );
+    let d = report
+        .dependants
+        .iter()
+        .find(|d| d.container == p.dep)
+        .context("no report")?;
+    ensure!(
+        d.action == "recreated" && d.reason.contains("new image failed"),
+        "{d:?}"
+    );
     ensure!(ns(&p.s, &p.dep, "net")? == ns(&p.s, &p.web, "net")?);
     // Its tag names the failed image locally; it still runs its own.
     p.dependant_sound(&p.dep_v1_id()?)
@@ -264,7 +322,9 @@ async fn a_dependant_on_the_parents_own_tag_keeps_its_image() -> anyhow::Result<
         return Ok(());
     };
     let s = Setup::new(engine).await?;
-    let web = s.cleanup.run_container("dp-same", &["--network", "none"], &s.v1.reference, &[])?;
+    let web = s
+        .cleanup
+        .run_container("dp-same", &["--network", "none"], &s.v1.reference, &[])?;
     let web_id = s.inspect(&web, "{{.Id}}")?;
     let side = s.cleanup.run_container(
         "dp-same-side",
@@ -283,28 +343,41 @@ async fn a_dependant_on_the_parents_own_tag_keeps_its_image() -> anyhow::Result<
     ensure!(s.inspect(&side, "{{.State.Running}}")? == "true");
     ensure!(ns(&s, &side, "net")? == ns(&s, &web, "net")?);
     // And the tag still names the new image.
-    let tagged = s.engine.docker(&["image", "inspect", "--format", "{{.Id}}", &s.v1.reference])?;
-    ensure!(tagged == s.inspect(&web, "{{.Image}}")?, "the tag was not given back");
+    let tagged = s
+        .engine
+        .docker(&["image", "inspect", "--format", "{{.Id}}", &s.v1.reference])?;
+    ensure!(
+        tagged == s.inspect(&web, "{{.Image}}")?,
+        "the tag was not given back"
+    );
     no_leftovers(&s, &[&web, &side])
 }
 
 #[tokio::test]
 async fn legacy_link_survives_under_its_alias() -> anyhow::Result<()> {
-    let Some(p) = Pair::start("dp-link", &[], |web, _| vec!["--link".into(), format!("{web}:db")]).await?
+    let Some(p) = Pair::start("dp-link", &[], |web, _| {
+        vec!["--link".into(), format!("{web}:db")]
+    })
+    .await?
     else {
         return Ok(());
     };
-    let linked = |p: &Pair| -> anyhow::Result<()> {
-        let links = p.s.inspect(&p.dep, "{{json .HostConfig.Links}}")?;
-        ensure!(links.contains(&format!("/{}:/{}/db", p.web, p.dep)), "links: {links}");
-        let ip = p.s.inspect(&p.web, "{{.NetworkSettings.IPAddress}}")?;
-        let hosts = p.s.engine.docker(&["exec", &p.dep, "cat", "/etc/hosts"])?;
-        ensure!(
-            hosts.lines().any(|l| l.starts_with(&format!("{ip}\t")) && l.split_whitespace().any(|w| w == "db")),
-            "db is not {ip} in /etc/hosts:\n{hosts}"
-        );
-        Ok(())
-    };
+    let linked =
+        |p: &Pair| -> anyhow::Result<()> {
+            let links = p.s.inspect(&p.dep, "{{json .HostConfig.Links}}")?;
+            ensure!(
+                links.contains(&format!("/{}:/{}/db", p.web, p.dep)),
+                "links: {links}"
+            );
+            let ip = p.s.inspect(&p.web, "{{.NetworkSettings.IPAddress}}")?;
+            let hosts = p.s.engine.docker(&["exec", &p.dep, "cat", "/etc/hosts"])?;
+            ensure!(
+                hosts.lines().any(|l| l.starts_with(&format!("{ip}\t"))
+                    && l.split_whitespace().any(|w| w == "db")),
+                "db is not {ip} in /etc/hosts:\n{hosts}"
+            );
+            Ok(())
+        };
     let dep_v1 = p.dep_v1_id()?;
     p.update("op-link-up", BTreeMap::new()).await?;
     linked(&p)?;
@@ -319,28 +392,55 @@ async fn legacy_link_survives_under_its_alias() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn volumes_from_dependant_is_left_running_on_the_same_volume() -> anyhow::Result<()> {
-    let Some(p) = Pair::start("dp-vf", &["--network", "none", "-v", "/shared"], |web, _| {
-        vec!["--network".into(), "none".into(), "--volumes-from".into(), web.to_owned()]
-    })
+    let Some(p) = Pair::start(
+        "dp-vf",
+        &["--network", "none", "-v", "/shared"],
+        |web, _| {
+            vec![
+                "--network".into(),
+                "none".into(),
+                "--volumes-from".into(),
+                web.to_owned(),
+            ]
+        },
+    )
     .await?
     else {
         return Ok(());
     };
-    let volume = |c: &str| p.s.inspect(c, "{{range .Mounts}}{{if eq .Destination \"/shared\"}}{{.Name}}{{end}}{{end}}");
+    let volume = |c: &str| {
+        p.s.inspect(
+            c,
+            "{{range .Mounts}}{{if eq .Destination \"/shared\"}}{{.Name}}{{end}}{{end}}",
+        )
+    };
     let shared = volume(&p.web)?;
     let dep_id = p.id(&p.dep)?;
     p.update("op-vf-up", BTreeMap::new()).await?;
-    ensure!(p.id(&p.dep)? == dep_id, "a volumes-from dependant needs nothing");
-    ensure!(volume(&p.web)? == shared && volume(&p.dep)? == shared, "not the same volume");
+    ensure!(
+        p.id(&p.dep)? == dep_id,
+        "a volumes-from dependant needs nothing"
+    );
+    ensure!(
+        volume(&p.web)? == shared && volume(&p.dep)? == shared,
+        "not the same volume"
+    );
     p.dependant_sound(&p.dep_v1_id()?)?;
     p.forced_rollback("op-vf-rb").await?;
     ensure!(p.id(&p.dep)? == dep_id);
     p.dependant_sound(&p.dep_v1_id()?)?;
     // Its reference still resolves: it can be recreated on its own.
-    let outcome = p.s.recreator.recreate(&Request {
-        image: Some(format!("{}@{}", p.dep_v1.reference, publish(&p.s.cleanup, &p.s.registry, &p.dep_repo, "stable", 2)?.digest)),
-        ..request("op-vf-own", &p.dep)
-    }).await?;
+    let outcome =
+        p.s.recreator
+            .recreate(&Request {
+                image: Some(format!(
+                    "{}@{}",
+                    p.dep_v1.reference,
+                    publish(&p.s.cleanup, &p.s.registry, &p.dep_repo, "stable", 2)?.digest
+                )),
+                ..request("op-vf-own", &p.dep)
+            })
+            .await?;
     ensure!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
     ensure!(volume(&p.dep)? == shared);
     Ok(())
@@ -364,17 +464,30 @@ async fn label_case(prefix: &str, labels: &[String], recreated: bool) -> anyhow:
     let dep_v1 = p.dep_v1_id()?;
     let dep_id = p.id(&p.dep)?;
     let started = p.s.inspect(&p.dep, "{{.State.StartedAt}}")?;
-    p.update(&format!("op-{prefix}-up"), BTreeMap::new()).await?;
+    p.update(&format!("op-{prefix}-up"), BTreeMap::new())
+        .await?;
     if recreated {
-        ensure!(p.id(&p.dep)? != dep_id, "the hard dependant was not recreated");
+        ensure!(
+            p.id(&p.dep)? != dep_id,
+            "the hard dependant was not recreated"
+        );
     } else {
-        ensure!(p.id(&p.dep)? == dep_id, "a soft dependant keeps its container");
-        ensure!(p.s.inspect(&p.dep, "{{.State.StartedAt}}")? != started, "not stopped and started");
+        ensure!(
+            p.id(&p.dep)? == dep_id,
+            "a soft dependant keeps its container"
+        );
+        ensure!(
+            p.s.inspect(&p.dep, "{{.State.StartedAt}}")? != started,
+            "not stopped and started"
+        );
     }
     p.dependant_sound(&dep_v1)?;
     let dep_id = p.id(&p.dep)?;
     p.forced_rollback(&format!("op-{prefix}-rb")).await?;
-    ensure!(p.id(&p.dep)? == dep_id, "touched although the parent's update failed early");
+    ensure!(
+        p.id(&p.dep)? == dep_id,
+        "touched although the parent's update failed early"
+    );
     p.dependant_sound(&dep_v1)
 }
 
@@ -395,7 +508,14 @@ async fn compose_dependant_is_stopped_and_started_again() -> anyhow::Result<()> 
     let project_label = format!("com.docker.compose.project={project}");
     let web = s.cleanup.run_container(
         "dp-compose",
-        &["--network", "none", "--label", &project_label, "--label", "com.docker.compose.service=db"],
+        &[
+            "--network",
+            "none",
+            "--label",
+            &project_label,
+            "--label",
+            "com.docker.compose.service=db",
+        ],
         &s.v1.reference,
         &[],
     )?;
@@ -418,16 +538,35 @@ async fn compose_dependant_is_stopped_and_started_again() -> anyhow::Result<()> 
     let app_image = s.inspect(&app, "{{.Image}}")?;
     let started = s.inspect(&app, "{{.State.StartedAt}}")?;
     s.publish_next(ImageSpec::new(2))?;
-    let report = s.recreator.run(&request("op-compose", &web), &|_| {}).await?;
-    ensure!(matches!(report.outcome, Outcome::Updated { .. }), "{report:?}");
-    let d = report.dependants.iter().find(|d| d.container == app).context("no report")?;
+    let report = s
+        .recreator
+        .run(&request("op-compose", &web), &|_| {})
+        .await?;
+    ensure!(
+        matches!(report.outcome, Outcome::Updated { .. }),
+        "{report:?}"
+    );
+    let d = report
+        .dependants
+        .iter()
+        .find(|d| d.container == app)
+        .context("no report")?;
     ensure!(d.kind == "compose" && d.action == "restarted", "{d:?}");
     ensure!(s.inspect(&app, "{{.Id}}")? == app_id);
-    ensure!(s.inspect(&app, "{{.Image}}")? == app_image, "a soft dependant keeps its image");
+    ensure!(
+        s.inspect(&app, "{{.Image}}")? == app_image,
+        "a soft dependant keeps its image"
+    );
     ensure!(s.inspect(&app, "{{.State.Running}}")? == "true");
-    ensure!(s.inspect(&app, "{{.State.StartedAt}}")? != started, "not stopped and started");
+    ensure!(
+        s.inspect(&app, "{{.State.StartedAt}}")? != started,
+        "not stopped and started"
+    );
     s.publish_next(ImageSpec::new(3).exiting())?;
-    let outcome = s.recreator.recreate(&request("op-compose-rb", &web)).await?;
+    let outcome = s
+        .recreator
+        .recreate(&request("op-compose-rb", &web))
+        .await?;
     ensure!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
     ensure!(s.inspect(&app, "{{.State.Running}}")? == "true");
     no_leftovers(&s, &[&web, &app])
@@ -435,7 +574,12 @@ async fn compose_dependant_is_stopped_and_started_again() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn hard_dependant_is_recreated_after_its_parent() -> anyhow::Result<()> {
-    label_case("dp-hard", &["com.ouroboros.hard_depends_on={web}".into()], true).await
+    label_case(
+        "dp-hard",
+        &["com.ouroboros.hard_depends_on={web}".into()],
+        true,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -444,7 +588,9 @@ async fn a_failing_hard_dependant_is_rolled_back_alone() -> anyhow::Result<()> {
         return Ok(());
     };
     let s = Setup::new(engine).await?;
-    let web = s.cleanup.run_container("dp-hardbad", &["--network", "none"], &s.v1.reference, &[])?;
+    let web =
+        s.cleanup
+            .run_container("dp-hardbad", &["--network", "none"], &s.v1.reference, &[])?;
     // The hard dependant runs only as the container it first ran in (its hostname, the
     // container's short id, is kept in its anonymous volume): its replacement exits at once,
     // its old container starts again fine.
@@ -465,13 +611,29 @@ async fn a_failing_hard_dependant_is_rolled_back_alone() -> anyhow::Result<()> {
     )?;
     let dep_id = s.inspect(&dep, "{{.Id}}")?;
     s.publish_next(ImageSpec::new(2))?;
-    let report = s.recreator.run(&request("op-hardbad", &web), &|_| {}).await?;
-    ensure!(matches!(report.outcome, Outcome::Updated { .. }), "the parent's update stands: {report:?}");
-    let d = report.dependants.iter().find(|d| d.container == dep).context("no report")?;
+    let report = s
+        .recreator
+        .run(&request("op-hardbad", &web), &|_| {})
+        .await?;
+    ensure!(
+        matches!(report.outcome, Outcome::Updated { .. }),
+        "the parent's update stands: {report:?}"
+    );
+    let d = report
+        .dependants
+        .iter()
+        .find(|d| d.container == dep)
+        .context("no report")?;
     ensure!(d.kind == "hard" && d.action == "restored", "{d:?}");
     ensure!(d.reason.contains("health gate"), "{d:?}");
-    ensure!(s.inspect(&dep, "{{.Id}}")? == dep_id, "not the old dependant");
-    ensure!(s.inspect(&dep, "{{.State.Running}}")? == "true", "the old dependant does not run");
+    ensure!(
+        s.inspect(&dep, "{{.Id}}")? == dep_id,
+        "not the old dependant"
+    );
+    ensure!(
+        s.inspect(&dep, "{{.State.Running}}")? == "true",
+        "the old dependant does not run"
+    );
     ensure!(s.inspect(&web, "{{.Image}}")? != s.inspect(&dep, "{{.Image}}")?);
     no_leftovers(&s, &[&web, &dep])
 }
@@ -491,17 +653,40 @@ impl Stack {
             return Ok(None);
         };
         let s = Setup::new(engine).await?;
-        let web = s.cleanup.run_container(prefix, &["--network", "none"], &s.v1.reference, &[])?;
+        let web = s
+            .cleanup
+            .run_container(prefix, &["--network", "none"], &s.v1.reference, &[])?;
         let web_id = s.inspect(&web, "{{.Id}}")?;
         let dep_repo = unique_name(&format!("{prefix}-deps"));
         let dep_v1 = publish(&s.cleanup, &s.registry, &dep_repo, "stable", 1)?;
         let soft_label = format!("com.ouroboros.depends_on={web}");
-        let soft = s.cleanup.run_container(&format!("{prefix}-s"), &["--network", "none", "--label", &soft_label], &dep_v1.reference, &[])?;
+        let soft = s.cleanup.run_container(
+            &format!("{prefix}-s"),
+            &["--network", "none", "--label", &soft_label],
+            &dep_v1.reference,
+            &[],
+        )?;
         let hard_label = format!("com.ouroboros.hard_depends_on={web}");
-        let hard = s.cleanup.run_container(&format!("{prefix}-h"), &["--network", "none", "--label", &hard_label], &dep_v1.reference, &[])?;
-        let side = s.cleanup.run_container(&format!("{prefix}-n"), &["--network", &format!("container:{web_id}")], &dep_v1.reference, &[])?;
+        let hard = s.cleanup.run_container(
+            &format!("{prefix}-h"),
+            &["--network", "none", "--label", &hard_label],
+            &dep_v1.reference,
+            &[],
+        )?;
+        let side = s.cleanup.run_container(
+            &format!("{prefix}-n"),
+            &["--network", &format!("container:{web_id}")],
+            &dep_v1.reference,
+            &[],
+        )?;
         s.publish_next(next)?;
-        Ok(Some(Self { s, web, soft, hard, side }))
+        Ok(Some(Self {
+            s,
+            web,
+            soft,
+            hard,
+            side,
+        }))
     }
 
     fn all(&self) -> [&str; 4] {
@@ -509,7 +694,10 @@ impl Stack {
     }
 
     fn ids(&self) -> anyhow::Result<Vec<String>> {
-        self.all().iter().map(|n| self.s.inspect(n, "{{.Id}}")).collect()
+        self.all()
+            .iter()
+            .map(|n| self.s.inspect(n, "{{.Id}}"))
+            .collect()
     }
 
     /// Each runs, under its name, with no twin; the sidecar in web's namespace.
@@ -518,12 +706,19 @@ impl Stack {
             ensure!(
                 self.s.inspect(name, "{{.State.Running}}")? == "true",
                 "{name} does not run: {}",
-                self.s.inspect(name, "{{.State.Status}} {{.State.ExitCode}}")?
+                self.s
+                    .inspect(name, "{{.State.Status}} {{.State.ExitCode}}")?
             );
         }
         let web_id = self.s.inspect(&self.web, "{{.Id}}")?;
-        ensure!(self.s.inspect(&self.side, "{{.HostConfig.NetworkMode}}")? == format!("container:{web_id}"));
-        ensure!(ns(&self.s, &self.side, "net")? == ns(&self.s, &self.web, "net")?, "the sidecar is not in web's namespace");
+        ensure!(
+            self.s.inspect(&self.side, "{{.HostConfig.NetworkMode}}")?
+                == format!("container:{web_id}")
+        );
+        ensure!(
+            ns(&self.s, &self.side, "net")? == ns(&self.s, &self.web, "net")?,
+            "the sidecar is not in web's namespace"
+        );
         no_leftovers(&self.s, &self.all())
     }
 }
@@ -532,7 +727,11 @@ impl Stack {
 /// (before the gate) or finishes (after it), and every container runs as it should.
 async fn crash_with_dependants(point: CrashPoint, prefix: &str) -> anyhow::Result<()> {
     let failing = point == CrashPoint::BeforeRollback;
-    let next = if failing { ImageSpec::new(2).exiting() } else { ImageSpec::new(2) };
+    let next = if failing {
+        ImageSpec::new(2).exiting()
+    } else {
+        ImageSpec::new(2)
+    };
     let Some(stack) = Stack::start(prefix, next).await? else {
         return Ok(());
     };
@@ -559,14 +758,30 @@ async fn crash_with_dependants(point: CrashPoint, prefix: &str) -> anyhow::Resul
         ensure!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
         ensure!(after[0] != before[0], "web not updated");
         ensure!(after[1] == before[1], "the soft dependant was replaced");
-        ensure!(after[2] != before[2] && after[3] != before[3], "hard dependants not recreated");
-        ensure!(stack.s.engine.docker(&["exec", &stack.web, "cat", "/version"])? == "2");
+        ensure!(
+            after[2] != before[2] && after[3] != before[3],
+            "hard dependants not recreated"
+        );
+        ensure!(
+            stack
+                .s
+                .engine
+                .docker(&["exec", &stack.web, "cat", "/version"])?
+                == "2"
+        );
     } else {
         ensure!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
         ensure!(after == before, "not every container is the old one again");
     }
     // The operation answers its outcome; a second recovery finds nothing.
-    ensure!(stack.s.restarted()?.recreate(&request(&op, &stack.web)).await? == *outcome);
+    ensure!(
+        stack
+            .s
+            .restarted()?
+            .recreate(&request(&op, &stack.web))
+            .await?
+            == *outcome
+    );
     ensure!(stack.s.restarted()?.recover().await?.operations.is_empty());
     Ok(())
 }
@@ -631,12 +846,30 @@ async fn the_soft_stack_updates_without_a_crash() -> anyhow::Result<()> {
     let Some(stack) = Stack::start("cd-plain", ImageSpec::new(2)).await? else {
         return Ok(());
     };
-    let report = stack.s.recreator.run(&request("op-cd-plain", &stack.web), &|_| {}).await?;
-    ensure!(matches!(report.outcome, Outcome::Updated { .. }), "{report:?}");
-    let actions: BTreeMap<&str, &str> = report.dependants.iter().map(|d| (d.container.as_str(), d.action)).collect();
+    let report = stack
+        .s
+        .recreator
+        .run(&request("op-cd-plain", &stack.web), &|_| {})
+        .await?;
     ensure!(
-        actions == BTreeMap::from([(stack.soft.as_str(), "restarted"), (stack.hard.as_str(), "recreated"), (stack.side.as_str(), "recreated")]),
+        matches!(report.outcome, Outcome::Updated { .. }),
+        "{report:?}"
+    );
+    let actions: BTreeMap<&str, &str> = report
+        .dependants
+        .iter()
+        .map(|d| (d.container.as_str(), d.action))
+        .collect();
+    ensure!(
+        actions
+            == BTreeMap::from([
+                (stack.soft.as_str(), "restarted"),
+                (stack.hard.as_str(), "recreated"),
+                (stack.side.as_str(), "recreated")
+            ]),
         "{actions:?}"
     );
-    eventually(Duration::from_secs(5), Duration::from_millis(100), || stack.sound())
+    eventually(Duration::from_secs(5), Duration::from_millis(100), || {
+        stack.sound()
+    })
 }

@@ -87,7 +87,10 @@ async fn an_invalid_stop_signal_refuses_the_update_and_touches_nothing() -> anyh
         other => anyhow::bail!("expected a refusal, got {other:?}"),
     }
     s.assert_old_restored(&name, &id)?;
-    ensure!(s.inspect(&name, "{{.State.StartedAt}}")? == started_at, "restarted");
+    ensure!(
+        s.inspect(&name, "{{.State.StartedAt}}")? == started_at,
+        "restarted"
+    );
     // Refused before the pull: the new image is not even here.
     ensure!(
         s.engine
@@ -110,7 +113,11 @@ async fn recovery_waits_for_a_stop_still_under_way() -> anyhow::Result<()> {
         "sf-slow",
         &["--network", "none", "--stop-timeout", "3"],
         &s.v1.reference,
-        &["sh", "-c", "trap '' TERM; while :; do sleep 1 & wait $!; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 1 & wait $!; done",
+        ],
     )?;
     let id = s.inspect(&name, "{{.Id}}")?;
     s.publish_next(ImageSpec::new(2))?;
@@ -124,9 +131,7 @@ async fn recovery_waits_for_a_stop_still_under_way() -> anyhow::Result<()> {
     let journal = ouroboros_agent::recreate::journal::Journal::open(s.journal_dir.path())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stopping = journal
-            .get(op)?
-            .is_some_and(|e| e.step == Step::Stopping);
+        let stopping = journal.get(op)?.is_some_and(|e| e.step == Step::Stopping);
         if stopping {
             break;
         }
@@ -160,9 +165,9 @@ async fn an_unreadable_journal_entry_does_not_block_recovery() -> anyhow::Result
         return Ok(());
     };
     let s = Setup::new(engine).await?;
-    let name = s
-        .cleanup
-        .run_container("sf-journal", &["--network", "none"], &s.v1.reference, &[])?;
+    let name =
+        s.cleanup
+            .run_container("sf-journal", &["--network", "none"], &s.v1.reference, &[])?;
     let id = s.inspect(&name, "{{.Id}}")?;
     s.publish_next(ImageSpec::new(2))?;
     let crashing = s

@@ -105,6 +105,15 @@ fn fill(data: &Path) {
                     ContainerState::Running,
                     Health::None,
                 ),
+                ContainerInfo {
+                    set_aside: "old container set aside by an update".into(),
+                    ..container(
+                        "shop-ouroboros-old-op-7",
+                        "registry.lan:5000/shop:stable",
+                        ContainerState::Exited,
+                        Health::None,
+                    )
+                },
             ],
         ),
         host(

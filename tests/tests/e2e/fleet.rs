@@ -84,6 +84,11 @@ impl Coordinator {
         self.agent_with(agent_bin, host, &["--docker-host", engine.host()], &[])
     }
 
+    /// The data directory (journal) of `host`'s agent.
+    pub(crate) fn agent_data(&self, host: &str) -> PathBuf {
+        self.data.with_file_name(format!("agent-{host}"))
+    }
+
     /// Starts the agent of `host` with extra arguments and environment (its Docker engine
     /// given either way).
     pub(crate) fn agent_with(
@@ -95,7 +100,7 @@ impl Coordinator {
     ) -> anyhow::Result<Process> {
         let cert = self.pki.join(format!("agent-{host}.pem"));
         let key = self.pki.join(format!("agent-{host}-key.pem"));
-        let data = self.data.with_file_name(format!("agent-{host}"));
+        let data = self.agent_data(host);
         let ca = self.pki.join("ca.pem");
         let mut args = vec![
             "--coordinator",

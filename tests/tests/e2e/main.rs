@@ -17,5 +17,6 @@ mod modes;
 mod multiarch;
 mod notify;
 mod rollout;
+mod shutdown;
 mod up;
 mod update;

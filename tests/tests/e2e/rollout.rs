@@ -202,6 +202,29 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
     assert!(t_db < t_app, "app recreated before db");
     assert!(t_app < t_proxy, "proxy recreated before app");
     assert!(t_app < t_side, "the sidecar was not recreated after app");
+    // The sidecar's own tag moved too: app's operation moved it to its new image, once, and
+    // its own target counts as updated without a second recreate.
+    let side_creates = ev
+        .iter()
+        .filter(|e| e.action == "create" && e.name == side)
+        .count();
+    assert_eq!(
+        side_creates, 1,
+        "the sidecar was recreated {side_creates} times"
+    );
+    let side_result = checked
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["container"] == side.as_str())
+        .context("the sidecar is not in the check output")?;
+    assert_eq!(side_result["status"], "updated", "{side_result}");
+    assert!(
+        side_result["result_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("updated with {app}"))),
+        "{side_result}"
+    );
     // The soft dependant (proxy) was stopped before app's new container and started again
     // once app was up.
     let app_started = last(&ev, "start", &app).context("app not started")?;

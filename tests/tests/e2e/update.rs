@@ -1,6 +1,7 @@
 //! `ouroboros-coordinator update` end to end: the command reaches the agent, the container
-//! moves to the new image, and an agent killed with SIGKILL at each step of the sequence
-//! recovers on restart to exactly one container under the name, running, with no leftovers.
+//! moves to the new image, and an agent killed with SIGKILL at each step of the sequence (a
+//! soft and a hard dependant present) recovers on restart to exactly one container under each
+//! name, running, with no leftovers.
 
 use std::time::Duration;
 
@@ -86,18 +87,44 @@ fn update_moves_a_container_to_the_new_image_of_its_tag() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The agent aborts at `point` during an update; restarted, it recovers the container.
+/// The agent aborts at `point` during an update of a container with a soft and a hard
+/// dependant; restarted, it reverts (before the health gate) or finishes (after it): every
+/// container runs under its name, with no set-aside twin.
 fn crash_and_recover(point: &str) -> anyhow::Result<()> {
     let Some(engine) = require_engine() else {
         return Ok(());
     };
+    let finishes = matches!(
+        point,
+        "after-health-gate"
+            | "after-dependant-rename"
+            | "after-dependant-create"
+            | "before-remove-old"
+    );
     let bins = Binaries::get()?;
     let registry = Registry::start()?;
     let cleanup = Cleanup::new(&engine);
     let repo = unique_name("crash");
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
     let name = cleanup.run_container("crash", &["--network", "none"], &v1.reference, &[])?;
-    let old_id = engine.inspect(&name, "{{.Id}}")?;
+    let soft_label = format!("com.ouroboros.depends_on={name}");
+    let soft = cleanup.run_container(
+        "crash-soft",
+        &["--network", "none", "--label", &soft_label],
+        &v1.reference,
+        &[],
+    )?;
+    let hard_label = format!("com.ouroboros.hard_depends_on={name}");
+    let hard = cleanup.run_container(
+        "crash-hard",
+        &["--network", "none", "--label", &hard_label],
+        &v1.reference,
+        &[],
+    )?;
+    let ids = |names: &[&str]| -> anyhow::Result<Vec<String>> {
+        names.iter().map(|n| engine.inspect(n, "{{.Id}}")).collect()
+    };
+    let before = ids(&[&name, &soft, &hard])?;
     publish(&cleanup, &registry, &repo, "stable", ImageSpec::new(2))?;
 
     let dir = tempfile::Builder::new()
@@ -129,6 +156,34 @@ fn crash_and_recover(point: &str) -> anyhow::Result<()> {
     crashing
         .wait_for_log("Hanging at the injected crash point", CONVERGE)
         .with_context(|| format!("the agent never reached {point}"))?;
+    if point == "after-health-gate" {
+        // Meanwhile the host reports the old container and the unconfirmed replacement:
+        // neither is ever offered for an update.
+        eventually(CONVERGE, POLL, || {
+            let planned = coordinator.json(&["updates"])?;
+            let rows: Vec<&Value> = planned
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| {
+                    c["container"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with(&name))
+                })
+                .collect();
+            ensure!(rows.len() == 2, "old and new not both reported: {planned}");
+            for row in rows {
+                ensure!(row["decision"] == "skip", "offered: {row}");
+                ensure!(
+                    row["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("set aside")),
+                    "{row}"
+                );
+            }
+            Ok(())
+        })?;
+    }
     crashing.kill9()?;
     let out = updating
         .join()
@@ -141,33 +196,54 @@ fn crash_and_recover(point: &str) -> anyhow::Result<()> {
 
     let restarted: Process = coordinator.agent(&bins.agent, "host-a", &engine)?;
     restarted.wait_for_log("Recovered an interrupted recreate.", CONVERGE)?;
+    for container in [&name, &soft, &hard] {
+        assert_eq!(
+            engine.inspect(container, "{{.State.Running}}")?,
+            "true",
+            "{container} does not run after a crash at {point}"
+        );
+        let others: Vec<String> = engine
+            .docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("name={container}"),
+                "--format",
+                "{{.Names}}",
+            ])?
+            .lines()
+            .filter(|n| *n != container.as_str())
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            others.is_empty(),
+            "left behind after a crash at {point}: {others:?}"
+        );
+    }
+    let after = ids(&[&name, &soft, &hard])?;
     assert_eq!(
-        engine.inspect(&name, "{{.Id}}")?,
-        old_id,
-        "not the old container"
+        after[1], before[1],
+        "the soft dependant is another container"
     );
-    assert_eq!(engine.inspect(&name, "{{.State.Running}}")?, "true");
-    let others: Vec<String> = engine
-        .docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("name={name}"),
-            "--format",
-            "{{.Names}}",
-        ])?
-        .lines()
-        .filter(|n| *n != name)
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        others.is_empty(),
-        "left behind after a crash at {point}: {others:?}"
-    );
-    // And the update goes through now.
-    let (code, answer) = update(&coordinator, &name)?;
-    assert_eq!(code, 0, "{answer:?}");
+    if finishes {
+        assert_ne!(after[0], before[0], "not updated after a crash at {point}");
+        assert_ne!(after[2], before[2], "the hard dependant was not recreated");
+        assert_eq!(engine.docker(&["exec", &name, "cat", "/version"])?, "2");
+    } else {
+        assert_eq!(
+            after, before,
+            "not the old containers after a crash at {point}"
+        );
+        // And the update goes through now.
+        let (code, answer) = update(&coordinator, &name)?;
+        assert_eq!(code, 0, "{answer:?}");
+    }
     Ok(())
+}
+
+#[test]
+fn agent_killed_after_a_dependant_stop_recovers() -> anyhow::Result<()> {
+    crash_and_recover("after-dependant-stop")
 }
 
 #[test]
@@ -193,6 +269,22 @@ fn agent_killed_after_start_recovers() -> anyhow::Result<()> {
 #[test]
 fn agent_killed_during_the_health_wait_recovers() -> anyhow::Result<()> {
     crash_and_recover("during-health")
+}
+
+#[test]
+fn agent_killed_after_the_health_gate_finishes_and_set_aside_containers_are_not_offered()
+-> anyhow::Result<()> {
+    crash_and_recover("after-health-gate")
+}
+
+#[test]
+fn agent_killed_after_a_dependant_create_finishes() -> anyhow::Result<()> {
+    crash_and_recover("after-dependant-create")
+}
+
+#[test]
+fn agent_killed_before_removing_the_old_containers_finishes() -> anyhow::Result<()> {
+    crash_and_recover("before-remove-old")
 }
 
 #[test]
