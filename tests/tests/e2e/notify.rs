@@ -345,3 +345,51 @@ fn monitor_only_announces_a_digest_once_and_no_secret_leaks() -> anyhow::Result<
     })?;
     Ok(())
 }
+
+#[test]
+fn what_an_agents_recovery_cannot_fix_is_notified_as_needing_an_operator() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let (addr, got) = receiver()?;
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-alert-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let notifiers = format!("json://{addr}/hook");
+    let server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("NOTIFIERS", &notifiers),
+            ("SKIP_STARTUP_NOTIFICATIONS", "true"),
+        ],
+    )?;
+    // A journal entry the agent cannot read (torn, or from another version).
+    let journal = coordinator.agent_data("host-a").join("journal");
+    std::fs::create_dir_all(&journal)?;
+    std::fs::write(journal.join("op-torn.json"), b"{\"op_id\": \"op-to")?;
+    let agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    eventually(CONVERGE, POLL, || {
+        let alert = messages(&got).into_iter().find(|m| {
+            m["title"]
+                .as_str()
+                .is_some_and(|t| t.contains("host-a") && t.contains("needs an operator"))
+        });
+        let Some(alert) = alert else {
+            anyhow::bail!("no alert yet: {:?}", messages(&got));
+        };
+        ensure!(alert["type"] == "failure", "{alert}");
+        ensure!(
+            alert["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("op-torn.json") && m.contains("quarantine")),
+            "{alert}"
+        );
+        Ok(())
+    })?;
+    ensure!(journal.join("quarantine/op-torn.json").exists());
+    ensure!(server.log().contains("Agent alert: needs an operator."));
+    ensure!(agent.log().contains("moved to quarantine"));
+    Ok(())
+}

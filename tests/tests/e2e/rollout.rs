@@ -188,6 +188,19 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
     assert_eq!(code, 0, "{checked}");
     let rollout = newest_rollout(&coordinator)?;
     assert_eq!(rollout["state"], "completed", "{rollout}");
+    // A cycle right after the rollout offers nothing: not the four updated containers, and
+    // no set-aside container (however fresh the host's last report is).
+    let after = coordinator.json(&["updates"])?;
+    for row in after.as_array().into_iter().flatten() {
+        assert_ne!(row["decision"], "update", "offered again: {row}");
+        let name = row["container"].as_str().unwrap_or_default();
+        if name.contains("-ouroboros-old-") {
+            assert!(
+                row["reason"].as_str().is_some_and(|r| r.starts_with("set aside")),
+                "{row}"
+            );
+        }
+    }
 
     let ev = event_log.events()?;
     let created = |name: &str| {
