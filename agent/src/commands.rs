@@ -13,6 +13,7 @@ use pb::recreate_result::Status;
 use tokio::sync::{Mutex, mpsc};
 use tracing::info;
 
+use crate::engine::Engine;
 use crate::recreate::executor::{HealthGate, RecreateError, Recreator, Request};
 use crate::recreate::journal::SetAside;
 use crate::recreate::pull::RegistryAuth;
@@ -20,14 +21,17 @@ use crate::recreate::pull::RegistryAuth;
 /// Runs the coordinator's commands on this host.
 pub struct CommandRunner {
     recreator: Recreator,
+    /// For the inventory sent with each result.
+    engine: Engine,
     /// One destructive operation at a time on a host.
     one_at_a_time: Mutex<()>,
 }
 
 impl CommandRunner {
-    pub fn new(recreator: Recreator) -> Arc<Self> {
+    pub fn new(recreator: Recreator, engine: Engine) -> Arc<Self> {
         Arc::new(Self {
             recreator,
+            engine,
             one_at_a_time: Mutex::new(()),
         })
     }
@@ -118,6 +122,20 @@ impl CommandRunner {
             }
         };
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
+        // The host as it is now goes first, so that the coordinator's view is current (no
+        // container still set aside by this operation) when the answer arrives.
+        match self.engine.inventory(&self.set_aside()).await {
+            Ok(inventory) => {
+                let _ = tx
+                    .send(pb::AgentMessage {
+                        kind: Some(Kind::Inventory(inventory.into())),
+                    })
+                    .await;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "No inventory with the result; the next one follows.")
+            }
+        }
         let _ = tx
             .send(pb::AgentMessage {
                 kind: Some(Kind::Result(pb::CommandResult {

@@ -118,7 +118,7 @@ pub async fn run(
                 error!(error = %e, "Cannot recover interrupted recreates; the journal needs an operator.")
             }
         }
-        let commands = CommandRunner::new(recreator);
+        let commands = CommandRunner::new(recreator, engine.clone());
         let link = link::run(
             config.link,
             engine,
