@@ -6,7 +6,11 @@
 //! minimum running time 0, so the health gate is a single inspect):
 //! - raw: stop, rename aside, create, start, remove old, straight through bollard;
 //! - recreate: `Recreator::recreate` (inspect, derive, journal writes with fsync, the same
-//!   Docker calls, the health gate's inspect, dependant lookup).
+//!   Docker calls, the health gate's inspect, the look at every container of the host for
+//!   dependants).
+//!
+//! `BENCH_BYSTANDERS` (default 20) other containers run on the engine meanwhile, as on a real
+//! host: the dependant lookup inspects each of them.
 //!
 //! Prints per-iteration medians and means of both and their difference.
 
@@ -59,6 +63,13 @@ async fn main() -> anyhow::Result<()> {
         None,
     );
     let run_args = ["--network", "none", "--no-healthcheck"];
+    let bystanders: usize = std::env::var("BENCH_BYSTANDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for _ in 0..bystanders {
+        cleanup.run_container("bench-bystander", &run_args, &images[0], &[])?;
+    }
 
     // Raw Docker calls.
     let raw_name = cleanup.run_container("bench-raw", &run_args, &images[0], &[])?;
@@ -127,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (raw_median, raw_mean) = stats(&mut raw);
     let (re_median, re_mean) = stats(&mut recreate);
-    println!("iterations: {ITERATIONS}");
+    println!("iterations: {ITERATIONS}, other containers on the host: {bystanders}");
     println!("raw docker calls   median {raw_median:>10.1?}  mean {raw_mean:>10.1?}");
     println!("safe recreate      median {re_median:>10.1?}  mean {re_mean:>10.1?}");
     println!(

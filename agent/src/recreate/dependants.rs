@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::ContainerInspectResponse;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
 use serde::{Deserialize, Serialize};
 
 /// Ouroboros' soft dependency label: comma-separated container names.
@@ -96,30 +96,22 @@ pub struct Node {
     pub running: bool,
 }
 
-impl Node {
-    /// Reads a node from `docker inspect`; `None` without id or name.
-    pub fn from_inspect(c: &ContainerInspectResponse) -> Option<Self> {
-        let id = c.id.clone()?;
-        let name = c.name.as_deref()?.trim_start_matches('/').to_owned();
+/// What never changes about a container once it exists: its labels, namespace modes and
+/// `--volumes-from` (none of them can be changed without recreating it). Kept by container id,
+/// so finding dependants takes one list call and inspects only containers not seen before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fixed {
+    pub labels: BTreeMap<String, String>,
+    pub network_mode: String,
+    pub pid_mode: String,
+    pub ipc_mode: String,
+    pub volumes_from: Vec<String>,
+}
+
+impl Fixed {
+    pub fn from_inspect(c: &ContainerInspectResponse) -> Self {
         let host = c.host_config.clone().unwrap_or_default();
-        let links = host
-            .links
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|l| {
-                let target = l.split(':').next()?.trim_start_matches('/');
-                (!target.is_empty()).then(|| target.to_owned())
-            })
-            .collect();
-        let volumes_from = host
-            .volumes_from
-            .unwrap_or_default()
-            .iter()
-            .map(|v| v.split(':').next().unwrap_or(v).to_owned())
-            .collect();
-        Some(Self {
-            id,
-            name,
+        Self {
             labels: c
                 .config
                 .as_ref()
@@ -130,12 +122,63 @@ impl Node {
             network_mode: host.network_mode.unwrap_or_default(),
             pid_mode: host.pid_mode.unwrap_or_default(),
             ipc_mode: host.ipc_mode.unwrap_or_default(),
-            links,
-            volumes_from,
-            running: c.state.as_ref().and_then(|s| s.running).unwrap_or(false),
-        })
+            volumes_from: host
+                .volumes_from
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.split(':').next().unwrap_or(v).to_owned())
+                .collect(),
+        }
     }
+}
 
+/// The host's containers as nodes, from the list call (current names, state, and legacy
+/// links: the engine lists a link target under `/LINKER/ALIAS` too) and each container's
+/// [`Fixed`] parts (containers without them are left out).
+pub fn nodes(summaries: &[ContainerSummary], fixed: &HashMap<String, Fixed>) -> Vec<Node> {
+    let primary = |s: &ContainerSummary| {
+        s.names
+            .iter()
+            .flatten()
+            .map(|n| n.trim_start_matches('/'))
+            .find(|n| !n.contains('/'))
+            .map(str::to_owned)
+    };
+    // linker name -> the containers it links to.
+    let mut links: HashMap<String, Vec<String>> = HashMap::new();
+    for s in summaries {
+        let Some(target) = primary(s) else { continue };
+        for name in s.names.iter().flatten() {
+            if let Some((linker, _alias)) = name.trim_start_matches('/').split_once('/') {
+                links
+                    .entry(linker.to_owned())
+                    .or_default()
+                    .push(target.clone());
+            }
+        }
+    }
+    summaries
+        .iter()
+        .filter_map(|s| {
+            let id = s.id.clone()?;
+            let name = primary(s)?;
+            let f = fixed.get(&id)?;
+            Some(Node {
+                links: links.get(&name).cloned().unwrap_or_default(),
+                running: s.state.as_ref().map(|st| st.to_string()).as_deref() == Some("running"),
+                id,
+                name,
+                labels: f.labels.clone(),
+                network_mode: f.network_mode.clone(),
+                pid_mode: f.pid_mode.clone(),
+                ipc_mode: f.ipc_mode.clone(),
+                volumes_from: f.volumes_from.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Node {
     /// Whether `reference` (a name, an id, or an id prefix of 12 or more) names this node.
     fn is(&self, reference: &str) -> bool {
         let reference = reference.trim().trim_start_matches('/');
@@ -368,6 +411,45 @@ mod tests {
         .map(|(n, k, a)| ((*n).to_owned(), *k, *a, "web".to_owned()))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn nodes_come_from_summaries_and_fixed_parts_with_links_from_the_targets_names() {
+        let summary = |id: &str, names: &[&str], state: &str| ContainerSummary {
+            id: Some(id.into()),
+            names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+            state: serde_json::from_value(serde_json::Value::String(state.into())).ok(),
+            ..ContainerSummary::default()
+        };
+        let summaries = vec![
+            summary("w", &["/app/db", "/web", "/cron/database"], "running"),
+            summary("a", &["/app"], "exited"),
+            summary("c", &["/cron"], "running"),
+            summary("new", &["/fresh"], "running"),
+        ];
+        let side = Fixed {
+            network_mode: "container:w".into(),
+            ..Fixed::default()
+        };
+        let fixed = HashMap::from([
+            ("w".to_owned(), Fixed::default()),
+            ("a".to_owned(), side),
+            ("c".to_owned(), Fixed::default()),
+        ]);
+        let got = nodes(&summaries, &fixed);
+        let by_name: HashMap<&str, &Node> = got.iter().map(|n| (n.name.as_str(), n)).collect();
+        assert_eq!(
+            got.len(),
+            3,
+            "a container without its fixed parts is left out"
+        );
+        assert_eq!(by_name["app"].links, vec!["web".to_owned()]);
+        assert_eq!(by_name["cron"].links, vec!["web".to_owned()]);
+        assert!(by_name["web"].links.is_empty() && by_name["web"].running);
+        assert!(!by_name["app"].running);
+        assert_eq!(by_name["app"].network_mode, "container:w");
+        let found = dependants("web", &got, &[]);
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]

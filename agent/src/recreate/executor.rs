@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::dependants::{self, Action, Node};
+use super::dependants::{self, Action, Fixed, Node};
 use super::faults::{CrashMode, CrashPoint, Faults, Hook};
 use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
 use super::ops::{Interrupt, OnStop, StepFailure, failed};
@@ -116,6 +116,10 @@ pub struct Recreator {
     own_id: Option<String>,
     pub(crate) faults: Faults,
     stopping: watch::Receiver<bool>,
+    /// The fixed parts of the host's containers, by id (see [`Recreator::host_nodes`]).
+    fixed: std::sync::Mutex<HashMap<String, Fixed>>,
+    /// When the journal was last pruned.
+    pruned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What preparing found; nothing was changed.
@@ -141,6 +145,8 @@ impl Recreator {
             own_id,
             faults: Faults::default(),
             stopping: watch::channel(false).1,
+            fixed: std::sync::Mutex::default(),
+            pruned: std::sync::Mutex::default(),
         }
     }
 
@@ -261,10 +267,23 @@ impl Recreator {
         self.journal.record(&entry)?;
         let deadlines = self.deadlines_for(request.gate);
         let outcome = self.execute(&mut entry, &plan, &deadlines, report).await?;
-        let _ = self
-            .journal
-            .prune(std::time::SystemTime::now(), super::journal::RETENTION);
+        self.prune_now_and_then();
         Ok(report_of(&entry, outcome))
+    }
+
+    /// Prunes the journal (see [`Journal::prune`]), at most every ten minutes.
+    fn prune_now_and_then(&self) {
+        let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(600)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        if let Err(e) = self
+            .journal
+            .prune(std::time::SystemTime::now(), super::journal::RETENTION)
+        {
+            warn!(error = %e, "Cannot prune the journal.");
+        }
     }
 
     /// The agent's deadlines with the coordinator's health gate applied.
@@ -490,34 +509,18 @@ impl Recreator {
         request: &Request,
         root_id: &str,
     ) -> Result<Vec<DependantEntry>, String> {
-        let listed = self
-            .docker
-            .list_containers(Some(
-                bollard::query_parameters::ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| format!("cannot list the host's containers for dependants: {e}"))?;
-        let docker = &self.docker;
-        let inspected: Vec<_> = futures_util::stream::iter(listed.into_iter().filter_map(|c| c.id))
-            .map(|id| async move { docker.inspect_container(&id, None).await.ok() })
-            .buffered(8)
-            .collect()
-            .await;
-        let by_id: HashMap<String, _> = inspected
-            .into_iter()
-            .flatten()
-            .filter_map(|c| Some((c.id.clone()?, c)))
-            .collect();
-        let nodes: Vec<Node> = by_id.values().filter_map(Node::from_inspect).collect();
+        let nodes = self.host_nodes().await?;
         let found = dependants::dependants(root_id, &nodes, &request.soft_dependants);
         let mut entries = Vec::new();
         for d in found {
-            let c = &by_id[&d.id];
             if d.action != Action::Untouched {
                 // Its own stop and create must be possible, or nothing starts.
-                spec::check(c, self.own_id.as_deref())
+                let c = self
+                    .docker
+                    .inspect_container(&d.id, None)
+                    .await
+                    .map_err(|e| format!("dependant {}: cannot inspect it: {e}", d.name))?;
+                spec::check(&c, self.own_id.as_deref())
                     .map_err(|e| format!("dependant {} ({}): {e}", d.name, d.kind.as_str()))?;
             }
             let target = match request.dependant_images.get(&d.name) {
@@ -573,6 +576,45 @@ impl Recreator {
             self.faults.at(CrashPoint::AfterDependantStop).await?;
         }
         Ok(())
+    }
+
+    /// The host's containers as [`Node`]s: one list call, and an inspect of each container not
+    /// seen before (what the model needs of a container never changes while it exists).
+    async fn host_nodes(&self) -> Result<Vec<Node>, String> {
+        let listed = self
+            .docker
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| format!("cannot list the host's containers for dependants: {e}"))?;
+        let unknown: Vec<String> = {
+            let known = self.fixed.lock().unwrap_or_else(|p| p.into_inner());
+            listed
+                .iter()
+                .filter_map(|c| c.id.clone())
+                .filter(|id| !known.contains_key(id))
+                .collect()
+        };
+        let docker = &self.docker;
+        let inspected: Vec<_> = futures_util::stream::iter(unknown)
+            .map(|id| async move { docker.inspect_container(&id, None).await.ok() })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut known = self.fixed.lock().unwrap_or_else(|p| p.into_inner());
+        for c in inspected.into_iter().flatten() {
+            if let Some(id) = c.id.clone() {
+                known.insert(id, Fixed::from_inspect(&c));
+            }
+        }
+        // Containers that are gone are forgotten.
+        let present: std::collections::HashSet<&str> =
+            listed.iter().filter_map(|c| c.id.as_deref()).collect();
+        known.retain(|id, _| present.contains(id.as_str()));
+        Ok(dependants::nodes(&listed, &known))
     }
 
     /// Records dependant `i`'s new state.

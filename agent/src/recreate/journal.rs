@@ -243,6 +243,14 @@ impl Journal {
             path: dir.clone(),
             source,
         })?;
+        // A write a crash cut short: the entry's previous version stands.
+        if let Ok(items) = fs::read_dir(&dir) {
+            for item in items.flatten() {
+                if item.file_name().to_string_lossy().ends_with(".json.tmp") {
+                    let _ = fs::remove_file(item.path());
+                }
+            }
+        }
         let journal = Self {
             dir,
             index: Arc::default(),
@@ -394,20 +402,47 @@ impl Journal {
     }
 
     /// Removes finished entries older than `keep.age` and all but the newest `keep.count`;
-    /// entries with leftovers and unfinished ones stay. Returns how many went.
+    /// entries with leftovers and unfinished ones stay. Returns how many went. Reads no entry:
+    /// the journal's index knows which operations are unfinished or have leftovers.
     pub fn prune(&self, now: SystemTime, keep: Retention) -> Result<usize, JournalError> {
-        let done: Vec<(SystemTime, Entry)> = self
-            .scan()?
-            .into_iter()
-            .filter(|(_, e)| e.is_done() && e.leftovers.is_empty())
-            .collect();
+        let keep_anyway: BTreeSet<String> = {
+            let index = self.lock_index();
+            index
+                .unfinished
+                .iter()
+                .chain(index.leftovers.values())
+                .cloned()
+                .collect()
+        };
+        let read_err = |reason: String| JournalError::Read {
+            path: self.dir.clone(),
+            reason,
+        };
+        let mut done: Vec<(SystemTime, String, PathBuf)> = Vec::new();
+        for item in fs::read_dir(&self.dir).map_err(|e| read_err(e.to_string()))? {
+            let Ok(item) = item else { continue };
+            let path = item.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(op) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if keep_anyway.contains(&op) {
+                continue;
+            }
+            if let Ok(modified) = item.metadata().and_then(|m| m.modified()) {
+                done.push((modified, op, path));
+            }
+        }
+        done.sort();
         let surplus = done.len().saturating_sub(keep.count);
         let mut removed = 0;
-        for (i, (modified, entry)) in done.iter().enumerate() {
+        for (i, (modified, _, path)) in done.iter().enumerate() {
             let old = now
                 .duration_since(*modified)
                 .is_ok_and(|age| age > keep.age);
-            if (i < surplus || old) && fs::remove_file(self.path(&entry.op_id)?).is_ok() {
+            if (i < surplus || old) && fs::remove_file(path).is_ok() {
                 removed += 1;
             }
         }
@@ -531,7 +566,12 @@ mod tests {
             br#"{"op_id":"future","step":"teleporting"}"#,
         )
         .unwrap();
+        fs::write(dir.path().join("journal/op-9.json.tmp"), b"{half").unwrap();
         let j = Journal::open(dir.path()).unwrap();
+        assert!(
+            !dir.path().join("journal/op-9.json.tmp").exists(),
+            "torn write kept"
+        );
         j.record(&entry("op-1", Step::Stopping)).unwrap();
         let quarantined = j.take_quarantined();
         assert_eq!(quarantined.len(), 2, "{quarantined:?}");

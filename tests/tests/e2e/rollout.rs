@@ -196,7 +196,9 @@ fn a_stack_updates_in_dependency_order_and_ends_healthy() -> anyhow::Result<()> 
         let name = row["container"].as_str().unwrap_or_default();
         if name.contains("-ouroboros-old-") {
             assert!(
-                row["reason"].as_str().is_some_and(|r| r.starts_with("set aside")),
+                row["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("set aside")),
                 "{row}"
             );
         }
