@@ -132,13 +132,7 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
                 "failed_step": result.step,
                 "reason": result.reason,
                 "steps": response.steps,
-                "dependants": result.dependants.iter().map(|d| json!({
-                    "container": d.container,
-                    "kind": d.kind,
-                    "action": d.action,
-                    "new_id": d.new_id,
-                    "reason": d.reason,
-                })).collect::<Vec<_>>(),
+                "dependants": dependants_json(&result.dependants),
             })])
         ),
         OutputFormat::Table => print!(
@@ -226,6 +220,7 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
                         "failed_step": r.step,
                         "result_reason": r.reason,
                         "cleanup": r.cleanup,
+                        "dependants": dependants_json(&r.dependants),
                     })
                 })
                 .collect();
@@ -236,9 +231,18 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
                 .iter()
                 .map(|c| {
                     let cleanup = c.result.as_ref().map(|r| r.cleanup.as_str()).unwrap_or("");
+                    let dependants = c
+                        .result
+                        .as_ref()
+                        .map(|r| dependants_text(&r.dependants))
+                        .unwrap_or_default();
                     let detail = match (status(c), c.decision.as_str()) {
-                        (Some(s), _) if !cleanup.is_empty() => format!("{s}; {cleanup}"),
-                        (Some(s), _) => s.to_owned(),
+                        (Some(s), _) => [s, cleanup, &dependants]
+                            .iter()
+                            .filter(|p| !p.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join("; "),
                         (None, "skip") => c.reason.clone(),
                         (None, "update") => format!("would update to {}", c.target),
                         (None, _) => String::new(),
@@ -409,6 +413,35 @@ fn render_containers(rows: &[(String, ContainerInfo)], format: OutputFormat) -> 
             )
         }
     }
+}
+
+/// What became of an update's dependants, as JSON.
+fn dependants_json(dependants: &[pb::DependantResult]) -> Vec<serde_json::Value> {
+    dependants
+        .iter()
+        .map(|d| {
+            json!({
+                "container": d.container,
+                "kind": d.kind,
+                "action": d.action,
+                "new_id": d.new_id,
+                "reason": d.reason,
+            })
+        })
+        .collect()
+}
+
+/// What became of an update's dependants, in a few words (`app recreated, proxy restarted`).
+fn dependants_text(dependants: &[pb::DependantResult]) -> String {
+    dependants
+        .iter()
+        .filter(|d| d.action != "untouched")
+        .map(|d| match d.reason.as_str() {
+            "" => format!("{} {}", d.container, d.action),
+            why => format!("{} {} ({why})", d.container, d.action),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn pretty(items: &[serde_json::Value]) -> String {
