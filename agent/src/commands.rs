@@ -124,7 +124,7 @@ impl CommandRunner {
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
         // The host as it is now goes first, so that the coordinator's view is current (no
         // container still set aside by this operation) when the answer arrives.
-        match self.engine.inventory(&self.set_aside()).await {
+        match self.engine.inventory(|| self.set_aside()).await {
             Ok(inventory) => {
                 let _ = tx
                     .send(pb::AgentMessage {

@@ -186,8 +186,12 @@ impl Engine {
         Ok((engine, mode))
     }
 
-    /// Every container on the host, running or not; those `set_aside` names are marked.
-    pub async fn inventory(&self, set_aside: &SetAside) -> Result<Inventory, EngineError> {
+    /// Every container on the host, running or not; those set aside (as `set_aside` tells,
+    /// asked after the list so that no container listed is newer than its answer) are marked.
+    pub async fn inventory(
+        &self,
+        set_aside: impl Fn() -> SetAside,
+    ) -> Result<Inventory, EngineError> {
         let observed_at_unix_ms = now_unix_ms();
         let mode = self.describe().await?.1;
         let summaries = self
@@ -195,6 +199,7 @@ impl Engine {
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
             .await
             .map_err(self.err("list containers"))?;
+        let set_aside = &set_aside();
         let inspected: Vec<Result<Option<ContainerInfo>, EngineError>> =
             futures_util::stream::iter(summaries)
                 .map(|summary| self.container(summary, set_aside))

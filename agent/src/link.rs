@@ -232,8 +232,8 @@ async fn session(
             () = sleep_until(start_at) => {
                 schedule.started();
                 let engine = engine.clone();
-                let set_aside = commands.set_aside();
-                job = Some(tokio::spawn(async move { engine.inventory(&set_aside).await }));
+                let commands = commands.clone();
+                job = Some(tokio::spawn(async move { engine.inventory(|| commands.set_aside()).await }));
             }
             taken = join(&mut job) => {
                 job = None;

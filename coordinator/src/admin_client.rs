@@ -167,6 +167,10 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             "update of {} on {} failed at {} and the rollback did not complete: {}",
             container, host, result.step, result.reason
         ))),
+        Status::Interrupted => Err(Failure::runtime(format!(
+            "update of {} on {} was interrupted: the agent stopped at {}; nothing changed, run it again when the agent is back",
+            container, host, result.step
+        ))),
         _ => Err(Failure::runtime(format!(
             "update of {} on {} refused: {}",
             container, host, result.reason

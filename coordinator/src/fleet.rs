@@ -251,7 +251,9 @@ impl Fleet {
     }
 
     /// Records a full inventory from the current session of `host`. Reports from a replaced
-    /// session are ignored (returns false).
+    /// session, and reports taken before the one already recorded for this session (an agent
+    /// sends one with each command's answer, which a slower one started earlier may follow),
+    /// are ignored (returns false).
     pub fn inventory(
         &self,
         host: &HostName,
@@ -264,6 +266,10 @@ impl Fleet {
             let Some(entry) = current(&mut hosts, host, session) else {
                 return false;
             };
+            let reported = entry.session.as_ref().is_some_and(|s| s.reported);
+            if reported && inventory.observed_at_unix_ms < entry.record.inventory_at_unix_ms {
+                return false;
+            }
             entry.record.containers = inventory.containers;
             entry.record.mode = inventory.mode;
             entry.record.inventory_at_unix_ms = inventory.observed_at_unix_ms;
@@ -441,6 +447,32 @@ mod tests {
         assert_eq!(hosts[0].record.mode, HostMode::SwarmManager);
         assert_eq!(reopened.containers(Some(&h)).unwrap().len(), 2);
         drop(s);
+    }
+
+    #[test]
+    fn an_inventory_taken_before_the_recorded_one_is_ignored() {
+        let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
+        let h = HostName::parse("h1").unwrap();
+        let (s, _) = fleet.connect(&h, &hello("h1"), peer(), 10);
+        let taken_at = |names: &[&str], at: i64| Inventory {
+            observed_at_unix_ms: at,
+            ..inventory(names, HostMode::Standalone)
+        };
+        assert!(fleet.inventory(&h, s.id, taken_at(&["new"], 500), 20));
+        assert!(!fleet.inventory(&h, s.id, taken_at(&["old", "old-aside"], 400), 21));
+        let names: Vec<String> = fleet
+            .containers(Some(&h))
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.name)
+            .collect();
+        assert_eq!(names, ["new"]);
+        assert!(fleet.inventory(&h, s.id, taken_at(&["newer"], 600), 22));
+        drop(s);
+        // A new session starts afresh (the agent's clock may have moved back).
+        let (s2, _) = fleet.connect(&h, &hello("h1"), peer(), 30);
+        assert!(fleet.inventory(&h, s2.id, taken_at(&["again"], 100), 31));
+        drop(s2);
     }
 
     #[test]

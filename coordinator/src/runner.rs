@@ -103,6 +103,7 @@ pub fn status_name(result: &pb::RecreateResult) -> &'static str {
         Status::Refused => "refused",
         Status::RolledBack => "rolled-back",
         Status::RollbackFailed => "rollback-failed",
+        Status::Interrupted => "interrupted",
         Status::Error | Status::Unspecified => "error",
     }
 }
@@ -187,6 +188,16 @@ impl Runner {
                     .recreate(&host, &container, &image, &options, wait)
                     .await
                 {
+                    Ok(outcome)
+                        if outcome.result.recreate.as_ref().is_some_and(|r| {
+                            r.status() == pb::recreate_result::Status::Interrupted
+                        }) =>
+                    {
+                        // The agent stopped first and changed nothing: the same operation
+                        // again once it is back.
+                        info!(host = %host, container = %container, "The agent stopped before the update could finish; it is sent again when the agent is back.");
+                        tokio::time::sleep(RESEND).await;
+                    }
                     Ok(outcome) => {
                         let result = outcome.result.recreate.unwrap_or_default();
                         let _ = answers

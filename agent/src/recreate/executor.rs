@@ -28,7 +28,9 @@ use tracing::{info, warn};
 
 use super::dependants::{self, Action, Fixed, Node};
 use super::faults::{CrashMode, CrashPoint, Faults, Hook};
-use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
+use super::journal::{
+    DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step, TagBack,
+};
 use super::ops::{Interrupt, OnStop, StepFailure, failed};
 use super::pull::{RegistryAuth, split_pinned};
 use super::spec::{self, ApiVersion, CreatePlan};
@@ -165,11 +167,6 @@ impl Recreator {
         &self.journal
     }
 
-    /// Whether operation `op_id` is already in the journal (done, or begun before a crash).
-    pub fn knows(&self, op_id: &str) -> bool {
-        self.journal.get(op_id).ok().flatten().is_some()
-    }
-
     /// Runs `hook` whenever a recreate passes `point` (tests only), then goes on.
     pub fn with_hook(mut self, point: CrashPoint, hook: Hook) -> Self {
         self.faults.hooks.push((point, hook));
@@ -237,6 +234,23 @@ impl Recreator {
         if self.is_stopping() {
             return Err(RecreateError::ShuttingDown);
         }
+        // An operation a recovery could not finish holds the host: nothing new starts on it
+        // until it is (recovery is tried again now).
+        if self.journal.has_unfinished().is_some() {
+            let _ = self.recover().await;
+            if let Some(op) = self.journal.has_unfinished() {
+                let outcome = Outcome::Refused {
+                    reason: format!(
+                        "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
+                    ),
+                };
+                self.finish_without_change(request, &outcome)?;
+                return Ok(Report {
+                    outcome,
+                    dependants: Vec::new(),
+                });
+            }
+        }
         report("prepare");
         let Prepared {
             plan,
@@ -245,6 +259,8 @@ impl Recreator {
             dependants,
         } = match self.prepare(request).await {
             Ok(p) => p,
+            // Given up because the agent stops: not an answer (the same op id may come again).
+            Err(_) if self.is_stopping() => return Err(RecreateError::ShuttingDown),
             Err(outcome) => {
                 self.finish_without_change(request, &outcome)?;
                 return Ok(Report {
@@ -267,6 +283,10 @@ impl Recreator {
         self.journal.record(&entry)?;
         let deadlines = self.deadlines_for(request.gate);
         let outcome = self.execute(&mut entry, &plan, &deadlines, report).await?;
+        if matches!(outcome, Outcome::Interrupted { .. }) {
+            // Nothing changed: the operation may be sent again and then runs in full.
+            self.journal.forget(&entry.op_id)?;
+        }
         self.prune_now_and_then();
         Ok(report_of(&entry, outcome))
     }
@@ -343,7 +363,9 @@ impl Recreator {
         if let Err(Interrupt::Crashed(p)) = self.faults.at(CrashPoint::BeforeRemoveOld).await {
             return Err(RecreateError::Crashed(p));
         }
-        self.start_restarted(entry, report).await;
+        report("start dependants");
+        self.start_again(entry, None, &|d| d.action == Action::Restart, None)
+            .await;
         report("remove old");
         entry.leftovers = self.remove_old(entry).await;
         let image_id = self
@@ -380,15 +402,25 @@ impl Recreator {
         entry.step = Step::RollingBack {
             new_id: new_id.clone(),
             reason: failure.reason.clone(),
+            stop_under_way,
         };
         self.journal.record(entry)?;
         if let Err(Interrupt::Crashed(point)) = self.faults.at(CrashPoint::BeforeRollback).await {
             return Err(RecreateError::Crashed(point));
         }
         report("rollback");
-        let outcome = self
+        let stopping = self.is_stopping();
+        let outcome = match self
             .revert(entry, new_id.as_deref(), failure, stop_under_way)
-            .await;
+            .await
+        {
+            // The agent was asked to stop: not the image's failure, and everything is back.
+            Outcome::RolledBack { step, reason } if stopping => Outcome::Interrupted {
+                step,
+                reason: format!("{reason}; everything is as it was"),
+            },
+            other => other,
+        };
         entry.step = Step::Done {
             outcome: outcome.clone(),
         };
@@ -436,7 +468,7 @@ impl Recreator {
             .as_ref()
             .and_then(|c| c.image.clone())
             .unwrap_or_default();
-        let mut target = request.image.clone().unwrap_or(configured);
+        let target = request.image.clone().unwrap_or(configured);
         if target.is_empty() {
             return Err(refused("no image to recreate from".into()));
         }
@@ -445,29 +477,22 @@ impl Recreator {
             return Err(refused(spec::Refusal::DigestPinned(pinned).to_string()));
         }
         spec::check(&old, self.own_id.as_deref()).map_err(|e| refused(e.to_string()))?;
-        let pinned_request = split_pinned(&target);
-        if let Some((pinned, tag)) = &pinned_request {
-            // Exactly this manifest; the container keeps following its tag afterwards.
-            self.pull(pinned, request.auth.as_ref())
-                .await
-                .map_err(refused)?;
-            match tag {
-                Some(tag) => {
-                    self.tag(pinned, tag).await.map_err(refused)?;
-                    target = tag.clone();
-                }
-                None => target = pinned.clone(),
-            }
-        } else if !target.starts_with("sha256:") {
-            self.pull(&target, request.auth.as_ref())
+        // `repo:tag@sha256:…`: exactly this manifest, and the container keeps following its
+        // tag afterwards (the tag is pointed at it once nothing can refuse the update).
+        let (pulled, tag_to) = match split_pinned(&target) {
+            Some((pinned, tag)) => (pinned, tag),
+            None => (target, None),
+        };
+        if !pulled.starts_with("sha256:") {
+            self.pull(&pulled, request.auth.as_ref())
                 .await
                 .map_err(refused)?;
         }
         let new_image = self
             .docker
-            .inspect_image(&target)
+            .inspect_image(&pulled)
             .await
-            .map_err(|e| refused(format!("cannot inspect image {target}: {e}")))?;
+            .map_err(|e| refused(format!("cannot inspect image {pulled}: {e}")))?;
         let image_id = new_image.id.clone().unwrap_or_default();
         if old.image.as_deref() == Some(image_id.as_str()) {
             return Err(Outcome::AlreadyCurrent);
@@ -476,12 +501,19 @@ impl Recreator {
             .old_image(old.image.as_deref())
             .await
             .map_err(refused)?;
-        let plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
-            .map_err(|e| refused(e.to_string()))?;
         let dependants = self
             .prepare_dependants(request, &old_id)
             .await
             .map_err(refused)?;
+        let target = match tag_to {
+            Some(tag) => {
+                self.tag(&pulled, &tag).await.map_err(refused)?;
+                tag
+            }
+            None => pulled,
+        };
+        let plan = spec::derive(&old, &old_image, &target, self.api, self.own_id.as_deref())
+            .map_err(|e| refused(e.to_string()))?;
         Ok(Prepared {
             plan,
             old_id,
@@ -510,6 +542,9 @@ impl Recreator {
         root_id: &str,
     ) -> Result<Vec<DependantEntry>, String> {
         let nodes = self.host_nodes().await?;
+        if !nodes.iter().any(|n| n.id == root_id) {
+            return Err("the container is not in the host's list any more".into());
+        }
         let found = dependants::dependants(root_id, &nodes, &request.soft_dependants);
         let mut entries = Vec::new();
         for d in found {
@@ -561,10 +596,28 @@ impl Recreator {
             let d = &entry.dependants[i];
             let goes_down = d.action == Action::Restart
                 || (d.action == Action::Recreate && d.kind.refers_to_container());
-            if !goes_down || !d.was_running || d.state != DependantState::Untouched {
+            if !goes_down || d.state != DependantState::Untouched {
                 continue;
             }
             self.unless_stopping()?;
+            // Whether it runs now (pulls may have taken a while since it was listed) is what
+            // it goes back to.
+            let running = self
+                .inspect(&d.old_id)
+                .await
+                .and_then(|c| c.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if entry.dependants[i].was_running != running {
+                entry.dependants[i].was_running = running;
+                self.journal
+                    .record(entry)
+                    .map_err(|e| StepFailure::new("journal", e.to_string()))?;
+            }
+            if !running {
+                continue;
+            }
+            let d = &entry.dependants[i];
             report("stop dependant");
             let id = d.old_id.clone();
             let name = d.name.clone();
@@ -600,14 +653,20 @@ impl Recreator {
         };
         let docker = &self.docker;
         let inspected: Vec<_> = futures_util::stream::iter(unknown)
-            .map(|id| async move { docker.inspect_container(&id, None).await.ok() })
+            .map(|id| async move { (docker.inspect_container(&id, None).await, id) })
             .buffered(8)
             .collect()
             .await;
         let mut known = self.fixed.lock().unwrap_or_else(|p| p.into_inner());
-        for c in inspected.into_iter().flatten() {
-            if let Some(id) = c.id.clone() {
-                known.insert(id, Fixed::from_inspect(&c));
+        for (result, id) in inspected {
+            match result {
+                Ok(c) => {
+                    known.insert(id, Fixed::from_inspect(&c));
+                }
+                // Gone since the list: it refers to nothing any more.
+                Err(e) if is_not_found(&e) => {}
+                // A container not seen could be a dependant: nothing starts without it.
+                Err(e) => return Err(format!("cannot inspect container {id}: {e}")),
             }
         }
         // Containers that are gone are forgotten.
@@ -724,7 +783,7 @@ impl Recreator {
                 }
                 DependantState::Restored { .. } | DependantState::Failed { .. } => continue,
                 DependantState::RenamingAside
-                | DependantState::Creating
+                | DependantState::Creating { .. }
                 | DependantState::Created { .. } => {
                     let problems = self.undo_dependant(entry, i).await;
                     if !problems.is_empty() {
@@ -790,21 +849,12 @@ impl Recreator {
                 .into());
             }
             // A hard dependant on its own: its old container again, the update stands.
-            let state = if d.was_running {
-                let _ = self.start(&d.old_id).await;
-                let down = self
-                    .verify_running(&[(d.old_id.clone(), d.name.clone())])
-                    .await;
-                match down.get(&d.name) {
-                    None => DependantState::Restored { reason: why },
-                    Some(bad) => DependantState::Failed {
-                        reason: format!("{why}; its old container does not run again: {bad}"),
-                    },
-                }
-            } else {
-                DependantState::Restored { reason: why }
-            };
-            self.set_dependant(entry, i, state)?;
+            let name = d.name.clone();
+            self.start_again(entry, None, &|o| o.name == name, Some(why.clone()))
+                .await;
+            if entry.dependants[i].state == DependantState::Untouched {
+                self.set_dependant(entry, i, DependantState::Restored { reason: why })?;
+            }
         }
         Ok(())
     }
@@ -856,16 +906,29 @@ impl Recreator {
             },
             _ => (configured, false),
         };
+        let named = self
+            .docker
+            .inspect_image(&reference)
+            .await
+            .ok()
+            .and_then(|i| i.id);
         let image_id = if moved {
-            self.docker
-                .inspect_image(&reference)
-                .await
-                .ok()
-                .and_then(|i| i.id)
+            named
+                .clone()
                 .ok_or_else(|| StepFailure::new("create", format!("{reference} is not here")))?
         } else {
             old_image_id.clone()
         };
+        // The container keeps its reference (its tag), never an image id. When the tag names
+        // another image now (the update moved it), it is lent to this container's image for
+        // the create and given back right after; journaled, so a crash gives it back too.
+        let tag_back =
+            (named.as_deref() != Some(image_id.as_str()) && reference != image_id).then(|| {
+                TagBack {
+                    reference: reference.clone(),
+                    image: named.clone().unwrap_or_default(),
+                }
+            });
         let old_image = self
             .old_image(Some(&old_image_id))
             .await
@@ -879,8 +942,23 @@ impl Recreator {
         )
         .map_err(|e| StepFailure::new("create", e.to_string()))?;
         refer_to_new(&mut plan, entry, new_ids);
-        self.set_dependant(entry, i, DependantState::Creating)?;
-        let new_id = self.create_on(&plan, &entry.op_id, &image_id).await?;
+        self.set_dependant(
+            entry,
+            i,
+            DependantState::Creating {
+                tag_back: tag_back.clone(),
+            },
+        )?;
+        if let Some(lent) = &tag_back {
+            self.tag(&image_id, &lent.reference)
+                .await
+                .map_err(fail("create"))?;
+        }
+        let created = self.create(&plan, &entry.op_id).await;
+        if let Some(lent) = &tag_back {
+            self.give_tag_back(lent).await;
+        }
+        let new_id = created.map_err(failed("create"))?;
         self.set_dependant(
             entry,
             i,
@@ -936,6 +1014,12 @@ impl Recreator {
         {
             problems.push(format!("cannot remove its new container: {e}"));
         }
+        if let DependantState::Creating {
+            tag_back: Some(lent),
+        } = &d.state
+        {
+            self.give_tag_back(lent).await;
+        }
         match self.name_of(&d.old_id).await {
             Some(name) if name == d.name => {}
             Some(_) => {
@@ -945,10 +1029,13 @@ impl Recreator {
             }
             None => problems.push("its old container is gone".into()),
         }
-        let state = if d.was_running {
-            DependantState::Stopped
-        } else {
-            DependantState::Untouched
+        // A stop that may still be under way stays recorded as such, so that whoever starts
+        // it again waits for that stop first.
+        let state = match d.state {
+            DependantState::Stopping => DependantState::Stopping,
+            DependantState::Untouched => DependantState::Untouched,
+            _ if d.was_running => DependantState::Stopped,
+            _ => DependantState::Untouched,
         };
         if let Err(e) = self.set_dependant(entry, i, state) {
             problems.push(e.reason);
@@ -956,49 +1043,66 @@ impl Recreator {
         problems
     }
 
-    /// Starts the dependants stopped for the update (the soft ones, and any that were only to
-    /// go down with their parent), parents first, and looks that they run. Ends a stop still
-    /// under way first.
-    async fn start_restarted(
+    /// Starts again what this operation stopped, providers first: with `parent` the old
+    /// container (`Some(true)`: its stop may still be under way), and each dependant that ran
+    /// and is `Stopping` or `Stopped` for which `which` says so. A stop still under way is
+    /// ended first (the engine answers when the container is down). Then it looks: each must
+    /// run for the settle time. Dependants end `Restored { restored }` (or `Started` without
+    /// it), or `Failed`. Returns what does not run, by name, with why.
+    pub(crate) async fn start_again(
         &self,
         entry: &mut Entry,
-        report: &(dyn Fn(&'static str) + Send + Sync),
-    ) {
-        let mut started = Vec::new();
+        parent: Option<bool>,
+        which: &(dyn Fn(&DependantEntry) -> bool + Sync),
+        restored: Option<String>,
+    ) -> BTreeMap<String, String> {
+        let mut started: Vec<(Option<usize>, String, String)> = Vec::new();
+        let mut down = BTreeMap::new();
+        if let Some(stop_under_way) = parent {
+            if stop_under_way {
+                let _ = self.stop_as_configured(&entry.old_id).await;
+            }
+            if let Err(e) = self.start(&entry.old_id).await {
+                down.insert(entry.name.clone(), format!("cannot start it: {e}"));
+            }
+            started.push((None, entry.old_id.clone(), entry.name.clone()));
+        }
         for i in 0..entry.dependants.len() {
             let d = entry.dependants[i].clone();
-            if d.action != Action::Restart || !d.was_running {
+            let stopped = matches!(d.state, DependantState::Stopping | DependantState::Stopped);
+            if !d.was_running || !stopped || !which(&d) {
                 continue;
             }
-            if !matches!(d.state, DependantState::Stopping | DependantState::Stopped) {
-                continue;
-            }
-            report("start dependant");
             if d.state == DependantState::Stopping {
                 let _ = self.stop_as_configured(&d.old_id).await;
             }
             if let Err(e) = self.start(&d.old_id).await {
-                warn!(dependant = %d.name, error = %e, "Cannot start a dependant after the update.");
+                warn!(dependant = %d.name, error = %e, "Cannot start a dependant again.");
             }
-            started.push((i, d.old_id.clone(), d.name.clone()));
+            started.push((Some(i), d.old_id.clone(), d.name.clone()));
         }
         let targets: Vec<(String, String)> = started
             .iter()
             .map(|(_, id, name)| (id.clone(), name.clone()))
             .collect();
-        let down = self.verify_running(&targets).await;
+        down.extend(self.verify_running(&targets).await);
         for (i, _, name) in started {
-            let state = match down.get(&name) {
-                None => DependantState::Started,
-                Some(why) => {
-                    warn!(dependant = %name, why = %why, "A dependant does not run again after the update; it needs an operator.");
+            let Some(i) = i else { continue };
+            let state = match (down.get(&name), &restored) {
+                (Some(why), _) => {
+                    warn!(container = %entry.name, dependant = %name, why = %why, "A dependant does not run again; it needs an operator.");
                     DependantState::Failed {
                         reason: format!("does not run again: {why}"),
                     }
                 }
+                (None, Some(reason)) => DependantState::Restored {
+                    reason: reason.clone(),
+                },
+                (None, None) => DependantState::Started,
             };
             let _ = self.set_dependant(entry, i, state);
         }
+        down
     }
 
     /// Step 4: removes the old containers of the recreated dependants (deepest first), then
@@ -1038,6 +1142,19 @@ impl Recreator {
         failure: StepFailure,
         stop_under_way: bool,
     ) -> Outcome {
+        // The replacement: by id if known, else what holds the name if this operation made it.
+        let holder = match new_id {
+            Some(id) => Some(id.to_owned()),
+            None => self.made_by(&entry.name, &entry.op_id, &entry.old_id).await,
+        };
+        // Only the engine's "no such container" says the old one is gone.
+        let old_gone = matches!(
+            self.docker.inspect_container(&entry.old_id, None).await,
+            Err(ref e) if is_not_found(e)
+        );
+        if old_gone {
+            return self.keep_replacement(entry, holder, failure).await;
+        }
         let mut problems = Vec::new();
         for i in (0..entry.dependants.len()).rev() {
             if entry.dependants[i].action == Action::Recreate {
@@ -1049,26 +1166,6 @@ impl Recreator {
                         .map(|p| format!("{name}: {p}")),
                 );
             }
-        }
-        // The replacement: by id if known, else what holds the name if this operation made it.
-        let holder = match new_id {
-            Some(id) => Some(id.to_owned()),
-            None => self.made_by(&entry.name, &entry.op_id, &entry.old_id).await,
-        };
-        // Without the old container there is nothing to go back to: keep the replacement
-        // (running) rather than leave nothing under the name.
-        if self.name_of(&entry.old_id).await.is_none() {
-            if let Some(id) = &holder {
-                let _ = self.start(id).await;
-            }
-            warn!(container = %entry.name, "The old container is gone; the replacement is kept.");
-            return Outcome::RollbackFailed {
-                step: failure.step.to_owned(),
-                reason: format!(
-                    "{}; the old container is gone, so the new one was kept",
-                    failure.reason
-                ),
-            };
         }
         if let Some(id) = holder
             && let Err(e) = self.remove(&id).await
@@ -1082,57 +1179,24 @@ impl Recreator {
                     problems.push(format!("cannot rename the old container back: {e}"));
                 }
             }
-            None => problems.push("the old container is gone".into()),
+            None => problems.push("cannot inspect the old container".into()),
         }
         // What ran runs again, providers first: the container, then its dependants.
-        let mut started: Vec<(Option<usize>, String, String)> = Vec::new();
-        if entry.was_running {
-            if stop_under_way {
-                let _ = self.stop_as_configured(&entry.old_id).await;
-            }
-            if let Err(e) = self.start(&entry.old_id).await {
-                problems.push(format!("cannot start the old container: {e}"));
-            }
-            started.push((None, entry.old_id.clone(), entry.name.clone()));
-        }
-        for i in 0..entry.dependants.len() {
-            let d = entry.dependants[i].clone();
-            if !d.was_running
-                || !matches!(d.state, DependantState::Stopping | DependantState::Stopped)
-            {
-                continue;
-            }
-            if d.state == DependantState::Stopping {
-                let _ = self.stop_as_configured(&d.old_id).await;
-            }
-            if let Err(e) = self.start(&d.old_id).await {
-                problems.push(format!("cannot start {}: {e}", d.name));
-            }
-            started.push((Some(i), d.old_id.clone(), d.name.clone()));
-        }
-        let targets: Vec<(String, String)> = started
-            .iter()
-            .map(|(_, id, name)| (id.clone(), name.clone()))
-            .collect();
-        let down = self.verify_running(&targets).await;
-        for (i, _, name) in &started {
-            let state = match down.get(name) {
-                Some(why) => {
-                    problems.push(format!("{name} does not run again: {why}"));
-                    DependantState::Failed {
-                        reason: format!("does not run again: {why}"),
-                    }
-                }
-                None => DependantState::Restored {
-                    reason: format!("{}: {}", failure.step, failure.reason),
-                },
-            };
-            if let Some(i) = i {
-                let _ = self.set_dependant(entry, *i, state);
-            }
-        }
+        let why = format!("{}: {}", failure.step, failure.reason);
+        let down = self
+            .start_again(
+                entry,
+                entry.was_running.then_some(stop_under_way),
+                &|_| true,
+                Some(why),
+            )
+            .await;
+        problems.extend(
+            down.iter()
+                .map(|(name, why)| format!("{name} does not run again: {why}")),
+        );
         if problems.is_empty() {
-            info!(container = %entry.name, dependants = started.len().saturating_sub(usize::from(entry.was_running)), "Old container restored and seen running.");
+            info!(container = %entry.name, "Old containers restored and seen running.");
             Outcome::RolledBack {
                 step: failure.step.to_owned(),
                 reason: failure.reason,
@@ -1143,6 +1207,57 @@ impl Recreator {
                 step: failure.step.to_owned(),
                 reason: format!("{}; rollback: {}", failure.reason, problems.join("; ")),
             }
+        }
+    }
+
+    /// The old container is gone (removed by someone meanwhile): there is nothing to go back
+    /// to, so the replacement is kept running rather than leave nothing under the name, and
+    /// the operation is finished around it (dependants follow it, stopped ones start).
+    async fn keep_replacement(
+        &self,
+        entry: &mut Entry,
+        replacement: Option<String>,
+        failure: StepFailure,
+    ) -> Outcome {
+        let mut problems = Vec::new();
+        match &replacement {
+            Some(new_id) => {
+                warn!(container = %entry.name, "The old container is gone; the replacement is kept and what refers to it follows it.");
+                if let Err(e) = self.start(new_id).await {
+                    problems.push(format!("cannot start the new container: {e}"));
+                }
+                entry.step = Step::Following {
+                    new_id: new_id.clone(),
+                };
+                if let Err(e) = self.journal.record(entry) {
+                    problems.push(e.to_string());
+                }
+                let deadlines = self.deadlines;
+                if let Err(Interrupt::Failed(f)) =
+                    self.follow(entry, new_id, &deadlines, &|_| {}).await
+                {
+                    problems.push(format!("{}: {}", f.step, f.reason));
+                }
+            }
+            None => problems.push("and there is no replacement".into()),
+        }
+        let down = self.start_again(entry, None, &|_| true, None).await;
+        problems.extend(
+            down.iter()
+                .map(|(name, why)| format!("{name} does not run: {why}")),
+        );
+        entry.leftovers = self.remove_old(entry).await;
+        Outcome::RollbackFailed {
+            step: failure.step.to_owned(),
+            reason: format!(
+                "{}; the old container is gone, so the new one was kept{}",
+                failure.reason,
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", problems.join("; "))
+                }
+            ),
         }
     }
 }

@@ -54,9 +54,13 @@ pub enum Step {
     /// Everything passed; about to remove the old containers and start what was stopped.
     RemovingOld { new_id: String },
     /// Rolling back: about to remove the replacements and restore the old containers.
+    /// `stop_under_way`: the failure came during the container's stop, which the engine may
+    /// still be carrying out (it is waited for before the container is started again).
     RollingBack {
         new_id: Option<String>,
         reason: String,
+        #[serde(default)]
+        stop_under_way: bool,
     },
     /// Finished.
     Done { outcome: Outcome },
@@ -76,6 +80,9 @@ pub enum Outcome {
     RolledBack { step: String, reason: String },
     /// The update failed and the old container could not be fully restored.
     RollbackFailed { step: String, reason: String },
+    /// The agent was asked to stop before the update could finish; everything is as it was
+    /// and the same operation may be sent again (it is not kept in the journal).
+    Interrupted { step: String, reason: String },
 }
 
 /// Where one dependant stands. Recorded before the Docker call it names, like [`Step`].
@@ -90,8 +97,12 @@ pub enum DependantState {
     Stopped,
     /// About to rename its old container aside.
     RenamingAside,
-    /// About to create its replacement.
-    Creating,
+    /// About to create its replacement. `tag_back`: the tag is pointed at its own image for
+    /// the create and must be given back to this image afterwards (also after a crash).
+    Creating {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag_back: Option<TagBack>,
+    },
     /// Its replacement exists (starting, health gate).
     Created { new_id: String },
     /// Its replacement runs (or, if it was stopped, exists) and passed its health gate;
@@ -109,6 +120,15 @@ pub enum DependantState {
     Restored { reason: String },
     /// Could not be brought back: needs an operator.
     Failed { reason: String },
+}
+
+/// A tag lent to a dependant's own image for its create, and whom it goes back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagBack {
+    /// `repo:tag`.
+    pub reference: String,
+    /// The image it named before (an image id).
+    pub image: String,
 }
 
 /// A dependant as journaled with its operation.
@@ -376,6 +396,25 @@ impl Journal {
             .push(Quarantined { path, reason });
     }
 
+    /// Forgets operation `op_id` (one that ended with nothing changed and may be sent again).
+    pub fn forget(&self, op_id: &str) -> Result<(), JournalError> {
+        let path = self.path(op_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(JournalError::Write { path, source }),
+        }
+        let mut index = self.lock_index();
+        index.unfinished.remove(op_id);
+        index.leftovers.retain(|_, op| op != op_id);
+        Ok(())
+    }
+
+    /// Whether an operation is still unfinished (a recovery that could not complete).
+    pub fn has_unfinished(&self) -> Option<String> {
+        self.lock_index().unfinished.iter().next().cloned()
+    }
+
     /// The files quarantined since the last call.
     pub fn take_quarantined(&self) -> Vec<Quarantined> {
         std::mem::take(&mut *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()))
@@ -554,6 +593,25 @@ mod tests {
                 new_id: "def".into()
             }
         );
+    }
+
+    #[test]
+    fn a_rollback_recorded_by_the_previous_version_reads_as_no_stop_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let old = r#"{"op_id":"op-rb","name":"web","old_id":"abc","aside_name":"a","was_running":true,"target_image":"app:1","step":"rolling_back","new_id":null,"reason":"x"}"#;
+        fs::write(dir.path().join("journal/op-rb.json"), old).unwrap();
+        assert_eq!(
+            j.get("op-rb").unwrap().unwrap().step,
+            Step::RollingBack {
+                new_id: None,
+                reason: "x".into(),
+                stop_under_way: false
+            }
+        );
+        j.forget("op-rb").unwrap();
+        assert_eq!(j.get("op-rb").unwrap(), None);
+        assert_eq!(j.has_unfinished(), None);
     }
 
     #[test]

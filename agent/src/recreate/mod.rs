@@ -132,6 +132,11 @@ impl From<&Outcome> for pb::RecreateResult {
                 r.step.clone_from(step);
                 r.reason.clone_from(reason);
             }
+            Outcome::Interrupted { step, reason } => {
+                r.set_status(Status::Interrupted);
+                r.step.clone_from(step);
+                r.reason.clone_from(reason);
+            }
         }
         r
     }

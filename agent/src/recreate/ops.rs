@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::LABEL_OP;
 use super::executor::{Deadlines, Recreator};
 use super::faults::CrashPoint;
+use super::journal::TagBack;
 use super::signal::StopSignal;
 use super::spec::{self, ApiVersion, CreatePlan};
 use crate::engine::is_not_found;
@@ -131,9 +132,14 @@ impl Recreator {
             .clone()
             .with_timeout(wait + Duration::from_secs(60));
         let parsed = signal.and_then(|s| StopSignal::parse(s).ok());
+        let mut options = StopContainerOptionsBuilder::new();
+        if let Some(t) = timeout.and_then(|t| i32::try_from(t).ok()) {
+            options = options.t(t);
+        }
         if let Some(sig) = parsed
             && !sig.is_term()
             && self.api < ApiVersion::new(1, 42)
+            && self.kill_keeps_it_down(id, sig).await
         {
             let kill = KillContainerOptionsBuilder::new()
                 .signal(&sig.number().to_string())
@@ -146,24 +152,18 @@ impl Recreator {
                 }) => return Ok(()),
                 Err(e) => return Err(e),
             }
-            if tokio::time::timeout(wait, self.until_not_running(id))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            let now = StopContainerOptionsBuilder::new().t(0).build();
+            // Its timeout to exit on the signal; then a plain stop ends whatever still runs
+            // (and answers at once when it is down).
+            let _ = tokio::time::timeout(wait, self.until_not_running(id)).await;
             return docker
-                .stop_container(id, Some(now))
+                .stop_container(id, Some(options.t(0).build()))
                 .await
                 .or_else(not_modified);
         }
-        let mut options = StopContainerOptionsBuilder::new();
-        if let Some(t) = timeout.and_then(|t| i32::try_from(t).ok()) {
-            options = options.t(t);
-        }
-        if let Some(s) = signal {
-            options = options.signal(s);
+        if let Some(sig) = parsed
+            && self.api >= ApiVersion::new(1, 42)
+        {
+            options = options.signal(&sig.number().to_string());
         }
         docker
             .stop_container(id, Some(options.build()))
@@ -171,21 +171,52 @@ impl Recreator {
             .or_else(not_modified)
     }
 
+    /// Whether a `kill` with `sig` stops `id` for good. The engine marks a killed container
+    /// as meant to stay down only when the signal is its own stop signal (or it has none);
+    /// otherwise a restart policy would start it again at once. Then only the stop call, with
+    /// the container's own signal, is safe on an engine that cannot pass another one.
+    async fn kill_keeps_it_down(&self, id: &str, sig: StopSignal) -> bool {
+        let Some(c) = self.inspect(id).await else {
+            return true;
+        };
+        let own = c
+            .config
+            .and_then(|cfg| cfg.stop_signal)
+            .filter(|s| !s.is_empty());
+        let restarts = c
+            .host_config
+            .and_then(|h| h.restart_policy)
+            .and_then(|p| p.name)
+            .is_some_and(|name| {
+                !matches!(
+                    name,
+                    bollard::models::RestartPolicyNameEnum::EMPTY
+                        | bollard::models::RestartPolicyNameEnum::NO
+                )
+            });
+        let keeps = match own.as_deref().map(StopSignal::parse) {
+            None => true,
+            Some(Ok(own)) => own == sig,
+            Some(Err(_)) => false,
+        };
+        if !keeps && restarts {
+            tracing::warn!(container = %id, signal = sig.number(), own = ?own, "This engine (API before 1.42) cannot stop with the label's signal without the restart policy starting the container again; it is stopped with its own signal.");
+        }
+        keeps || !restarts
+    }
+
     /// Stops `id` the way its own configuration asks (stop-signal label, else its
     /// `StopSignal`; its `StopTimeout`). A stop already under way (the engine goes on after a
-    /// client died) is waited for: the engine answers when the container is down.
+    /// client died) is waited for: the engine answers when the container is down. (Recovery
+    /// also calls it to end such a stop when it cannot tell: a container that was in fact
+    /// still running is then stopped and started once more, which is safe.)
     pub(crate) async fn stop_as_configured(&self, id: &str) -> Result<(), bollard::errors::Error> {
         let Some(c) = self.inspect(id).await else {
             return Ok(());
         };
         let config = c.config.unwrap_or_default();
         let labels = config.labels.unwrap_or_default();
-        let signal = [spec::LABEL_STOP_SIGNAL, spec::LABEL_STOP_SIGNAL_WATCHTOWER]
-            .iter()
-            .find_map(|k| labels.get(*k))
-            .filter(|s| StopSignal::parse(s).is_ok())
-            .cloned()
-            .or(config.stop_signal.filter(|s| !s.is_empty()));
+        let signal = spec::stop_signal(&labels, config.stop_signal.as_deref());
         self.stop_with(id, signal.as_deref(), config.stop_timeout)
             .await
     }
@@ -324,37 +355,15 @@ impl Recreator {
         }
     }
 
-    /// Creates `plan` labelled with `op_id`. The container keeps the image reference the plan
-    /// names (its tag); when that reference names another image here now (the update of
-    /// another container moved the tag), the tag is pointed at `image_id` for the create and
-    /// given back right after, so that the container still runs its own image and follows
-    /// its tag. Never an image id as the reference.
-    pub(crate) async fn create_on(
-        &self,
-        plan: &CreatePlan,
-        op_id: &str,
-        image_id: &str,
-    ) -> Result<String, StepFailure> {
-        let reference = plan.body.image.clone().unwrap_or_default();
-        let named = self
-            .docker
-            .inspect_image(&reference)
-            .await
-            .ok()
-            .and_then(|i| i.id);
-        if named.as_deref() == Some(image_id) || reference == image_id {
-            return self.create(plan, op_id).await.map_err(failed("create"));
+    /// Gives a tag lent for a create back to the image it named before.
+    pub(crate) async fn give_tag_back(&self, lent: &TagBack) {
+        if lent.image.is_empty() {
+            // It named nothing before: it stays on the image it was lent to.
+            return;
         }
-        self.tag(image_id, &reference)
-            .await
-            .map_err(|e| StepFailure::new("create", e))?;
-        let created = self.create(plan, op_id).await.map_err(failed("create"));
-        if let Some(named) = named
-            && let Err(e) = self.tag(&named, &reference).await
-        {
-            tracing::warn!(reference = %reference, error = %e, "Cannot point the tag back at its image.");
+        if let Err(e) = self.tag(&lent.image, &lent.reference).await {
+            tracing::warn!(reference = %lent.reference, error = %e, "Cannot point the tag back at its image.");
         }
-        created
     }
 
     /// Creates the replacement; on engines before API 1.44 a user-set MAC goes into

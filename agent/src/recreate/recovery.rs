@@ -62,89 +62,40 @@ impl Recreator {
                 ),
             });
         }
-        for mut entry in unfinished {
-            let touched = entry
-                .dependants
-                .iter()
-                .any(|d| d.state != DependantState::Untouched);
-            let outcome = match entry.step.clone() {
-                Step::Done { outcome } => outcome,
-                Step::Planned if !touched => {
-                    let outcome = Outcome::Refused {
-                        reason: "the agent restarted before anything was changed".into(),
-                    };
-                    entry.step = Step::Done {
-                        outcome: outcome.clone(),
-                    };
-                    self.journal.record(&entry)?;
-                    outcome
+        for entry in unfinished {
+            let op_id = entry.op_id.clone();
+            let name = entry.name.clone();
+            match self.recover_one(entry).await {
+                Ok((outcome, trouble)) => {
+                    if trouble.is_empty() {
+                        info!(op = %op_id, container = %name, ?outcome, "Interrupted operation recovered.");
+                    } else {
+                        error!(op = %op_id, container = %name, problems = %trouble.join("; "), "Recovery could not bring every container back running; it needs an operator.");
+                        recovered.alerts.push(Alert {
+                            container: name.clone(),
+                            op_id: op_id.clone(),
+                            message: format!(
+                                "recovery of update {op_id} of {name} left containers that do not run: {}",
+                                trouble.join("; ")
+                            ),
+                        });
+                    }
+                    recovered.operations.push((op_id, outcome));
                 }
-                Step::Following { .. } | Step::RemovingOld { .. } => {
-                    info!(op = %entry.op_id, container = %entry.name, "The replacement had passed its health gate; finishing the operation.");
-                    let deadlines = self.deadlines;
-                    self.finish(&mut entry, &deadlines, &|_| {}).await?
+                // A crash point of a test stops recovery there, like a crash would.
+                Err(RecreateError::Crashed(point)) => return Err(RecreateError::Crashed(point)),
+                // The others go on; this one is tried again before the next command.
+                Err(e) => {
+                    error!(op = %op_id, container = %name, error = %e, "Cannot recover an interrupted operation; nothing new starts on this host until it is.");
+                    recovered.alerts.push(Alert {
+                        container: name,
+                        op_id,
+                        message: format!("cannot recover the interrupted update: {e}"),
+                    });
                 }
-                step => {
-                    let interrupted = step_name(&step);
-                    let new_id = match &step {
-                        Step::Created { new_id } => Some(new_id.clone()),
-                        Step::RollingBack { new_id, .. } => new_id.clone(),
-                        _ => None,
-                    };
-                    let failure = StepFailure::new(
-                        interrupted,
-                        format!("the agent restarted during {interrupted}"),
-                    );
-                    entry.step = Step::RollingBack {
-                        new_id: new_id.clone(),
-                        reason: failure.reason.clone(),
-                    };
-                    self.journal.record(&entry)?;
-                    let outcome = self
-                        .revert(
-                            &mut entry,
-                            new_id.as_deref(),
-                            failure,
-                            step == Step::Stopping,
-                        )
-                        .await;
-                    entry.step = Step::Done {
-                        outcome: outcome.clone(),
-                    };
-                    self.journal.record(&entry)?;
-                    outcome
-                }
-            };
-            let mut trouble: Vec<String> = entry
-                .dependants
-                .iter()
-                .filter_map(|d| match &d.state {
-                    DependantState::Failed { reason } => Some(format!("{}: {reason}", d.name)),
-                    _ => None,
-                })
-                .collect();
-            if let Outcome::RollbackFailed { reason, .. } = &outcome {
-                trouble.insert(0, reason.clone());
             }
-            if trouble.is_empty() {
-                info!(op = %entry.op_id, container = %entry.name, ?outcome, "Interrupted operation recovered.");
-            } else {
-                let message = format!(
-                    "recovery of update {} of {} left containers that do not run: {}",
-                    entry.op_id,
-                    entry.name,
-                    trouble.join("; ")
-                );
-                error!(op = %entry.op_id, container = %entry.name, problems = %trouble.join("; "), "Recovery could not bring every container back running; it needs an operator.");
-                recovered.alerts.push(Alert {
-                    container: entry.name.clone(),
-                    op_id: entry.op_id.clone(),
-                    message,
-                });
-            }
-            recovered.operations.push((entry.op_id.clone(), outcome));
         }
-        for mut entry in self.journal.with_leftovers()? {
+        for mut entry in self.journal.with_leftovers().unwrap_or_default() {
             let mut still = Vec::new();
             for id in &entry.leftovers {
                 match self.remove(id).await {
@@ -159,10 +110,85 @@ impl Recreator {
             }
             if still != entry.leftovers {
                 entry.leftovers = still;
-                self.journal.record(&entry)?;
+                if let Err(e) = self.journal.record(&entry) {
+                    warn!(op = %entry.op_id, error = %e, "Cannot record the leftovers removed.");
+                }
             }
         }
         let _ = self.journal.prune(std::time::SystemTime::now(), RETENTION);
         Ok(recovered)
+    }
+
+    /// Finishes or reverts one interrupted operation. Returns its outcome and what does not
+    /// run afterwards.
+    async fn recover_one(
+        &self,
+        mut entry: super::journal::Entry,
+    ) -> Result<(Outcome, Vec<String>), RecreateError> {
+        let touched = entry
+            .dependants
+            .iter()
+            .any(|d| d.state != DependantState::Untouched);
+        let outcome = match entry.step.clone() {
+            Step::Done { outcome } => outcome,
+            Step::Planned if !touched => {
+                let outcome = Outcome::Refused {
+                    reason: "the agent restarted before anything was changed".into(),
+                };
+                entry.step = Step::Done {
+                    outcome: outcome.clone(),
+                };
+                self.journal.record(&entry)?;
+                outcome
+            }
+            Step::Following { .. } | Step::RemovingOld { .. } => {
+                info!(op = %entry.op_id, container = %entry.name, "The replacement had passed its health gate; finishing the operation.");
+                let deadlines = self.deadlines;
+                self.finish(&mut entry, &deadlines, &|_| {}).await?
+            }
+            step => {
+                let interrupted = step_name(&step);
+                let (new_id, stop_under_way) = match &step {
+                    Step::Created { new_id } => (Some(new_id.clone()), false),
+                    Step::RollingBack {
+                        new_id,
+                        stop_under_way,
+                        ..
+                    } => (new_id.clone(), *stop_under_way),
+                    Step::Stopping => (None, true),
+                    _ => (None, false),
+                };
+                let failure = StepFailure::new(
+                    interrupted,
+                    format!("the agent restarted during {interrupted}"),
+                );
+                entry.step = Step::RollingBack {
+                    new_id: new_id.clone(),
+                    reason: failure.reason.clone(),
+                    stop_under_way,
+                };
+                self.journal.record(&entry)?;
+                let outcome = self
+                    .revert(&mut entry, new_id.as_deref(), failure, stop_under_way)
+                    .await;
+                entry.step = Step::Done {
+                    outcome: outcome.clone(),
+                };
+                self.journal.record(&entry)?;
+                outcome
+            }
+        };
+        let mut trouble: Vec<String> = entry
+            .dependants
+            .iter()
+            .filter_map(|d| match &d.state {
+                DependantState::Failed { reason } => Some(format!("{}: {reason}", d.name)),
+                _ => None,
+            })
+            .collect();
+        if let Outcome::RollbackFailed { reason, .. } = &outcome {
+            trouble.insert(0, reason.clone());
+        }
+        Ok((outcome, trouble))
     }
 }

@@ -54,6 +54,10 @@ pub enum Refusal {
     OwnContainer,
     #[error("docker inspect lacks {0}")]
     Incomplete(&'static str),
+    #[error(
+        "it runs with --rm (AutoRemove): stopping it would delete it; run it without --rm to let it be updated"
+    )]
+    AutoRemove,
     #[error("its label {label}: {reason}; nothing was changed")]
     InvalidStopSignal { label: &'static str, reason: String },
 }
@@ -102,6 +106,14 @@ pub fn check(container: &ContainerInspectResponse, own_id: Option<&str>) -> Resu
     if own_id.is_some_and(|own| id.starts_with(own) || own.starts_with(id)) {
         return Err(Refusal::OwnContainer);
     }
+    if container
+        .host_config
+        .as_ref()
+        .and_then(|h| h.auto_remove)
+        .unwrap_or(false)
+    {
+        return Err(Refusal::AutoRemove);
+    }
     for label in [LABEL_STOP_SIGNAL, LABEL_STOP_SIGNAL_WATCHTOWER] {
         if let Some(value) = labels.get(label).filter(|v| !v.is_empty()) {
             StopSignal::parse(value)
@@ -109,6 +121,18 @@ pub fn check(container: &ContainerInspectResponse, own_id: Option<&str>) -> Resu
         }
     }
     Ok(())
+}
+
+/// The signal a container is stopped with: its stop-signal label (Ouroboros', else
+/// Watchtower's) when it names a signal, else its own `StopSignal`; `None`: the engine's
+/// default. ([`check`] refuses an update whose label names no signal.)
+pub fn stop_signal(labels: &HashMap<String, String>, own: Option<&str>) -> Option<String> {
+    [LABEL_STOP_SIGNAL, LABEL_STOP_SIGNAL_WATCHTOWER]
+        .iter()
+        .filter_map(|k| labels.get(*k))
+        .find(|v| StopSignal::parse(v).is_ok())
+        .cloned()
+        .or_else(|| own.filter(|s| !s.is_empty()).map(str::to_owned))
 }
 
 /// Derives the create request for replacing `container` (made from `old_image`) with
@@ -141,11 +165,7 @@ pub fn derive(
     let network_mode = host_config.network_mode.clone().unwrap_or_default();
     let shares_namespace = network_mode.starts_with("container:");
 
-    // Checked above: a label's signal is valid.
-    let stop_signal = [LABEL_STOP_SIGNAL, LABEL_STOP_SIGNAL_WATCHTOWER]
-        .iter()
-        .find_map(|k| all_labels.get(*k).filter(|v| !v.is_empty()).cloned())
-        .or_else(|| config.stop_signal.clone().filter(|s| !s.is_empty()));
+    let stop_signal = stop_signal(&all_labels, config.stop_signal.as_deref());
 
     // Config minus the old image's defaults.
     let env = minus(config.env, image.env.as_deref());
@@ -683,6 +703,35 @@ mod tests {
             derive(&web(), &image(), "x", API_41, Some(&own[..12])),
             Err(Refusal::OwnContainer)
         );
+    }
+
+    #[test]
+    fn the_stop_signal_is_the_first_valid_label_else_the_containers_own() {
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            stop_signal(&labels(&[(LABEL_STOP_SIGNAL, "SIGUSR1")]), Some("SIGQUIT")),
+            Some("SIGUSR1".into())
+        );
+        assert_eq!(
+            stop_signal(
+                &labels(&[
+                    (LABEL_STOP_SIGNAL, ""),
+                    (LABEL_STOP_SIGNAL_WATCHTOWER, "SIGINT")
+                ]),
+                None
+            ),
+            Some("SIGINT".into())
+        );
+        assert_eq!(
+            stop_signal(&labels(&[(LABEL_STOP_SIGNAL, "SIGFOO")]), Some("SIGQUIT")),
+            Some("SIGQUIT".into())
+        );
+        assert_eq!(stop_signal(&labels(&[]), Some("")), None);
     }
 
     #[test]

@@ -873,3 +873,34 @@ async fn the_soft_stack_updates_without_a_crash() -> anyhow::Result<()> {
         stack.sound()
     })
 }
+
+#[tokio::test]
+async fn when_the_old_container_vanishes_the_new_one_is_kept_and_followed() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let Some(stack) = Stack::start("cd-gone", ImageSpec::new(2).unhealthy()).await? else {
+        return Ok(());
+    };
+    let old_web = stack.s.inspect(&stack.web, "{{.Id}}")?;
+    let remove_old = {
+        let (engine, old) = (stack.s.engine.clone(), old_web.clone());
+        Arc::new(move || {
+            let _ = engine.docker(&["rm", "-f", &old]);
+        })
+    };
+    let recreator = stack
+        .s
+        .restarted()?
+        .with_hook(CrashPoint::AfterStart, remove_old);
+    let outcome = recreator
+        .recreate(&request("op-cd-gone", &stack.web))
+        .await?;
+    match &outcome {
+        Outcome::RollbackFailed { reason, .. } => ensure!(reason.contains("kept"), "{reason}"),
+        other => anyhow::bail!("expected a failed rollback, got {other:?}"),
+    }
+    ensure!(stack.s.inspect(&stack.web, "{{.Id}}")? != old_web);
+    // Everything runs: the sidecar in the kept container's namespace, the soft one again.
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        stack.sound()
+    })
+}

@@ -37,6 +37,8 @@ async fn the_stop_signal_label_is_sent_on_every_api_version() -> anyhow::Result<
             &bind,
             "--stop-timeout",
             "20",
+            "--restart",
+            "always",
             "--label",
             "com.ouroboros.stop_signal=SIGUSR1",
         ],
@@ -224,7 +226,7 @@ async fn an_old_container_that_could_not_be_removed_is_reported_and_removed_late
     // The inventory says why it is there.
     let inventory = s
         .agent_engine
-        .inventory(&failing.journal().set_aside())
+        .inventory(|| failing.journal().set_aside())
         .await?;
     let old = inventory
         .containers
@@ -303,10 +305,184 @@ async fn a_stopping_agent_rolls_back_an_update_in_its_health_gate() -> anyhow::R
         asked.elapsed()
     );
     match &outcome {
-        Outcome::RolledBack { reason, .. } => ensure!(reason.contains("stopping"), "{reason}"),
-        other => anyhow::bail!("expected a rollback, got {other:?}"),
+        Outcome::Interrupted { reason, .. } => ensure!(reason.contains("stopping"), "{reason}"),
+        other => anyhow::bail!("expected an interruption, got {other:?}"),
     }
     s.assert_old_restored(&name, &id)?;
     ensure!(s.inspect(&side, "{{.State.Running}}")? == "true");
+    // Nothing changed: the operation is not kept, so the same op id runs in full later.
+    ensure!(journal.get("op-term")?.is_none(), "kept in the journal");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_label_signal_the_engine_would_answer_with_a_restart_is_not_sent() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    // The container's own stop signal is SIGQUIT; a kill with another signal would let the
+    // restart policy start it again (API 1.41 has no signal on stop).
+    let s = Setup::new(engine).await?;
+    let out = tempfile::Builder::new()
+        .prefix("ouroboros-test-signal-")
+        .tempdir()?;
+    let bind = format!("{}:/out", out.path().display());
+    let name = s.cleanup.run_container(
+        "sf-quit",
+        &[
+            "--network",
+            "none",
+            "-v",
+            &bind,
+            "--stop-timeout",
+            "3",
+            "--restart",
+            "always",
+            "--stop-signal",
+            "SIGQUIT",
+            "--label",
+            "com.ouroboros.stop_signal=SIGUSR1",
+        ],
+        &s.v1.reference,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo usr1 > /out/got; exit 0' USR1; trap 'echo quit > /out/got; exit 0' QUIT; \
+             while :; do sleep 1 & wait $!; done",
+        ],
+    )?;
+    s.publish_next(ImageSpec::new(2))?;
+    let outcome = s.recreator.recreate(&request("op-quit", &name)).await?;
+    ensure!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
+    let api = s.recreator.api();
+    let got = std::fs::read_to_string(out.path().join("got")).context("no signal recorded")?;
+    if api < ouroboros_agent::recreate::spec::ApiVersion::new(1, 42) {
+        ensure!(
+            got.trim() == "quit",
+            "stopped with {got}, not its own signal"
+        );
+    } else {
+        ensure!(
+            got.trim() == "usr1",
+            "stopped with {got}, not the label's signal"
+        );
+    }
+    ensure!(s.inspect(&name, "{{.State.Running}}")? == "true");
+    Ok(())
+}
+
+#[tokio::test]
+async fn containers_run_with_rm_are_refused_and_touched_not() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let lone = s.cleanup.run_container(
+        "sf-rm",
+        &["--network", "none", "--rm"],
+        &s.v1.reference,
+        &[],
+    )?;
+    let web = s
+        .cleanup
+        .run_container("sf-rmweb", &["--network", "none"], &s.v1.reference, &[])?;
+    let label = format!("com.ouroboros.depends_on={web}");
+    let soft = s.cleanup.run_container(
+        "sf-rmsoft",
+        &["--network", "none", "--rm", "--label", &label],
+        &s.v1.reference,
+        &[],
+    )?;
+    let ids: Vec<String> = [&lone, &web, &soft]
+        .iter()
+        .map(|n| s.inspect(n, "{{.Id}}"))
+        .collect::<anyhow::Result<_>>()?;
+    s.publish_next(ImageSpec::new(2))?;
+    for (container, op, mention) in [(&lone, "op-rm", "--rm"), (&web, "op-rmweb", soft.as_str())] {
+        match s.recreator.recreate(&request(op, container)).await? {
+            Outcome::Refused { reason } => {
+                ensure!(
+                    reason.contains("--rm") && reason.contains(mention),
+                    "{reason}"
+                )
+            }
+            other => anyhow::bail!("expected a refusal, got {other:?}"),
+        }
+    }
+    for (name, id) in [&lone, &web, &soft].iter().zip(&ids) {
+        ensure!(s.inspect(name, "{{.Id}}")? == *id, "{name} was replaced");
+        ensure!(
+            s.inspect(name, "{{.State.Running}}")? == "true",
+            "{name} stopped"
+        );
+    }
+    Ok(())
+}
+
+/// A soft dependant's stop under way when the agent dies: recovery waits for it, so the
+/// dependant ends running.
+#[tokio::test]
+async fn recovery_waits_for_a_dependants_stop_still_under_way() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let web = s
+        .cleanup
+        .run_container("sf-dslow", &["--network", "none"], &s.v1.reference, &[])?;
+    let web_id = s.inspect(&web, "{{.Id}}")?;
+    let side = s.cleanup.run_container(
+        "sf-dslow-side",
+        &[
+            "--network",
+            &format!("container:{web_id}"),
+            "--stop-timeout",
+            "3",
+        ],
+        &s.v1.reference,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 1 & wait $!; done",
+        ],
+    )?;
+    let side_id = s.inspect(&side, "{{.Id}}")?;
+    s.publish_next(ImageSpec::new(2))?;
+    let recreator = s.restarted()?;
+    let journal = recreator.journal().clone();
+    let updating = {
+        let request = request("op-dslow", &web);
+        tokio::spawn(async move { recreator.recreate(&request).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stopping = journal.get("op-dslow")?.is_some_and(|e| {
+            e.dependants
+                .iter()
+                .any(|d| d.state == ouroboros_agent::recreate::journal::DependantState::Stopping)
+        });
+        if stopping {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "never stopped the dependant");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    updating.abort();
+    let recovered = s.restarted()?.recover().await?;
+    ensure!(
+        matches!(recovered.operations[0].1, Outcome::RolledBack { .. }),
+        "{recovered:?}"
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        ensure!(
+            s.inspect(&side, "{{.State.Running}}")? == "true",
+            "the dependant was stopped after recovery: {}",
+            s.inspect(&side, "{{.State.Status}} {{.State.ExitCode}}")?
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(s.inspect(&side, "{{.Id}}")? == side_id);
+    ensure!(s.inspect(&web, "{{.Id}}")? == web_id);
     Ok(())
 }

@@ -126,7 +126,7 @@ fn stuck_stack(cleanup: &Cleanup, registry: &Registry, prefix: &str) -> anyhow::
 }
 
 /// After a SIGTERM in the health gate: the old container, running, alone under its name; the
-/// dependants running; the update answered as rolled back because the agent stopped.
+/// dependants running; the update answered as interrupted because the agent stopped.
 fn after_sigterm(
     engine: &Engine,
     stack: &Stuck,
@@ -154,7 +154,8 @@ fn after_sigterm(
     let (_, answer) = update
         .join()
         .map_err(|_| anyhow::anyhow!("update thread panicked"))??;
-    ensure!(answer[0]["status"] == "rolled-back", "{answer}");
+    // Told as interrupted (nothing changed, to be sent again), not as a failure.
+    ensure!(answer[0]["status"] == "interrupted", "{answer}");
     ensure!(
         answer[0]["reason"]
             .as_str()
@@ -229,21 +230,27 @@ fn start_up(bin: &Path, engine: &Engine, data: &Path) -> anyhow::Result<(Process
     Ok((up, format!("https://{addr}")))
 }
 
-/// Waits until `up`'s embedded agent reported `container`.
+/// Waits until `up`'s embedded agent is connected and reported `container` (the store keeps
+/// the last run's view, so both are asked).
 fn wait_reported(bin: &Path, url: &str, pki: &Path, container: &str) -> anyhow::Result<()> {
-    eventually(CONVERGE, POLL, || {
+    let ask = |what: &str| -> anyhow::Result<Value> {
         let out = Command::new(bin)
-            .args([
-                "containers",
-                "--output",
-                "json",
-                "--server",
-                url,
-                "--pki-dir",
-            ])
+            .args([what, "--output", "json", "--server", url, "--pki-dir"])
             .arg(pki)
             .output()?;
-        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    };
+    eventually(CONVERGE, POLL, || {
+        let hosts = ask("hosts")?;
+        ensure!(
+            hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|h| h["host"] == "local" && h["connected"] == true),
+            "the agent is not connected yet: {hosts}"
+        );
+        let listed = ask("containers")?;
         ensure!(
             listed
                 .as_array()
@@ -321,7 +328,8 @@ fn kill_9_during_a_slow_stop_never_leaves_the_container_exited() -> anyhow::Resu
                 .count();
             ensure!(now > stops_before, "run {run}: not stopping yet");
             Ok(())
-        })?;
+        })
+        .with_context(|| format!("up's log:\n{}", up.log_tail(40)))?;
         // Killed while the engine is stopping the container; a supervisor restarts it at once.
         up.kill9()?;
         let _ = update.join();
