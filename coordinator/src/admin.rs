@@ -98,16 +98,24 @@ impl pb::admin_server::Admin for AdminApi {
         if r.container.trim().is_empty() {
             return Err(Status::invalid_argument("no container given"));
         }
+        if !self
+            .fleet
+            .hosts()
+            .iter()
+            .any(|h| h.record.host == host.as_str())
+        {
+            return Err(Status::not_found(format!(
+                "host {host} is not known: no agent has connected under that name (`hosts` lists the fleet)"
+            )));
+        }
         if !r.image.is_empty() && r.image.chars().any(char::is_whitespace) {
             return Err(Status::invalid_argument(format!(
                 "invalid image reference {:?}",
                 r.image
             )));
         }
-        // No image given: the agent recreates from the container's live configured reference;
-        // the credentials are chosen by the registry of the reference the fleet view knows.
-        let auth_image = if r.image.is_empty() {
-            self.fleet
+        let known = |fleet: &Fleet| {
+            fleet
                 .containers(Some(&host))
                 .unwrap_or_default()
                 .into_iter()
@@ -115,10 +123,17 @@ impl pb::admin_server::Admin for AdminApi {
                     c.name == r.container
                         || (r.container.len() >= 12 && c.id.starts_with(&r.container))
                 })
-                .map(|(_, c)| c.image)
+                .map(|(_, c)| c)
+        };
+        let before = known(&self.fleet);
+        // No image given: the agent recreates from the container's live configured reference;
+        // the credentials are chosen by the registry of the reference the fleet view knows.
+        let auth_image = if r.image.is_empty() {
+            before.as_ref().map(|c| c.image.clone())
         } else {
             None
         };
+        let started = ouroboros_shared::time_fmt::now_unix_ms();
         let outcome = self
             .commands
             .recreate(
@@ -140,11 +155,46 @@ impl pb::admin_server::Admin for AdminApi {
             })?;
         info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
         if let Some(result) = &outcome.result.recreate {
-            crate::metrics::METRICS.update_done(
-                host.as_str(),
-                &r.container,
-                crate::runner::status_name(result),
-            );
+            let status = crate::runner::status_name(result);
+            crate::metrics::METRICS.update_done(host.as_str(), &r.container, status);
+            // In the history like a rollout's targets (the agent sent the host's inventory
+            // before its answer, so the view shows what runs now).
+            if let Some(before) = &before {
+                let digest_of = |c: &ouroboros_shared::inventory::ContainerInfo| {
+                    ouroboros_shared::reference::ImageRef::parse(&c.image)
+                        .ok()
+                        .and_then(|i| i.digest_in(&c.repo_digests).map(str::to_owned))
+                        .unwrap_or_default()
+                };
+                let after = known(&self.fleet);
+                let finished = ouroboros_shared::time_fmt::now_unix_ms();
+                self.fleet
+                    .record_history(vec![crate::rollout::HistoryEntry {
+                        rollout: format!("update:{}", outcome.op_id),
+                        host: host.to_string(),
+                        container: before.name.clone(),
+                        image: before.image.clone(),
+                        old_digest: digest_of(before),
+                        new_digest: after.as_ref().map(digest_of).unwrap_or_default(),
+                        result: if status == "updated" || status == "already-current" {
+                            status.to_owned()
+                        } else {
+                            "failed".to_owned()
+                        },
+                        reason: if result.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{status}: {}", result.reason)
+                        },
+                        started_ms: started,
+                        finished_ms: finished,
+                        duration_ms: finished - started,
+                    }]);
+                if status == "updated" {
+                    self.cycle
+                        .forget_bad_digests(Some(host.as_str()), Some(&before.name));
+                }
+            }
         }
         Ok(Response::new(pb::UpdateResponse {
             op_id: outcome.op_id,
@@ -161,12 +211,23 @@ impl pb::admin_server::Admin for AdminApi {
         let dry_run = r.dry_run;
         let host = (!r.host.is_empty()).then_some(r.host);
         let container = (!r.container.is_empty()).then_some(r.container);
+        if r.retry {
+            let n = self
+                .cycle
+                .forget_bad_digests(host.as_deref(), container.as_deref());
+            info!(forgotten = n, "Known-bad digests forgotten for a retry.");
+        }
+        let trigger = if r.update || r.retry {
+            crate::cycle::Trigger::Update
+        } else {
+            crate::cycle::Trigger::Check
+        };
         // A cycle never overlaps a running one: `run` waits for it. It runs in a task of its
         // own: a client that goes away must not cancel a rollout half way.
         let cycle = self.cycle.clone();
         let report = tokio::spawn(async move {
             cycle
-                .run_scoped(dry_run, host.as_deref(), container.as_deref())
+                .run_scoped(dry_run, host.as_deref(), container.as_deref(), trigger)
                 .await
         })
         .await
@@ -228,7 +289,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ResumeRolloutRequest>,
     ) -> Result<Response<pb::ResumeRolloutResponse>, Status> {
         let id = request.into_inner().id;
-        let was_paused = self.fleet.paused().is_some();
+        let updates_paused = self.fleet.paused().is_some();
         let paused_rollout = self
             .fleet
             .rollouts()
@@ -237,14 +298,15 @@ impl pb::admin_server::Admin for AdminApi {
             .find(|r| {
                 matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
             });
-        if paused_rollout.is_none() && (!id.is_empty() || !was_paused) {
+        let was_paused = updates_paused || paused_rollout.is_some();
+        if paused_rollout.is_none() && (!id.is_empty() || !updates_paused) {
             return Err(Status::failed_precondition(if id.is_empty() {
                 "nothing is paused".to_owned()
             } else {
                 format!("no paused rollout {id}")
             }));
         }
-        if was_paused {
+        if updates_paused {
             let fleet = self.fleet.clone();
             let saved = tokio::task::spawn_blocking(move || fleet.set_paused(None))
                 .await
@@ -280,18 +342,26 @@ impl pb::admin_server::Admin for AdminApi {
         let hosts = self.fleet.hosts();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let containers: usize = hosts.iter().map(|h| h.record.containers.len()).sum();
-        let (last_at, monitored, pending) = self
+        let last_at = self
             .cycle
             .last
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or((0, 0, 0));
-        let active = self
+            .map_or(0, |(at, _, _)| at);
+        // From the fleet view as it is now, not from what the last cycle saw.
+        let monitored = count(self.cycle.monitored_now());
+        let pending = count(self.cycle.pending_now());
+        let rollouts = self
             .fleet
             .rollouts()
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let active = rollouts
             .iter()
             .filter(|r| r.state.is_active() || matches!(r.state, RolloutState::Paused { .. }))
+            .count();
+        let rollouts_paused = rollouts
+            .iter()
+            .filter(|r| matches!(r.state, RolloutState::Paused { .. }))
             .count();
         let paused = self.fleet.paused();
         Ok(Response::new(pb::StatusResponse {
@@ -308,6 +378,7 @@ impl pb::admin_server::Admin for AdminApi {
             paused: paused.is_some(),
             paused_reason: paused.unwrap_or_default(),
             containers: count(containers),
+            rollouts_paused: count(rollouts_paused),
         }))
     }
 
@@ -315,12 +386,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        let reason = request.into_inner().reason;
-        let reason = if reason.trim().is_empty() {
-            "paused by the operator".to_owned()
-        } else {
-            reason.trim().to_owned()
-        };
+        let reason = request.into_inner().reason.trim().to_owned();
         let fleet = self.fleet.clone();
         let saved = tokio::task::spawn_blocking(move || fleet.set_paused(Some(reason)))
             .await
@@ -330,6 +396,30 @@ impl pb::admin_server::Admin for AdminApi {
         }
         info!("Updates paused.");
         Ok(Response::new(pb::PauseResponse {}))
+    }
+
+    async fn cancel_rollout(
+        &self,
+        request: Request<pb::CancelRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let r = request.into_inner();
+        if r.id.trim().is_empty() {
+            return Err(Status::invalid_argument("no rollout id given"));
+        }
+        let rollout = self
+            .cycle
+            .cancel_rollout(&r.id, r.revert, &r.reason)
+            .await
+            .map_err(|e| {
+                if e.starts_with("no rollout") {
+                    Status::not_found(e)
+                } else if e.contains("already ended") {
+                    Status::failed_precondition(e)
+                } else {
+                    Status::unavailable(e)
+                }
+            })?;
+        Ok(Response::new(rollout_pb(&rollout)))
     }
 
     type WatchRolloutStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Rollout, Status>>;
@@ -375,7 +465,8 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
     let reason = match &r.state {
         RolloutState::Paused { reason }
         | RolloutState::RollingBack { reason }
-        | RolloutState::RolledBack { reason } => reason.clone(),
+        | RolloutState::RolledBack { reason }
+        | RolloutState::Cancelled { reason } => reason.clone(),
         RolloutState::Completed { failed } if *failed > 0 => format!("{failed} target(s) failed"),
         _ => String::new(),
     };
@@ -389,16 +480,17 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
             .targets
             .iter()
             .map(|t| {
-                let (reason, op_id) = match &t.state {
-                    TargetState::Failed { reason, outcome } => {
-                        (format!("{outcome}: {reason}"), String::new())
-                    }
-                    TargetState::Skipped { reason } | TargetState::RevertFailed { reason } => {
-                        (reason.clone(), String::new())
-                    }
+                let reason = match &t.state {
+                    TargetState::Failed { reason, outcome } => format!("{outcome}: {reason}"),
+                    TargetState::Skipped { reason }
+                    | TargetState::RevertFailed { reason }
+                    | TargetState::Cancelled { reason } => reason.clone(),
+                    _ => String::new(),
+                };
+                let op_id = match &t.state {
                     TargetState::Dispatched { op_id, .. }
-                    | TargetState::Reverting { op_id, .. } => (String::new(), op_id.clone()),
-                    _ => (String::new(), String::new()),
+                    | TargetState::Reverting { op_id, .. } => op_id.clone(),
+                    _ => t.op_id.clone(),
                 };
                 pb::RolloutTarget {
                     host: t.host.clone(),

@@ -180,7 +180,18 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
 
 /// `check [--dry-run]` and `updates`: exit 1 when an update was sent and did not succeed.
 pub async fn check(args: &AdminArgs, dry_run: bool) -> Result<(), Failure> {
-    check_scoped(args, dry_run, None, None).await
+    check_scoped(args, dry_run, None, None, Scope::Check).await
+}
+
+/// What kind of cycle an admin command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `check`, `updates`: known-bad digests are skipped.
+    Check,
+    /// `update` of a host's or a name's containers: known-bad digests are tried too.
+    Update,
+    /// `retry`: their known-bad digests are forgotten first.
+    Retry,
 }
 
 /// A check cycle over `host`'s and/or `container`'s containers only.
@@ -189,6 +200,7 @@ pub async fn check_scoped(
     dry_run: bool,
     host: Option<&str>,
     container: Option<&str>,
+    scope: Scope,
 ) -> Result<(), Failure> {
     let mut client = connect(args).await?;
     let response = client
@@ -196,6 +208,8 @@ pub async fn check_scoped(
             dry_run,
             host: host.unwrap_or_default().to_owned(),
             container: container.unwrap_or_default().to_owned(),
+            update: scope != Scope::Check,
+            retry: scope == Scope::Retry,
         })
         .await
         .map_err(call_failed)?
@@ -283,19 +297,43 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
             );
         }
     }
-    let failed: Vec<String> = checked
-        .iter()
-        .filter(|c| status(c).is_some_and(|s| s != "updated" && s != "already-current"))
-        .map(|c| format!("{}/{}", c.host, c.container))
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::runtime(format!(
+    let named = |wanted: &dyn Fn(&str) -> bool| -> Vec<String> {
+        checked
+            .iter()
+            .filter(|c| status(c).is_some_and(wanted))
+            .map(|c| format!("{}/{}", c.host, c.container))
+            .collect()
+    };
+    let failed = named(&|s| {
+        !matches!(
+            s,
+            "updated" | "already-current" | "not-started" | "cancelled"
+        )
+    });
+    let not_started = named(&|s| matches!(s, "not-started" | "cancelled"));
+    let rollout = response
+        .rollout
+        .as_ref()
+        .map(|r| format!("rollout {} {}", r.id, r.state))
+        .unwrap_or_else(|| "the rollout".to_owned());
+    match (failed.is_empty(), not_started.is_empty()) {
+        (true, true) => Ok(()),
+        (false, true) => Err(Failure::runtime(format!(
             "{} update(s) did not succeed: {}",
             failed.len(),
             failed.join(", ")
-        )))
+        ))),
+        (true, false) => Err(Failure::runtime(format!(
+            "{} update(s) not started ({rollout}): {}",
+            not_started.len(),
+            not_started.join(", ")
+        ))),
+        (false, false) => Err(Failure::runtime(format!(
+            "{} update(s) did not succeed: {}; {} not started ({rollout})",
+            failed.len(),
+            failed.join(", "),
+            not_started.len()
+        ))),
     }
 }
 
@@ -685,6 +723,7 @@ fn render_status(s: &pb::StatusResponse, format: OutputFormat, now: i64, colour:
                 "containers_monitored": s.containers_monitored,
                 "updates_pending": s.updates_pending,
                 "rollouts_active": s.rollouts_active,
+                "rollouts_paused": s.rollouts_paused,
                 "last_cycle": when(s.last_cycle_unix_ms),
                 "next_cycle": when(s.next_cycle_unix_ms),
                 "paused": s.paused,
@@ -724,13 +763,27 @@ fn render_status(s: &pb::StatusResponse, format: OutputFormat, now: i64, colour:
                     format!("{} ({} monitored)", s.containers, s.containers_monitored),
                 ],
                 vec!["updates pending".into(), s.updates_pending.to_string()],
-                vec!["rollouts active".into(), s.rollouts_active.to_string()],
+                vec![
+                    "rollouts active".into(),
+                    if s.rollouts_paused > 0 {
+                        format!("{} ({} paused)", s.rollouts_active, s.rollouts_paused)
+                    } else {
+                        s.rollouts_active.to_string()
+                    },
+                ],
                 vec!["last cycle".into(), relative(s.last_cycle_unix_ms)],
                 vec!["next cycle".into(), relative(s.next_cycle_unix_ms)],
                 vec![
                     "updates".into(),
-                    if s.paused {
+                    if s.paused && s.paused_reason.is_empty() {
+                        format!("{} by the operator", paint("paused", colour))
+                    } else if s.paused {
                         format!("{} ({})", paint("paused", colour), s.paused_reason)
+                    } else if s.rollouts_paused > 0 {
+                        format!(
+                            "{}: a paused rollout holds new updates (`resume` or `rollout cancel`)",
+                            paint("held", colour)
+                        )
                     } else {
                         paint("running", colour)
                     },
@@ -739,6 +792,47 @@ fn render_status(s: &pb::StatusResponse, format: OutputFormat, now: i64, colour:
             table(&["FLEET", ""], &rows)
         }
     }
+}
+
+/// `rollout cancel ID [--revert]`: the rollout ends; its targets not started are cancelled.
+pub async fn cancel(
+    args: &AdminArgs,
+    id: &str,
+    revert: bool,
+    reason: Option<&str>,
+) -> Result<(), Failure> {
+    let mut client = connect(args).await?;
+    let r = client
+        .cancel_rollout(pb::CancelRolloutRequest {
+            id: id.to_owned(),
+            revert,
+            reason: reason.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(call_failed)?
+        .into_inner();
+    match args.output {
+        OutputFormat::Json => print!("{}", pretty(&[rollout_json(&r)])),
+        OutputFormat::Table => {
+            let count = |state: &str| r.targets.iter().filter(|t| t.state == state).count();
+            println!(
+                "rollout {} {}: {} cancelled, {} updated{}",
+                r.id,
+                r.state,
+                count("cancelled"),
+                count("updated"),
+                if revert {
+                    format!(
+                        ", {} reverted or going back",
+                        count("reverted") + count("reverting")
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `rollout ID [--watch]`: one rollout; with `--watch`, its targets' transitions as they

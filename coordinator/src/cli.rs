@@ -70,8 +70,11 @@ pub enum Command {
     /// Stop starting updates (cycles detect only; a running rollout pauses) until `resume`.
     Pause(PauseArgs),
     /// One rollout's targets; with --watch, their transitions as they happen, exiting 0 when
-    /// the rollout completes and 1 when it fails or pauses.
+    /// the rollout completes and 1 when it fails or pauses. `rollout cancel ID` ends it.
     Rollout(RolloutArgs),
+    /// Try again the updates that failed: forget the known-bad digests of these containers
+    /// (all without --host/--container) and run a cycle over them.
+    Retry(RetryArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -90,15 +93,65 @@ pub struct PauseArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub action: Option<RolloutAction>,
     #[command(flatten)]
     pub admin: AdminArgs,
     /// The rollout id (`r-…`).
-    #[arg(value_name = "ID")]
-    pub id: String,
+    #[arg(value_name = "ID", required = true)]
+    pub id: Option<String>,
     /// Follow the rollout until it ends.
     #[arg(long)]
     pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// End a rollout: its targets not started are cancelled, work in flight finishes; with
+    /// --revert, the targets it updated go back to their previous digest.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The rollout id (`r-…`).
+    #[arg(value_name = "ID", value_parser = parse_rollout_id)]
+    pub id: String,
+    /// Also send the targets it updated back to their previous digest.
+    #[arg(long)]
+    pub revert: bool,
+    /// Why (shown in the rollout and the notification).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Only this host's containers.
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub host: Option<HostName>,
+    /// Only containers of this name.
+    #[arg(long, value_name = "NAME", value_parser = parse_container)]
+    pub container: Option<String>,
+}
+
+fn parse_rollout_id(value: &str) -> Result<String, String> {
+    let ok = value.len() <= 64
+        && value.starts_with("r-")
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("a rollout id like r-1764412800000-0 (see `rollouts`)".into())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -612,6 +665,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     false,
                     host.as_ref().map(HostName::as_str),
                     container.as_deref(),
+                    admin_client::Scope::Update,
                 )
                 .await
             }
@@ -631,7 +685,27 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Resume(args) => admin_client::resume(&args.admin, args.id.as_deref()).await,
         Command::Status(args) => admin_client::status(&args).await,
         Command::Pause(args) => admin_client::pause(&args.admin, args.reason.as_deref()).await,
-        Command::Rollout(args) => admin_client::rollout(&args.admin, &args.id, args.watch).await,
+        Command::Rollout(args) => match (args.action, args.id) {
+            (Some(RolloutAction::Cancel(c)), _) => {
+                admin_client::cancel(&c.admin, &c.id, c.revert, c.reason.as_deref()).await
+            }
+            (None, Some(id)) => admin_client::rollout(&args.admin, &id, args.watch).await,
+            (None, None) => Err(Failure {
+                code: EXIT_ADMIN_USAGE,
+                message: "rollout: give a rollout id (see `rollouts`), or `rollout cancel ID`"
+                    .into(),
+            }),
+        },
+        Command::Retry(args) => {
+            admin_client::check_scoped(
+                &args.admin,
+                false,
+                args.host.as_ref().map(HostName::as_str),
+                args.container.as_deref(),
+                admin_client::Scope::Retry,
+            )
+            .await
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();

@@ -51,10 +51,24 @@ pub struct Cycle {
     running: tokio::sync::Mutex<()>,
     /// What the last cycle saw: when, containers watched, updates found.
     pub last: std::sync::Mutex<Option<(i64, u32, u32)>>,
+    /// The updates the last cycle found: (host, container, digest).
+    found: std::sync::Mutex<Vec<(String, String, String)>>,
     /// When the next scheduled cycle runs (unix ms; 0: none scheduled).
     pub next_at: std::sync::atomic::AtomicI64,
     /// Woken after every cycle (for the InfluxDB export).
     pub done: Arc<tokio::sync::Notify>,
+}
+
+/// Who asked for a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The schedule (or run-once): the cycle `status` and the metrics report as the last.
+    Schedule,
+    /// `check` or `updates`: an operator's look; as a dry run (`updates`) it changes nothing,
+    /// not even the time of the last cycle.
+    Check,
+    /// `update` or `retry` of some containers: known-bad digests do not hold them back.
+    Update,
 }
 
 /// One container's part in a cycle.
@@ -80,9 +94,13 @@ fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
     use pb::recreate_result::Status;
     let (status, reason) = match &t.state {
         TargetState::Failed { reason, .. } => (Status::Error, reason.clone()),
-        TargetState::Skipped { reason } => (Status::Refused, reason.clone()),
+        TargetState::Skipped { reason } => (Status::NotStarted, reason.clone()),
+        TargetState::Cancelled { reason } => (
+            Status::Cancelled,
+            format!("rollout {} cancelled: {reason}", rollout.id),
+        ),
         TargetState::Pending => (
-            Status::Refused,
+            Status::NotStarted,
             format!(
                 "not started: rollout {} {}",
                 rollout.id,
@@ -97,6 +115,20 @@ fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
     };
     r.set_status(status);
     r
+}
+
+/// The skip reason of a known-bad digest: what failed, when, and how to try again.
+fn known_bad_reason(b: &crate::rollout::BadDigest) -> String {
+    let short = b.digest.get(..19).unwrap_or(&b.digest);
+    let mut why = b.reason.clone();
+    if why.chars().count() > 160 {
+        why = why.chars().take(160).collect::<String>() + "…";
+    }
+    format!(
+        "known-bad: its update to {short} {} at {} ({why}); tried again when the tag moves on, or by `update` or `retry`",
+        b.outcome,
+        ouroboros_shared::time_fmt::rfc3339_ms(b.at_ms).unwrap_or_default()
+    )
 }
 
 impl Cycle {
@@ -123,14 +155,16 @@ impl Cycle {
             runner,
             running: tokio::sync::Mutex::new(()),
             last: std::sync::Mutex::new(None),
+            found: std::sync::Mutex::default(),
             next_at: std::sync::atomic::AtomicI64::new(0),
             done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// Runs one cycle, after any cycle already running.
+    /// Runs one scheduled cycle, after any cycle already running.
     pub async fn run(&self, dry_run: bool) -> Report {
-        self.run_scoped(dry_run, None, None).await
+        self.run_scoped(dry_run, None, None, Trigger::Schedule)
+            .await
     }
 
     /// Runs one cycle over the containers of `host` and/or named `container` only.
@@ -139,6 +173,7 @@ impl Cycle {
         dry_run: bool,
         host: Option<&str>,
         container: Option<&str>,
+        trigger: Trigger,
     ) -> Report {
         let _turn = self.running.lock().await;
         let started = std::time::Instant::now();
@@ -207,6 +242,21 @@ impl Cycle {
                 };
             }
         }
+        // A digest whose update of this container failed is not tried again by a schedule or
+        // a check: only a new digest of the tag, `update` or `retry` try again.
+        if trigger != Trigger::Update {
+            let bad = self.fleet.bad_digests();
+            for d in &mut detections {
+                if let Decision::Update { digest, .. } = &d.decision
+                    && let Some(b) = bad.get(&format!("{}/{}", d.host, d.container))
+                    && &b.digest == digest
+                {
+                    d.decision = Decision::Skip {
+                        reason: known_bad_reason(b),
+                    };
+                }
+            }
+        }
         let updates = detections
             .iter()
             .filter(|d| matches!(d.decision, Decision::Update { .. }))
@@ -254,11 +304,25 @@ impl Cycle {
         {
             *monitored_by_host.entry(d.host.clone()).or_default() += 1;
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-            now_unix_ms(),
-            u32::try_from(monitored).unwrap_or(u32::MAX),
-            u32::try_from(updates).unwrap_or(u32::MAX),
-        ));
+        // A look that changes nothing (`updates`) is not a cycle of the schedule's: it must
+        // not hide a stalled scheduler.
+        let counts = trigger == Trigger::Schedule || !dry_run;
+        if counts {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                now_unix_ms(),
+                u32::try_from(monitored).unwrap_or(u32::MAX),
+                u32::try_from(updates).unwrap_or(u32::MAX),
+            ));
+        }
+        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = detections
+            .iter()
+            .filter_map(|d| match &d.decision {
+                Decision::Update { digest, .. } => {
+                    Some((d.host.clone(), d.container.clone(), digest.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let paused = self.fleet.paused();
         let mut results: BTreeMap<(String, String), pb::RecreateResult> = BTreeMap::new();
         let mut rollout = None;
@@ -267,11 +331,12 @@ impl Cycle {
                 for d in &mut detections {
                     if matches!(d.decision, Decision::Update { .. }) {
                         d.decision = Decision::Skip {
-                            reason: format!("updates are paused ({why})"),
+                            reason: format!("updates are {}", crate::fleet::paused_text(why)),
                         };
                     }
                 }
-            } else if let Some(paused) = self.paused_rollout() {
+            } else if let Some(mut paused) = self.paused_rollout() {
+                self.supersede(&mut paused, &detections).await;
                 // A paused rollout holds the fleet: nothing new starts until it is resumed.
                 let why = match &paused.state {
                     RolloutState::Paused { reason } => reason.clone(),
@@ -321,13 +386,15 @@ impl Cycle {
             })
             .collect();
         let now = now_unix_ms();
-        crate::metrics::METRICS.cycle(
-            started.elapsed().as_secs_f64(),
-            now as f64 / 1000.0,
-            monitored_by_host,
-            updates as u64,
-        );
-        self.done.notify_waiters();
+        if counts {
+            crate::metrics::METRICS.cycle(
+                started.elapsed().as_secs_f64(),
+                now as f64 / 1000.0,
+                monitored_by_host,
+                updates as u64,
+            );
+            self.done.notify_waiters();
+        }
         Report {
             checked,
             pruned,
@@ -494,6 +561,7 @@ impl Cycle {
                         .unwrap_or_default(),
                     // Recreated by this container's operation anyway: those whose own tag
                     // moved go to their new image in the same operation.
+                    op_id: String::new(),
                     dependant_images: graphs
                         .get(&host)
                         .map(|g| g.recreated_with(&name))
@@ -524,6 +592,7 @@ impl Cycle {
             last_host_done_ms: 0,
             canary_done_ms: 0,
             acknowledged_failures: 0,
+            cancel: None,
         }
     }
 
@@ -543,6 +612,25 @@ impl Cycle {
             return Ok(None);
         };
         rollout.resume(now_unix_ms());
+        self.apply_policy(&mut rollout);
+        // What its tags name now: a resume never deploys a digest the tag no longer names.
+        let containers = self.fleet.containers(None).unwrap_or_default();
+        let wanted: Vec<(String, ContainerInfo)> = containers
+            .into_iter()
+            .filter(|(h, c)| {
+                rollout.targets.iter().any(|t| {
+                    t.state == TargetState::Pending && &t.host == h && t.container == c.name
+                })
+            })
+            .collect();
+        let detections = detect(
+            self.registry.clone(),
+            &wanted,
+            &self.selection,
+            PROBE_CONCURRENCY,
+        )
+        .await;
+        self.supersede(&mut rollout, &detections).await;
         let fleet = self.fleet.clone();
         let stored = rollout.clone();
         let saved = tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
@@ -567,6 +655,7 @@ impl Cycle {
             // Paused ones too when something was in flight: its outcome is still wanted.
             .filter(|r| {
                 r.state.is_active()
+                    || (r.cancel.is_some() && !r.state.is_ended())
                     || r.targets.iter().any(|t| {
                         matches!(
                             t.state,
@@ -575,11 +664,183 @@ impl Cycle {
                     })
             })
             .collect();
-        for r in active {
+        for mut r in active {
             info!(rollout = %r.id, "Resuming a rollout interrupted by a restart.");
+            self.apply_policy(&mut r);
             let (done, _) = self.runner.run(r, &self.windows).await;
             info!(rollout = %done.id, state = done.state.name(), "Resumed rollout stops.");
         }
+    }
+
+    /// The running configuration's rollout policy applies to the work of `rollout` not yet
+    /// started (a restart with other options changes what a stored rollout does next).
+    fn apply_policy(&self, rollout: &mut Rollout) {
+        if rollout.policy != self.policy {
+            info!(rollout = %rollout.id, "The running configuration's rollout policy applies to what is not started yet.");
+            rollout.policy = self.policy.clone();
+        }
+    }
+
+    /// Moves the targets of `rollout` that have not started to what their tags name now
+    /// (`detections`): a newer digest replaces the planned one; a container already current
+    /// is skipped. Stored when something changed.
+    async fn supersede(&self, rollout: &mut Rollout, detections: &[Detection]) {
+        let now = now_unix_ms();
+        let mut changed = false;
+        for i in 0..rollout.targets.len() {
+            let t = &rollout.targets[i];
+            if t.state != TargetState::Pending {
+                continue;
+            }
+            let Some(d) = detections
+                .iter()
+                .find(|d| d.host == t.host && d.container == t.container)
+            else {
+                continue;
+            };
+            match &d.decision {
+                Decision::Update { target, digest } if *digest != t.new_digest => {
+                    info!(rollout = %rollout.id, host = %t.host, container = %t.container, planned = %t.new_digest, now = %digest, "The tag moved on: the target goes to its newest digest.");
+                    let t = &mut rollout.targets[i];
+                    t.target.clone_from(target);
+                    t.new_digest.clone_from(digest);
+                    changed = true;
+                }
+                Decision::Current => {
+                    info!(rollout = %rollout.id, host = %t.host, container = %t.container, "Already on its tag's image: skipped.");
+                    rollout.set(
+                        i,
+                        TargetState::Skipped {
+                            reason: "already on the image its tag names now".into(),
+                        },
+                        now,
+                    );
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            rollout.updated_ms = now;
+            let fleet = self.fleet.clone();
+            let stored = rollout.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || fleet.save_rollout(&stored, Vec::new()))
+                    .await
+                    .unwrap_or(false);
+            if !saved {
+                warn!(rollout = %rollout.id, "Cannot store the rollout's new digests.");
+            }
+        }
+    }
+
+    /// The operator cancels rollout `id`: its targets not started are cancelled, work in
+    /// flight finishes (and with `revert`, what it updated goes back), then it ends. Returns
+    /// the rollout as it is once the cancel took.
+    pub async fn cancel_rollout(
+        self: &Arc<Self>,
+        id: &str,
+        revert: bool,
+        reason: &str,
+    ) -> Result<Rollout, String> {
+        let cancel = crate::rollout::Cancel {
+            reason: if reason.trim().is_empty() {
+                "cancelled by the operator".to_owned()
+            } else {
+                format!("cancelled by the operator: {}", reason.trim())
+            },
+            revert,
+            at_ms: now_unix_ms(),
+        };
+        let mut watch = self.runner.progress.subscribe();
+        let runner_cycle = self.clone();
+        let id_owned = id.to_owned();
+        let taken =
+            tokio::task::spawn_blocking(move || runner_cycle.runner.cancel(&id_owned, cancel))
+                .await
+                .map_err(|e| format!("the cancel failed: {e}"))??;
+        match taken {
+            crate::runner::CancelTaken::ByRunner => {
+                // The run in progress picks it up within its tick.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Some(r) = watch.borrow_and_update().clone()
+                        && r.id == id
+                        && r.cancel.is_some()
+                    {
+                        return Ok(r);
+                    }
+                    if tokio::time::timeout_at(deadline, watch.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(
+                            "the running rollout did not take the cancel in time; see `rollout ID`"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            crate::runner::CancelTaken::Stored(rollout) => {
+                info!(rollout = %rollout.id, revert, "Rollout cancelled by the operator.");
+                // What is left (answers in flight, ways back, the end) is a run's to do.
+                let cycle = self.clone();
+                let run = rollout.clone();
+                tokio::spawn(async move {
+                    let _turn = cycle.running.lock().await;
+                    let (done, _) = cycle.runner.run(run, &cycle.windows).await;
+                    info!(rollout = %done.id, state = done.state.name(), "Cancelled rollout stops.");
+                });
+                Ok(rollout)
+            }
+        }
+    }
+
+    /// Forgets the known-bad digests of the containers of `host` and/or named `container`
+    /// (all without either); returns how many.
+    pub fn forget_bad_digests(&self, host: Option<&str>, container: Option<&str>) -> usize {
+        let changes: BTreeMap<String, Option<crate::rollout::BadDigest>> = self
+            .fleet
+            .bad_digests()
+            .into_keys()
+            .filter(|key| {
+                let (h, c) = key.split_once('/').unwrap_or((key, ""));
+                host.is_none_or(|want| want == h) && container.is_none_or(|want| want == c)
+            })
+            .map(|key| (key, None))
+            .collect();
+        let n = changes.len();
+        self.fleet.set_bad_digests(changes);
+        n
+    }
+
+    /// Containers the selection watches now, from the fleet view (no registry involved).
+    pub fn monitored_now(&self) -> usize {
+        self.fleet
+            .containers(None)
+            .unwrap_or_default()
+            .iter()
+            .filter(|(h, c)| self.selection.check(h, c).is_ok())
+            .count()
+    }
+
+    /// Updates the last cycle found that the fleet view does not show done yet.
+    pub fn pending_now(&self) -> usize {
+        let containers = self.fleet.containers(None).unwrap_or_default();
+        self.found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(host, name, digest)| {
+                !containers.iter().any(|(h, c)| {
+                    h == host
+                        && &c.name == name
+                        && c.repo_digests
+                            .iter()
+                            .any(|d| d.ends_with(&format!("@{digest}")))
+                })
+            })
+            .count()
     }
 
     /// Each host's unused anonymous volumes, hosts in parallel.

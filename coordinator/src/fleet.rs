@@ -13,7 +13,7 @@ use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::rollout::{HistoryEntry, Rollout};
+use crate::rollout::{BadDigest, HistoryEntry, Rollout};
 use crate::store::{Batch, FleetStore, HostRecord, StoreError};
 use crate::writer::StoreWriter;
 
@@ -75,6 +75,15 @@ impl Drop for SessionGuard {
 /// The setting that holds the operator's pause reason.
 const SETTING_PAUSED: &str = "paused";
 
+/// How an operator's pause reads in reasons: "paused by the operator", and their reason if
+/// they gave one.
+pub fn paused_text(why: &str) -> String {
+    match why.trim() {
+        "" | "paused by the operator" => "paused by the operator".to_owned(),
+        why => format!("paused by the operator: {why}"),
+    }
+}
+
 /// The in-memory fleet view, written through to a [`FleetStore`].
 pub struct Fleet {
     hosts: Mutex<BTreeMap<String, HostEntry>>,
@@ -84,6 +93,9 @@ pub struct Fleet {
     store: Arc<dyn FleetStore>,
     /// Why the operator paused updates, if they did (stored as the `paused` setting).
     paused: Mutex<Option<String>>,
+    /// Known-bad digests by `host/container` (stored; kept here so that a read follows the
+    /// last write at once).
+    bad: Mutex<BTreeMap<String, BadDigest>>,
 }
 
 impl Fleet {
@@ -102,6 +114,7 @@ impl Fleet {
             })
             .collect();
         let paused = store.load_settings()?.remove(SETTING_PAUSED);
+        let bad = store.load_bad_digests()?;
         let writer = StoreWriter::spawn(store.clone()).map_err(|source| StoreError::DataDir {
             path: "store writer thread".into(),
             source,
@@ -111,6 +124,7 @@ impl Fleet {
             writer: Mutex::new(writer),
             next_session: AtomicU64::new(1),
             paused: Mutex::new(paused),
+            bad: Mutex::new(bad),
             store,
         })
     }
@@ -181,6 +195,41 @@ impl Fleet {
     /// Stored outcomes, oldest first.
     pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         self.store.load_history()
+    }
+
+    /// Known-bad digests, by `host/container`.
+    pub fn bad_digests(&self) -> BTreeMap<String, BadDigest> {
+        self.bad.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records (`Some`) or forgets (`None`) the known-bad digest of each `host/container`.
+    pub fn set_bad_digests(&self, changes: BTreeMap<String, Option<BadDigest>>) {
+        if changes.is_empty() {
+            return;
+        }
+        {
+            let mut bad = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, value) in &changes {
+                match value {
+                    Some(v) => {
+                        bad.insert(key.clone(), v.clone());
+                    }
+                    None => {
+                        bad.remove(key);
+                    }
+                }
+            }
+        }
+        let mut batch = Batch::default();
+        batch.bad_digests = changes;
+        self.writer().batch(batch);
+    }
+
+    /// Adds outcomes to the history (manual updates).
+    pub fn record_history(&self, entries: Vec<HistoryEntry>) {
+        let mut batch = Batch::default();
+        batch.history = entries;
+        self.writer().batch(batch);
     }
 
     /// Digests announced so far, by `host/container`.

@@ -1,5 +1,6 @@
 //! Rollouts: the updates of one cycle as a persisted object with a plan, a state machine per
-//! target and a policy that bounds the blast radius. Everything here is pure: the runner
+//! target and a policy that bounds the blast radius. (Over 600 lines: the state machine and
+//! its scenario tests, which belong together.) Everything here is pure: the runner
 //! ([`crate::runner`]) observes, asks [`plan`] what to do now, writes the new state to the store
 //! and only then sends the commands.
 //!
@@ -125,6 +126,10 @@ pub enum TargetState {
     RevertFailed {
         reason: String,
     },
+    /// Never started: the rollout was cancelled first.
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl TargetState {
@@ -146,6 +151,7 @@ impl TargetState {
             Self::Reverting { .. } => "reverting",
             Self::Reverted { .. } => "reverted",
             Self::RevertFailed { .. } => "revert-failed",
+            Self::Cancelled { .. } => "cancelled",
         }
     }
 }
@@ -178,6 +184,9 @@ pub struct Target {
     /// updated by its answer.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub dependant_images: std::collections::BTreeMap<String, String>,
+    /// The op id of its last command (update or way back), kept after the answer.
+    #[serde(default)]
+    pub op_id: String,
 }
 
 /// Where a rollout stands.
@@ -201,11 +210,23 @@ pub enum RolloutState {
     RolledBack {
         reason: String,
     },
+    /// Ended by the operator: targets not started were cancelled.
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl RolloutState {
     pub fn is_active(&self) -> bool {
         matches!(self, Self::Running | Self::RollingBack { .. })
+    }
+
+    /// Whether the rollout is over (nothing will ever run for it again).
+    pub fn is_ended(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed { .. } | Self::RolledBack { .. } | Self::Cancelled { .. }
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -216,6 +237,7 @@ impl RolloutState {
             Self::Completed { failed: 0 } => "completed",
             Self::Completed { .. } => "completed-with-failures",
             Self::RolledBack { .. } => "rolled-back",
+            Self::Cancelled { .. } => "cancelled",
         }
     }
 }
@@ -236,6 +258,32 @@ pub struct Rollout {
     /// Failures the operator accepted by resuming: only failures beyond these count.
     #[serde(default)]
     pub acknowledged_failures: u32,
+    /// The operator cancelled it: nothing new starts, what is in flight finishes (and, with
+    /// `revert`, the targets it updated go back), then it ends as cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<Cancel>,
+}
+
+/// An operator's cancel of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub reason: String,
+    /// Send the targets this rollout updated back to their previous digest.
+    pub revert: bool,
+    pub at_ms: i64,
+}
+
+/// A digest whose update of a container failed or was taken back: scheduled cycles do not try
+/// it on that container again (a new digest of the tag, `update` or `retry` do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadDigest {
+    pub digest: String,
+    /// When it failed (unix ms).
+    pub at_ms: i64,
+    /// `rolled-back`, `rollback-failed`, `reverted` (sent back by a failure action or cancel).
+    pub outcome: String,
+    pub reason: String,
+    pub rollout: String,
 }
 
 /// One target's outcome, kept in the history.
@@ -302,6 +350,8 @@ pub enum Action {
     TimedOut(usize),
     /// Target `index` cannot start: its host has been away past the progress deadline.
     Abandon(usize),
+    /// Target `index` never starts: the rollout is cancelled.
+    Cancel(usize),
     /// The rollout changes state.
     Become(RolloutState),
 }
@@ -364,6 +414,38 @@ impl Rollout {
             .saturating_sub(self.acknowledged_failures as usize);
         failed > 0
             && (failed as f64) / (self.targets.len().max(1) as f64) > self.policy.max_failure_ratio
+    }
+
+    /// The targets that did not start yet (for a report of what a pause or cancel left).
+    pub fn not_started(&self) -> usize {
+        self.targets
+            .iter()
+            .filter(|t| t.state == TargetState::Pending)
+            .count()
+    }
+
+    /// What went wrong for `t` that makes its digest a bad one for its container, if anything
+    /// did: the agent tried the image and it failed, or the update was taken back.
+    pub fn bad_digest(&self, t: &Target, now_ms: i64) -> Option<BadDigest> {
+        let (outcome, reason) = match &t.state {
+            TargetState::Failed { reason, outcome }
+                if outcome == "rolled-back" || outcome == "rollback-failed" =>
+            {
+                (outcome.clone(), reason.clone())
+            }
+            TargetState::Reverted { .. } => (
+                "reverted".to_owned(),
+                format!("sent back when rollout {} {}", self.id, self.state.name()),
+            ),
+            _ => return None,
+        };
+        Some(BadDigest {
+            digest: t.new_digest.clone(),
+            at_ms: now_ms,
+            outcome,
+            reason,
+            rollout: self.id.clone(),
+        })
     }
 
     /// The operator resumes: the failures so far are accepted, the rollout runs again.
@@ -466,6 +548,11 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
         if !actions.is_empty() {
             return actions;
         }
+    }
+    if let Some(cancel) = &r.cancel
+        && !r.state.is_ended()
+    {
+        return plan_cancel(r, cancel, o, actions);
     }
     match &r.state {
         RolloutState::Running => {}
@@ -591,6 +678,58 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
     actions
 }
 
+/// A cancelled rollout: the targets not started are cancelled, what is in flight finishes;
+/// with `revert` the targets it updated go back (one per host at a time, the last updated
+/// first); then it ends.
+fn plan_cancel(
+    r: &Rollout,
+    cancel: &Cancel,
+    o: &Observation<'_>,
+    mut actions: Vec<Action>,
+) -> Vec<Action> {
+    for (i, t) in r.targets.iter().enumerate() {
+        if t.state == TargetState::Pending {
+            actions.push(Action::Cancel(i));
+        }
+    }
+    let mut back: Vec<(usize, i64)> = Vec::new();
+    if cancel.revert {
+        back = r
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.state {
+                TargetState::Updated {
+                    at_ms,
+                    already_current: false,
+                } => Some((i, at_ms)),
+                _ => None,
+            })
+            .collect();
+        back.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+        let mut busy: Vec<String> = r.hosts().into_iter().filter(|h| r.host_busy(h)).collect();
+        for (i, _) in &back {
+            let host = &r.targets[*i].host;
+            if !busy.contains(host) && (o.connected)(host) {
+                busy.push(host.clone());
+                actions.push(Action::Revert(*i));
+            }
+        }
+    }
+    let in_flight = r.targets.iter().any(|t| {
+        matches!(
+            t.state,
+            TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+        )
+    });
+    if back.is_empty() && !in_flight {
+        actions.push(Action::Become(RolloutState::Cancelled {
+            reason: cancel.reason.clone(),
+        }));
+    }
+    actions
+}
+
 /// When [`plan`] may have something new to do without any answer arriving: the next deadline,
 /// window start, canary wait or batch delay end.
 pub fn next_wake(r: &Rollout, o: &Observation<'_>) -> Option<i64> {
@@ -640,6 +779,7 @@ mod tests {
             transitions: Vec::new(),
             soft_dependants: Vec::new(),
             dependant_images: Default::default(),
+            op_id: String::new(),
         }
     }
 
@@ -654,6 +794,7 @@ mod tests {
             last_host_done_ms: 0,
             canary_done_ms: 0,
             acknowledged_failures: 0,
+            cancel: None,
         }
     }
 
@@ -711,6 +852,13 @@ mod tests {
                     now_ms,
                 ),
                 Action::Become(s) => r.state = s.clone(),
+                Action::Cancel(i) => r.set(
+                    *i,
+                    TargetState::Cancelled {
+                        reason: "cancelled".into(),
+                    },
+                    now_ms,
+                ),
                 Action::Abandon(i) => r.set(
                     *i,
                     TargetState::Skipped {
@@ -1006,6 +1154,154 @@ mod tests {
             plan(&r, &at(inside + 10 + 60_000)),
             vec![Action::Dispatch(1)]
         );
+    }
+
+    #[test]
+    fn a_cancelled_rollout_starts_nothing_new_and_ends_cancelled() {
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..Policy::default()
+            },
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "x", 1),
+            ],
+        );
+        // a fails and pauses the rollout; b and c never started.
+        run(&mut r, &|t: &Target| {
+            if t.host == "a" {
+                "rolled-back"
+            } else {
+                "updated"
+            }
+        });
+        assert!(matches!(r.state, RolloutState::Paused { .. }));
+        r.cancel = Some(Cancel {
+            reason: "bad image".into(),
+            revert: false,
+            at_ms: 9_000,
+        });
+        let rounds = run(&mut r, &ok);
+        assert!(rounds.is_empty(), "something was sent: {rounds:?}");
+        assert_eq!(
+            r.state,
+            RolloutState::Cancelled {
+                reason: "bad image".into()
+            }
+        );
+        let states: Vec<&str> = r.targets.iter().map(|t| t.state.name()).collect();
+        assert_eq!(states, ["failed", "cancelled", "cancelled"]);
+        assert_eq!(r.not_started(), 0);
+        assert!(r.state.is_ended() && !r.state.is_active());
+    }
+
+    #[test]
+    fn a_cancel_lets_work_in_flight_finish_and_with_revert_sends_updates_back() {
+        let mut r = rollout(
+            Policy::default(),
+            vec![
+                target("a", "x", 1),
+                target("b", "x", 1),
+                target("c", "y", 1),
+            ],
+        );
+        let now = 1_000;
+        let started = plan_at(&r, now);
+        assert_eq!(started.len(), 3);
+        apply(
+            &mut r,
+            &[Action::Dispatch(0), Action::Dispatch(1)],
+            now,
+            &ok,
+        );
+        // a answered updated, b is still in flight, c never started.
+        r.set(
+            1,
+            TargetState::Dispatched {
+                op_id: "o".into(),
+                at_ms: now,
+            },
+            now,
+        );
+        r.cancel = Some(Cancel {
+            reason: "stop".into(),
+            revert: true,
+            at_ms: now,
+        });
+        let actions = plan_at(&r, now + 10);
+        assert!(actions.contains(&Action::Cancel(2)), "{actions:?}");
+        assert!(actions.contains(&Action::Revert(0)), "{actions:?}");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Become(_))),
+            "ended with b in flight: {actions:?}"
+        );
+        assert!(!actions.contains(&Action::Revert(1)), "b is busy");
+        // b ends updated, then goes back too; then the rollout ends.
+        r.set(
+            2,
+            TargetState::Cancelled {
+                reason: "stop".into(),
+            },
+            now + 20,
+        );
+        r.set(
+            0,
+            TargetState::Reverting {
+                op_id: "back".into(),
+                at_ms: now + 20,
+            },
+            now + 20,
+        );
+        r.set(1, after_update("updated", "", now + 30), now + 30);
+        r.set(0, after_revert("updated", "", now + 40), now + 40);
+        assert_eq!(plan_at(&r, now + 50), vec![Action::Revert(1)]);
+        r.set(
+            1,
+            TargetState::Reverting {
+                op_id: "back2".into(),
+                at_ms: now + 50,
+            },
+            now + 50,
+        );
+        r.set(1, after_revert("updated", "", now + 60), now + 60);
+        assert_eq!(
+            plan_at(&r, now + 70),
+            vec![Action::Become(RolloutState::Cancelled {
+                reason: "stop".into()
+            })]
+        );
+        // Both sent back: their digests are bad ones for their containers now.
+        let bad: Vec<String> = r
+            .targets
+            .iter()
+            .filter_map(|t| r.bad_digest(t, 5))
+            .map(|b| format!("{} {}", b.outcome, b.digest))
+            .collect();
+        assert_eq!(bad, ["reverted sha256:new", "reverted sha256:new"]);
+    }
+
+    #[test]
+    fn only_an_image_that_was_tried_and_failed_is_a_bad_digest() {
+        let r = rollout(Policy::default(), vec![target("a", "x", 1)]);
+        let with = |state: TargetState| Target {
+            state,
+            ..target("a", "x", 1)
+        };
+        let failed = |outcome: &str| TargetState::Failed {
+            reason: "why".into(),
+            outcome: outcome.into(),
+        };
+        assert!(r.bad_digest(&with(failed("rolled-back")), 1).is_some());
+        assert!(r.bad_digest(&with(failed("rollback-failed")), 1).is_some());
+        for not_the_image in ["refused", "error", "timeout"] {
+            assert!(
+                r.bad_digest(&with(failed(not_the_image)), 1).is_none(),
+                "{not_the_image}"
+            );
+        }
+        assert!(r.bad_digest(&with(TargetState::Pending), 1).is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::commands::{CommandError, Dispatcher, RecreateOptions};
 use crate::fleet::Fleet;
 use crate::rollout::{
-    Action, HistoryEntry, Observation, Rollout, RolloutState, TargetState, after_revert,
+    Action, Cancel, HistoryEntry, Observation, Rollout, RolloutState, TargetState, after_revert,
     after_update, next_wake, plan,
 };
 use crate::window::Windows;
@@ -47,6 +47,25 @@ pub struct Runner {
     /// Told when a rollout pauses.
     pub notifiers: std::sync::Mutex<crate::notify::Notifiers>,
     next_id: AtomicU64,
+    /// Rollouts being run now, and cancels asked for them (see [`Runner::cancel`]).
+    active: std::sync::Mutex<Active>,
+}
+
+/// What the runner is running, and the cancels waiting to be picked up.
+#[derive(Default)]
+struct Active {
+    running: std::collections::BTreeSet<String>,
+    cancels: BTreeMap<String, Cancel>,
+}
+
+/// Where a cancel went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelTaken {
+    /// The rollout is being run: the runner applies it at once.
+    ByRunner,
+    /// Nobody runs it: the caller applies it to the stored rollout (under the runner's lock,
+    /// so that no run starts meanwhile).
+    Stored(Rollout),
 }
 
 /// Targets that target `index`'s operation moved to their new image along with it (dependants
@@ -104,6 +123,8 @@ pub fn status_name(result: &pb::RecreateResult) -> &'static str {
         Status::RolledBack => "rolled-back",
         Status::RollbackFailed => "rollback-failed",
         Status::Interrupted => "interrupted",
+        Status::NotStarted => "not-started",
+        Status::Cancelled => "cancelled",
         Status::Error | Status::Unspecified => "error",
     }
 }
@@ -117,13 +138,90 @@ impl Runner {
             progress: watch::channel(None).0,
             notifiers: std::sync::Mutex::new(crate::notify::Notifiers::default()),
             next_id: AtomicU64::new(0),
+            active: std::sync::Mutex::default(),
         }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, Active> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels rollout `id`: handed to the run in progress if there is one; otherwise the
+    /// stored rollout gets it (written before this returns, so that a run starting later
+    /// sees it). Errors: no such rollout, or it already ended.
+    pub fn cancel(&self, id: &str, cancel: Cancel) -> Result<CancelTaken, String> {
+        let mut active = self.active();
+        if active.running.contains(id) {
+            active.cancels.insert(id.to_owned(), cancel);
+            return Ok(CancelTaken::ByRunner);
+        }
+        let mut rollout = self
+            .fleet
+            .rollouts()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("no rollout {id}"))?;
+        if rollout.state.is_ended() {
+            return Err(format!(
+                "rollout {id} already ended ({})",
+                rollout.state.name()
+            ));
+        }
+        rollout.cancel = Some(cancel.clone());
+        rollout.updated_ms = cancel.at_ms;
+        // Targets not started are cancelled now; a run finishes the rest (work in flight,
+        // ways back).
+        for i in 0..rollout.targets.len() {
+            if rollout.targets[i].state == TargetState::Pending {
+                rollout.set(
+                    i,
+                    TargetState::Cancelled {
+                        reason: cancel.reason.clone(),
+                    },
+                    cancel.at_ms,
+                );
+            }
+        }
+        let history = rollout
+            .targets
+            .iter()
+            .filter(|t| matches!(t.state, TargetState::Cancelled { .. }))
+            .map(|t| t.history(&rollout.id))
+            .collect();
+        if !self.fleet.save_rollout(&rollout, history) {
+            return Err("cannot store the rollout; try again".into());
+        }
+        Ok(CancelTaken::Stored(rollout))
     }
 
     /// A fresh rollout id, ordered by time.
     pub fn new_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("r-{}-{n}", now_unix_ms())
+    }
+
+    /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
+    /// its container; one that runs its target image now clears the mark.
+    fn remember_outcome(&self, rollout: &Rollout, index: usize, now: i64) {
+        let t = &rollout.targets[index];
+        let key = format!("{}/{}", t.host, t.container);
+        let change = match &t.state {
+            TargetState::Updated { .. } => {
+                if !self.fleet.bad_digests().contains_key(&key) {
+                    return;
+                }
+                None
+            }
+            _ => match rollout.bad_digest(t, now) {
+                Some(bad) => {
+                    info!(host = %t.host, container = %t.container, digest = %bad.digest, outcome = %bad.outcome, "Known-bad digest: scheduled cycles will not try it on this container again.");
+                    Some(bad)
+                }
+                None => return,
+            },
+        };
+        self.fleet.set_bad_digests(BTreeMap::from([(key, change)]));
     }
 
     /// Writes `rollout` (and outcomes) and waits until it is on disk; while the store fails,
@@ -230,6 +328,30 @@ impl Runner {
         mut rollout: Rollout,
         windows: &Windows,
     ) -> (Rollout, BTreeMap<usize, pb::RecreateResult>) {
+        {
+            let mut active = self.active();
+            active.running.insert(rollout.id.clone());
+            // A cancel stored while nobody ran it.
+            if rollout.cancel.is_none()
+                && let Ok(stored) = self.fleet.rollouts()
+                && let Some(cancel) = stored
+                    .into_iter()
+                    .find(|r| r.id == rollout.id)
+                    .and_then(|r| r.cancel)
+            {
+                rollout.cancel = Some(cancel);
+            }
+        }
+        let result = self.run_registered(rollout, windows).await;
+        self.active().running.remove(&result.0.id);
+        result
+    }
+
+    async fn run_registered(
+        &self,
+        mut rollout: Rollout,
+        windows: &Windows,
+    ) -> (Rollout, BTreeMap<usize, pb::RecreateResult>) {
         let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
         let mut senders: BTreeMap<usize, JoinHandle<()>> = BTreeMap::new();
         let mut results: BTreeMap<usize, pb::RecreateResult> = BTreeMap::new();
@@ -259,6 +381,11 @@ impl Runner {
         }
         loop {
             let now = now_unix_ms();
+            if let Some(cancel) = self.active().cancels.remove(&rollout.id) {
+                info!(rollout = %rollout.id, revert = cancel.revert, reason = %cancel.reason, "Rollout cancelled by the operator.");
+                rollout.cancel = Some(cancel);
+                rollout.updated_ms = now;
+            }
             let hosts = self.fleet.hosts();
             let connected = |host: &str| {
                 hosts
@@ -273,11 +400,12 @@ impl Runner {
             let mut actions = plan(&rollout, &observation);
             // The operator paused updates: nothing new starts; what is in flight finishes.
             if rollout.state == RolloutState::Running
+                && rollout.cancel.is_none()
                 && let Some(why) = self.fleet.paused()
             {
                 actions.retain(|a| matches!(a, Action::TimedOut(_)));
                 actions.push(Action::Become(RolloutState::Paused {
-                    reason: format!("paused by the operator ({why})"),
+                    reason: crate::fleet::paused_text(&why),
                 }));
             }
             let mut history = Vec::new();
@@ -287,6 +415,7 @@ impl Runner {
                     Action::Dispatch(i) | Action::Revert(i) => {
                         let revert = matches!(action, Action::Revert(_));
                         let op_id = self.commands.new_op_id();
+                        rollout.targets[*i].op_id.clone_from(&op_id);
                         let state = if revert {
                             TargetState::Reverting {
                                 op_id: op_id.clone(),
@@ -346,8 +475,44 @@ impl Runner {
                         rollout.set(*i, state, now);
                         history.push(rollout.targets[*i].history(&rollout.id));
                     }
+                    Action::Cancel(i) => {
+                        let reason = rollout
+                            .cancel
+                            .as_ref()
+                            .map_or_else(String::new, |c| c.reason.clone());
+                        rollout.set(*i, TargetState::Cancelled { reason }, now);
+                        history.push(rollout.targets[*i].history(&rollout.id));
+                    }
                     Action::Become(state) => {
                         info!(rollout = %rollout.id, state = state.name(), "Rollout state changes.");
+                        if let RolloutState::Cancelled { reason } = state {
+                            let notifiers = self
+                                .notifiers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone();
+                            notifiers.send(crate::notify::Message {
+                                event: "rollout-cancelled",
+                                kind: crate::notify::Kind::Warning,
+                                title: format!("Ouroboros: rollout {} cancelled", rollout.id),
+                                body: format!(
+                                    "{reason}. {} target(s) updated before, {} cancelled.",
+                                    rollout
+                                        .targets
+                                        .iter()
+                                        .filter(|t| matches!(t.state, TargetState::Updated { .. }))
+                                        .count(),
+                                    rollout
+                                        .targets
+                                        .iter()
+                                        .filter(|t| matches!(
+                                            t.state,
+                                            TargetState::Cancelled { .. }
+                                        ))
+                                        .count()
+                                ),
+                            });
+                        }
                         if let RolloutState::Paused { reason } = state {
                             let notifiers = self
                                 .notifiers
@@ -382,7 +547,8 @@ impl Runner {
                     TargetState::Dispatched { .. } | TargetState::Reverting { .. }
                 )
             });
-            if !rollout.state.is_active() && !waiting_for_answers {
+            let cancelling = rollout.cancel.is_some() && !rollout.state.is_ended();
+            if !rollout.state.is_active() && !waiting_for_answers && !cancelling {
                 break;
             }
             if !actions.is_empty() && in_flight {
@@ -415,18 +581,28 @@ impl Runner {
                         after_update(status, &reason, now)
                     };
                     let t = &rollout.targets[answer.index];
-                    info!(rollout = %rollout.id, host = %t.host, container = %t.container, status, reason = %reason, "Target answered.");
+                    if matches!(status, "updated" | "already-current") {
+                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status, "Target answered.");
+                    } else {
+                        warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status, reason = %reason, "Target failed.");
+                    }
                     let outcome = match (answer.revert, status) {
                         (true, "updated" | "already-current") => "reverted",
                         (true, _) => "revert-failed",
                         (false, s) => s,
                     };
                     crate::metrics::METRICS.update_done(&t.host, &t.container, outcome);
+                    let canary_was_done = rollout.canary_done_ms > 0;
                     rollout.set(answer.index, state, now);
+                    if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
+                        info!(rollout = %rollout.id, wait_s = rollout.policy.canary_wait_ms / 1000, "Canary hosts done; the other hosts start once the canary wait has passed without a failure.");
+                    }
+                    self.remember_outcome(&rollout, answer.index, now);
                     let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
                     if !answer.revert {
                         for (i, result) in moved_with(&mut rollout, answer.index, &answer.result, now) {
                             entries.push(rollout.targets[i].history(&rollout.id));
+                            self.remember_outcome(&rollout, i, now);
                             results.insert(i, result);
                         }
                     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
 
-use crate::rollout::{HistoryEntry, Rollout};
+use crate::rollout::{BadDigest, HistoryEntry, Rollout};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,8 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts_v1
 const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history_v1");
 /// The last digest announced per `host/container`.
 const ANNOUNCED: TableDefinition<&str, &str> = TableDefinition::new("announced_v1");
+/// Known-bad digests by `host/container`, JSON values.
+const BAD_DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("bad_digests_v1");
 /// Operator settings kept across restarts (`paused`).
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings_v1");
 /// File name of the database inside the data dir.
@@ -94,6 +96,8 @@ pub struct Batch {
     pub announced: BTreeMap<String, String>,
     /// Settings to set (`Some`) or clear (`None`).
     pub settings: BTreeMap<String, Option<String>>,
+    /// Known-bad digests to record (`Some`) or forget (`None`), by `host/container`.
+    pub bad_digests: BTreeMap<String, Option<BadDigest>>,
 }
 
 impl Batch {
@@ -105,6 +109,7 @@ impl Batch {
             && self.history_before.is_none()
             && self.announced.is_empty()
             && self.settings.is_empty()
+            && self.bad_digests.is_empty()
     }
 
     /// Adds `newer` on top of this batch.
@@ -116,6 +121,7 @@ impl Batch {
         self.history_before = self.history_before.max(newer.history_before);
         self.announced.extend(newer.announced);
         self.settings.extend(newer.settings);
+        self.bad_digests.extend(newer.bad_digests);
     }
 }
 
@@ -143,6 +149,8 @@ pub trait FleetStore: Send + Sync {
     fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError>;
     /// Operator settings.
     fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError>;
+    /// Known-bad digests, by `host/container`.
+    fn load_bad_digests(&self) -> Result<BTreeMap<String, BadDigest>, StoreError>;
 }
 
 /// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
@@ -197,6 +205,8 @@ impl RedbStore {
             .map_err(db_err("create the announced table"))?;
         txn.open_table(SETTINGS)
             .map_err(db_err("create the settings table"))?;
+        txn.open_table(BAD_DIGESTS)
+            .map_err(db_err("create the known-bad digests table"))?;
         txn.commit().map_err(db_err("commit"))?;
         Ok(Self { db, _lock: lock })
     }
@@ -289,6 +299,22 @@ impl FleetStore for RedbStore {
                     .insert(key.as_str(), digest.as_str())
                     .map_err(db_err("write an announced digest"))?;
             }
+            let mut bad = txn
+                .open_table(BAD_DIGESTS)
+                .map_err(db_err("open the known-bad digests table"))?;
+            for (key, value) in &batch.bad_digests {
+                match value {
+                    Some(v) => {
+                        let json = serde_json::to_vec(v).unwrap_or_default();
+                        bad.insert(key.as_str(), json.as_slice())
+                            .map_err(db_err("write a known-bad digest"))?;
+                    }
+                    None => {
+                        bad.remove(key.as_str())
+                            .map_err(db_err("forget a known-bad digest"))?;
+                    }
+                }
+            }
             let mut settings = txn
                 .open_table(SETTINGS)
                 .map_err(db_err("open the settings table"))?;
@@ -324,6 +350,27 @@ impl FleetStore for RedbStore {
 
     fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
         self.load_strings(SETTINGS)
+    }
+
+    fn load_bad_digests(&self) -> Result<BTreeMap<String, BadDigest>, StoreError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(BAD_DIGESTS)
+            .map_err(db_err("open the known-bad digests table"))?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(db_err("read records"))? {
+            let (k, v) = row.map_err(db_err("read a record"))?;
+            let key = k.value().to_owned();
+            let value =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::CorruptRecord {
+                    what: "known-bad digest",
+                    key: key.clone(),
+                    source,
+                })?;
+            out.insert(key, value);
+        }
+        Ok(out)
     }
 }
 
@@ -415,6 +462,16 @@ impl FleetStore for MemoryStore {
             rest.history.retain(|e| e.finished_ms >= before);
         }
         rest.announced.extend(batch.announced.clone());
+        for (k, v) in &batch.bad_digests {
+            match v {
+                Some(v) => {
+                    rest.bad_digests.insert(k.clone(), Some(v.clone()));
+                }
+                None => {
+                    rest.bad_digests.remove(k);
+                }
+            }
+        }
         for (k, v) in &batch.settings {
             match v {
                 Some(v) => {
@@ -452,6 +509,15 @@ impl FleetStore for MemoryStore {
     fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError> {
         let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rest.announced.clone())
+    }
+
+    fn load_bad_digests(&self) -> Result<BTreeMap<String, BadDigest>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest
+            .bad_digests
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect())
     }
 }
 
@@ -494,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn rollouts_history_and_announced_digests_survive_reopen_and_history_is_pruned() {
+    fn rollouts_history_announced_and_bad_digests_survive_reopen_and_history_is_pruned() {
         use crate::rollout::{HistoryEntry, Policy, Rollout, RolloutState};
         let entry = |finished_ms: i64, container: &str| HistoryEntry {
             rollout: "r-1".into(),
@@ -521,6 +587,14 @@ mod tests {
             last_host_done_ms: 0,
             canary_done_ms: 0,
             acknowledged_failures: 0,
+            cancel: None,
+        };
+        let bad = crate::rollout::BadDigest {
+            digest: "sha256:bad".into(),
+            at_ms: 7,
+            outcome: "rolled-back".into(),
+            reason: "health gate".into(),
+            rollout: "r-1".into(),
         };
         let dir = tempfile::tempdir().unwrap();
         {
@@ -529,7 +603,12 @@ mod tests {
             batch.rollouts.insert(rollout.id.clone(), rollout.clone());
             batch.history = vec![entry(100, "a"), entry(200, "b"), entry(300, "c")];
             batch.announced.insert("h/a".into(), "sha256:new".into());
+            batch.bad_digests.insert("h/a".into(), Some(bad.clone()));
+            batch.bad_digests.insert("h/b".into(), Some(bad.clone()));
             store.save(&batch).unwrap();
+            let mut forget = Batch::default();
+            forget.bad_digests.insert("h/b".into(), None);
+            store.save(&forget).unwrap();
             store
                 .save(&Batch {
                     history_before: Some(200),
@@ -557,6 +636,11 @@ mod tests {
                 .get("h/a")
                 .map(String::as_str),
             Some("sha256:new")
+        );
+        assert_eq!(
+            store.load_bad_digests().unwrap(),
+            BTreeMap::from([("h/a".to_owned(), bad)]),
+            "h/b forgotten"
         );
     }
 }

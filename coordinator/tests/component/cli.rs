@@ -82,6 +82,7 @@ fn target(host: &str, container: &str, state: TargetState, at: i64) -> Target {
         finished_ms: at + 9_000,
         soft_dependants: Vec::new(),
         dependant_images: Default::default(),
+        op_id: format!("op-{}-{container}", at / 1000),
     }
 }
 
@@ -146,6 +147,7 @@ fn fill(data: &Path) {
         last_host_done_ms: T0 + 9_000,
         canary_done_ms: 0,
         acknowledged_failures: 0,
+        cancel: None,
     };
     let paused = Rollout {
         id: "r-1748782800000-0".into(),
@@ -176,6 +178,7 @@ fn fill(data: &Path) {
         last_host_done_ms: T0 + 3_609_000,
         canary_done_ms: 0,
         acknowledged_failures: 0,
+        cancel: None,
     };
     batch.history = [&done, &paused]
         .iter()
@@ -367,6 +370,49 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
     if let Err(e) = check_snapshot("pause.table", &mask(&String::from_utf8_lossy(&out.stdout))) {
         failures.push(e);
     }
+    // The resumed rollout waits for its host (away): cancelled, its target not started is
+    // cancelled and the rollout ends; a second cancel, an unknown id and a malformed one are
+    // refused.
+    let cancel = |id: &str, format: &str| {
+        run(vec![
+            "rollout".into(),
+            "cancel".into(),
+            id.into(),
+            "--reason".into(),
+            "bad image".into(),
+            "--output".into(),
+            format.into(),
+        ])
+    };
+    let out = cancel("r-1748782800000-0", "table").await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    if let Err(e) = check_snapshot("cancel.table", &mask(&String::from_utf8_lossy(&out.stdout))) {
+        failures.push(e);
+    }
+    let listed = run(vec![
+        "rollout".into(),
+        "r-1748782800000-0".into(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(json[0]["state"], "cancelled", "{json}");
+    assert_eq!(
+        json[0]["reason"], "cancelled by the operator: bad image",
+        "{json}"
+    );
+    assert_eq!(json[0]["targets"][1]["state"], "cancelled", "{json}");
+    assert_eq!(json[0]["targets"][0]["state"], "failed", "{json}");
+    let again = cancel("r-1748782800000-0", "json").await;
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("already ended (cancelled)"), "{said}");
+    let unknown = cancel("r-1", "json").await;
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no rollout r-1"));
+    let malformed = cancel("1; drop", "json").await;
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
     // Completions for each shell, and --version.
     for shell in ["bash", "zsh", "fish"] {
         let out = std::process::Command::new(bin)
