@@ -437,6 +437,16 @@ impl Rollout {
                 "reverted".to_owned(),
                 format!("sent back when rollout {} {}", self.id, self.state.name()),
             ),
+            // The operator cancelled the rollout of this digest, or it was rolled back
+            // before this target's turn: not to be tried again by itself either.
+            TargetState::Cancelled { reason } => (
+                "cancelled".to_owned(),
+                format!("rollout {}: {reason}", self.id),
+            ),
+            TargetState::Pending if matches!(self.state, RolloutState::RolledBack { .. }) => (
+                "not-started".to_owned(),
+                format!("rollout {} rolled back before its turn", self.id),
+            ),
             _ => return None,
         };
         Some(BadDigest {
@@ -1272,14 +1282,21 @@ mod tests {
                 reason: "stop".into()
             })]
         );
-        // Both sent back: their digests are bad ones for their containers now.
+        // Both sent back, and c cancelled: the digest is a bad one for each container now.
         let bad: Vec<String> = r
             .targets
             .iter()
             .filter_map(|t| r.bad_digest(t, 5))
             .map(|b| format!("{} {}", b.outcome, b.digest))
             .collect();
-        assert_eq!(bad, ["reverted sha256:new", "reverted sha256:new"]);
+        assert_eq!(
+            bad,
+            [
+                "reverted sha256:new",
+                "reverted sha256:new",
+                "cancelled sha256:new"
+            ]
+        );
     }
 
     #[test]
@@ -1302,6 +1319,25 @@ mod tests {
             );
         }
         assert!(r.bad_digest(&with(TargetState::Pending), 1).is_none());
+        let cancelled = TargetState::Cancelled {
+            reason: "cancelled by the operator".into(),
+        };
+        assert_eq!(
+            r.bad_digest(&with(cancelled), 1).map(|b| b.outcome),
+            Some("cancelled".into())
+        );
+        let rolled_back = Rollout {
+            state: RolloutState::RolledBack {
+                reason: "1 of 2 failed".into(),
+            },
+            ..r.clone()
+        };
+        assert_eq!(
+            rolled_back
+                .bad_digest(&with(TargetState::Pending), 1)
+                .map(|b| b.outcome),
+            Some("not-started".into())
+        );
     }
 
     #[test]

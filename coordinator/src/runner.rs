@@ -189,6 +189,11 @@ impl Runner {
             .filter(|t| matches!(t.state, TargetState::Cancelled { .. }))
             .map(|t| t.history(&rollout.id))
             .collect();
+        for i in 0..rollout.targets.len() {
+            if matches!(rollout.targets[i].state, TargetState::Cancelled { .. }) {
+                self.remember_outcome(&rollout, i, cancel.at_ms);
+            }
+        }
         if !self.fleet.save_rollout(&rollout, history) {
             return Err("cannot store the rollout; try again".into());
         }
@@ -481,6 +486,7 @@ impl Runner {
                             .as_ref()
                             .map_or_else(String::new, |c| c.reason.clone());
                         rollout.set(*i, TargetState::Cancelled { reason }, now);
+                        self.remember_outcome(&rollout, *i, now);
                         history.push(rollout.targets[*i].history(&rollout.id));
                     }
                     Action::Become(state) => {
@@ -530,6 +536,13 @@ impl Runner {
                         }
                         rollout.state = state.clone();
                         rollout.updated_ms = now;
+                        if matches!(state, RolloutState::RolledBack { .. }) {
+                            // Its digests are taken back: those not started are not tried
+                            // again by the next cycle either.
+                            for i in 0..rollout.targets.len() {
+                                self.remember_outcome(&rollout, i, now);
+                            }
+                        }
                     }
                 }
             }

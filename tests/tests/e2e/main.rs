@@ -18,5 +18,6 @@ mod multiarch;
 mod notify;
 mod rollout;
 mod shutdown;
+mod steer;
 mod up;
 mod update;

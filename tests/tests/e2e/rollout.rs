@@ -26,21 +26,21 @@ fn now_nanos() -> u128 {
 
 /// One container event of an engine.
 #[derive(Debug, Clone)]
-struct Event {
-    action: String,
-    name: String,
+pub(crate) struct Event {
+    pub(crate) action: String,
+    pub(crate) name: String,
     id: String,
     nanos: u128,
 }
 
 /// An engine's container lifecycle events, streamed from when it is made (`docker events`
 /// replays only the engine's last 256 events, which healthcheck execs soon push out).
-struct EventLog {
+pub(crate) struct EventLog {
     process: Process,
 }
 
 impl EventLog {
-    fn start(engine: &Engine) -> anyhow::Result<Self> {
+    pub(crate) fn start(engine: &Engine) -> anyhow::Result<Self> {
         // From now on, whenever the stream actually starts: `--since` replays what came
         // between.
         let now = now_nanos();
@@ -68,7 +68,7 @@ impl EventLog {
     }
 
     /// The events so far.
-    fn events(&self) -> anyhow::Result<Vec<Event>> {
+    pub(crate) fn events(&self) -> anyhow::Result<Vec<Event>> {
         self.process
             .log()
             .lines()
@@ -104,7 +104,7 @@ fn last(events: &[Event], action: &str, name: &str) -> Option<u128> {
 }
 
 /// The only rollout of the coordinator (or the newest), as JSON.
-fn newest_rollout(coordinator: &Coordinator) -> anyhow::Result<Value> {
+pub(crate) fn newest_rollout(coordinator: &Coordinator) -> anyhow::Result<Value> {
     let all = coordinator.json(&["rollouts"])?;
     all.as_array()
         .and_then(|a| a.first())
