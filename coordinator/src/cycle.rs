@@ -785,13 +785,13 @@ impl Cycle {
                 info!(rollout = %rollout.id, revert, "Rollout cancelled by the operator.");
                 // What is left (answers in flight, ways back, the end) is a run's to do.
                 let cycle = self.clone();
-                let run = rollout.clone();
+                let run = (*rollout).clone();
                 tokio::spawn(async move {
                     let _turn = cycle.running.lock().await;
                     let (done, _) = cycle.runner.run(run, &cycle.windows).await;
                     info!(rollout = %done.id, state = done.state.name(), "Cancelled rollout stops.");
                 });
-                Ok(rollout)
+                Ok(*rollout)
             }
         }
     }

@@ -220,16 +220,18 @@ impl Fleet {
                 }
             }
         }
-        let mut batch = Batch::default();
-        batch.bad_digests = changes;
-        self.writer().batch(batch);
+        self.writer().batch(Batch {
+            bad_digests: changes,
+            ..Batch::default()
+        });
     }
 
     /// Adds outcomes to the history (manual updates).
     pub fn record_history(&self, entries: Vec<HistoryEntry>) {
-        let mut batch = Batch::default();
-        batch.history = entries;
-        self.writer().batch(batch);
+        self.writer().batch(Batch {
+            history: entries,
+            ..Batch::default()
+        });
     }
 
     /// Digests announced so far, by `host/container`.

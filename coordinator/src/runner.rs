@@ -63,9 +63,9 @@ struct Active {
 pub enum CancelTaken {
     /// The rollout is being run: the runner applies it at once.
     ByRunner,
-    /// Nobody runs it: the caller applies it to the stored rollout (under the runner's lock,
-    /// so that no run starts meanwhile).
-    Stored(Rollout),
+    /// Nobody runs it: it was applied to the stored rollout (under the runner's lock, so
+    /// that no run started meanwhile); a run must finish what is left.
+    Stored(Box<Rollout>),
 }
 
 /// Targets that target `index`'s operation moved to their new image along with it (dependants
@@ -197,7 +197,7 @@ impl Runner {
         if !self.fleet.save_rollout(&rollout, history) {
             return Err("cannot store the rollout; try again".into());
         }
-        Ok(CancelTaken::Stored(rollout))
+        Ok(CancelTaken::Stored(Box::new(rollout)))
     }
 
     /// A fresh rollout id, ordered by time.
