@@ -286,6 +286,22 @@ impl Metrics {
 
         section(
             &mut out,
+            "ouroboros_host_connected",
+            "gauge",
+            "Whether the host's agent is connected now (1) or not (0), for every host the coordinator knows.",
+        );
+        for (host, connected) in &fleet.host_connected {
+            emit(
+                &mut lines,
+                "ouroboros_host_connected",
+                &[("host", host)],
+                f64::from(u8::from(*connected)),
+            );
+        }
+        flush(&mut out, &mut lines);
+
+        section(
+            &mut out,
             "ouroboros_containers_monitored",
             "gauge",
             "Containers the last cycle watched, by host.",
@@ -497,6 +513,14 @@ impl Metrics {
             s.counters.rollbacks,
             number(s.last_cycle_seconds)
         );
+        for (host, connected) in &fleet.host_connected {
+            let _ = writeln!(
+                out,
+                "ouroboros_host_connected,host={} value={}i {unix_ns}",
+                tag(host),
+                u8::from(*connected)
+            );
+        }
         for (host, n) in &s.monitored {
             let _ = writeln!(
                 out,
@@ -656,6 +680,56 @@ mod tests {
     }
 
     #[test]
+    fn every_known_host_has_a_connected_gauge_and_nothing_else_does() {
+        let m = Metrics::default();
+        // Figures of a host the fleet does not know make no host_connected series.
+        m.update_done("gone-01", "shop", "updated");
+        let fleet = FleetFigures {
+            host_connected: BTreeMap::from([
+                ("a".into(), true),
+                ("b".into(), false),
+                ("c\"d".into(), false),
+            ]),
+            ..FleetFigures::default()
+        };
+        let text = m.render(&fleet);
+        assert_eq!(
+            samples(&text, "ouroboros_host_connected"),
+            [
+                "ouroboros_host_connected{host=\"a\"} 1",
+                "ouroboros_host_connected{host=\"b\"} 0",
+                "ouroboros_host_connected{host=\"c\\\"d\"} 0",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("ouroboros_agents_connected 1\n"), "{text}");
+        assert!(text.contains("ouroboros_hosts 3\n"), "{text}");
+        let points = m.line_protocol(&fleet, 7);
+        for needle in [
+            "ouroboros_fleet agents_connected=1i,hosts=3i,",
+            "ouroboros_host_connected,host=a value=1i 7\n",
+            "ouroboros_host_connected,host=b value=0i 7\n",
+        ] {
+            assert!(points.contains(needle), "missing {needle:?} in:\n{points}");
+        }
+        assert!(
+            !points.contains("ouroboros_host_connected,host=gone-01"),
+            "{points}"
+        );
+
+        // No hosts yet: the family is declared and has no samples.
+        let text = m.render(&FleetFigures::default());
+        assert!(
+            text.contains("# TYPE ouroboros_host_connected gauge\n"),
+            "{text}"
+        );
+        assert!(
+            samples(&text, "ouroboros_host_connected").is_empty(),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_text_format_has_every_family_and_escapes_labels() {
         let m = Metrics::default();
         m.set_per_container(true);
@@ -680,6 +754,9 @@ mod tests {
         for needle in [
             "ouroboros_agents_connected 1\n",
             "ouroboros_hosts 2\n",
+            "# TYPE ouroboros_host_connected gauge\n",
+            "ouroboros_host_connected{host=\"web-01\"} 1\n",
+            "ouroboros_host_connected{host=\"db-01\"} 0\n",
             "ouroboros_containers_monitored{host=\"web\\\"01\"} 3\n",
             "ouroboros_updates_available 2\n",
             "ouroboros_updates_total{host=\"web-01\",outcome=\"updated\"} 2\n",
