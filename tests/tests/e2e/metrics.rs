@@ -1,7 +1,9 @@
 //! Metrics end to end: the coordinator's `/metrics` scraped by a real Prometheus (Debian's),
 //! whose query API returns `ouroboros_updates_total` for the updated host; `promtool check
-//! metrics` passes on the output; counters survive a restart; the Grafana dashboard in
-//! `deploy/` only queries exported metrics.
+//! metrics` passes on the output; an update of a container the fleet does not have makes no
+//! per-container series; `ouroboros_host_connected` follows an agent killed with SIGKILL;
+//! counters survive a restart; the Grafana dashboard in `deploy/` only queries exported
+//! metrics.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -38,6 +40,21 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The `deploy/` file `name`.
+fn deploy_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name)
+}
+
+/// The sum of the samples of `family` whose labels include `label` (`host="host-a"`).
+fn sum_of(text: &str, family: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Metric names (families) in a Prometheus text exposition.
 fn families(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -71,7 +88,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     ];
     let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
     let addr = metrics_addr(&server)?;
-    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    let agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
     eventually(CONVERGE, POLL, || {
         let planned = coordinator.json(&["updates"])?;
         ensure!(
@@ -87,9 +104,29 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 0, "{checked}");
 
+    // An update of a container host-a does not have is counted for the host, and makes no
+    // per-container series.
+    let (_, before) = get(&addr, "/metrics")?;
+    let (code, answer) =
+        coordinator.admin(&["update", "--host", "host-a", "--container", "nope"])?;
+    assert_ne!(code, 0, "updating a missing container succeeded: {answer}");
+
     // The endpoint.
     let (status, text) = get(&addr, "/metrics")?;
     assert_eq!(status, 200);
+    let host_a = "host=\"host-a\"";
+    assert_eq!(
+        sum_of(&text, "ouroboros_updates_total", host_a),
+        sum_of(&before, "ouroboros_updates_total", host_a) + 1.0,
+        "the update of nope was not counted ({answer}):\n{text}"
+    );
+    assert!(!text.contains("container=\"nope\""), "{text}");
+    let per_container = format!(
+        "ouroboros_container_updates_total{{host=\"host-a\",container=\"{name}\",outcome=\"updated\"}} 1"
+    );
+    assert!(text.contains(&per_container), "{text}");
+    let connected = "ouroboros_host_connected{host=\"host-a\"}";
+    assert!(text.contains(&format!("{connected} 1\n")), "{text}");
     let updated = "ouroboros_updates_total{host=\"host-a\",outcome=\"updated\"} 1";
     assert!(text.contains(updated), "{text}");
     assert!(text.contains("ouroboros_agents_connected 1"), "{text}");
@@ -104,6 +141,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     for family in [
         "ouroboros_agents_connected",
         "ouroboros_hosts",
+        "ouroboros_host_connected",
         "ouroboros_containers_monitored",
         "ouroboros_updates_available",
         "ouroboros_updates_total",
@@ -172,7 +210,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     eventually(CONVERGE, Duration::from_millis(500), || {
         let (status, body) = get(
             &listen,
-            "/api/v1/query?query=ouroboros_updates_total%7Bhost%3D%22host-a%22%7D",
+            "/api/v1/query?query=ouroboros_updates_total%7Bhost%3D%22host-a%22%2Coutcome%3D%22updated%22%7D",
         )?;
         ensure!(status == 200, "query answered {status}: {body}");
         let answer: serde_json::Value = serde_json::from_str(&body)?;
@@ -186,7 +224,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
 
     // The dashboard queries only exported metrics.
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+        deploy_file("grafana-dashboard.json"),
     )?)?;
     let exported = families(&text);
     let mut queries = 0;
@@ -213,13 +251,24 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     }
     ensure!(queries >= 10, "only {queries} queries");
 
-    // Counters survive a restart.
+    // An agent killed with SIGKILL: its host is known and not connected.
+    agent.kill9()?;
+    eventually(CONVERGE, POLL, || {
+        let (_, text) = get(&addr, "/metrics")?;
+        ensure!(text.contains(&format!("{connected} 0\n")), "{text}");
+        Ok(())
+    })?;
+
+    // Counters survive a restart; the stored count of nope still makes no series.
     server.terminate(Duration::from_secs(20))?;
     drop(server);
     let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
     let addr = metrics_addr(&server)?;
     let (_, text) = get(&addr, "/metrics")?;
     assert!(text.contains(updated), "counter lost in a restart:\n{text}");
+    assert!(text.contains(&per_container), "{text}");
+    assert!(!text.contains("container=\"nope\""), "{text}");
+    assert!(text.contains(&format!("{connected} 0\n")), "{text}");
     Ok(())
 }
 
