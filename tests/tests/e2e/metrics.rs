@@ -2,8 +2,8 @@
 //! whose query API returns `ouroboros_updates_total` for the updated host; `promtool check
 //! metrics` passes on the output; an update of a container the fleet does not have makes no
 //! per-container series; `ouroboros_host_connected` follows an agent killed with SIGKILL;
-//! counters survive a restart; the Grafana dashboard in `deploy/` only queries exported
-//! metrics.
+//! counters survive a restart; the Grafana dashboard and the alert rules in `deploy/` only
+//! name exported metrics, and the alert rules pass `promtool check` and `promtool test`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -250,6 +250,19 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
         }
     }
     ensure!(queries >= 10, "only {queries} queries");
+    // So do the alert rules.
+    let rules = std::fs::read_to_string(deploy_file("prometheus-alerts.yml"))?;
+    let named: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("ouroboros_"))
+        .collect();
+    ensure!(named.len() >= 2, "the alert rules name {named:?}");
+    for metric in named {
+        ensure!(
+            exported.contains(metric),
+            "alert rules: {metric} is not exported"
+        );
+    }
 
     // An agent killed with SIGKILL: its host is known and not connected.
     agent.kill9()?;
@@ -270,6 +283,97 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     assert!(!text.contains("container=\"nope\""), "{text}");
     assert!(text.contains(&format!("{connected} 0\n")), "{text}");
     Ok(())
+}
+
+/// Runs `promtool` with `args`; its output on failure.
+fn promtool(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .output()
+        .context("running promtool (Debian's prometheus package)")?;
+    ensure!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The alert rules in `deploy/` are valid, loaded by `deploy/prometheus.yml`, and fire when
+/// they should (a host disconnected for 5 minutes, no cycle for 30 minutes, the coordinator
+/// not scraped for 5 minutes) and not before, per `promtool test rules`.
+#[test]
+fn the_alert_rules_pass_promtool_and_fire_when_they_should() -> anyhow::Result<()> {
+    let rules = deploy_file("prometheus-alerts.yml");
+    let rules = rules.to_str().context("path")?;
+    promtool(&["check", "rules", rules])?;
+    // Also fails when a rule file it names is missing.
+    promtool(&[
+        "check",
+        "config",
+        deploy_file("prometheus.yml").to_str().context("path")?,
+    ])?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-alerts-")
+        .tempdir()?;
+    let tests = dir.path().join("alerts-test.yml");
+    // host-b's agent goes away at 2m; the stuck coordinator's last cycle ended at 10m; the
+    // restarted one shows 0 until its first cycle at 5m; the coordinator is down from 2m.
+    std::fs::write(
+        &tests,
+        format!(
+            r#"rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'ouroboros_host_connected{{host="host-a"}}'
+        values: '1x30'
+      - series: 'ouroboros_host_connected{{host="host-b"}}'
+        values: '1 1 0x28'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="fresh"}}'
+        values: '0+60x70'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="restarted"}}'
+        values: '0x4 300+60x65'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="stuck"}}'
+        values: '600x70'
+      - series: 'up{{job="ouroboros",instance="c:9185"}}'
+        values: '1 1 0x28'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: OuroborosHostDisconnected
+      - eval_time: 8m
+        alertname: OuroborosHostDisconnected
+        exp_alerts:
+          - exp_labels: {{severity: warning, host: host-b}}
+            exp_annotations:
+              summary: "Ouroboros agent of host-b disconnected"
+              description: "The coordinator has had no connection from the agent of host-b for more than 5 minutes."
+      - eval_time: 45m
+        alertname: OuroborosSchedulerStalled
+      - eval_time: 60m
+        alertname: OuroborosSchedulerStalled
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: stuck}}
+            exp_annotations:
+              summary: "Ouroboros has run no check cycle for 50m 0s"
+              description: "No check cycle ended for more than 30 minutes (the interval is 5 minutes): the scheduler is stuck or a cycle hangs."
+      - eval_time: 6m
+        alertname: OuroborosCoordinatorDown
+      - eval_time: 8m
+        alertname: OuroborosCoordinatorDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ouroboros, instance: "c:9185"}}
+            exp_annotations:
+              summary: "Ouroboros coordinator c:9185 does not answer scrapes"
+              description: "Prometheus could not scrape the coordinator for more than 5 minutes: no figures, and no alerts from them."
+"#
+        ),
+    )?;
+    promtool(&["test", "rules", tests.to_str().context("path")?])
 }
 
 /// An HTTP request with an optional body and Basic credentials: status and body.
