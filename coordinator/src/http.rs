@@ -18,18 +18,22 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
 
-/// The fleet's figures at scrape time.
+/// The fleet's figures at scrape time: every known host, connected or not, with the
+/// containers of its last report (one snapshot of the view), and the stored rollouts.
 pub fn fleet_figures(fleet: &Fleet) -> FleetFigures {
-    let hosts = fleet.hosts();
-    let mut rollouts = std::collections::BTreeMap::new();
+    let mut figures = FleetFigures::default();
+    for h in fleet.hosts() {
+        let names = h.record.containers.iter().map(|c| c.name.clone()).collect();
+        figures.containers.insert(h.record.host.clone(), names);
+        figures.host_connected.insert(h.record.host, h.connected);
+    }
     for r in fleet.rollouts().unwrap_or_default() {
-        *rollouts.entry(r.state.name().to_owned()).or_insert(0) += 1;
+        *figures
+            .rollouts
+            .entry(r.state.name().to_owned())
+            .or_insert(0) += 1;
     }
-    FleetFigures {
-        agents_connected: hosts.iter().filter(|h| h.connected).count() as u64,
-        hosts: hosts.len() as u64,
-        rollouts,
-    }
+    figures
 }
 
 /// Serves until `stop`.
@@ -121,4 +125,90 @@ async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+
+    use ouroboros_shared::host::HostName;
+    use ouroboros_shared::inventory::{
+        ContainerInfo, ContainerState, Health, Hello, HostMode, Inventory,
+    };
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn hello(host: &str) -> Hello {
+        Hello {
+            host: host.into(),
+            agent_version: "0.1.0".into(),
+            engine: Default::default(),
+            mode: HostMode::Standalone,
+        }
+    }
+
+    fn inventory(names: &[&str]) -> Inventory {
+        Inventory {
+            containers: names
+                .iter()
+                .map(|n| ContainerInfo {
+                    id: format!("id-{n}"),
+                    name: (*n).into(),
+                    image: "img:1".into(),
+                    image_id: "sha256:1".into(),
+                    repo_digests: vec![],
+                    labels: Default::default(),
+                    state: ContainerState::Running,
+                    health: Health::None,
+                    restart_count: 0,
+                    created_unix: 1,
+                    network_mode: String::new(),
+                    links: Vec::new(),
+                    pid_mode: String::new(),
+                    ipc_mode: String::new(),
+                    set_aside: String::new(),
+                })
+                .collect(),
+            mode: HostMode::Standalone,
+            observed_at_unix_ms: 5,
+        }
+    }
+
+    #[test]
+    fn figures_have_every_known_host_and_its_last_reported_containers() {
+        let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
+        let peer: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let (a, b) = (HostName::parse("a").unwrap(), HostName::parse("b").unwrap());
+        let (session_a, _) = fleet.connect(&a, &hello("a"), peer, 1);
+        assert!(fleet.inventory(&a, session_a.id, inventory(&["shop", "pg"]), 2));
+        let (session_b, _) = fleet.connect(&b, &hello("b"), peer, 1);
+
+        let figures = fleet_figures(&fleet);
+        assert_eq!(
+            figures.host_connected,
+            BTreeMap::from([("a".into(), true), ("b".into(), true)])
+        );
+        assert_eq!(figures.agents_connected(), 2);
+        assert_eq!(
+            figures.containers,
+            BTreeMap::from([
+                ("a".into(), BTreeSet::from(["pg".into(), "shop".into()])),
+                ("b".into(), BTreeSet::new()),
+            ])
+        );
+
+        // A host that went away stays, as not connected, with what it last reported.
+        drop(session_a);
+        let figures = fleet_figures(&fleet);
+        assert_eq!(
+            figures.host_connected,
+            BTreeMap::from([("a".into(), false), ("b".into(), true)])
+        );
+        assert_eq!(figures.hosts(), 2);
+        assert_eq!(figures.agents_connected(), 1);
+        assert_eq!(figures.containers["a"].len(), 2);
+        drop(session_b);
+    }
 }

@@ -2,9 +2,9 @@
 //! registry, rendered in the Prometheus text format (and as InfluxDB line protocol by
 //! [`crate::export`]). Counters are persisted in the store and survive restarts. Label sets
 //! stay bounded: hosts, registries, outcomes, states, and containers only when per-container
-//! series are on.
+//! series are on, and then only those the fleet view has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -88,10 +88,32 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// What the fleet says at scrape time (not kept in the registry).
 #[derive(Debug, Clone, Default)]
 pub struct FleetFigures {
-    pub agents_connected: u64,
-    pub hosts: u64,
+    /// Every host the coordinator knows, and whether its agent is connected now.
+    pub host_connected: BTreeMap<String, bool>,
+    /// The container names the fleet view has, by host (a disconnected host's last report
+    /// included). Per-container series are exported for these pairs only.
+    pub containers: BTreeMap<String, BTreeSet<String>>,
     /// Rollouts by state.
     pub rollouts: BTreeMap<String, u64>,
+}
+
+impl FleetFigures {
+    /// Hosts whose agent is connected now.
+    pub fn agents_connected(&self) -> u64 {
+        self.host_connected.values().filter(|c| **c).count() as u64
+    }
+
+    /// Hosts the coordinator knows.
+    pub fn hosts(&self) -> u64 {
+        self.host_connected.len() as u64
+    }
+
+    /// Whether the fleet view has `container` on `host`.
+    fn has_container(&self, host: &str, container: &str) -> bool {
+        self.containers
+            .get(host)
+            .is_some_and(|names| names.contains(container))
+    }
 }
 
 fn escape(value: &str) -> String {
@@ -140,6 +162,9 @@ impl Metrics {
     }
 
     /// An update of `container` on `host` ended with `outcome` (`updated`, `rolled-back`, ...).
+    /// Every update is counted (and stored); a per-container series is exported only while
+    /// the fleet view has the container (see [`Metrics::render`]), so a name that matches no
+    /// container (a typo, an id) never becomes a series.
     pub fn update_done(&self, host: &str, container: &str, outcome: &str) {
         let per_container = self.per_container.load(Ordering::Relaxed);
         let mut s = self.lock();
@@ -213,7 +238,9 @@ impl Metrics {
         s.updates_available = available;
     }
 
-    /// Every figure, in the Prometheus text format (version 0.0.4).
+    /// Every figure, in the Prometheus text format (version 0.0.4). Per-container series are
+    /// limited to the (host, container) pairs of `fleet`; their stored counts are kept either
+    /// way, so a series goes on from its count when its container is back in the view.
     pub fn render(&self, fleet: &FleetFigures) -> String {
         let s = self.lock();
         let per_container = self.per_container.load(Ordering::Relaxed);
@@ -244,7 +271,7 @@ impl Metrics {
             &mut lines,
             "ouroboros_agents_connected",
             &[],
-            fleet.agents_connected as f64,
+            fleet.agents_connected() as f64,
         );
         flush(&mut out, &mut lines);
 
@@ -254,7 +281,23 @@ impl Metrics {
             "gauge",
             "Hosts the coordinator knows.",
         );
-        emit(&mut lines, "ouroboros_hosts", &[], fleet.hosts as f64);
+        emit(&mut lines, "ouroboros_hosts", &[], fleet.hosts() as f64);
+        flush(&mut out, &mut lines);
+
+        section(
+            &mut out,
+            "ouroboros_host_connected",
+            "gauge",
+            "Whether the host's agent is connected now (1) or not (0), for every host the coordinator knows.",
+        );
+        for (host, connected) in &fleet.host_connected {
+            emit(
+                &mut lines,
+                "ouroboros_host_connected",
+                &[("host", host)],
+                f64::from(u8::from(*connected)),
+            );
+        }
         flush(&mut out, &mut lines);
 
         section(
@@ -318,6 +361,9 @@ impl Metrics {
                     parts.next().unwrap_or(""),
                     parts.next().unwrap_or(""),
                 );
+                if !fleet.has_container(host, container) {
+                    continue;
+                }
                 emit(
                     &mut lines,
                     "ouroboros_container_updates_total",
@@ -461,12 +507,20 @@ impl Metrics {
         let _ = writeln!(
             out,
             "ouroboros_fleet agents_connected={}i,hosts={}i,updates_available={}i,rollbacks_total={}i,last_cycle_timestamp_seconds={} {unix_ns}",
-            fleet.agents_connected,
-            fleet.hosts,
+            fleet.agents_connected(),
+            fleet.hosts(),
             s.updates_available,
             s.counters.rollbacks,
             number(s.last_cycle_seconds)
         );
+        for (host, connected) in &fleet.host_connected {
+            let _ = writeln!(
+                out,
+                "ouroboros_host_connected,host={} value={}i {unix_ns}",
+                tag(host),
+                u8::from(*connected)
+            );
+        }
         for (host, n) in &s.monitored {
             let _ = writeln!(
                 out,
@@ -549,6 +603,132 @@ fn histogram(out: &mut String, name: &str, help: &str, bounds: &[f64], h: &Histo
 mod tests {
     use super::*;
 
+    /// A fleet view: container names by host.
+    fn view(hosts: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+        hosts
+            .iter()
+            .map(|(h, names)| {
+                let names = names.iter().map(|n| (*n).to_owned()).collect();
+                ((*h).to_owned(), names)
+            })
+            .collect()
+    }
+
+    /// The sample lines of `family` (its HELP and TYPE lines left out).
+    fn samples<'t>(text: &'t str, family: &str) -> Vec<&'t str> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} "))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn per_container_series_exist_only_for_containers_the_fleet_view_has() {
+        let m = Metrics::default();
+        m.set_per_container(true);
+        m.update_done("web-01", "shop", "updated");
+        m.update_done("web-01", "nope", "error");
+        // A name of another host's container.
+        m.update_done("db-01", "shop", "error");
+        // A host the view does not have.
+        m.update_done("gone-01", "shop", "updated");
+        let mut fleet = FleetFigures {
+            host_connected: BTreeMap::from([("web-01".into(), true), ("db-01".into(), true)]),
+            containers: view(&[("web-01", &["shop"]), ("db-01", &["pg"])]),
+            ..FleetFigures::default()
+        };
+        let text = m.render(&fleet);
+        assert_eq!(
+            samples(&text, "ouroboros_container_updates_total"),
+            [
+                "ouroboros_container_updates_total{host=\"web-01\",container=\"shop\",outcome=\"updated\"} 1"
+            ],
+            "{text}"
+        );
+        // The updates themselves are still counted by host, and all of it is stored.
+        assert!(
+            text.contains("ouroboros_updates_total{host=\"web-01\",outcome=\"error\"} 1\n"),
+            "{text}"
+        );
+        let stored = m.take_dirty().unwrap();
+        assert_eq!(stored.container_updates.len(), 4, "{stored:?}");
+        assert_eq!(stored.updates.values().sum::<u64>(), 4);
+
+        // Out of the view (set aside during a recreate, say), the series is not exported; back
+        // in it, the series goes on from its stored count, after a restart too.
+        fleet.containers = view(&[("web-01", &[]), ("db-01", &["pg"])]);
+        let text = m.render(&fleet);
+        assert!(
+            samples(&text, "ouroboros_container_updates_total").is_empty(),
+            "{text}"
+        );
+        m.update_done("web-01", "shop", "updated");
+        let restarted = Metrics::default();
+        restarted.set_per_container(true);
+        restarted.restore(m.take_dirty().unwrap());
+        fleet.containers = view(&[("web-01", &["shop"]), ("db-01", &["pg"])]);
+        assert_eq!(
+            samples(
+                &restarted.render(&fleet),
+                "ouroboros_container_updates_total"
+            ),
+            [
+                "ouroboros_container_updates_total{host=\"web-01\",container=\"shop\",outcome=\"updated\"} 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_known_host_has_a_connected_gauge_and_nothing_else_does() {
+        let m = Metrics::default();
+        // Figures of a host the fleet does not know make no host_connected series.
+        m.update_done("gone-01", "shop", "updated");
+        let fleet = FleetFigures {
+            host_connected: BTreeMap::from([
+                ("a".into(), true),
+                ("b".into(), false),
+                ("c\"d".into(), false),
+            ]),
+            ..FleetFigures::default()
+        };
+        let text = m.render(&fleet);
+        assert_eq!(
+            samples(&text, "ouroboros_host_connected"),
+            [
+                "ouroboros_host_connected{host=\"a\"} 1",
+                "ouroboros_host_connected{host=\"b\"} 0",
+                "ouroboros_host_connected{host=\"c\\\"d\"} 0",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("ouroboros_agents_connected 1\n"), "{text}");
+        assert!(text.contains("ouroboros_hosts 3\n"), "{text}");
+        let points = m.line_protocol(&fleet, 7);
+        for needle in [
+            "ouroboros_fleet agents_connected=1i,hosts=3i,",
+            "ouroboros_host_connected,host=a value=1i 7\n",
+            "ouroboros_host_connected,host=b value=0i 7\n",
+        ] {
+            assert!(points.contains(needle), "missing {needle:?} in:\n{points}");
+        }
+        assert!(
+            !points.contains("ouroboros_host_connected,host=gone-01"),
+            "{points}"
+        );
+
+        // No hosts yet: the family is declared and has no samples.
+        let text = m.render(&FleetFigures::default());
+        assert!(
+            text.contains("# TYPE ouroboros_host_connected gauge\n"),
+            "{text}"
+        );
+        assert!(
+            samples(&text, "ouroboros_host_connected").is_empty(),
+            "{text}"
+        );
+    }
+
     #[test]
     fn the_text_format_has_every_family_and_escapes_labels() {
         let m = Metrics::default();
@@ -566,14 +746,17 @@ mod tests {
             2,
         );
         let fleet = FleetFigures {
-            agents_connected: 1,
-            hosts: 2,
+            host_connected: BTreeMap::from([("web-01".into(), true), ("db-01".into(), false)]),
+            containers: view(&[("web-01", &["shop"]), ("db-01", &["pg"])]),
             rollouts: BTreeMap::from([("completed".into(), 4)]),
         };
         let text = m.render(&fleet);
         for needle in [
             "ouroboros_agents_connected 1\n",
             "ouroboros_hosts 2\n",
+            "# TYPE ouroboros_host_connected gauge\n",
+            "ouroboros_host_connected{host=\"web-01\"} 1\n",
+            "ouroboros_host_connected{host=\"db-01\"} 0\n",
             "ouroboros_containers_monitored{host=\"web\\\"01\"} 3\n",
             "ouroboros_updates_available 2\n",
             "ouroboros_updates_total{host=\"web-01\",outcome=\"updated\"} 2\n",

@@ -1,7 +1,9 @@
 //! Metrics end to end: the coordinator's `/metrics` scraped by a real Prometheus (Debian's),
 //! whose query API returns `ouroboros_updates_total` for the updated host; `promtool check
-//! metrics` passes on the output; counters survive a restart; the Grafana dashboard in
-//! `deploy/` only queries exported metrics.
+//! metrics` passes on the output; an update of a container the fleet does not have makes no
+//! per-container series; `ouroboros_host_connected` follows an agent killed with SIGKILL;
+//! counters survive a restart; the Grafana dashboard and the alert rules in `deploy/` only
+//! name exported metrics, and the alert rules pass `promtool check` and `promtool test`.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -38,6 +40,21 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The `deploy/` file `name`.
+fn deploy_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name)
+}
+
+/// The sum of the samples of `family` whose labels include `label` (`host="host-a"`).
+fn sum_of(text: &str, family: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Metric names (families) in a Prometheus text exposition.
 fn families(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -71,7 +88,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     ];
     let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
     let addr = metrics_addr(&server)?;
-    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    let agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
     eventually(CONVERGE, POLL, || {
         let planned = coordinator.json(&["updates"])?;
         ensure!(
@@ -87,9 +104,29 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     let (code, checked) = coordinator.admin(&["check"])?;
     assert_eq!(code, 0, "{checked}");
 
+    // An update of a container host-a does not have is counted for the host, and makes no
+    // per-container series.
+    let (_, before) = get(&addr, "/metrics")?;
+    let (code, answer) =
+        coordinator.admin(&["update", "--host", "host-a", "--container", "nope"])?;
+    assert_ne!(code, 0, "updating a missing container succeeded: {answer}");
+
     // The endpoint.
     let (status, text) = get(&addr, "/metrics")?;
     assert_eq!(status, 200);
+    let host_a = "host=\"host-a\"";
+    assert_eq!(
+        sum_of(&text, "ouroboros_updates_total", host_a),
+        sum_of(&before, "ouroboros_updates_total", host_a) + 1.0,
+        "the update of nope was not counted ({answer}):\n{text}"
+    );
+    assert!(!text.contains("container=\"nope\""), "{text}");
+    let per_container = format!(
+        "ouroboros_container_updates_total{{host=\"host-a\",container=\"{name}\",outcome=\"updated\"}} 1"
+    );
+    assert!(text.contains(&per_container), "{text}");
+    let connected = "ouroboros_host_connected{host=\"host-a\"}";
+    assert!(text.contains(&format!("{connected} 1\n")), "{text}");
     let updated = "ouroboros_updates_total{host=\"host-a\",outcome=\"updated\"} 1";
     assert!(text.contains(updated), "{text}");
     assert!(text.contains("ouroboros_agents_connected 1"), "{text}");
@@ -104,6 +141,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     for family in [
         "ouroboros_agents_connected",
         "ouroboros_hosts",
+        "ouroboros_host_connected",
         "ouroboros_containers_monitored",
         "ouroboros_updates_available",
         "ouroboros_updates_total",
@@ -172,7 +210,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     eventually(CONVERGE, Duration::from_millis(500), || {
         let (status, body) = get(
             &listen,
-            "/api/v1/query?query=ouroboros_updates_total%7Bhost%3D%22host-a%22%7D",
+            "/api/v1/query?query=ouroboros_updates_total%7Bhost%3D%22host-a%22%2Coutcome%3D%22updated%22%7D",
         )?;
         ensure!(status == 200, "query answered {status}: {body}");
         let answer: serde_json::Value = serde_json::from_str(&body)?;
@@ -186,7 +224,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
 
     // The dashboard queries only exported metrics.
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+        deploy_file("grafana-dashboard.json"),
     )?)?;
     let exported = families(&text);
     let mut queries = 0;
@@ -212,15 +250,130 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
         }
     }
     ensure!(queries >= 10, "only {queries} queries");
+    // So do the alert rules.
+    let rules = std::fs::read_to_string(deploy_file("prometheus-alerts.yml"))?;
+    let named: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("ouroboros_"))
+        .collect();
+    ensure!(named.len() >= 2, "the alert rules name {named:?}");
+    for metric in named {
+        ensure!(
+            exported.contains(metric),
+            "alert rules: {metric} is not exported"
+        );
+    }
 
-    // Counters survive a restart.
+    // An agent killed with SIGKILL: its host is known and not connected.
+    agent.kill9()?;
+    eventually(CONVERGE, POLL, || {
+        let (_, text) = get(&addr, "/metrics")?;
+        ensure!(text.contains(&format!("{connected} 0\n")), "{text}");
+        Ok(())
+    })?;
+
+    // Counters survive a restart; the stored count of nope still makes no series.
     server.terminate(Duration::from_secs(20))?;
     drop(server);
     let server = coordinator.serve_with_env("127.0.0.1:0", &env)?;
     let addr = metrics_addr(&server)?;
     let (_, text) = get(&addr, "/metrics")?;
     assert!(text.contains(updated), "counter lost in a restart:\n{text}");
+    assert!(text.contains(&per_container), "{text}");
+    assert!(!text.contains("container=\"nope\""), "{text}");
+    assert!(text.contains(&format!("{connected} 0\n")), "{text}");
     Ok(())
+}
+
+/// Runs `promtool` with `args`; its output on failure.
+fn promtool(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .output()
+        .context("running promtool (Debian's prometheus package)")?;
+    ensure!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The alert rules in `deploy/` are valid, loaded by `deploy/prometheus.yml`, and fire when
+/// they should (a host disconnected for 5 minutes, no cycle for 30 minutes, the coordinator
+/// not scraped for 5 minutes) and not before, per `promtool test rules`.
+#[test]
+fn the_alert_rules_pass_promtool_and_fire_when_they_should() -> anyhow::Result<()> {
+    let rules = deploy_file("prometheus-alerts.yml");
+    let rules = rules.to_str().context("path")?;
+    promtool(&["check", "rules", rules])?;
+    // Also fails when a rule file it names is missing.
+    promtool(&[
+        "check",
+        "config",
+        deploy_file("prometheus.yml").to_str().context("path")?,
+    ])?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-alerts-")
+        .tempdir()?;
+    let tests = dir.path().join("alerts-test.yml");
+    // host-b's agent goes away at 2m; the stuck coordinator's last cycle ended at 10m; the
+    // restarted one shows 0 until its first cycle at 5m; the coordinator is down from 2m.
+    std::fs::write(
+        &tests,
+        format!(
+            r#"rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'ouroboros_host_connected{{host="host-a"}}'
+        values: '1x30'
+      - series: 'ouroboros_host_connected{{host="host-b"}}'
+        values: '1 1 0x28'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="fresh"}}'
+        values: '0+60x70'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="restarted"}}'
+        values: '0x4 300+60x65'
+      - series: 'ouroboros_last_cycle_timestamp_seconds{{instance="stuck"}}'
+        values: '600x70'
+      - series: 'up{{job="ouroboros",instance="c:9185"}}'
+        values: '1 1 0x28'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: OuroborosHostDisconnected
+      - eval_time: 8m
+        alertname: OuroborosHostDisconnected
+        exp_alerts:
+          - exp_labels: {{severity: warning, host: host-b}}
+            exp_annotations:
+              summary: "Ouroboros agent of host-b disconnected"
+              description: "The coordinator has had no connection from the agent of host-b for more than 5 minutes."
+      - eval_time: 45m
+        alertname: OuroborosSchedulerStalled
+      - eval_time: 60m
+        alertname: OuroborosSchedulerStalled
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: stuck}}
+            exp_annotations:
+              summary: "Ouroboros has run no check cycle for 50m 0s"
+              description: "No check cycle ended for more than 30 minutes (the interval is 5 minutes): the scheduler is stuck or a cycle hangs."
+      - eval_time: 6m
+        alertname: OuroborosCoordinatorDown
+      - eval_time: 8m
+        alertname: OuroborosCoordinatorDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: ouroboros, instance: "c:9185"}}
+            exp_annotations:
+              summary: "Ouroboros coordinator c:9185 does not answer scrapes"
+              description: "Prometheus could not scrape the coordinator for more than 5 minutes: no figures, and no alerts from them."
+"#
+        ),
+    )?;
+    promtool(&["test", "rules", tests.to_str().context("path")?])
 }
 
 /// An HTTP request with an optional body and Basic credentials: status and body.
