@@ -68,9 +68,9 @@ impl Cli {
             Some(Ok(PeerIdentity::Agent(host))) => host,
             Some(Ok(other)) => {
                 return Err(format!(
-                    "--cert {}: a {} certificate, not an agent's (make one with `ouroboros-coordinator pki issue --agent HOST`)",
+                    "--cert {}: {} certificate, not an agent's (make one with `ouroboros-coordinator pki issue --agent HOST`)",
                     self.cert.display(),
-                    other.role()
+                    other.role().with_article()
                 ));
             }
             Some(Err(e)) => return Err(format!("--cert {}: {e}", self.cert.display())),

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
 use ouroboros_proto::v1::admin_client::AdminClient;
-use ouroboros_shared::cli::error_chain;
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health, HostMode};
 use ouroboros_shared::pki::ClientPem;
@@ -12,6 +11,7 @@ use ouroboros_shared::time_fmt::{age, now_unix_ms, rfc3339_ms, rfc3339_secs};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::admin_failure::{call_failed, connect_failed};
 use crate::cli::{AdminArgs, Failure, UpdateArgs};
 use crate::output::{OutputFormat, colour_enabled, paint, table};
 use crate::runner::status_name;
@@ -32,32 +32,11 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
         // No request timeout: `check`, `update` and `rollout --watch` last as long as their
         // rollout; the server's own deadlines bound them.
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        Failure::unreachable(format!(
-            "cannot reach the coordinator at {}: {}",
-            args.server,
-            error_chain(&e)
-        ))
-    })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| connect_failed(args, &e))?;
     Ok(AdminClient::new(channel))
-}
-
-fn call_failed(status: tonic::Status) -> Failure {
-    match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
-            Failure::usage(format!("coordinator refused: {}", status.message()))
-        }
-        // The connection broke or the handshake failed on the first call.
-        tonic::Code::Unavailable | tonic::Code::Unknown
-            if status.message().contains("transport error") =>
-        {
-            let cause = std::error::Error::source(&status)
-                .map(|e| format!(": {}", error_chain(e)))
-                .unwrap_or_default();
-            Failure::unreachable(format!("lost the coordinator: {}{cause}", status.message()))
-        }
-        _ => Failure::runtime(format!("coordinator refused: {}", status.message())),
-    }
 }
 
 /// `hosts`.
@@ -66,7 +45,7 @@ pub async fn hosts(args: &AdminArgs) -> Result<(), Failure> {
     let hosts = client
         .list_hosts(pb::ListHostsRequest {})
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the hosts list"))?
         .into_inner()
         .hosts;
     print!("{}", render_hosts(&hosts, args.output, now_unix_ms()));
@@ -82,7 +61,7 @@ pub async fn containers(args: &AdminArgs, host: Option<&HostName>) -> Result<(),
     let containers = client
         .list_containers(request)
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the containers list"))?
         .into_inner()
         .containers;
     let mut rows = Vec::with_capacity(containers.len());
@@ -114,7 +93,7 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
     let response = client
         .update(request)
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(&args.admin, "the update"))?
         .into_inner();
     let result = response.result.clone().unwrap_or_default();
     use pb::recreate_result::Status;
@@ -202,6 +181,11 @@ pub async fn check_scoped(
     container: Option<&str>,
     scope: Scope,
 ) -> Result<(), Failure> {
+    let call = if dry_run {
+        "the dry-run check"
+    } else {
+        "the check"
+    };
     let mut client = connect(args).await?;
     let response = client
         .check(pb::CheckRequest {
@@ -212,7 +196,7 @@ pub async fn check_scoped(
             retry: scope == Scope::Retry,
         })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, call))?
         .into_inner();
     print_check(&response, args.output)
 }
@@ -526,7 +510,7 @@ pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure>
             id: id.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the rollouts list"))?
         .into_inner()
         .rollouts;
     let now = now_unix_ms();
@@ -597,7 +581,7 @@ pub async fn history(
             since_unix_ms,
         })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the history"))?
         .into_inner()
         .entries;
     match args.output {
@@ -657,7 +641,7 @@ pub async fn resume(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure> {
             id: id.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "resume"))?
         .into_inner();
     match args.output {
         OutputFormat::Json => println!(
@@ -688,7 +672,7 @@ pub async fn pause(args: &AdminArgs, reason: Option<&str>) -> Result<(), Failure
             reason: reason.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(call_failed)?;
+        .map_err(call_failed(args, "pause"))?;
     match args.output {
         OutputFormat::Json => println!("{}", json!({"paused": true})),
         OutputFormat::Table => println!("updates paused; `resume` lets them run again"),
@@ -702,7 +686,7 @@ pub async fn status(args: &AdminArgs) -> Result<(), Failure> {
     let s = client
         .status(pb::StatusRequest {})
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the status"))?
         .into_inner();
     print!(
         "{}",
@@ -847,7 +831,7 @@ pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Fail
     let mut stream = client
         .watch_rollout(pb::ListRolloutsRequest { id: id.to_owned() })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the watch"))?
         .into_inner();
     let terminal = args.output == OutputFormat::Table && std::io::stdout().is_terminal();
     let colour = colour_enabled();
@@ -855,7 +839,7 @@ pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Fail
     let mut drawn_lines = 0usize;
     let mut last: Option<pb::Rollout> = None;
     while let Some(item) = stream.next().await {
-        let r = item.map_err(call_failed)?;
+        let r = item.map_err(call_failed(args, "the watch"))?;
         match args.output {
             OutputFormat::Json => println!("{}", rollout_json(&r)),
             OutputFormat::Table if terminal => {

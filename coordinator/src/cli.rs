@@ -185,21 +185,18 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(value.len()),
     );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 90s, 30m, 12h or 7d"))?;
-    let seconds = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => {
-            return Err(format!(
-                "{value:?} is not a duration like 90s, 30m, 12h or 7d"
-            ));
-        }
+    let bad = || "not a duration like 90s, 30m, 12h or 7d".to_owned();
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
     };
-    Ok(Duration::from_secs(seconds))
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too long a duration".to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -260,11 +257,17 @@ pub struct ServeArgs {
     pub policy: PolicyArgs,
 }
 
+/// Longest value of the policy's waits and deadlines in seconds (`--canary-wait`,
+/// `--batch-delay`, `--min-healthy-time`, `--healthy-deadline`, `--progress-deadline`,
+/// `--agent-lost-after`): 30 days. Longer ones are typos, and would overflow the rollout's
+/// millisecond clock.
+pub const MAX_WAIT_SECS: u64 = 30 * 24 * 3600;
+
 /// What the coordinator checks, when, and how (shared by `serve` and `up`).
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Seconds between check cycles.
-    #[arg(long, env = ENV_INTERVAL, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds between check cycles (at most 30 days).
+    #[arg(long, env = ENV_INTERVAL, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::schedule::MAX_INTERVAL_SECS))]
     pub interval: u64,
     /// Cron schedule of check cycles, 5 fields (or 6 with seconds first); wins over --interval.
     #[arg(long, env = ENV_CRON, value_name = "EXPR")]
@@ -323,21 +326,21 @@ pub struct PolicyArgs {
     #[arg(long, env = ENV_CANARY_HOSTS, value_name = "HOSTS|N", value_parser = parse_canary, default_value = "")]
     pub canary_hosts: CanaryArg,
     /// Seconds the canary hosts must stay healthy before the other hosts start.
-    #[arg(long, env = ENV_CANARY_WAIT, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, env = ENV_CANARY_WAIT, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub canary_wait: u64,
     /// Seconds before a freed host slot takes the next host.
-    #[arg(long, env = ENV_BATCH_DELAY, default_value_t = 0, value_name = "SECONDS")]
+    #[arg(long, env = ENV_BATCH_DELAY, default_value_t = 0, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub batch_delay: u64,
     /// Seconds a new container must be healthy (or, without a healthcheck, running) to count
     /// as updated [default: 0, the agent's own: 10 s running without a healthcheck].
-    #[arg(long, env = ENV_MIN_HEALTHY_TIME, default_value_t = 0, value_name = "SECONDS")]
+    #[arg(long, env = ENV_MIN_HEALTHY_TIME, default_value_t = 0, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub min_healthy_time: u64,
     /// Longest wait in seconds for a new container to become healthy [default: 0, the
     /// agent's own: 120 s].
-    #[arg(long, env = ENV_HEALTHY_DEADLINE, default_value_t = 0, value_name = "SECONDS")]
+    #[arg(long, env = ENV_HEALTHY_DEADLINE, default_value_t = 0, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub healthy_deadline: u64,
     /// Longest time in seconds from a command to its agent's answer; then the target fails.
-    #[arg(long, env = ENV_PROGRESS_DEADLINE, default_value_t = 900, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = ENV_PROGRESS_DEADLINE, default_value_t = 900, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub progress_deadline: u64,
     /// When too many targets fail: pause (nothing new starts), rollback (updated targets go
     /// back to their previous digest) or continue.
@@ -407,7 +410,7 @@ pub struct PolicyArgs {
     #[arg(long, env = ENV_NOTIFY_CA, value_name = "FILE")]
     pub notify_ca: Option<PathBuf>,
     /// Seconds an agent must be away before "agent lost" is notified.
-    #[arg(long, env = ENV_AGENT_LOST_AFTER, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = ENV_AGENT_LOST_AFTER, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub agent_lost_after: u64,
     /// Days of update history kept.
     #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
@@ -424,7 +427,11 @@ fn parse_canary(value: &str) -> Result<CanaryArg, String> {
     if value.is_empty() {
         return Ok(CanaryArg(Canary::None));
     }
-    if let Ok(n) = value.parse::<u32>() {
+    // Digits only: a count, never a host name (one too large is refused, not read as a name).
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        let n = value
+            .parse::<u32>()
+            .map_err(|_| format!("a count of hosts is at most {}", u32::MAX))?;
         return Ok(CanaryArg(if n == 0 {
             Canary::None
         } else {
@@ -728,8 +735,9 @@ impl PolicyArgs {
         pki: PkiDir,
     ) -> Result<ServeConfig, Failure> {
         let args = self;
-        let schedule = Schedule::from_options(args.interval, args.cron.as_deref())
-            .map_err(|e| Failure::usage(format!("--cron: {e}")))?;
+        let schedule =
+            Schedule::from_options(args.interval, args.cron.as_deref(), chrono::Utc::now())
+                .map_err(Failure::usage)?;
         crate::metrics::METRICS.set_per_container(args.metrics_per_container);
         let template = match &args.notification_template {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
@@ -960,5 +968,134 @@ async fn wait_for_fleet(fleet: &crate::fleet::Fleet, wait: Duration) -> Vec<Stri
             return missing;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` with `args`, as clap parses it: the one line it would print, or the command.
+    fn serve(args: &[&str]) -> Result<ServeArgs, String> {
+        let line = ["ouroboros-coordinator", "serve"].iter().chain(args);
+        match Cli::try_parse_from(line) {
+            Ok(Cli {
+                command: Command::Serve(serve),
+                ..
+            }) => Ok(serve),
+            Ok(other) => panic!("not serve: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Asserts that `args` stop `serve` at parsing, naming `option` and `value`.
+    fn refused(args: &[&str], option: &str, value: &str) {
+        let e = serve(args).expect_err(&args.join(" "));
+        assert!(e.contains(option), "{e}");
+        assert!(e.contains(value), "{e}");
+    }
+
+    /// The validation after parsing (`into_config`): its one line and exit code.
+    fn config_failure(args: &[&str]) -> Failure {
+        let dir = PathBuf::from("/nonexistent");
+        match serve(args)
+            .unwrap()
+            .policy
+            .into_config(dir.clone(), PkiDir::new(dir))
+        {
+            Ok(_) => panic!("accepted: {args:?}"),
+            Err(failure) => failure,
+        }
+    }
+
+    #[test]
+    fn intervals_past_thirty_days_are_refused() {
+        for value in ["99999999999999999", "18446744073709551615", "2592001", "0"] {
+            refused(&["--interval", value], "--interval", value);
+        }
+        let ok = serve(&["--interval", "2592000"]).unwrap();
+        assert_eq!(ok.policy.interval, crate::schedule::MAX_INTERVAL_SECS);
+    }
+
+    #[test]
+    fn waits_and_deadlines_past_thirty_days_are_refused() {
+        for option in [
+            "--canary-wait",
+            "--batch-delay",
+            "--min-healthy-time",
+            "--healthy-deadline",
+            "--progress-deadline",
+            "--agent-lost-after",
+        ] {
+            for value in ["2592001", "99999999999999999", "18446744073709551616"] {
+                refused(&[option, value], option, value);
+            }
+            assert!(serve(&[option, "2592000"]).is_ok(), "{option}");
+        }
+    }
+
+    #[test]
+    fn a_cron_schedule_that_never_fires_stops_startup() {
+        let failure = config_failure(&["--cron", "0 0 31 2 *"]);
+        assert_eq!(failure.code, EXIT_USAGE);
+        assert!(
+            failure
+                .message
+                .starts_with("--cron: \"0 0 31 2 *\" never fires"),
+            "{}",
+            failure.message
+        );
+        let failure = config_failure(&["--cron", "61 * * * *"]);
+        assert!(
+            failure.message.starts_with("--cron: "),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn lists_with_empty_items_are_refused() {
+        for (option, value) in [
+            ("--monitor", ",,,"),
+            ("--monitor", "web,,db"),
+            ("--ignore", ","),
+            ("--canary-hosts", ",,"),
+            ("--canary-hosts", "web-01,"),
+            ("--insecure-registries", ",,"),
+            ("--maintenance-windows", ";;"),
+            ("--maintenance-windows", "Sat 02:00-02:00"),
+            ("--notify-api", ","),
+            ("--notify-api", "slak=http://proxy.lan"),
+        ] {
+            refused(&[option, value], option, value);
+        }
+        // Empty or blank stays "none".
+        let blank = serve(&["--monitor", " ", "--ignore", "", "--canary-hosts", " "]).unwrap();
+        assert!(blank.policy.monitor.0.is_empty());
+        assert!(blank.policy.ignore.0.is_empty());
+        assert_eq!(blank.policy.canary_hosts, CanaryArg::default());
+        let lists = serve(&["--monitor", "web, db", "--canary-hosts", "web-01,web-02"]).unwrap();
+        assert_eq!(lists.policy.monitor.0, vec!["web", "db"]);
+    }
+
+    #[test]
+    fn a_canary_count_too_large_is_not_read_as_a_host_name() {
+        refused(
+            &["--canary-hosts", "99999999999"],
+            "--canary-hosts",
+            "99999999999",
+        );
+        let two = serve(&["--canary-hosts", "2"]).unwrap();
+        assert_eq!(
+            two.policy.canary_hosts,
+            CanaryArg(crate::rollout::Canary::Count(2))
+        );
+    }
+
+    #[test]
+    fn history_since_refuses_an_overflowing_duration() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("999999999999999999d").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 }

@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ouroboros_shared::echo;
+
 /// Ouroboros' soft dependency label: comma-separated container names.
 pub const LABEL_DEPENDS_ON: &str = "com.ouroboros.depends_on";
 /// Ouroboros' hard dependency label.
@@ -126,7 +128,10 @@ impl Graph {
                         missing
                             .entry(node.name.clone())
                             .or_default()
-                            .insert(format!("{reference} (itself)"));
+                            .insert(format!(
+                                "{} (itself)",
+                                echo::clip(&reference, echo::MAX_NAME_CHARS - 10)
+                            ));
                     }
                     Some(parent) => {
                         // A hard edge wins over a soft one between the same two.
@@ -152,18 +157,18 @@ impl Graph {
                 }
             }
         }
+        // Reasons echo labels: bounded, so a 10 KB label is not repeated whole.
         for (name, refs) in missing {
-            let list: Vec<String> = refs.into_iter().collect();
             graph.broken.insert(
                 name,
                 format!(
                     "depends on {}, which this host does not have",
-                    list.join(", ")
+                    echo::list(&refs)
                 ),
             );
         }
         for cycle in graph.cycles() {
-            let text = cycle.join(" -> ");
+            let text = echo::join(&cycle, " -> ");
             for name in &cycle {
                 graph
                     .broken
@@ -216,7 +221,7 @@ impl Graph {
                 if !self.broken.contains_key(dependant) {
                     self.broken.insert(
                         dependant.clone(),
-                        format!("depends on {name}, which is left out"),
+                        format!("depends on {}, which is left out", echo::name(&name)),
                     );
                     queue.push(dependant.clone());
                 }
@@ -431,6 +436,58 @@ mod tests {
             graph.order(&strings(&["a", "b", "c", "d", "e", "f", "g"])),
             strings(&["f"])
         );
+    }
+
+    #[test]
+    fn reasons_echo_a_huge_label_bounded() {
+        // 10 KB of names the host does not have: a few of them, and how many more.
+        let label = (0..1000)
+            .map(|i| format!("missing-{i:03}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(label.len() > 10_000);
+        let web = node("web", &[(LABEL_DEPENDS_ON, &label)]);
+        let graph = Graph::build(&[web, node("app", &[(LABEL_DEPENDS_ON, "web")])]);
+        let reason = graph.broken("web").unwrap();
+        assert!(reason.len() < 300, "{reason}");
+        assert!(
+            reason.starts_with("depends on missing-000, missing-001, "),
+            "{reason}"
+        );
+        assert!(
+            reason.ends_with("… and 995 more, which this host does not have"),
+            "{reason}"
+        );
+        // One name of 10 KB, and itself under a 10 KB name.
+        let huge = "h".repeat(10_000);
+        let graph = Graph::build(&[
+            node("one", &[(LABEL_DEPENDS_ON, &huge)]),
+            node(&huge, &[(LABEL_DEPENDS_ON, &huge)]),
+            node("below", &[(LABEL_DEPENDS_ON, &huge)]),
+        ]);
+        for name in ["one", huge.as_str()] {
+            let reason = graph.broken(name).unwrap();
+            assert!(reason.len() < 300, "{reason}");
+        }
+        assert!(graph.broken(&huge).unwrap().contains("(itself)"));
+        // What depends on it names it, bounded too.
+        let below = graph.broken("below").unwrap();
+        assert!(below.len() < 300 && below.contains("left out"), "{below}");
+    }
+
+    #[test]
+    fn a_long_cycle_is_named_bounded() {
+        let names: Vec<String> = (0..200).map(|i| format!("c{i:03}")).collect();
+        let nodes: Vec<Node> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(n, &[(LABEL_DEPENDS_ON, &names[(i + 1) % names.len()])]))
+            .collect();
+        let graph = Graph::build(&nodes);
+        let reason = graph.broken("c000").unwrap();
+        assert!(reason.starts_with("dependency cycle: c"), "{reason}");
+        assert!(reason.contains(" -> … and "), "{reason}");
+        assert!(reason.len() < 300, "{reason}");
     }
 
     #[test]

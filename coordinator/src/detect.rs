@@ -59,7 +59,10 @@ impl Selection {
         // An update's set-aside container (the old one, or a replacement not yet confirmed)
         // is never an update of its own; agents say so, and the name tells for older ones.
         if !c.set_aside.is_empty() {
-            return Err(format!("set aside: {}", c.set_aside));
+            return Err(format!(
+                "set aside: {}",
+                ouroboros_shared::echo::text(&c.set_aside)
+            ));
         }
         if c.name.contains(ASIDE_MARK) {
             return Err("set aside: old container of an update".into());
@@ -456,6 +459,11 @@ mod tests {
                 assert!(why.starts_with("set aside"), "{why}");
             }
         }
+
+        // The agent's reason is echoed bounded.
+        aside.set_aside = "x".repeat(10_000);
+        let why = all.check("h", &aside).unwrap_err();
+        assert!(why.len() < 300, "{why}");
 
         let label_enable = Selection {
             label_enable: true,

@@ -4,11 +4,13 @@
 //! - [`cli`]: the command line (`pki`, `serve`, admin commands) and its dispatch.
 //! - [`server`]: `serve`, the gRPC server behind [`tls`] (mutual TLS, identities, roles).
 //! - [`gateway`]: `AgentGateway.Connect`, one stream per agent.
-//! - [`admin`]: the `Admin` API; [`admin_client`] and [`output`]: the CLI side of it.
+//! - [`admin`]: the `Admin` API; [`admin_client`], [`admin_failure`] and [`output`]: the CLI
+//!   side of it.
 //! - [`fleet`]: the fleet view; [`store`]: its persistence (redb), written by [`writer`].
 
 pub mod admin;
 pub mod admin_client;
+pub mod admin_failure;
 pub mod cli;
 pub mod commands;
 pub mod credentials;

@@ -142,20 +142,39 @@ impl std::fmt::Debug for Notifier {
 /// proxies, and tests): `OUROBOROS_NOTIFY_API`.
 pub type ApiRoots = std::collections::BTreeMap<String, String>;
 
-/// Parses `name=url,name=url`.
+/// The services whose API root `--notify-api` may move.
+const FIXED_HOST_SERVICES: [&str; 6] = ["discord", "slack", "tgram", "pushover", "msteams", "ntfy"];
+
+/// Parses `name=url,name=url`. Empty or blank: none. An empty item or an unknown service
+/// name is refused (a misspelt service would otherwise keep its default root unnoticed).
 pub fn parse_api_roots(text: &str) -> Result<ApiRoots, String> {
+    if text.trim().is_empty() {
+        return Ok(ApiRoots::new());
+    }
     text.split(',')
         .map(str::trim)
-        .filter(|p| !p.is_empty())
         .map(|pair| {
-            let (name, url) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("{pair:?} is not SERVICE=URL"))?;
-            reqwest::Url::parse(url.trim()).map_err(|e| format!("{pair:?}: {e}"))?;
-            Ok((
-                name.trim().to_owned(),
-                url.trim().trim_end_matches('/').to_owned(),
-            ))
+            if pair.is_empty() {
+                return Err(
+                    "an empty item in the list (two commas in a row, or one at an end)".into(),
+                );
+            }
+            let (name, url) = pair.split_once('=').ok_or_else(|| {
+                format!(
+                    "{:?} is not SERVICE=URL",
+                    ouroboros_shared::echo::text(pair)
+                )
+            })?;
+            let name = name.trim();
+            if !FIXED_HOST_SERVICES.contains(&name) {
+                return Err(format!(
+                    "{:?} is not one of {}",
+                    ouroboros_shared::echo::name(name),
+                    FIXED_HOST_SERVICES.join(", ")
+                ));
+            }
+            reqwest::Url::parse(url.trim()).map_err(|e| format!("{name}=: {e}"))?;
+            Ok((name.to_owned(), url.trim().trim_end_matches('/').to_owned()))
         })
         .collect()
 }

@@ -195,8 +195,8 @@ async fn scheduled_cycles(
     }
 }
 
-/// Notifies "agent lost" once a host has been away for `after` (it was connected during this
-/// run), and "agent back" when it returns.
+/// Logs (WARN) and notifies "agent lost" once a host has been away for `after` (it was
+/// connected during this run), and "agent back" (INFO) when it returns.
 async fn watch_agents(
     fleet: Arc<Fleet>,
     notifiers: crate::notify::Notifiers,
@@ -219,6 +219,7 @@ async fn watch_agents(
                 seen_connected.insert(host.clone());
                 away_since.remove(&host);
                 if lost.remove(&host) {
+                    tracing::info!(host = %host, "Agent back.");
                     notifiers.send(crate::notify::Message {
                         event: "agent-back",
                         kind: crate::notify::Kind::Success,
@@ -232,6 +233,12 @@ async fn watch_agents(
                     .or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= after {
                     lost.insert(host.clone());
+                    tracing::warn!(
+                        host = %host,
+                        away_s = after.as_secs(),
+                        "Agent lost: not connected for {} s; its containers are not updated until it is back.",
+                        after.as_secs()
+                    );
                     notifiers.send(crate::notify::Message {
                         event: "agent-lost",
                         kind: crate::notify::Kind::Warning,
@@ -368,14 +375,13 @@ pub async fn run(
             ),
         });
     }
-    let watching = (!config.notifiers.is_empty()).then(|| {
-        tokio::spawn(watch_agents(
-            fleet.clone(),
-            config.notifiers.clone(),
-            config.agent_lost_after,
-            stop_rx.clone(),
-        ))
-    });
+    // Lost agents are logged whether or not anything is notified.
+    let watching = tokio::spawn(watch_agents(
+        fleet.clone(),
+        config.notifiers.clone(),
+        config.agent_lost_after,
+        stop_rx.clone(),
+    ));
     let monitoring = match metrics.map(TcpListener::from_std) {
         Some(Ok(listener)) => Some(tokio::spawn(crate::http::serve(
             listener,
@@ -454,9 +460,7 @@ pub async fn run(
     if let Some(e) = exporting {
         e.abort();
     }
-    if let Some(w) = watching {
-        w.abort();
-    }
+    watching.abort();
     // Messages just made (a run-once cycle's "updates done") still go out.
     config.notifiers.drain(Duration::from_secs(35)).await;
     // Links have ended; store what is pending before returning.
@@ -464,4 +468,105 @@ pub async fn run(
     let closing = fleet.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     result.map_err(ServeError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use ouroboros_shared::host::HostName;
+    use ouroboros_shared::inventory::{Hello, HostMode};
+
+    use super::*;
+
+    /// Log lines written on this test's thread.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Logs {
+        fn lines(&self, parts: &[&str]) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Polls until a line with every one of `parts` was logged (10 s at most).
+    async fn wait_for(logs: &Logs, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = logs.lines(parts).pop() {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {parts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_agent_is_logged_at_warn_and_its_return_at_info() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let fleet = Arc::new(Fleet::open(store).unwrap());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let after = Duration::from_millis(500);
+        let watching = tokio::spawn(watch_agents(
+            fleet.clone(),
+            crate::notify::Notifiers::default(),
+            after,
+            stop_rx,
+        ));
+        let host = HostName::parse("web-01").unwrap();
+        let hello = Hello {
+            host: host.to_string(),
+            agent_version: "0.1.0".into(),
+            engine: Default::default(),
+            mode: HostMode::Standalone,
+        };
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let (session, _) = fleet.connect(&host, &hello, peer, 0);
+        // Seen connected by a tick (200 ms apart), then away.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let away = tokio::time::Instant::now();
+        drop(session);
+        let lost = wait_for(&logs, &["Agent lost"]).await;
+        assert!(away.elapsed() >= after, "logged before {after:?}");
+        assert!(
+            lost.contains("WARN") && lost.contains("host=web-01"),
+            "{lost}"
+        );
+        let (_session, _) = fleet.connect(&host, &hello, peer, 0);
+        let back = wait_for(&logs, &["Agent back"]).await;
+        assert!(
+            back.contains("INFO") && back.contains("host=web-01"),
+            "{back}"
+        );
+        // Each said once, not at every tick.
+        assert_eq!(logs.lines(&["Agent lost"]).len(), 1);
+        let _ = stop_tx.send(true);
+        watching.await.unwrap();
+    }
 }

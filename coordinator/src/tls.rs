@@ -221,12 +221,13 @@ pub fn require_role(
             peer = %peer.addr,
             identity = %peer.identity,
             service,
-            "Refused call: a {} certificate may not call {service}.",
-            peer.identity.role()
+            "Refused call: {} certificate may not call {service}.",
+            peer.identity.role().with_article()
         );
         Err(Status::permission_denied(format!(
-            "{} may not call {service}: it needs a {role} certificate",
-            peer.identity
+            "{} may not call {service}: it needs {} certificate",
+            peer.identity,
+            role.with_article()
         )))
     }
 }

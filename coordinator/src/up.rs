@@ -56,6 +56,12 @@ pub struct UpArgs {
 
 pub async fn up(args: UpArgs) -> Result<(), Failure> {
     let pki = PkiDir::new(args.data_dir.join("pki"));
+    // Every option is checked before anything is written under --data-dir.
+    let docker = DockerEndpoint::new(&args.docker_host, false, None)
+        .map_err(|e| Failure::usage(format!("--docker-host: {e}")))?;
+    let config = args
+        .policy
+        .into_config(args.data_dir.join("coordinator"), pki.clone())?;
     if !pki.ca_cert().exists() {
         let mut sans = Vec::new();
         let ip = args.listen.ip();
@@ -69,11 +75,6 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
     if !pki.agent_cert(&host).exists() {
         pki::issue_agent(&pki, &host, pki::CA_DAYS).map_err(Failure::usage)?;
     }
-    let docker = DockerEndpoint::new(&args.docker_host, false, None)
-        .map_err(|e| Failure::usage(format!("--docker-host: {e}")))?;
-    let config = args
-        .policy
-        .into_config(args.data_dir.join("coordinator"), pki.clone())?;
     let detect_only = config.detect_only;
     let (prepared, listener, addr) = prepare_and_listen(config, args.listen).await?;
     let ip = if addr.ip().is_unspecified() {

@@ -2,8 +2,9 @@
 //! `[DAYS] HH:MM-HH:MM [ZONE]`, for example `Sat 02:00-04:00`, `Mon-Fri 22:00-06:00 Europe/Berlin`,
 //! `Sat,Sun 00:00-24:00 +02:00`, or `03:00-04:00` (every day). Days are `Mon`…`Sun` (or full
 //! names), lists with `,` and ranges with `-`, wrapping past Sunday (`Fri-Mon`). A window whose
-//! end is not after its start runs past midnight into the next day: `Sat 23:00-01:00` is
-//! Saturday 23:00 to Sunday 01:00. The zone is UTC unless given: `UTC`, `Z`, an offset
+//! end is before its start runs past midnight into the next day: `Sat 23:00-01:00` is
+//! Saturday 23:00 to Sunday 01:00; one that ends when it starts is refused (`00:00-24:00` is
+//! a whole day). The zone is UTC unless given: `UTC`, `Z`, an offset
 //! (`+02:00`, `-0530`) or an IANA name, whose daylight-saving changes are followed. Several
 //! windows may be given; new work starts only inside one of them, work in flight finishes.
 
@@ -155,6 +156,12 @@ impl Window {
             .ok_or_else(|| format!("{text:?}: no HH:MM-HH:MM"))?;
         let start = parse_time(start, false).map_err(|e| format!("{text:?}: {e}"))?;
         let end_time = parse_time(end, true).map_err(|e| format!("{text:?}: {e}"))?;
+        // `02:00-02:00` would be read as 24 hours; a whole day is written `00:00-24:00`.
+        if end_time == start && end != "24:00" {
+            return Err(format!(
+                "{text:?}: starts and ends at the same time (a whole day is 00:00-24:00)"
+            ));
+        }
         let mut length = end_time.signed_duration_since(start);
         if length <= Duration::zero() {
             // Past midnight (or a whole day for `00:00-24:00`).
@@ -241,12 +248,21 @@ impl Window {
 pub struct Windows(pub Vec<Window>);
 
 impl Windows {
-    /// Parses windows separated by `;`.
+    /// Parses windows separated by `;`. Empty or blank: none (always open). Otherwise every
+    /// window between `;` must be there: `;;` is refused, not read as "always open".
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Windows::default());
+        }
         text.split(';')
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(Window::parse)
+            .map(|t| {
+                if t.is_empty() {
+                    Err("an empty window (two `;` in a row, or one at an end)".to_owned())
+                } else {
+                    Window::parse(t)
+                }
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Windows)
     }
@@ -405,6 +421,14 @@ mod tests {
             ("Sat Sun 02:00-04:00", "without spaces"),
             ("Sat", "no HH:MM-HH:MM"),
             ("Sat 02:00-04:00 UTC extra", "one zone at most"),
+            // Read as 24 hours before: a zero-length window is a mistake.
+            ("Sat 02:00-02:00", "same time"),
+            ("00:00-00:00", "same time"),
+            // Read as "always open" before: an empty list item is a mistake.
+            (";;", "empty window"),
+            (";", "empty window"),
+            ("Sat 02:00-04:00;", "empty window"),
+            ("Sat 02:00-04:00;; Sun 02:00-04:00", "empty window"),
         ] {
             let e = Windows::parse(text).unwrap_err();
             assert!(e.contains(says), "{text}: {e}");
@@ -416,5 +440,9 @@ mod tests {
             "sat,sun 02:00-04:00 utc"
         );
         assert!(Window::parse("Saturday-Sunday 02:00-04:00").is_ok());
+        // Blank is none; a whole day is still 00:00-24:00.
+        assert_eq!(Windows::parse("  "), Ok(Windows::default()));
+        assert!(open("Sat 00:00-24:00", "2026-11-28T23:59:00Z"));
+        assert!(open("Sat 12:00-24:00", "2026-11-28T23:59:00Z"));
     }
 }

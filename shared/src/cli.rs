@@ -78,13 +78,19 @@ pub fn parse_https_url(value: &str) -> Result<String, String> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-/// An error with all its sources, `outer: inner: innermost`, for one-line reports.
+/// An error with all its sources, `outer: inner: innermost`, for one-line reports. A source
+/// that says what was already said (libraries often wrap an error in one that displays the
+/// same text, or include their cause in their own text) is left out, so that each failure
+/// is named once.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let part = s.to_string();
+        if !part.is_empty() && !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text
@@ -100,14 +106,22 @@ pub fn parse_flag(value: &str) -> Result<bool, String> {
     }
 }
 
-/// A comma- or space-separated list (Ouroboros' MONITOR and IGNORE).
+/// A comma- or space-separated list (Ouroboros' MONITOR and IGNORE). Empty or blank: no
+/// items. Otherwise every item between commas must be there: `a,,b`, `,` or `a,` are
+/// refused rather than read as fewer names (an empty MONITOR means every container).
 pub fn parse_list(value: &str) -> Result<Vec<String>, String> {
-    Ok(value
-        .split([',', ' '])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect())
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut items = Vec::new();
+    for part in value.split(',') {
+        let before = items.len();
+        items.extend(part.split_whitespace().map(str::to_owned));
+        if items.len() == before {
+            return Err("an empty item in the list (two commas in a row, or one at an end)".into());
+        }
+    }
+    Ok(items)
 }
 
 #[cfg(test)]
@@ -122,6 +136,64 @@ mod tests {
             ),
             "error: the following required arguments were not provided: --coordinator <URL> --key <FILE>"
         );
+    }
+
+    #[derive(Debug)]
+    struct Link(&'static str, Option<Box<Link>>);
+    impl std::fmt::Display for Link {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Link {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+    fn chain(texts: &[&'static str]) -> Link {
+        let (first, rest) = texts.split_first().unwrap();
+        Link(first, (!rest.is_empty()).then(|| Box::new(chain(rest))))
+    }
+
+    #[test]
+    fn an_error_chain_names_each_failure_once() {
+        // tonic and hyper wrap their connect error in one that displays the same text.
+        assert_eq!(
+            error_chain(&chain(&[
+                "transport error",
+                "tcp connect error",
+                "tcp connect error",
+                "Connection refused (os error 111)"
+            ])),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        // An outer error that already includes its cause.
+        assert_eq!(
+            error_chain(&chain(&[
+                "transport error",
+                "invalid peer certificate: BadSignature",
+                "BadSignature"
+            ])),
+            "transport error: invalid peer certificate: BadSignature"
+        );
+        assert_eq!(error_chain(&chain(&["a", "b", "c"])), "a: b: c");
+        assert_eq!(error_chain(&chain(&["a"])), "a");
+    }
+
+    #[test]
+    fn lists_are_split_on_commas_and_spaces() {
+        assert_eq!(parse_list(""), Ok(vec![]));
+        assert_eq!(parse_list("  "), Ok(vec![]));
+        assert_eq!(parse_list("a, b c,d").unwrap(), vec!["a", "b", "c", "d"]);
+        assert_eq!(parse_list(" web ").unwrap(), vec!["web"]);
+    }
+
+    #[test]
+    fn lists_with_an_empty_item_are_refused() {
+        // An empty MONITOR watches everything: `,,,` must not quietly become one.
+        for bad in [",", ",,,", "a,,b", "a,", ",a", "a, ,b", " , "] {
+            assert!(parse_list(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

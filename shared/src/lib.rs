@@ -1,6 +1,7 @@
 //! Code shared by the Ouroboros agent and coordinator.
 //!
 //! - [`names`]: label keys, environment-variable names, file names and defaults, in one place.
+//! - [`echo`]: user values echoed in reasons and messages, bounded.
 //! - [`host`]: [`host::HostName`], the validated identity of a Docker host.
 //! - [`inventory`]: domain types for what runs on a host, and their proto conversions.
 //! - [`reference`]: image references normalized the way Docker does.
@@ -10,6 +11,7 @@
 
 pub mod base64;
 pub mod cli;
+pub mod echo;
 pub mod host;
 pub mod inventory;
 pub mod names;

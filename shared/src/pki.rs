@@ -82,6 +82,15 @@ impl Role {
         }
     }
 
+    /// The role with its article, for messages: "an admin", "an agent", "a coordinator".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Self::Coordinator => "a coordinator",
+            Self::Admin => "an admin",
+            Self::Agent => "an agent",
+        }
+    }
+
     fn from_unit(unit: &str) -> Option<Self> {
         match unit {
             "coordinator" => Some(Self::Coordinator),
@@ -547,6 +556,16 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_take_their_article() {
+        assert_eq!(
+            format!("{} certificate", Role::Admin.with_article()),
+            "an admin certificate"
+        );
+        assert_eq!(Role::Agent.with_article(), "an agent");
+        assert_eq!(Role::Coordinator.with_article(), "a coordinator");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn der(pem: &str) -> Vec<u8> {

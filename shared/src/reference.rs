@@ -35,8 +35,9 @@ pub struct InvalidReference {
 impl ImageRef {
     /// Parses and normalizes `reference`.
     pub fn parse(reference: &str) -> Result<Self, InvalidReference> {
+        // The reference is echoed in reasons: bounded (one may be 4 KB).
         let refuse = |reason| InvalidReference {
-            reference: reference.to_owned(),
+            reference: crate::echo::text(reference),
             reason,
         };
         if reference.is_empty() || reference.len() > 4096 {
@@ -339,5 +340,14 @@ mod tests {
         ] {
             assert!(ImageRef::parse(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn a_refused_reference_is_echoed_bounded() {
+        let long = format!("nginx:{}", "t".repeat(4000));
+        let e = ImageRef::parse(&long).unwrap_err().to_string();
+        assert!(e.len() < 400, "{e}");
+        assert!(e.starts_with("invalid image reference \"nginx:ttt"), "{e}");
+        assert!(e.ends_with("not starting with . or -"), "{e}");
     }
 }

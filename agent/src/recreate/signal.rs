@@ -55,7 +55,13 @@ impl StopSignal {
     /// case; `RTMIN+n` and `RTMAX-n` for the real-time signals.
     pub fn parse(value: &str) -> Result<Self, String> {
         let text = value.trim();
-        let invalid = || format!("{value:?} is not a signal (e.g. SIGTERM, SIGUSR1, 10)");
+        // The value comes from a label: echoed bounded.
+        let invalid = || {
+            format!(
+                "{:?} is not a signal (e.g. SIGTERM, SIGUSR1, 10)",
+                ouroboros_shared::echo::name(value)
+            )
+        };
         if text.is_empty() {
             return Err(invalid());
         }
@@ -146,5 +152,9 @@ mod tests {
             let error = StopSignal::parse(bad).unwrap_err();
             assert!(error.contains("is not a signal"), "{bad}: {error}");
         }
+        // A 10 KB label is echoed by its start only.
+        let error = StopSignal::parse(&"SIGX".repeat(2500)).unwrap_err();
+        assert!(error.len() < 200, "{error}");
+        assert!(error.starts_with("\"SIGXSIGX"), "{error}");
     }
 }

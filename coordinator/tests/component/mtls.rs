@@ -354,8 +354,16 @@ async fn agent_certificate_may_not_call_admin() {
         .await
         .expect_err("agent certificate called Admin");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    logs.wait_for(&["Refused call", "agent host-a", "may not call Admin"])
-        .await;
+    assert!(
+        status.message().ends_with("it needs an admin certificate"),
+        "{status:?}"
+    );
+    logs.wait_for(&[
+        "Refused call",
+        "agent host-a",
+        "an agent certificate may not call Admin",
+    ])
+    .await;
     fx.stop().await;
 }
 
@@ -366,10 +374,14 @@ async fn cli_certificate_may_not_act_as_agent() {
     let (_tx, answer) = open_agent_stream(fx.channel(Some(&fx.cli())), hello("host-a")).await;
     let status = answer.expect_err("CLI certificate connected as an agent");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().ends_with("it needs an agent certificate"),
+        "{status:?}"
+    );
     logs.wait_for(&[
         "Refused call",
         "admin ouroboros-cli",
-        "may not call AgentGateway",
+        "an admin certificate may not call AgentGateway",
     ])
     .await;
     fx.stop().await;

@@ -21,6 +21,9 @@ fn output(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("DOCKER_CONFIG")
         .env_remove("RUN_ONCE")
         .env_remove("NOTIFIERS")
+        .env_remove("MONITOR")
+        .env_remove("IGNORE")
+        .env_remove("OUROBOROS_SERVER")
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -78,6 +81,66 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
     );
     assert_usage_error(&output(c, &["serve"], &[("CRON", "* * *")]), "--cron");
     assert_usage_error(&output(c, &["serve"], &[("INTERVAL", "0")]), "--interval");
+    // Past the 30-day maximum: refused, no longer quietly the 5-minute default.
+    assert_usage_error(
+        &output(c, &["serve", "--interval", "99999999999999999"], &[]),
+        "'99999999999999999' for '--interval",
+    );
+    assert_usage_error(
+        &output(c, &["serve"], &[("INTERVAL", "18446744073709551615")]),
+        "'18446744073709551615' for '--interval",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--canary-wait", "99999999999999999"], &[]),
+        "--canary-wait",
+    );
+    // A schedule that never fires.
+    assert_usage_error(
+        &output(c, &["serve", "--cron", "0 0 31 2 *"], &[]),
+        "--cron: \"0 0 31 2 *\" never fires",
+    );
+    // Empty list items: `,,,` is not an empty MONITOR (every container).
+    assert_usage_error(
+        &output(c, &["serve"], &[("MONITOR", ",,,")]),
+        "',,,' for '--monitor",
+    );
+    assert_usage_error(
+        &output(c, &["serve"], &[("IGNORE", ",")]),
+        "',' for '--ignore",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--canary-hosts", ",,"], &[]),
+        "',,' for '--canary-hosts",
+    );
+    assert_usage_error(
+        &output(c, &["serve", "--maintenance-windows", ";;"], &[]),
+        "';;' for '--maintenance-windows",
+    );
+    assert_usage_error(
+        &output(
+            c,
+            &["serve", "--maintenance-windows", "Sat 02:00-02:00"],
+            &[],
+        ),
+        "'Sat 02:00-02:00' for '--maintenance-windows",
+    );
+    // `up` checks them all before it writes its PKI.
+    let up_data = dir.path().join("up-data");
+    assert_usage_error(
+        &output(
+            c,
+            &[
+                "up",
+                "--cron",
+                "0 0 31 2 *",
+                "--data-dir",
+                up_data.to_str().unwrap(),
+            ],
+            &[],
+        ),
+        "--cron",
+    );
+    assert!(!up_data.exists(), "a failed up wrote its data dir");
     assert_usage_error(&output(c, &["serve"], &[("DRY_RUN", "maybe")]), "--dry-run");
     assert_usage_error(
         &output(c, &["serve", "--monitor", "bad name!"], &[]),
@@ -171,21 +234,25 @@ fn invalid_values_exit_64_with_one_line_naming_the_option() {
     let made = output(c, &["pki", "init", "--dir", pki_dir.to_str().unwrap()], &[]);
     assert!(made.status.success(), "{made:?}");
     for command in ["hosts", "status"] {
+        let out = output(
+            c,
+            &[
+                command,
+                "--server",
+                "https://127.0.0.1:1",
+                "--pki-dir",
+                pki_dir.to_str().unwrap(),
+            ],
+            &[],
+        );
         assert_exit_one_line(
-            &output(
-                c,
-                &[
-                    command,
-                    "--server",
-                    "https://127.0.0.1:1",
-                    "--pki-dir",
-                    pki_dir.to_str().unwrap(),
-                ],
-                &[],
-            ),
+            &out,
             3,
             "cannot reach the coordinator at https://127.0.0.1:1",
         );
+        // Each cause once, not `tcp connect error: tcp connect error`.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches("tcp connect error").count(), 1, "{stderr}");
     }
     assert_usage_error(
         &output(c, &["pki", "issue", "--dir", d, "--agent", "bad_name"], &[]),
@@ -277,7 +344,51 @@ fn pki_refuses_to_overwrite_and_agent_refuses_a_non_agent_certificate() {
         ],
         &[],
     );
-    assert_usage_error(&out, "not an agent's");
+    assert_usage_error(&out, "an admin certificate, not an agent's");
+}
+
+#[test]
+fn an_admin_command_with_another_coordinators_pki_says_so() {
+    let bins = Binaries::get().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-other-pki-")
+        .tempdir()
+        .unwrap();
+    let c = &bins.coordinator;
+    let mut coordinator =
+        crate::fleet::Coordinator::init(c, &dir.path().join("theirs"), &[]).unwrap();
+    let _server = coordinator.serve("127.0.0.1:0").unwrap();
+    let ours = dir.path().join("ours");
+    let made = output(c, &["pki", "init", "--dir", ours.to_str().unwrap()], &[]);
+    assert!(made.status.success(), "{made:?}");
+    let url = coordinator.url.clone();
+    let said = format!(
+        "the certificate of the coordinator at {url} is not signed by the CA in {}: --server and --pki-dir (or OUROBOROS_SERVER and OUROBOROS_PKI_DIR) belong to different coordinators",
+        ours.join("ca.pem").display()
+    );
+    let out = output(
+        c,
+        &[
+            "hosts",
+            "--server",
+            &url,
+            "--pki-dir",
+            ours.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_exit_one_line(&out, 3, &said);
+    // The same through the environment.
+    let out = output(
+        c,
+        &["status"],
+        &[
+            ("OUROBOROS_SERVER", url.as_str()),
+            ("OUROBOROS_PKI_DIR", ours.to_str().unwrap()),
+        ],
+    );
+    assert_exit_one_line(&out, 3, &said);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("BadSignature"));
 }
 
 #[test]
