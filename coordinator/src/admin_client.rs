@@ -793,7 +793,7 @@ pub async fn cancel(
             reason: reason.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(call_failed)?
+        .map_err(call_failed(args, "the cancel"))?
         .into_inner();
     match args.output {
         OutputFormat::Json => print!("{}", pretty(&[rollout_json(&r)])),

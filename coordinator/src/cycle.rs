@@ -140,8 +140,8 @@ impl Cycle {
         cleanup: Cleanup,
         update_timeout: Duration,
         policy: Policy,
+        windows: Windows,
     ) -> Self {
-        let windows = Windows::parse(&policy.windows).unwrap_or_default();
         let runner = Runner::new(fleet.clone(), commands.clone(), cleanup.images);
         Self {
             fleet,

@@ -651,7 +651,8 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
         .map(|t| t.host.clone())
         .collect();
     let canary_pending = !canary_hosts.is_empty()
-        && (r.canary_done_ms == 0 || o.now_ms < r.canary_done_ms + r.policy.canary_wait_ms);
+        && (r.canary_done_ms == 0
+            || o.now_ms < r.canary_done_ms.saturating_add(r.policy.canary_wait_ms));
     let hosts = r.hosts();
     let mut in_flight = hosts
         .iter()
@@ -671,7 +672,7 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
             if (!is_canary && canary_pending)
                 || in_flight >= limit
                 || (r.last_host_done_ms > 0
-                    && o.now_ms < r.last_host_done_ms + r.policy.batch_delay_ms)
+                    && o.now_ms < r.last_host_done_ms.saturating_add(r.policy.batch_delay_ms))
             {
                 continue;
             }
@@ -747,17 +748,19 @@ pub fn next_wake(r: &Rollout, o: &Observation<'_>) -> Option<i64> {
         .targets
         .iter()
         .filter_map(|t| match t.state {
-            TargetState::Dispatched { at_ms, .. } | TargetState::Reverting { at_ms, .. } => {
-                Some(at_ms + r.policy.progress_deadline_ms + 1)
-            }
+            TargetState::Dispatched { at_ms, .. } | TargetState::Reverting { at_ms, .. } => Some(
+                at_ms
+                    .saturating_add(r.policy.progress_deadline_ms)
+                    .saturating_add(1),
+            ),
             _ => None,
         })
         .collect();
     if r.canary_done_ms > 0 {
-        times.push(r.canary_done_ms + r.policy.canary_wait_ms);
+        times.push(r.canary_done_ms.saturating_add(r.policy.canary_wait_ms));
     }
     if r.last_host_done_ms > 0 {
-        times.push(r.last_host_done_ms + r.policy.batch_delay_ms);
+        times.push(r.last_host_done_ms.saturating_add(r.policy.batch_delay_ms));
     }
     if let Some(next) = o.windows.next_open(chrono_from_ms(o.now_ms)) {
         times.push(next.timestamp_millis());

@@ -123,6 +123,8 @@ pub enum ServeError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("--maintenance-windows: {0}")]
+    Windows(String),
 }
 
 impl ServeError {
@@ -132,6 +134,7 @@ impl ServeError {
             self,
             Self::Pki { .. }
                 | Self::Metrics { .. }
+                | Self::Windows(_)
                 | Self::Store(StoreError::Locked(_) | StoreError::DataDir { .. })
         )
     }
@@ -296,6 +299,9 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         }
     }
     let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
+    // Validated by the command line already; a failure here must not open every window.
+    let windows =
+        crate::window::Windows::parse(&config.rollout.windows).map_err(ServeError::Windows)?;
     let cycle = Arc::new(Cycle::new(
         fleet.clone(),
         commands.clone(),
@@ -307,6 +313,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         },
         UPDATE_TIMEOUT,
         config.rollout.clone(),
+        windows,
     ));
     let metrics = match config.metrics_listen {
         Some(addr) => {
