@@ -202,7 +202,7 @@ fn watch_follows_a_rollout_to_its_end_and_status_pause_resume_work() -> anyhow::
         row["reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("updates are paused (change freeze)"),
+            .contains("updates are paused by the operator: change freeze"),
         "{checked}"
     );
     assert_eq!(engine.inspect(&c1, "{{.Id}}")?, before);
