@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ouroboros_coordinator::detect::registry::{RegistryClient, RegistryConfig};
 use ouroboros_coordinator::detect::{Decision, Selection, detect};
-use ouroboros_coordinator::registry::{RegistryClient, RegistryConfig};
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health};
 use ouroboros_shared::reference::ImageRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,37 +1,23 @@
 //! The Ouroboros coordinator: one central service for the whole fleet.
 //!
-//! Layout:
-//! - [`cli`]: the command line (`pki`, `serve`, admin commands) and its dispatch.
-//! - [`server`]: `serve`, the gRPC server behind [`tls`] (mutual TLS, identities, roles).
-//! - [`gateway`]: `AgentGateway.Connect`, one stream per agent.
-//! - [`admin`]: the `Admin` API; [`admin_client`], [`admin_failure`] and [`output`]: the CLI
-//!   side of it.
-//! - [`fleet`]: the fleet view; [`store`]: its persistence (redb), written by [`writer`].
+//! Layout, each layer using only those above it in this list:
+//! - [`plan`]: what to do, pure: the rollout state machine, dependency order, maintenance
+//!   windows, the schedule.
+//! - [`fleet`]: the fleet view (hosts, their containers, connections) and its store (redb).
+//! - [`telemetry`]: Prometheus metrics, their HTTP endpoint, the InfluxDB export.
+//! - [`detect`]: update detection: registry client, credentials, one probe per tag.
+//! - [`notify`]: notifications (Apprise URLs, delivery, mail).
+//! - [`server`]: the agents' side: mutual TLS, the `AgentGateway` stream, commands to agents.
+//! - [`run`]: check cycles and the rollout runner.
+//! - [`admin`]: the `Admin` API and the CLI's client for it, with its rendering.
+//! - [`cli`]: the command line, and the `serve` and `up` commands that put it all together.
 
 pub mod admin;
-pub mod admin_client;
-pub mod admin_failure;
 pub mod cli;
-pub mod commands;
-pub mod credentials;
-pub mod cycle;
-pub mod deps;
 pub mod detect;
-pub mod export;
 pub mod fleet;
-pub mod gateway;
-pub mod http;
-pub mod metrics;
 pub mod notify;
-pub mod output;
-pub mod registry;
-pub mod rollout;
-pub mod runner;
-pub mod schedule;
+pub mod plan;
+pub mod run;
 pub mod server;
-pub mod smtp;
-pub mod store;
-pub mod tls;
-pub mod up;
-pub mod window;
-pub mod writer;
+pub mod telemetry;

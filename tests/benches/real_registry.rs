@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use ouroboros_coordinator::credentials::Credentials;
+use ouroboros_coordinator::detect::credentials::Credentials;
+use ouroboros_coordinator::detect::registry::{RegistryClient, RegistryConfig};
 use ouroboros_coordinator::detect::{Decision, Selection, detect};
-use ouroboros_coordinator::registry::{RegistryClient, RegistryConfig};
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health};
 use ouroboros_shared::reference::ImageRef;
 use ouroboros_tests::{Cleanup, Registry, TestImage, publish, require_engine, unique_name};

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ouroboros_coordinator::rollout::{
+use ouroboros_coordinator::cli::serve::{self as server, ServeConfig};
+use ouroboros_coordinator::fleet::store::{Batch, FleetStore, HostRecord, RedbStore};
+use ouroboros_coordinator::plan::rollout::{
     HistoryEntry, Policy, Rollout, RolloutState, Target, TargetState,
 };
-use ouroboros_coordinator::server::{self, ServeConfig};
-use ouroboros_coordinator::store::{Batch, FleetStore, HostRecord, RedbStore};
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, EngineInfo, Health, HostMode};
 use ouroboros_shared::pki::{self, PkiDir};
 
@@ -266,7 +266,9 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
     let data = dir.path().join("data");
     fill(&data);
     let config = ServeConfig {
-        schedule: ouroboros_coordinator::schedule::Schedule::Interval(Duration::from_secs(3600)),
+        schedule: ouroboros_coordinator::plan::schedule::Schedule::Interval(Duration::from_secs(
+            3600,
+        )),
         // The fixture's history is from 2025: keep it.
         history_retention: Duration::from_secs(100 * 365 * 24 * 3600),
         ..ServeConfig::new(data, pki_dir.clone())

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ouroboros_coordinator::server::{self, ServeConfig};
+use ouroboros_coordinator::cli::serve::{self as server, ServeConfig};
 use ouroboros_proto::v1 as pb;
 use ouroboros_proto::v1::admin_client::AdminClient;
 use ouroboros_proto::v1::agent_gateway_client::AgentGatewayClient;
@@ -75,9 +75,9 @@ impl Fixture {
         let config = ServeConfig {
             heartbeat,
             missed_heartbeats: 2,
-            schedule: ouroboros_coordinator::schedule::Schedule::Interval(Duration::from_secs(
-                3600,
-            )),
+            schedule: ouroboros_coordinator::plan::schedule::Schedule::Interval(
+                Duration::from_secs(3600),
+            ),
             ..ServeConfig::new(dir.path().join("data"), pki.clone())
         };
         let prepared = server::prepare(config).unwrap();

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ouroboros_coordinator::credentials::Credentials;
-use ouroboros_coordinator::registry::{ProbeError, RegistryClient, RegistryConfig};
+use ouroboros_coordinator::detect::credentials::Credentials;
+use ouroboros_coordinator::detect::registry::{ProbeError, RegistryClient, RegistryConfig};
 use ouroboros_shared::reference::ImageRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

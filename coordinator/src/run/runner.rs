@@ -15,13 +15,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::commands::{CommandError, Dispatcher, RecreateOptions};
 use crate::fleet::Fleet;
-use crate::rollout::{
+use crate::plan::rollout::{
     Action, Cancel, HistoryEntry, Observation, Rollout, RolloutState, TargetState, after_revert,
     after_update, next_wake, plan,
 };
-use crate::window::Windows;
+use crate::plan::window::Windows;
+use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
 
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);
@@ -69,7 +69,7 @@ pub enum CancelTaken {
 }
 
 /// Targets that target `index`'s operation moved to their new image along with it (dependants
-/// recreated by it, from [`crate::rollout::Target::dependant_images`]): they become updated
+/// recreated by it, from [`crate::plan::rollout::Target::dependant_images`]): they become updated
 /// without a command of their own. Returns them with the result to report for each.
 fn moved_with(
     rollout: &mut Rollout,
@@ -97,7 +97,7 @@ fn moved_with(
             },
             now,
         );
-        crate::metrics::METRICS.update_done(&parent.host, &d.container, "updated");
+        crate::telemetry::metrics::METRICS.update_done(&parent.host, &d.container, "updated");
         let mut r = pb::RecreateResult {
             new_id: d.new_id.clone(),
             image_id: d.image_id.clone(),
@@ -454,7 +454,7 @@ impl Runner {
                                 outcome: "timeout".into(),
                             }
                         };
-                        crate::metrics::METRICS.update_done(
+                        crate::telemetry::metrics::METRICS.update_done(
                             &rollout.targets[*i].host,
                             &rollout.targets[*i].container,
                             if reverting {
@@ -604,7 +604,7 @@ impl Runner {
                         (true, _) => "revert-failed",
                         (false, s) => s,
                     };
-                    crate::metrics::METRICS.update_done(&t.host, &t.container, outcome);
+                    crate::telemetry::metrics::METRICS.update_done(&t.host, &t.container, outcome);
                     let canary_was_done = rollout.canary_done_ms > 0;
                     rollout.set(answer.index, state, now);
                     if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {

@@ -9,14 +9,14 @@ use std::time::Duration;
 use ouroboros_proto::v1 as pb;
 use tracing::{info, warn};
 
-use crate::commands::Dispatcher;
-use crate::deps::{Graph, Node};
+use crate::detect::registry::RegistryClient;
 use crate::detect::{Decision, Detection, Selection, detect};
 use crate::fleet::Fleet;
-use crate::registry::RegistryClient;
-use crate::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
-use crate::runner::Runner;
-use crate::window::Windows;
+use crate::plan::deps::{Graph, Node};
+use crate::plan::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
+use crate::plan::window::Windows;
+use crate::run::runner::Runner;
+use crate::server::dispatch::Dispatcher;
 use ouroboros_shared::inventory::ContainerInfo;
 use ouroboros_shared::reference::ImageRef;
 use ouroboros_shared::time_fmt::now_unix_ms;
@@ -42,7 +42,6 @@ pub struct Cycle {
     pub registry: Arc<RegistryClient>,
     pub selection: Selection,
     pub cleanup: Cleanup,
-    pub update_timeout: Duration,
     /// How updates roll out.
     pub policy: Policy,
     pub windows: Windows,
@@ -118,7 +117,7 @@ fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
 }
 
 /// The skip reason of a known-bad digest: what failed, when, and how to try again.
-fn known_bad_reason(b: &crate::rollout::BadDigest) -> String {
+fn known_bad_reason(b: &crate::plan::rollout::BadDigest) -> String {
     let short = b.digest.get(..19).unwrap_or(&b.digest);
     let mut why = b.reason.clone();
     if why.chars().count() > 160 {
@@ -138,7 +137,6 @@ impl Cycle {
         registry: Arc<RegistryClient>,
         selection: Selection,
         cleanup: Cleanup,
-        update_timeout: Duration,
         policy: Policy,
         windows: Windows,
     ) -> Self {
@@ -149,7 +147,6 @@ impl Cycle {
             registry,
             selection,
             cleanup,
-            update_timeout,
             policy,
             windows,
             runner,
@@ -387,7 +384,7 @@ impl Cycle {
             .collect();
         let now = now_unix_ms();
         if counts {
-            crate::metrics::METRICS.cycle(
+            crate::telemetry::metrics::METRICS.cycle(
                 started.elapsed().as_secs_f64(),
                 now as f64 / 1000.0,
                 monitored_by_host,
@@ -554,7 +551,7 @@ impl Cycle {
                         .map(|g| {
                             g.dependants(&name)
                                 .into_iter()
-                                .filter(|(_, kind)| *kind == crate::deps::Kind::Soft)
+                                .filter(|(_, kind)| *kind == crate::plan::deps::Kind::Soft)
                                 .map(|(n, _)| n)
                                 .collect()
                         })
@@ -743,7 +740,7 @@ impl Cycle {
         revert: bool,
         reason: &str,
     ) -> Result<Rollout, String> {
-        let cancel = crate::rollout::Cancel {
+        let cancel = crate::plan::rollout::Cancel {
             reason: if reason.trim().is_empty() {
                 "cancelled by the operator".to_owned()
             } else {
@@ -760,7 +757,7 @@ impl Cycle {
                 .await
                 .map_err(|e| format!("the cancel failed: {e}"))??;
         match taken {
-            crate::runner::CancelTaken::ByRunner => {
+            crate::run::runner::CancelTaken::ByRunner => {
                 // The run in progress picks it up within its tick.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 loop {
@@ -781,7 +778,7 @@ impl Cycle {
                     }
                 }
             }
-            crate::runner::CancelTaken::Stored(rollout) => {
+            crate::run::runner::CancelTaken::Stored(rollout) => {
                 info!(rollout = %rollout.id, revert, "Rollout cancelled by the operator.");
                 // What is left (answers in flight, ways back, the end) is a run's to do.
                 let cycle = self.clone();
@@ -799,7 +796,7 @@ impl Cycle {
     /// Forgets the known-bad digests of the containers of `host` and/or named `container`
     /// (all without either); returns how many.
     pub fn forget_bad_digests(&self, host: Option<&str>, container: Option<&str>) -> usize {
-        let changes: BTreeMap<String, Option<crate::rollout::BadDigest>> = self
+        let changes: BTreeMap<String, Option<crate::plan::rollout::BadDigest>> = self
             .fleet
             .bad_digests()
             .into_keys()

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use ouroboros_shared::reference::ImageRef;
 
-use crate::credentials::{Credential, Credentials, Secret};
-use crate::metrics::METRICS;
+use crate::detect::credentials::{Credential, Credentials, Secret};
+use crate::telemetry::metrics::METRICS;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use tokio::sync::Semaphore;

@@ -11,10 +11,10 @@ use ouroboros_shared::time_fmt::{age, now_unix_ms, rfc3339_ms, rfc3339_secs};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::admin_failure::{call_failed, connect_failed};
-use crate::cli::{AdminArgs, Failure, UpdateArgs};
-use crate::output::{OutputFormat, colour_enabled, paint, table};
-use crate::runner::status_name;
+use super::args::{AdminArgs, Failure, UpdateArgs};
+use crate::admin::failure::{call_failed, connect_failed};
+use crate::admin::output::{OutputFormat, colour_enabled, paint, table};
+use crate::run::runner::status_name;
 
 /// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
 pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {

@@ -4,7 +4,7 @@
 
 use ouroboros_shared::cli::error_chain;
 
-use crate::cli::{AdminArgs, Failure};
+use super::args::{AdminArgs, Failure};
 
 /// The TLS library's error behind a failed connection or call, if there is one (it is
 /// wrapped in an `io::Error`, whose `source` skips it).
@@ -119,7 +119,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::output::OutputFormat;
+    use crate::admin::output::OutputFormat;
 
     fn pki_in(dir: &Path) -> PkiDir {
         let pki = PkiDir::new(dir);
@@ -180,8 +180,8 @@ mod tests {
         let ours = pki_in(&dir.path().join("ours"));
         let port = dying_coordinator(&theirs).await;
         let args = admin_args(port, &ours);
-        let failure = crate::admin_client::connect(&args).await.unwrap_err();
-        assert_eq!(failure.code, crate::cli::EXIT_UNREACHABLE);
+        let failure = crate::admin::client::connect(&args).await.unwrap_err();
+        assert_eq!(failure.code, crate::admin::args::EXIT_UNREACHABLE);
         let ca = ours.ca_cert();
         assert_eq!(
             failure.message,
@@ -196,7 +196,7 @@ mod tests {
             ca: Some(ca.clone()),
             ..admin_args(port, &ours)
         };
-        let failure = crate::admin_client::connect(&args).await.unwrap_err();
+        let failure = crate::admin::client::connect(&args).await.unwrap_err();
         assert!(
             failure
                 .message
@@ -218,10 +218,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let failure = crate::admin_client::connect(&admin_args(port, &pki))
+        let failure = crate::admin::client::connect(&admin_args(port, &pki))
             .await
             .unwrap_err();
-        assert_eq!(failure.code, crate::cli::EXIT_UNREACHABLE);
+        assert_eq!(failure.code, crate::admin::args::EXIT_UNREACHABLE);
         let m = &failure.message;
         assert!(
             m.starts_with(&format!(
@@ -239,10 +239,10 @@ mod tests {
         let pki = pki_in(dir.path());
         let port = dying_coordinator(&pki).await;
         let args = admin_args(port, &pki);
-        let mut client = crate::admin_client::connect(&args).await.unwrap();
+        let mut client = crate::admin::client::connect(&args).await.unwrap();
         let status = client.check(pb::CheckRequest::default()).await.unwrap_err();
         let failure = call_failed(&args, "the check")(status);
-        assert_eq!(failure.code, crate::cli::EXIT_UNREACHABLE);
+        assert_eq!(failure.code, crate::admin::args::EXIT_UNREACHABLE);
         assert!(
             failure.message.starts_with(&format!(
                 "the coordinator at https://127.0.0.1:{port} closed the connection during the check; "

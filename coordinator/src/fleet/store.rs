@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
 
-use crate::rollout::{BadDigest, HistoryEntry, Rollout};
+use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -561,7 +561,7 @@ mod tests {
 
     #[test]
     fn rollouts_history_announced_and_bad_digests_survive_reopen_and_history_is_pruned() {
-        use crate::rollout::{HistoryEntry, Policy, Rollout, RolloutState};
+        use crate::plan::rollout::{HistoryEntry, Policy, Rollout, RolloutState};
         let entry = |finished_ms: i64, container: &str| HistoryEntry {
             rollout: "r-1".into(),
             host: "h".into(),
@@ -589,7 +589,7 @@ mod tests {
             acknowledged_failures: 0,
             cancel: None,
         };
-        let bad = crate::rollout::BadDigest {
+        let bad = crate::plan::rollout::BadDigest {
             digest: "sha256:bad".into(),
             at_ms: 7,
             outcome: "rolled-back".into(),

@@ -1,7 +1,7 @@
 //! Rollouts: the updates of one cycle as a persisted object with a plan, a state machine per
 //! target and a policy that bounds the blast radius. (Over 600 lines: the state machine and
 //! its scenario tests, which belong together.) Everything here is pure: the runner
-//! ([`crate::runner`]) observes, asks [`plan`] what to do now, writes the new state to the store
+//! ([`crate::run::runner`]) observes, asks [`plan`] what to do now, writes the new state to the store
 //! and only then sends the commands.
 //!
 //! Per host, targets run one at a time in dependency order. Hosts start while fewer than
@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::window::Windows;
+use crate::plan::window::Windows;
 
 /// What happens when too many targets fail.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

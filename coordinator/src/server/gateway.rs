@@ -17,9 +17,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
-use crate::commands::Dispatcher;
 use crate::fleet::{Fleet, SessionGuard};
-use crate::tls::peer;
+use crate::server::dispatch::Dispatcher;
+use crate::server::tls::peer;
 
 /// How long an agent has to send `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

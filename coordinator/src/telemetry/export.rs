@@ -9,8 +9,8 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::fleet::Fleet;
-use crate::http::fleet_figures;
-use crate::metrics::METRICS;
+use crate::telemetry::http::fleet_figures;
+use crate::telemetry::metrics::METRICS;
 
 /// Where and how to write.
 #[derive(Clone, PartialEq, Eq)]
@@ -233,7 +233,7 @@ mod tests {
             ..config()
         })
         .unwrap();
-        let store = std::sync::Arc::new(crate::store::MemoryStore::default());
+        let store = std::sync::Arc::new(crate::fleet::store::MemoryStore::default());
         let fleet = Fleet::open(store).unwrap();
         exporter.write(&fleet).await.unwrap();
         let request = received.await.unwrap();

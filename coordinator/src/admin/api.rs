@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::commands::{CommandError, Dispatcher, RecreateOptions};
-use crate::cycle::Cycle;
 use crate::detect::Decision;
 use crate::fleet::Fleet;
-use crate::rollout::{Rollout, RolloutState, TargetState};
+use crate::plan::rollout::{Rollout, RolloutState, TargetState};
+use crate::run::cycle::Cycle;
+use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
 
 /// The `Admin` service.
 pub struct AdminApi {
@@ -155,8 +155,8 @@ impl pb::admin_server::Admin for AdminApi {
             })?;
         info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
         if let Some(result) = &outcome.result.recreate {
-            let status = crate::runner::status_name(result);
-            crate::metrics::METRICS.update_done(host.as_str(), &r.container, status);
+            let status = crate::run::runner::status_name(result);
+            crate::telemetry::metrics::METRICS.update_done(host.as_str(), &r.container, status);
             // In the history like a rollout's targets (the agent sent the host's inventory
             // before its answer, so the view shows what runs now).
             if let Some(before) = &before {
@@ -169,7 +169,7 @@ impl pb::admin_server::Admin for AdminApi {
                 let after = known(&self.fleet);
                 let finished = ouroboros_shared::time_fmt::now_unix_ms();
                 self.fleet
-                    .record_history(vec![crate::rollout::HistoryEntry {
+                    .record_history(vec![crate::plan::rollout::HistoryEntry {
                         rollout: format!("update:{}", outcome.op_id),
                         host: host.to_string(),
                         container: before.name.clone(),
@@ -218,9 +218,9 @@ impl pb::admin_server::Admin for AdminApi {
             info!(forgotten = n, "Known-bad digests forgotten for a retry.");
         }
         let trigger = if r.update || r.retry {
-            crate::cycle::Trigger::Update
+            crate::run::cycle::Trigger::Update
         } else {
-            crate::cycle::Trigger::Check
+            crate::run::cycle::Trigger::Check
         };
         // A cycle never overlaps a running one: `run` waits for it. It runs in a task of its
         // own: a client that goes away must not cancel a rollout half way.
@@ -515,7 +515,7 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
 }
 
 /// A cycle's report as the admin API answers it.
-pub fn check_response(report: crate::cycle::Report) -> pb::CheckResponse {
+pub fn check_response(report: crate::run::cycle::Report) -> pb::CheckResponse {
     let containers = report
         .checked
         .into_iter()

@@ -1,6 +1,6 @@
 //! The coordinator's figures: counters, gauges and histograms kept in one process-wide
 //! registry, rendered in the Prometheus text format (and as InfluxDB line protocol by
-//! [`crate::export`]). Counters are persisted in the store and survive restarts. Label sets
+//! [`crate::telemetry::export`]). Counters are persisted in the store and survive restarts. Label sets
 //! stay bounded: hosts, registries, outcomes, states, and containers only when per-container
 //! series are on, and then only those the fleet view has.
 

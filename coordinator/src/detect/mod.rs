@@ -2,6 +2,9 @@
 //! unique (registry, repository, tag), and a decision per container from its image's local
 //! RepoDigests. Nothing here changes a container.
 
+pub mod credentials;
+pub mod registry;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use futures_util::StreamExt;
 use ouroboros_shared::inventory::ContainerInfo;
 use ouroboros_shared::reference::ImageRef;
 
-use crate::registry::{Probe, ProbeError, RegistryClient};
+use crate::detect::registry::{Probe, ProbeError, RegistryClient};
 
 /// Ouroboros' enable label (`true`/`false`).
 pub const LABEL_ENABLE: &str = "com.ouroboros.enable";

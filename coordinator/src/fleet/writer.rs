@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use crate::store::{Batch, FleetStore, HostRecord};
+use crate::fleet::store::{Batch, FleetStore, HostRecord};
 
 enum Job {
     Write(Batch),
@@ -153,7 +153,7 @@ fn take(job: Job, pending: &mut Batch, waiting: &mut Vec<Sender<bool>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::fleet::store::MemoryStore;
     use ouroboros_shared::inventory::{EngineInfo, HostMode};
 
     fn record(host: &str, seen: i64) -> HostRecord {

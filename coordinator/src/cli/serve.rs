@@ -1,6 +1,9 @@
 //! `serve`: the coordinator's gRPC server behind mutual TLS, with the fleet view and store.
 
+use crate::admin::args::Failure;
+use crate::cli::args::ServeArgs;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +14,17 @@ use ouroboros_shared::pki::{self, PkiDir, PkiError, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::AdminApi;
-use crate::commands::Dispatcher;
-use crate::cycle::Cycle;
+use crate::admin::api::AdminApi;
 use crate::detect::Selection;
+use crate::detect::registry::{RegistryClient, RegistryConfig};
 use crate::fleet::Fleet;
-use crate::gateway::Gateway;
-use crate::metrics::METRICS;
-use crate::registry::{RegistryClient, RegistryConfig};
-use crate::schedule::Schedule;
-use crate::store::{RedbStore, StoreError};
-use crate::tls::{incoming, require_role};
+use crate::fleet::store::{RedbStore, StoreError};
+use crate::plan::schedule::Schedule;
+use crate::run::cycle::Cycle;
+use crate::server::dispatch::Dispatcher;
+use crate::server::gateway::Gateway;
+use crate::server::tls::{incoming, require_role};
+use crate::telemetry::metrics::METRICS;
 
 /// Longest an `update` waits for the agent's result (pull, stop, health gate included).
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -58,13 +61,13 @@ pub struct ServeConfig {
     /// `serve --run-once`: the longest wait for the fleet's agents before the one cycle.
     pub run_once: Option<Duration>,
     /// How updates roll out.
-    pub rollout: crate::rollout::Policy,
+    pub rollout: crate::plan::rollout::Policy,
     /// How long outcomes are kept.
     pub history_retention: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `DATA_EXPORT=influxdb`: where the figures go after every cycle.
-    pub influx: Option<crate::export::InfluxConfig>,
+    pub influx: Option<crate::telemetry::export::InfluxConfig>,
     /// Where notifications go.
     pub notifiers: crate::notify::Notifiers,
     /// Notify at startup.
@@ -92,14 +95,14 @@ impl ServeConfig {
             cleanup: false,
             cleanup_volumes: false,
             run_once: None,
-            rollout: crate::rollout::Policy::default(),
+            rollout: crate::plan::rollout::Policy::default(),
             history_retention: Duration::from_secs(90 * 24 * 3600),
             metrics_listen: None,
             influx: None,
             notifiers: crate::notify::Notifiers::default(),
             startup_notification: false,
             agent_lost_after: Duration::from_secs(60),
-            schedule: Schedule::Interval(crate::schedule::DEFAULT_INTERVAL),
+            schedule: Schedule::Interval(crate::plan::schedule::DEFAULT_INTERVAL),
             detect_only: false,
         }
     }
@@ -161,7 +164,7 @@ async fn scheduled_cycles(
             .prune_history(ouroboros_shared::time_fmt::now_unix_ms().saturating_sub(keep_ms));
         let wait = schedule
             .wait_from(chrono::Utc::now())
-            .unwrap_or(crate::schedule::DEFAULT_INTERVAL);
+            .unwrap_or(crate::plan::schedule::DEFAULT_INTERVAL);
         let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         cycle.next_at.store(
             ouroboros_shared::time_fmt::now_unix_ms().saturating_add(wait_ms),
@@ -174,8 +177,9 @@ async fn scheduled_cycles(
         let report = cycle.run(detect_only).await;
         let pruned: usize = report.pruned.iter().map(|p| p.removed.len()).sum();
         let checked = report.checked;
-        let count =
-            |f: &dyn Fn(&crate::cycle::Checked) -> bool| checked.iter().filter(|c| f(c)).count();
+        let count = |f: &dyn Fn(&crate::run::cycle::Checked) -> bool| {
+            checked.iter().filter(|c| f(c)).count()
+        };
         let updates =
             count(&|c| matches!(c.detection.decision, crate::detect::Decision::Update { .. }));
         let failed = count(&|c| {
@@ -300,18 +304,17 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     }
     let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
     // Validated by the command line already; a failure here must not open every window.
-    let windows =
-        crate::window::Windows::parse(&config.rollout.windows).map_err(ServeError::Windows)?;
+    let windows = crate::plan::window::Windows::parse(&config.rollout.windows)
+        .map_err(ServeError::Windows)?;
     let cycle = Arc::new(Cycle::new(
         fleet.clone(),
         commands.clone(),
         Arc::new(registry),
         config.selection.clone(),
-        crate::cycle::Cleanup {
+        crate::run::cycle::Cleanup {
             images: config.cleanup,
             volumes: config.cleanup_volumes,
         },
-        UPDATE_TIMEOUT,
         config.rollout.clone(),
         windows,
     ));
@@ -356,8 +359,12 @@ pub async fn run(
         metrics,
     } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let exporting = match config.influx.clone().map(crate::export::Exporter::new) {
-        Some(Ok(exporter)) => Some(tokio::spawn(crate::export::run(
+    let exporting = match config
+        .influx
+        .clone()
+        .map(crate::telemetry::export::Exporter::new)
+    {
+        Some(Ok(exporter)) => Some(tokio::spawn(crate::telemetry::export::run(
             exporter,
             fleet.clone(),
             cycle.done.clone(),
@@ -390,7 +397,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let monitoring = match metrics.map(TcpListener::from_std) {
-        Some(Ok(listener)) => Some(tokio::spawn(crate::http::serve(
+        Some(Ok(listener)) => Some(tokio::spawn(crate::telemetry::http::serve(
             listener,
             fleet.clone(),
             stop_rx.clone(),
@@ -475,6 +482,125 @@ pub async fn run(
     let closing = fleet.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     result.map_err(ServeError::from)
+}
+
+/// `serve`: the coordinator until SIGTERM, or one cycle with `--run-once`.
+pub(crate) async fn serve_command(args: ServeArgs) -> Result<(), Failure> {
+    let mut config = args
+        .policy
+        .into_config(args.data_dir, PkiDir::new(args.pki_dir))?;
+    if args.run_once {
+        config.run_once = Some(Duration::from_secs(args.run_once_wait));
+        return serve_once(config, args.listen).await;
+    }
+    let (prepared, listener, _) = prepare_and_listen(config, args.listen).await?;
+    run(prepared, listener, ouroboros_shared::shutdown::signal())
+        .await
+        .map_err(Failure::runtime)?;
+    tracing::info!("Coordinator stopped.");
+    Ok(())
+}
+
+/// `serve --run-once`: serve until the known hosts have reported (or the wait ends), run one
+/// cycle, print it, stop.
+async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failure> {
+    let wait = config.run_once.unwrap_or(Duration::from_secs(60));
+    let dry_run = config.detect_only;
+    let (prepared, listener, _) = prepare_and_listen(config, listen).await?;
+    let fleet = prepared.fleet();
+    let cycle = prepared.cycle();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(run(prepared, listener, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let once = async {
+        let missing = wait_for_fleet(&fleet, wait).await;
+        cycle.resume().await;
+        let report = cycle.run(dry_run).await;
+        (missing, report)
+    };
+    let outcome = tokio::select! {
+        done = once => Some(done),
+        () = ouroboros_shared::shutdown::signal() => None,
+    };
+    let _ = stop_tx.send(true);
+    // The server lets notifications under way end (35 s at most).
+    match tokio::time::timeout(Duration::from_secs(40), server).await {
+        Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
+        Ok(Err(e)) => return Err(Failure::runtime(format!("server task failed: {e}"))),
+        _ => {}
+    }
+    let Some((missing, report)) = outcome else {
+        return Err(Failure::runtime("interrupted before the cycle finished"));
+    };
+    let printed = crate::admin::client::print_check(
+        &crate::admin::api::check_response(report),
+        crate::admin::output::OutputFormat::Table,
+    );
+    if !missing.is_empty() {
+        return Err(Failure::runtime(format!(
+            "host(s) not reporting within {}s: {}",
+            wait.as_secs(),
+            missing.join(", ")
+        )));
+    }
+    printed
+}
+
+/// Waits until every host the store knows is connected and has reported on this connection,
+/// at most `wait`. Returns the hosts still missing. With an empty store (a first run) the
+/// fleet is whoever comes: the wait ends once hosts have reported and no new one came for
+/// [`SETTLE`].
+async fn wait_for_fleet(fleet: &crate::fleet::Fleet, wait: Duration) -> Vec<String> {
+    const SETTLE: Duration = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + wait;
+    let first_run = fleet.hosts().is_empty();
+    let mut known = 0;
+    let mut changed = tokio::time::Instant::now();
+    loop {
+        let hosts = fleet.hosts();
+        if hosts.len() != known {
+            known = hosts.len();
+            changed = tokio::time::Instant::now();
+        }
+        let missing: Vec<String> = hosts
+            .iter()
+            .filter(|h| !(h.connected && h.reported))
+            .map(|h| h.record.host.clone())
+            .collect();
+        let settled = !first_run || changed.elapsed() >= SETTLE;
+        if !hosts.is_empty() && missing.is_empty() && settled {
+            return missing;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if hosts.is_empty() {
+                return vec!["(no agent connected)".to_owned()];
+            }
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the PKI, opens the store and binds `listen`, in that order, so bad configuration
+/// fails before anything listens. Logs the bound address (tests read it).
+pub(crate) async fn prepare_and_listen(
+    config: ServeConfig,
+    listen: SocketAddr,
+) -> Result<(Prepared, tokio::net::TcpListener, SocketAddr), Failure> {
+    let prepared = prepare(config).map_err(|e| {
+        if e.is_config() {
+            Failure::usage(e)
+        } else {
+            Failure::runtime(e)
+        }
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::usage(format!("--listen {listen}: cannot listen: {e}")))?;
+    let addr = listener.local_addr().unwrap_or(listen);
+    tracing::info!(addr = %addr, "Coordinator listening.");
+    Ok((prepared, listener, addr))
 }
 
 #[cfg(test)]

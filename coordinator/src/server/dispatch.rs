@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::warn;
 
-use crate::credentials::Credentials;
+use crate::detect::credentials::Credentials;
 use crate::fleet::SessionId;
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;

@@ -5,13 +5,15 @@
 //! Failures are logged with the service's masked URL and counted
 //! (`ouroboros_notifications_total`); no secret reaches a log line, an error or a metric.
 
+pub mod smtp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::metrics::METRICS;
+use crate::telemetry::metrics::METRICS;
 
 /// Deadline of one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -573,7 +575,7 @@ impl Notifier {
                 to,
             } => {
                 let credentials = user.clone().zip(password.clone());
-                return crate::smtp::send(
+                return crate::notify::smtp::send(
                     ca,
                     host,
                     *port,

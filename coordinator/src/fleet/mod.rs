@@ -3,6 +3,9 @@
 //! so a restarted coordinator still lists every host (as disconnected, with its last-seen
 //! time) until its agent reconnects, and no disk write ever runs under the fleet's lock.
 
+pub mod store;
+pub mod writer;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +16,9 @@ use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::rollout::{BadDigest, HistoryEntry, Rollout};
-use crate::store::{Batch, FleetStore, HostRecord, StoreError};
-use crate::writer::StoreWriter;
+use crate::fleet::store::{Batch, FleetStore, HostRecord, StoreError};
+use crate::fleet::writer::StoreWriter;
+use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 
 /// Identifies one agent connection; a newer connection of the same host replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,7 +431,7 @@ fn current<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::fleet::store::MemoryStore;
     use ouroboros_shared::inventory::{ContainerState, EngineInfo, Health, HostMode};
 
     const PEER: &str = "127.0.0.1:1000";

@@ -19,10 +19,11 @@ use ouroboros_shared::pki::{self, ClientPem, PkiDir};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::admin_client;
-use crate::cli::{AdminArgs, Failure, PolicyArgs, prepare_and_listen};
-use crate::output::OutputFormat;
-use crate::server;
+use crate::admin::client as admin_client;
+use crate::admin::output::OutputFormat;
+use crate::cli::serve as server;
+use crate::cli::serve::prepare_and_listen;
+use crate::cli::{AdminArgs, Failure, PolicyArgs};
 
 /// Name of this host when `--host-name` is not given.
 const DEFAULT_HOST_NAME: &str = "local";

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::fleet::Fleet;
-use crate::metrics::{FleetFigures, METRICS};
+use crate::telemetry::metrics::{FleetFigures, METRICS};
 
 /// Longest a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,7 +138,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::fleet::store::MemoryStore;
 
     fn hello(host: &str) -> Hello {
         Hello {

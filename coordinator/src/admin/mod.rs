@@ -1,0 +1,9 @@
+//! The operator's side: [`api`] is the `Admin` gRPC service; [`client`] calls it for the
+//! admin commands and renders answers ([`output`]: tables, times, colour); [`failure`]: how a
+//! call that failed is told.
+
+pub mod api;
+pub mod args;
+pub mod client;
+pub mod failure;
+pub mod output;

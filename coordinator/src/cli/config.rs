@@ -1,0 +1,280 @@
+//! `serve` and `up` options checked into the typed [`ServeConfig`]: schedule, selection,
+//! registries and credentials, rollout policy, metrics, notifications. A bad value stops
+//! startup with one line naming the option (exit 64).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ouroboros_shared::names::*;
+use ouroboros_shared::pki::PkiDir;
+
+use super::args::*;
+use super::serve::ServeConfig;
+use crate::admin::args::Failure;
+use crate::detect::Selection;
+use crate::detect::credentials::Credentials;
+use crate::detect::registry::RegistryConfig;
+use crate::plan::schedule::Schedule;
+
+fn secs_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+impl PolicyArgs {
+    /// The validated policy part of a [`ServeConfig`].
+    pub(crate) fn into_config(
+        self,
+        data_dir: PathBuf,
+        pki: PkiDir,
+    ) -> Result<ServeConfig, Failure> {
+        let args = self;
+        let schedule =
+            Schedule::from_options(args.interval, args.cron.as_deref(), chrono::Utc::now())
+                .map_err(Failure::usage)?;
+        crate::telemetry::metrics::METRICS.set_per_container(args.metrics_per_container);
+        let template = match &args.notification_template {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Failure::usage(format!("--notification-template {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let urls: Vec<String> = args
+            .notifiers
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let notify_ca = match &args.notify_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Failure::usage(format!("--notify-ca {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let notifiers = crate::notify::Notifiers::new(&urls, template, &args.notify_api, notify_ca)
+            .map_err(|e| Failure::usage(format!("--notifiers: {e}")))?;
+        let influx = match args.data_export.as_deref() {
+            Some("influxdb") => {
+                let config = crate::telemetry::export::InfluxConfig {
+                    url: args.influx_url.clone(),
+                    port: args.influx_port,
+                    database: args.influx_database.clone(),
+                    username: args.influx_username.clone(),
+                    password: args.influx_password.clone(),
+                    org: args.influx_org.clone(),
+                    bucket: args.influx_bucket.clone(),
+                    token: args.influx_token.clone(),
+                };
+                config
+                    .write_url()
+                    .map_err(|e| Failure::usage(format!("--influx-url: {e}")))?;
+                if config.token.is_some() && config.org.as_deref().is_none_or(str::is_empty) {
+                    return Err(Failure::usage(
+                        "--influx-org: InfluxDB 2.x (a token is given) needs the organisation",
+                    ));
+                }
+                Some(config)
+            }
+            _ => None,
+        };
+        let repo = args.repo_user.zip(args.repo_pass);
+        let credentials = Credentials::new(repo, args.docker_config.as_deref())
+            .map_err(|e| Failure::usage(format!("--docker-config: {e}")))?;
+        let extra_ca_pem = match &args.registry_ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Failure::usage(format!("--registry-ca {}: {e}", path.display()))
+                })?;
+                // Checked now, so a bad file stops startup rather than every probe.
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(Failure::usage(format!(
+                        "--registry-ca {}: no PEM certificate in it",
+                        path.display()
+                    )));
+                }
+                crate::detect::registry::RegistryClient::new(RegistryConfig {
+                    extra_ca_pem: Some(pem.clone()),
+                    ..RegistryConfig::default()
+                })
+                .map_err(|e| Failure::usage(format!("--registry-ca {}: {e}", path.display())))?;
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(ServeConfig {
+            data_dir,
+            pki,
+            heartbeat: Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECS)),
+            missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
+            schedule,
+            detect_only: args.dry_run || args.monitor_only,
+            selection: Selection {
+                monitor: args.monitor.0,
+                ignore: args.ignore.0,
+                label_enable: args.label_enable,
+                labels_only: args.labels_only,
+                self_update: args.self_update,
+                latest_only: args.latest_only,
+            },
+            cleanup: args.cleanup,
+            cleanup_volumes: args.cleanup_unused_volumes,
+            registry: RegistryConfig {
+                credentials: std::sync::Arc::new(credentials),
+                insecure: args.insecure_registries.0,
+                extra_ca_pem,
+                ..RegistryConfig::default()
+            },
+            run_once: None,
+            rollout: crate::plan::rollout::Policy {
+                max_hosts_in_flight: args.max_hosts_in_flight,
+                canary: args.canary_hosts.0,
+                canary_wait_ms: secs_ms(args.canary_wait),
+                batch_delay_ms: secs_ms(args.batch_delay),
+                min_healthy_ms: secs_ms(args.min_healthy_time),
+                healthy_deadline_ms: secs_ms(args.healthy_deadline),
+                progress_deadline_ms: secs_ms(args.progress_deadline),
+                failure_action: args.failure_action,
+                max_failure_ratio: args.max_failure_ratio,
+                windows: args.maintenance_windows.to_string(),
+            },
+            history_retention: Duration::from_secs(args.history_retention * 24 * 3600),
+            metrics_listen: args
+                .prometheus_port
+                .map(|port| SocketAddr::new(args.prometheus_addr, port)),
+            influx,
+            notifiers,
+            startup_notification: !args.skip_startup_notifications,
+            agent_lost_after: Duration::from_secs(args.agent_lost_after),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `serve` with `args`, as clap parses it: the one line it would print, or the command.
+    fn serve(args: &[&str]) -> Result<ServeArgs, String> {
+        let line = ["ouroboros-coordinator", "serve"].iter().chain(args);
+        match Cli::try_parse_from(line) {
+            Ok(Cli {
+                command: Command::Serve(serve),
+                ..
+            }) => Ok(serve),
+            Ok(other) => panic!("not serve: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Asserts that `args` stop `serve` at parsing, naming `option` and `value`.
+    fn refused(args: &[&str], option: &str, value: &str) {
+        let e = serve(args).expect_err(&args.join(" "));
+        assert!(e.contains(option), "{e}");
+        assert!(e.contains(value), "{e}");
+    }
+
+    /// The validation after parsing (`into_config`): its one line and exit code.
+    fn config_failure(args: &[&str]) -> Failure {
+        let dir = PathBuf::from("/nonexistent");
+        match serve(args)
+            .unwrap()
+            .policy
+            .into_config(dir.clone(), PkiDir::new(dir))
+        {
+            Ok(_) => panic!("accepted: {args:?}"),
+            Err(failure) => failure,
+        }
+    }
+
+    #[test]
+    fn intervals_past_thirty_days_are_refused() {
+        for value in ["99999999999999999", "18446744073709551615", "2592001", "0"] {
+            refused(&["--interval", value], "--interval", value);
+        }
+        let ok = serve(&["--interval", "2592000"]).unwrap();
+        assert_eq!(ok.policy.interval, crate::plan::schedule::MAX_INTERVAL_SECS);
+    }
+
+    #[test]
+    fn waits_and_deadlines_past_thirty_days_are_refused() {
+        for option in [
+            "--canary-wait",
+            "--batch-delay",
+            "--min-healthy-time",
+            "--healthy-deadline",
+            "--progress-deadline",
+            "--agent-lost-after",
+        ] {
+            for value in ["2592001", "99999999999999999", "18446744073709551616"] {
+                refused(&[option, value], option, value);
+            }
+            assert!(serve(&[option, "2592000"]).is_ok(), "{option}");
+        }
+    }
+
+    #[test]
+    fn a_cron_schedule_that_never_fires_stops_startup() {
+        let failure = config_failure(&["--cron", "0 0 31 2 *"]);
+        assert_eq!(failure.code, EXIT_USAGE);
+        assert!(
+            failure
+                .message
+                .starts_with("--cron: \"0 0 31 2 *\" never fires"),
+            "{}",
+            failure.message
+        );
+        let failure = config_failure(&["--cron", "61 * * * *"]);
+        assert!(
+            failure.message.starts_with("--cron: "),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn lists_with_empty_items_are_refused() {
+        for (option, value) in [
+            ("--monitor", ",,,"),
+            ("--monitor", "web,,db"),
+            ("--ignore", ","),
+            ("--canary-hosts", ",,"),
+            ("--canary-hosts", "web-01,"),
+            ("--insecure-registries", ",,"),
+            ("--maintenance-windows", ";;"),
+            ("--maintenance-windows", "Sat 02:00-02:00"),
+            ("--notify-api", ","),
+            ("--notify-api", "slak=http://proxy.lan"),
+        ] {
+            refused(&[option, value], option, value);
+        }
+        // Empty or blank stays "none".
+        let blank = serve(&["--monitor", " ", "--ignore", "", "--canary-hosts", " "]).unwrap();
+        assert!(blank.policy.monitor.0.is_empty());
+        assert!(blank.policy.ignore.0.is_empty());
+        assert_eq!(blank.policy.canary_hosts, CanaryArg::default());
+        let lists = serve(&["--monitor", "web, db", "--canary-hosts", "web-01,web-02"]).unwrap();
+        assert_eq!(lists.policy.monitor.0, vec!["web", "db"]);
+    }
+
+    #[test]
+    fn a_canary_count_too_large_is_not_read_as_a_host_name() {
+        refused(
+            &["--canary-hosts", "99999999999"],
+            "--canary-hosts",
+            "99999999999",
+        );
+        let two = serve(&["--canary-hosts", "2"]).unwrap();
+        assert_eq!(
+            two.policy.canary_hosts,
+            CanaryArg(crate::plan::rollout::Canary::Count(2))
+        );
+    }
+
+    #[test]
+    fn history_since_refuses_an_overflowing_duration() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("999999999999999999d").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

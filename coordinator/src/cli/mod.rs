@@ -1,0 +1,110 @@
+//! The `ouroboros-coordinator` command line: [`args`] (clap types and value checks),
+//! [`config`] (the options of `serve` and `up` into a typed configuration), [`serve`] (the
+//! server: store, gRPC, schedule, metrics endpoint, run-once) and [`up`] (all in one for a
+//! single host); here, the dispatch of each command.
+
+pub mod args;
+pub mod config;
+pub mod serve;
+pub mod up;
+
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::pki::{self, PkiDir};
+
+pub use self::args::*;
+pub use crate::admin::args::{EXIT_ADMIN_USAGE, EXIT_UNREACHABLE, Failure};
+use crate::admin::client as admin_client;
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Pki(PkiCommand::Init { dir, sans }) => {
+            let pki = PkiDir::new(dir);
+            let written = pki::init(&pki, &sans).map_err(Failure::usage)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "Next: issue one certificate per host with `ouroboros-coordinator pki issue --dir {} --agent HOST`.",
+                pki.dir().display()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Issue { dir, agent, days }) => {
+            let pki = PkiDir::new(dir);
+            let written = pki::issue_agent(&pki, &agent, days).map_err(Failure::usage)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Serve(args) => serve::serve_command(args).await,
+        Command::Up(args) => crate::cli::up::up(args).await,
+        Command::Hosts(args) => admin_client::hosts(&args).await,
+        Command::Containers(args) => {
+            admin_client::containers(&args.admin, args.host.as_ref()).await
+        }
+        Command::Update(args) => match (&args.host, &args.container) {
+            // One container: recreated now, on its tag's current image or on --image.
+            (Some(_), Some(_)) => admin_client::update(&args).await,
+            // A host's or a name's containers: a cycle over them, updating what moved.
+            (host, container) => {
+                admin_client::check_scoped(
+                    &args.admin,
+                    false,
+                    host.as_ref().map(HostName::as_str),
+                    container.as_deref(),
+                    admin_client::Scope::Update,
+                )
+                .await
+            }
+        },
+        Command::Check(args) => admin_client::check(&args.admin, args.dry_run).await,
+        Command::Updates(args) => admin_client::check(&args, true).await,
+        Command::Rollouts(args) => admin_client::rollouts(&args.admin, args.id.as_deref()).await,
+        Command::History(args) => {
+            admin_client::history(
+                &args.admin,
+                args.host.as_ref().map(HostName::as_str),
+                args.container.as_deref(),
+                args.since,
+            )
+            .await
+        }
+        Command::Resume(args) => admin_client::resume(&args.admin, args.id.as_deref()).await,
+        Command::Status(args) => admin_client::status(&args).await,
+        Command::Pause(args) => admin_client::pause(&args.admin, args.reason.as_deref()).await,
+        Command::Rollout(args) => match (args.action, args.id) {
+            (Some(RolloutAction::Cancel(c)), _) => {
+                admin_client::cancel(&c.admin, &c.id, c.revert, c.reason.as_deref()).await
+            }
+            (None, Some(id)) => admin_client::rollout(&args.admin, &id, args.watch).await,
+            (None, None) => Err(Failure {
+                code: EXIT_ADMIN_USAGE,
+                message: "rollout: give a rollout id (see `rollouts`), or `rollout cancel ID`"
+                    .into(),
+            }),
+        },
+        Command::Retry(args) => {
+            admin_client::check_scoped(
+                &args.admin,
+                false,
+                args.host.as_ref().map(HostName::as_str),
+                args.container.as_deref(),
+                admin_client::Scope::Retry,
+            )
+            .await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "ouroboros-coordinator",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The agents' side of the coordinator: [`tls`] terminates mutual TLS and tells identities
+//! and roles apart; [`gateway`] serves `AgentGateway.Connect`, one stream per agent;
+//! [`dispatch`] sends commands down those streams and waits for their answers.
+
+pub mod dispatch;
+pub mod gateway;
+pub mod tls;
