@@ -13,6 +13,8 @@
 //! `agent`). An agent's host identity is the single DNS name in its subject alternative name;
 //! it is never taken from a message. Private keys are written with mode 0600, and no file is
 //! ever overwritten.
+//!
+//! (Over 600 lines: the PKI's files and their checks, with the tests of each refusal.)
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -8,6 +8,8 @@
 //! says (always those with a leftover container still to remove). A file
 //! that cannot be read (damaged, or from another version) is moved to `journal/quarantine/`
 //! and reported, and never stops the recovery of the others.
+//!
+//! (Over 600 lines: the journal and the tests of each of its rules, kept together.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};

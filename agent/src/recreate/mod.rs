@@ -4,7 +4,10 @@
 //! - [`spec`] derives a replacement's create request from `docker inspect` (pure);
 //! - [`dependants`] finds the containers that refer to it and what each needs (pure);
 //! - [`executor`] runs the safe sequence: pull, stop, set aside, create, start, health gate,
-//!   then the dependants, then remove the old containers; any failure rolls everything back;
+//!   then the dependants, then remove the old containers; any failure rolls everything back.
+//!   Its parts: `prepare` (inspect, check, pull, derive; nothing changes), `follow` (the
+//!   dependants stopped before and recreated after), `rollback` (going back, and starting
+//!   again what was stopped);
 //! - [`ops`] holds the Docker steps it is made of (stop with the right signal on every API
 //!   version, starts that are checked by looking, removal), [`pull`] the pull with
 //!   credentials;
@@ -15,10 +18,13 @@
 pub mod dependants;
 pub mod executor;
 pub mod faults;
+mod follow;
 pub mod journal;
 pub mod ops;
+mod prepare;
 pub mod pull;
 pub mod recovery;
+mod rollback;
 pub mod signal;
 pub mod spec;
 

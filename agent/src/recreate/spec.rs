@@ -11,6 +11,8 @@
 //! The one setting the typed API model cannot carry is `Config.MacAddress` on engines before
 //! API 1.44 (where it is the only way to set a MAC): it is returned apart as
 //! [`CreatePlan::legacy_mac`] for the caller to put into the request body.
+//!
+//! (Over 600 lines: every derivation rule with its test on recorded inspect output.)
 
 use std::collections::{HashMap, HashSet};
 

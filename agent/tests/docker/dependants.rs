@@ -4,6 +4,8 @@
 //! settings, and holds the new image when its own tag moved. Then the crash matrix with
 //! dependants present: a crash after every step, recovery, every container back as it was
 //! (or finished), nothing left over.
+//!
+//! (Over 600 lines: one scenario per kind of dependant and the crash matrix, on one setup.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;

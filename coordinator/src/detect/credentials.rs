@@ -5,6 +5,8 @@
 //! programs on `PATH`, run with a deadline; their answers are kept for a minute. The file is
 //! read again when it changes (`docker login` rewrites it). No secret reaches a log or an
 //! error message: `Debug` redacts, and errors name registries and programs only.
+//!
+//! (Over 600 lines: the docker CLI's lookup order, each source with its tests.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Rollouts end to end, on real engines: dependency order, health-gated failure with pause,
 //! hosts in flight bounded, and a coordinator killed mid-rollout that resumes without doing
 //! anything twice. Orders and counts come from the engines' own event logs.
+//!
+//! (Over 600 lines: the rollout scenarios share the event log and the fleet set-up.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
