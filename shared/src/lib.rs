@@ -9,7 +9,6 @@
 //! - [`telemetry`]: log setup.
 //! - [`time_fmt`]: timestamps for people and for JSON.
 
-pub mod base64;
 pub mod cli;
 pub mod echo;
 pub mod host;

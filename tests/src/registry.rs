@@ -151,7 +151,10 @@ impl Registry {
         let authorization = self.credentials.as_ref().map(|(u, p)| {
             format!(
                 "Basic {}",
-                ouroboros_shared::base64::standard(format!("{u}:{p}").as_bytes())
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{u}:{p}")
+                )
             )
         });
         let mut all: Vec<(&str, &str)> = headers.to_vec();

@@ -39,7 +39,7 @@ pub fn registry_auth_header(auth: &RegistryAuth, server: &str) -> String {
             json[key] = serde_json::Value::String(value.clone());
         }
     }
-    ouroboros_shared::base64::url_safe(json.to_string().as_bytes())
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, json.to_string())
 }
 
 /// Splits `repo:tag@sha256:…` into the pinned reference to pull and the tag to point at it.
@@ -147,7 +147,8 @@ mod tests {
         );
         let decoded = |h: &str| -> serde_json::Value {
             let standard = h.replace('-', "+").replace('_', "/");
-            let raw = ouroboros_shared::base64::decode_standard(&standard).unwrap();
+            let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, standard)
+                .unwrap();
             serde_json::from_slice(&raw).unwrap()
         };
         assert_eq!(

@@ -202,7 +202,8 @@ fn parse_docker_config(text: &str) -> Result<DockerConfig, String> {
             };
             let auth = field("auth")?;
             if !auth.is_empty() {
-                let raw = ouroboros_shared::base64::decode_standard(&auth)
+                let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &auth)
+                    .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .ok_or_else(|| format!("auths {key:?}: \"auth\" is not base64 of text"))?;
                 let (user, pass) = raw

@@ -733,16 +733,17 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.signed_duration_since(chrono::Utc::now());
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn basic(user: &str, pass: &str) -> String {
-    use std::io::Write;
-    let mut raw = Vec::new();
-    let _ = write!(raw, "{user}:{pass}");
-    format!("Basic {}", ouroboros_shared::base64::standard(&raw))
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    format!("Basic {encoded}")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -839,7 +840,8 @@ mod tests {
             Some(Duration::ZERO),
             "a date in the past: no wait"
         );
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
         let wait = parse_retry_after(&later).unwrap();
         assert!(
             wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),

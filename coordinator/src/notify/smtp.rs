@@ -155,7 +155,10 @@ pub async fn send(
             ));
         }
         let _ = features;
-        let token = ouroboros_shared::base64::standard(format!("\0{user}\0{password}").as_bytes());
+        let token = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("\0{user}\0{password}"),
+        );
         // Only the reply's code: a server may echo what it got.
         s.command(&format!("AUTH PLAIN {token}"), '2')
             .await

@@ -518,7 +518,7 @@ async fn credentials_go_only_to_their_own_registry() {
         Arc::new(move |r: &Req| {
             let expected = format!(
                 "Basic {}",
-                ouroboros_shared::base64::standard(user_pass.as_bytes())
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, user_pass)
             );
             match r.header("authorization") {
                 Some(a) if a == expected => resp(200, &[("Docker-Content-Digest", DIGEST)]),
@@ -532,7 +532,10 @@ async fn credentials_go_only_to_their_own_registry() {
     let (client, _dir) = client_with_config(&format!(
         r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
         first.addr,
-        ouroboros_shared::base64::standard(b"alice:a-sentinel")
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            b"alice:a-sentinel"
+        )
     ));
     assert_eq!(client.digest(&first.image()).await.unwrap().digest, DIGEST);
     let e = client.digest(&second.image()).await.unwrap_err();

@@ -389,7 +389,10 @@ fn request(
         .map(|(u, p)| {
             format!(
                 "Authorization: Basic {}\r\n",
-                ouroboros_shared::base64::standard(format!("{u}:{p}").as_bytes())
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{u}:{p}")
+                )
             )
         })
         .unwrap_or_default();
