@@ -174,24 +174,17 @@ pub struct HistoryArgs {
 }
 
 pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
+    // A bare number is seconds, as before; everything else as humantime reads it (`90s`,
+    // `30m`, `12h`, `7d`, `1h 30m`), which also refuses what would overflow.
     let value = value.trim();
-    let (number, unit) = value.split_at(
-        value
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(value.len()),
-    );
-    let bad = || "not a duration like 90s, 30m, 12h or 7d".to_owned();
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let unit = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| "too long a duration".to_owned())
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| "too long a duration".to_owned());
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("not a duration like 90s, 30m, 12h or 7d ({e})"))
 }
 
 #[derive(Debug, Args)]

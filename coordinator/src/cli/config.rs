@@ -274,6 +274,8 @@ mod tests {
     #[test]
     fn history_since_refuses_an_overflowing_duration() {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("999999999999999999d").is_err());
         assert!(parse_duration("soon").is_err());
     }

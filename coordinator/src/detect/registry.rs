@@ -840,8 +840,7 @@ mod tests {
             Some(Duration::ZERO),
             "a date in the past: no wait"
         );
-        let later =
-            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
         let wait = parse_retry_after(&later).unwrap();
         assert!(
             wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
