@@ -154,8 +154,9 @@ impl pb::admin_server::Admin for AdminApi {
                 CommandError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
             })?;
         info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
-        if let Some(result) = &outcome.result.recreate {
-            let status = crate::run::runner::status_name(result);
+        {
+            let result = &outcome.result;
+            let status = result.status.name();
             crate::telemetry::metrics::METRICS.update_done(host.as_str(), &r.container, status);
             // In the history like a rollout's targets (the agent sent the host's inventory
             // before its answer, so the view shows what runs now).
@@ -176,7 +177,7 @@ impl pb::admin_server::Admin for AdminApi {
                         image: before.image.clone(),
                         old_digest: digest_of(before),
                         new_digest: after.as_ref().map(digest_of).unwrap_or_default(),
-                        result: if status == "updated" || status == "already-current" {
+                        result: if result.status.succeeded() {
                             status.to_owned()
                         } else {
                             "failed".to_owned()
@@ -190,7 +191,7 @@ impl pb::admin_server::Admin for AdminApi {
                         finished_ms: finished,
                         duration_ms: finished - started,
                     }]);
-                if status == "updated" {
+                if result.status == crate::plan::outcome::Status::Updated {
                     self.cycle
                         .forget_bad_digests(Some(host.as_str()), Some(&before.name));
                 }
@@ -198,7 +199,7 @@ impl pb::admin_server::Admin for AdminApi {
         }
         Ok(Response::new(pb::UpdateResponse {
             op_id: outcome.op_id,
-            result: outcome.result.recreate,
+            result: Some((&outcome.result).into()),
             steps: outcome.steps,
         }))
     }
@@ -533,13 +534,13 @@ pub fn check_response(report: crate::run::cycle::Report) -> pb::CheckResponse {
                 decision: decision.to_owned(),
                 reason,
                 target,
-                result: c.result,
+                result: c.result.as_ref().map(Into::into),
             }
         })
         .collect();
     pb::CheckResponse {
         containers,
-        pruned: report.pruned,
+        pruned: report.pruned.iter().map(Into::into).collect(),
         rollout: report.rollout.as_ref().map(rollout_pb),
     }
 }

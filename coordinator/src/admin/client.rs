@@ -15,7 +15,7 @@ use super::args::{AdminArgs, Failure, UpdateArgs};
 use crate::admin::failure::{call_failed, connect_failed};
 use crate::admin::output::{OutputFormat, colour_enabled, table};
 use crate::admin::render::*;
-use crate::run::runner::status_name;
+use crate::server::convert::status_name;
 
 /// Opens a mutual-TLS channel to the coordinator with the CLI certificate.
 pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {

@@ -182,15 +182,7 @@ async fn scheduled_cycles(
         };
         let updates =
             count(&|c| matches!(c.detection.decision, crate::detect::Decision::Update { .. }));
-        let failed = count(&|c| {
-            c.result.as_ref().is_some_and(|r| {
-                !matches!(
-                    r.status(),
-                    ouroboros_proto::v1::recreate_result::Status::Updated
-                        | ouroboros_proto::v1::recreate_result::Status::AlreadyCurrent
-                )
-            })
-        });
+        let failed = count(&|c| c.result.as_ref().is_some_and(|r| !r.status.succeeded()));
         tracing::info!(
             containers = checked.len(),
             updates,

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::outcome::Status;
 use crate::plan::window::Windows;
 
 /// What happens when too many targets fail.
@@ -497,30 +498,31 @@ impl Rollout {
 }
 
 /// The target's next state after the agent's answer to an update.
-pub fn after_update(status: &str, reason: &str, now_ms: i64) -> TargetState {
+pub fn after_update(status: Status, reason: &str, now_ms: i64) -> TargetState {
     match status {
-        "updated" => TargetState::Updated {
+        Status::Updated => TargetState::Updated {
             at_ms: now_ms,
             already_current: false,
         },
-        "already-current" => TargetState::Updated {
+        Status::AlreadyCurrent => TargetState::Updated {
             at_ms: now_ms,
             already_current: true,
         },
         other => TargetState::Failed {
             reason: reason.to_owned(),
-            outcome: other.to_owned(),
+            outcome: other.name().to_owned(),
         },
     }
 }
 
 /// The target's next state after the agent's answer to a way back.
-pub fn after_revert(status: &str, reason: &str, now_ms: i64) -> TargetState {
-    match status {
-        "updated" | "already-current" => TargetState::Reverted { at_ms: now_ms },
-        other => TargetState::RevertFailed {
-            reason: format!("{other}: {reason}"),
-        },
+pub fn after_revert(status: Status, reason: &str, now_ms: i64) -> TargetState {
+    if status.succeeded() {
+        TargetState::Reverted { at_ms: now_ms }
+    } else {
+        TargetState::RevertFailed {
+            reason: format!("{}: {reason}", status.name()),
+        }
     }
 }
 
@@ -828,12 +830,7 @@ mod tests {
     }
 
     /// Applies an action the way the runner would, answering every update with `answer`.
-    fn apply(
-        r: &mut Rollout,
-        actions: &[Action],
-        now_ms: i64,
-        answer: &dyn Fn(&Target) -> &'static str,
-    ) {
+    fn apply(r: &mut Rollout, actions: &[Action], now_ms: i64, answer: &dyn Fn(&Target) -> Status) {
         for a in actions {
             match a {
                 Action::Dispatch(i) => {
@@ -894,7 +891,7 @@ mod tests {
                     );
                 }
                 TargetState::Reverting { .. } => {
-                    r.set(i, after_revert("updated", "", now_ms + 1), now_ms + 1)
+                    r.set(i, after_revert(Status::Updated, "", now_ms + 1), now_ms + 1)
                 }
                 _ => {}
             }
@@ -902,7 +899,7 @@ mod tests {
     }
 
     /// Runs the rollout to its end; returns the dispatch rounds (which targets each round).
-    fn run(r: &mut Rollout, answer: &dyn Fn(&Target) -> &'static str) -> Vec<Vec<usize>> {
+    fn run(r: &mut Rollout, answer: &dyn Fn(&Target) -> Status) -> Vec<Vec<usize>> {
         let mut rounds = Vec::new();
         let mut now = 1_000;
         for _ in 0..100 {
@@ -926,8 +923,8 @@ mod tests {
         rounds
     }
 
-    fn ok(_: &Target) -> &'static str {
-        "updated"
+    fn ok(_: &Target) -> Status {
+        Status::Updated
     }
 
     #[test]
@@ -1003,9 +1000,9 @@ mod tests {
         );
         let rounds = run(&mut r, &|t: &Target| {
             if t.host == "a" {
-                "rolled-back"
+                Status::RolledBack
             } else {
-                "updated"
+                Status::Updated
             }
         });
         assert_eq!(rounds, vec![vec![0]]);
@@ -1036,9 +1033,9 @@ mod tests {
         );
         let rounds = run(&mut r, &|t: &Target| {
             if t.host == "c" {
-                "rolled-back"
+                Status::RolledBack
             } else {
-                "updated"
+                Status::Updated
             }
         });
         assert_eq!(
@@ -1069,7 +1066,11 @@ mod tests {
         ];
         let mut r = rollout(policy.clone(), targets.clone());
         run(&mut r, &|t: &Target| {
-            if t.host == "a" { "refused" } else { "updated" }
+            if t.host == "a" {
+                Status::Refused
+            } else {
+                Status::Updated
+            }
         });
         assert_eq!(
             r.state,
@@ -1083,7 +1084,7 @@ mod tests {
             },
             targets,
         );
-        run(&mut r, &|_: &Target| "rolled-back");
+        run(&mut r, &|_: &Target| Status::RolledBack);
         assert_eq!(r.state, RolloutState::Completed { failed: 3 });
     }
 
@@ -1161,7 +1162,11 @@ mod tests {
             },
             inside,
         );
-        r.set(0, after_update("updated", "", inside + 10), inside + 10);
+        r.set(
+            0,
+            after_update(Status::Updated, "", inside + 10),
+            inside + 10,
+        );
         assert_eq!(plan(&r, &at(inside + 20)), vec![], "batch delay");
         assert_eq!(
             plan(&r, &at(inside + 10 + 60_000)),
@@ -1185,9 +1190,9 @@ mod tests {
         // a fails and pauses the rollout; b and c never started.
         run(&mut r, &|t: &Target| {
             if t.host == "a" {
-                "rolled-back"
+                Status::RolledBack
             } else {
-                "updated"
+                Status::Updated
             }
         });
         assert!(matches!(r.state, RolloutState::Paused { .. }));
@@ -1267,8 +1272,8 @@ mod tests {
             },
             now + 20,
         );
-        r.set(1, after_update("updated", "", now + 30), now + 30);
-        r.set(0, after_revert("updated", "", now + 40), now + 40);
+        r.set(1, after_update(Status::Updated, "", now + 30), now + 30);
+        r.set(0, after_revert(Status::Updated, "", now + 40), now + 40);
         assert_eq!(plan_at(&r, now + 50), vec![Action::Revert(1)]);
         r.set(
             1,
@@ -1278,7 +1283,7 @@ mod tests {
             },
             now + 50,
         );
-        r.set(1, after_revert("updated", "", now + 60), now + 60);
+        r.set(1, after_revert(Status::Updated, "", now + 60), now + 60);
         assert_eq!(
             plan_at(&r, now + 70),
             vec![Action::Become(RolloutState::Cancelled {
@@ -1358,9 +1363,9 @@ mod tests {
         );
         run(&mut r, &|t: &Target| {
             if t.host == "a" {
-                "rolled-back"
+                Status::RolledBack
             } else {
-                "updated"
+                Status::Updated
             }
         });
         assert!(matches!(r.state, RolloutState::Paused { .. }));
@@ -1381,11 +1386,19 @@ mod tests {
             ],
         );
         run(&mut r, &|t: &Target| {
-            if t.host == "a" { "refused" } else { "updated" }
+            if t.host == "a" {
+                Status::Refused
+            } else {
+                Status::Updated
+            }
         });
         r.resume(50_000);
         run(&mut r, &|t: &Target| {
-            if t.host == "b" { "refused" } else { "updated" }
+            if t.host == "b" {
+                Status::Refused
+            } else {
+                Status::Updated
+            }
         });
         assert!(
             matches!(r.state, RolloutState::Paused { .. }),
@@ -1417,7 +1430,7 @@ mod tests {
         }
         r.set(
             0,
-            after_update("rolled-back", "unhealthy", now + 1),
+            after_update(Status::RolledBack, "unhealthy", now + 1),
             now + 1,
         );
         let actions = plan_at(&r, now + 2);
@@ -1436,7 +1449,7 @@ mod tests {
             vec![],
             "b is still in flight: not rolled back yet"
         );
-        r.set(1, after_update("updated", "", now + 4), now + 4);
+        r.set(1, after_update(Status::Updated, "", now + 4), now + 4);
         assert_eq!(
             plan_at(&r, now + 5),
             vec![Action::Revert(1)],
@@ -1483,9 +1496,9 @@ mod tests {
         );
         let rounds = run(&mut r, &|t: &Target| {
             if t.host == "a" {
-                "rolled-back"
+                Status::RolledBack
             } else {
-                "updated"
+                Status::Updated
             }
         });
         assert_eq!(rounds, vec![vec![0]], "nothing after the failed canary");

@@ -6,17 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ouroboros_proto::v1 as pb;
 use tracing::{info, warn};
 
 use crate::detect::registry::RegistryClient;
 use crate::detect::{Decision, Detection, Selection, detect};
 use crate::fleet::Fleet;
 use crate::plan::deps::{Graph, Node};
+use crate::plan::outcome::{Pruned, Status, UpdateResult};
 use crate::plan::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
 use crate::plan::window::Windows;
 use crate::run::runner::Runner;
-use crate::server::dispatch::Dispatcher;
+use crate::server::dispatch::Commands;
 use ouroboros_shared::inventory::ContainerInfo;
 use ouroboros_shared::reference::ImageRef;
 use ouroboros_shared::time_fmt::now_unix_ms;
@@ -38,7 +38,7 @@ pub struct Cleanup {
 /// What a cycle needs.
 pub struct Cycle {
     pub fleet: Arc<Fleet>,
-    pub commands: Arc<Dispatcher>,
+    pub commands: Arc<dyn Commands>,
     pub registry: Arc<RegistryClient>,
     pub selection: Selection,
     pub cleanup: Cleanup,
@@ -75,7 +75,7 @@ pub enum Trigger {
 pub struct Checked {
     pub detection: Detection,
     /// The agent's answer, for updates sent.
-    pub result: Option<pb::RecreateResult>,
+    pub result: Option<UpdateResult>,
 }
 
 /// What a cycle did.
@@ -83,14 +83,13 @@ pub struct Checked {
 pub struct Report {
     pub checked: Vec<Checked>,
     /// Volume prunes, by host (with [`Cleanup::volumes`], outside dry runs).
-    pub pruned: Vec<pb::VolumePrune>,
+    pub pruned: Vec<Pruned>,
     /// The rollout of this cycle's updates, as it ended (or paused).
     pub rollout: Option<Rollout>,
 }
 
 /// What a target that got no answer from its agent reports.
-fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
-    use pb::recreate_result::Status;
+fn unanswered(t: &Target, rollout: &Rollout) -> UpdateResult {
     let (status, reason) = match &t.state {
         TargetState::Failed { reason, .. } => (Status::Error, reason.clone()),
         TargetState::Skipped { reason } => (Status::NotStarted, reason.clone()),
@@ -108,12 +107,7 @@ fn unanswered(t: &Target, rollout: &Rollout) -> pb::RecreateResult {
         ),
         other => (Status::Error, format!("no answer ({})", other.name())),
     };
-    let mut r = pb::RecreateResult {
-        reason,
-        ..Default::default()
-    };
-    r.set_status(status);
-    r
+    UpdateResult::with(status, reason)
 }
 
 /// The skip reason of a known-bad digest: what failed, when, and how to try again.
@@ -133,7 +127,7 @@ fn known_bad_reason(b: &crate::plan::rollout::BadDigest) -> String {
 impl Cycle {
     pub fn new(
         fleet: Arc<Fleet>,
-        commands: Arc<Dispatcher>,
+        commands: Arc<dyn Commands>,
         registry: Arc<RegistryClient>,
         selection: Selection,
         cleanup: Cleanup,
@@ -321,7 +315,7 @@ impl Cycle {
             })
             .collect();
         let paused = self.fleet.paused();
-        let mut results: BTreeMap<(String, String), pb::RecreateResult> = BTreeMap::new();
+        let mut results: BTreeMap<(String, String), UpdateResult> = BTreeMap::new();
         let mut rollout = None;
         if !dry_run && updates > 0 {
             if let Some(why) = &paused {
@@ -358,7 +352,7 @@ impl Cycle {
                         .cloned()
                         .map(|mut r| {
                             if matches!(t.state, TargetState::Reverted { .. }) {
-                                r.set_status(pb::recreate_result::Status::RolledBack);
+                                r.status = Status::RolledBack;
                                 r.reason = format!("reverted: rollout {}", done.state.name());
                             }
                             r
@@ -409,7 +403,7 @@ impl Cycle {
     }
 
     /// One message for the updates a rollout made, one for those that failed.
-    fn announce_outcome(&self, done: &Rollout, answers: &BTreeMap<usize, pb::RecreateResult>) {
+    fn announce_outcome(&self, done: &Rollout, answers: &BTreeMap<usize, UpdateResult>) {
         let image = |t: &Target, digest: &str| {
             format!("{}@{}", t.image, digest.get(..19).unwrap_or(digest))
         };
@@ -841,20 +835,13 @@ impl Cycle {
     }
 
     /// Each host's unused anonymous volumes, hosts in parallel.
-    async fn prune(&self, hosts: &[String]) -> Vec<pb::VolumePrune> {
+    async fn prune(&self, hosts: &[String]) -> Vec<Pruned> {
         let prunes = hosts.iter().map(|host| async move {
             match self.commands.prune_volumes(host, PRUNE_TIMEOUT).await {
-                Ok(outcome) => {
-                    let r = outcome.result.prune.unwrap_or_default();
-                    pb::VolumePrune {
-                        host: host.clone(),
-                        removed: r.removed,
-                        error: r.error,
-                    }
-                }
+                Ok(pruned) => pruned,
                 Err(e) => {
                     warn!(host = %host, error = %e, "Volume prune not done.");
-                    pb::VolumePrune {
+                    Pruned {
                         host: host.clone(),
                         removed: Vec::new(),
                         error: e.to_string(),

@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ouroboros_proto::v1 as pb;
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::fleet::Fleet;
+use crate::plan::outcome::{DependantAction, Status, UpdateResult};
 use crate::plan::rollout::{
     Action, Cancel, HistoryEntry, Observation, Rollout, RolloutState, TargetState, after_revert,
     after_update, next_wake, plan,
 };
 use crate::plan::window::Windows;
-use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
+use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
 
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);
@@ -33,13 +33,13 @@ struct Answer {
     index: usize,
     op_id: String,
     revert: bool,
-    result: pb::RecreateResult,
+    result: UpdateResult,
 }
 
 /// Runs rollouts on the fleet.
 pub struct Runner {
     fleet: Arc<Fleet>,
-    commands: Arc<Dispatcher>,
+    commands: Arc<dyn Commands>,
     /// Remove old images after updates (CLEANUP).
     cleanup_images: bool,
     /// The latest state of the rollout being run, for watchers.
@@ -74,12 +74,16 @@ pub enum CancelTaken {
 fn moved_with(
     rollout: &mut Rollout,
     index: usize,
-    result: &pb::RecreateResult,
+    result: &UpdateResult,
     now: i64,
-) -> Vec<(usize, pb::RecreateResult)> {
+) -> Vec<(usize, UpdateResult)> {
     let parent = rollout.targets[index].clone();
     let mut moved = Vec::new();
-    for d in result.dependants.iter().filter(|d| d.action == "updated") {
+    for d in result
+        .dependants
+        .iter()
+        .filter(|d| d.action == DependantAction::Updated)
+    {
         if !parent.dependant_images.contains_key(&d.container) {
             continue;
         }
@@ -98,39 +102,26 @@ fn moved_with(
             now,
         );
         crate::telemetry::metrics::METRICS.update_done(&parent.host, &d.container, "updated");
-        let mut r = pb::RecreateResult {
-            new_id: d.new_id.clone(),
-            image_id: d.image_id.clone(),
-            reason: format!(
-                "updated with {}, whose operation recreated it",
-                parent.container
-            ),
-            ..Default::default()
-        };
-        r.set_status(pb::recreate_result::Status::Updated);
-        moved.push((i, r));
+        moved.push((
+            i,
+            UpdateResult {
+                new_id: d.new_id.clone(),
+                image_id: d.image_id.clone(),
+                ..UpdateResult::with(
+                    Status::Updated,
+                    format!(
+                        "updated with {}, whose operation recreated it",
+                        parent.container
+                    ),
+                )
+            },
+        ));
     }
     moved
 }
 
-/// The agent's answer as the CLI names it.
-pub fn status_name(result: &pb::RecreateResult) -> &'static str {
-    use pb::recreate_result::Status;
-    match result.status() {
-        Status::Updated => "updated",
-        Status::AlreadyCurrent => "already-current",
-        Status::Refused => "refused",
-        Status::RolledBack => "rolled-back",
-        Status::RollbackFailed => "rollback-failed",
-        Status::Interrupted => "interrupted",
-        Status::NotStarted => "not-started",
-        Status::Cancelled => "cancelled",
-        Status::Error | Status::Unspecified => "error",
-    }
-}
-
 impl Runner {
-    pub fn new(fleet: Arc<Fleet>, commands: Arc<Dispatcher>, cleanup_images: bool) -> Self {
+    pub fn new(fleet: Arc<Fleet>, commands: Arc<dyn Commands>, cleanup_images: bool) -> Self {
         Self {
             fleet,
             commands,
@@ -291,24 +282,19 @@ impl Runner {
                     .recreate(&host, &container, &image, &options, wait)
                     .await
                 {
-                    Ok(outcome)
-                        if outcome.result.recreate.as_ref().is_some_and(|r| {
-                            r.status() == pb::recreate_result::Status::Interrupted
-                        }) =>
-                    {
+                    Ok(outcome) if outcome.result.status == Status::Interrupted => {
                         // The agent stopped first and changed nothing: the same operation
                         // again once it is back.
                         info!(host = %host, container = %container, "The agent stopped before the update could finish; it is sent again when the agent is back.");
                         tokio::time::sleep(RESEND).await;
                     }
                     Ok(outcome) => {
-                        let result = outcome.result.recreate.unwrap_or_default();
                         let _ = answers
                             .send(Answer {
                                 index,
                                 op_id: answer_op,
                                 revert,
-                                result,
+                                result: outcome.result,
                             })
                             .await;
                         return;
@@ -332,7 +318,7 @@ impl Runner {
         &self,
         mut rollout: Rollout,
         windows: &Windows,
-    ) -> (Rollout, BTreeMap<usize, pb::RecreateResult>) {
+    ) -> (Rollout, BTreeMap<usize, UpdateResult>) {
         {
             let mut active = self.active();
             active.running.insert(rollout.id.clone());
@@ -356,10 +342,10 @@ impl Runner {
         &self,
         mut rollout: Rollout,
         windows: &Windows,
-    ) -> (Rollout, BTreeMap<usize, pb::RecreateResult>) {
+    ) -> (Rollout, BTreeMap<usize, UpdateResult>) {
         let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
         let mut senders: BTreeMap<usize, JoinHandle<()>> = BTreeMap::new();
-        let mut results: BTreeMap<usize, pb::RecreateResult> = BTreeMap::new();
+        let mut results: BTreeMap<usize, UpdateResult> = BTreeMap::new();
         // Picked up after a restart: what was in flight is asked again, with its op id and a
         // fresh deadline (the agent may have finished long ago, or never got the command).
         let now = now_unix_ms();
@@ -586,7 +572,7 @@ impl Runner {
                     }
                     senders.remove(&answer.index);
                     let now = now_unix_ms();
-                    let status = status_name(&answer.result);
+                    let status = answer.result.status;
                     let reason = answer.result.reason.clone();
                     let state = if answer.revert {
                         after_revert(status, &reason, now)
@@ -594,15 +580,15 @@ impl Runner {
                         after_update(status, &reason, now)
                     };
                     let t = &rollout.targets[answer.index];
-                    if matches!(status, "updated" | "already-current") {
-                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status, "Target answered.");
+                    if status.succeeded() {
+                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
                     } else {
-                        warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status, reason = %reason, "Target failed.");
+                        warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target failed.");
                     }
-                    let outcome = match (answer.revert, status) {
-                        (true, "updated" | "already-current") => "reverted",
-                        (true, _) => "revert-failed",
-                        (false, s) => s,
+                    let outcome = match (answer.revert, status.succeeded()) {
+                        (true, true) => "reverted",
+                        (true, false) => "revert-failed",
+                        (false, _) => status.name(),
                     };
                     crate::telemetry::metrics::METRICS.update_done(&t.host, &t.container, outcome);
                     let canary_was_done = rollout.canary_done_ms > 0;
@@ -620,8 +606,8 @@ impl Runner {
                         }
                     }
                     for d in &answer.result.dependants {
-                        if d.action == "failed" || d.action == "restored" {
-                            warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = %d.action, reason = %d.reason, "A dependant did not follow the update.");
+                        if matches!(d.action, DependantAction::Failed | DependantAction::Restored) {
+                            warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = d.action.name(), reason = %d.reason, "A dependant did not follow the update.");
                         }
                     }
                     results.insert(answer.index, answer.result);

@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::detect::credentials::Credentials;
 use crate::fleet::SessionId;
+use crate::plan::outcome::{Pruned, Status as Outcome, UpdateResult};
 
 type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 
@@ -47,12 +48,32 @@ pub enum CommandError {
     },
 }
 
-/// What the agent answered.
+/// What the agent answered to a `Recreate`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CommandOutcome {
+pub struct Recreated {
     pub op_id: String,
-    pub result: pb::CommandResult,
+    pub result: UpdateResult,
+    /// The steps it reported, in order.
     pub steps: Vec<String>,
+}
+
+/// Commands to the fleet's agents, as the rollout runner and the cycle use them: the
+/// [`Dispatcher`], or a fake in tests.
+#[tonic::async_trait]
+pub trait Commands: Send + Sync {
+    /// A fresh op id.
+    fn new_op_id(&self) -> String;
+    /// Sends `Recreate` to `host` and waits (at most `timeout`) for its result.
+    async fn recreate(
+        &self,
+        host: &str,
+        container: &str,
+        image: &str,
+        options: &RecreateOptions,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError>;
+    /// Sends `PruneVolumes` to `host` and waits for its result.
+    async fn prune_volumes(&self, host: &str, timeout: Duration) -> Result<Pruned, CommandError>;
 }
 
 /// How one recreate is asked for.
@@ -164,29 +185,38 @@ impl Dispatcher {
         image: &str,
         options: &RecreateOptions,
         timeout: Duration,
-    ) -> Result<CommandOutcome, CommandError> {
+    ) -> Result<Recreated, CommandError> {
         let auth = match (image, &options.auth_image) {
             ("", Some(known)) => self.pull_auth(known).await,
             _ => self.pull_auth(image).await,
         };
-        self.command(host, options.op_id.clone(), timeout, |op_id| {
-            pb::coordinator_message::Kind::Recreate(pb::Recreate {
-                op_id,
-                container: container.to_owned(),
-                image: image.to_owned(),
-                auth,
-                cleanup: options.cleanup,
-                min_healthy_ms: options.min_healthy_ms,
-                healthy_deadline_ms: options.healthy_deadline_ms,
-                soft_dependants: options.soft_dependants.clone(),
-                dependant_images: options
-                    .dependant_images
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+        let (op_id, answer, steps) = self
+            .command(host, options.op_id.clone(), timeout, |op_id| {
+                pb::coordinator_message::Kind::Recreate(pb::Recreate {
+                    op_id,
+                    container: container.to_owned(),
+                    image: image.to_owned(),
+                    auth,
+                    cleanup: options.cleanup,
+                    min_healthy_ms: options.min_healthy_ms,
+                    healthy_deadline_ms: options.healthy_deadline_ms,
+                    soft_dependants: options.soft_dependants.clone(),
+                    dependant_images: options
+                        .dependant_images
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                })
             })
+            .await?;
+        Ok(Recreated {
+            result: answer.recreate.map_or_else(
+                || UpdateResult::with(Outcome::Error, "the agent answered without a result"),
+                UpdateResult::from,
+            ),
+            op_id,
+            steps,
         })
-        .await
     }
 
     /// Sends `PruneVolumes` to `host` and waits for its result.
@@ -194,11 +224,18 @@ impl Dispatcher {
         &self,
         host: &str,
         timeout: Duration,
-    ) -> Result<CommandOutcome, CommandError> {
-        self.command(host, None, timeout, |op_id| {
-            pb::coordinator_message::Kind::PruneVolumes(pb::PruneVolumes { op_id })
+    ) -> Result<Pruned, CommandError> {
+        let (_, answer, _) = self
+            .command(host, None, timeout, |op_id| {
+                pb::coordinator_message::Kind::PruneVolumes(pb::PruneVolumes { op_id })
+            })
+            .await?;
+        let r = answer.prune.unwrap_or_default();
+        Ok(Pruned {
+            host: host.to_owned(),
+            removed: r.removed,
+            error: r.error,
         })
-        .await
     }
 
     /// Sends the command `make` builds for `op_id` (a fresh one when `None`) and waits for its
@@ -209,7 +246,7 @@ impl Dispatcher {
         op_id: Option<String>,
         timeout: Duration,
         make: impl FnOnce(String) -> pb::coordinator_message::Kind,
-    ) -> Result<CommandOutcome, CommandError> {
+    ) -> Result<(String, pb::CommandResult, Vec<String>), CommandError> {
         let op_id = op_id.unwrap_or_else(|| self.new_op_id());
         let (tx, rx) = oneshot::channel();
         let outbound = {
@@ -249,17 +286,35 @@ impl Dispatcher {
                 });
             }
         };
-        Ok(CommandOutcome {
-            op_id,
-            result,
-            steps,
-        })
+        Ok((op_id, result, steps))
     }
 
     fn forget(&self, host: &str, op_id: &str) {
         if let Some(link) = self.lock().get_mut(host) {
             link.waiting.remove(op_id);
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Commands for Dispatcher {
+    fn new_op_id(&self) -> String {
+        Dispatcher::new_op_id(self)
+    }
+
+    async fn recreate(
+        &self,
+        host: &str,
+        container: &str,
+        image: &str,
+        options: &RecreateOptions,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
+        Dispatcher::recreate(self, host, container, image, options, timeout).await
+    }
+
+    async fn prune_volumes(&self, host: &str, timeout: Duration) -> Result<Pruned, CommandError> {
+        Dispatcher::prune_volumes(self, host, timeout).await
     }
 }
 
@@ -314,7 +369,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcome.steps, ["stop"]);
-        assert_eq!(outcome.result.op_id, outcome.op_id);
+        assert_eq!(
+            outcome.result.status,
+            Outcome::Error,
+            "an answer without a status"
+        );
         agent.await.unwrap();
     }
 

@@ -1,7 +1,9 @@
 //! The agents' side of the coordinator: [`tls`] terminates mutual TLS and tells identities
 //! and roles apart; [`gateway`] serves `AgentGateway.Connect`, one stream per agent;
-//! [`dispatch`] sends commands down those streams and waits for their answers.
+//! [`dispatch`] sends commands down those streams and waits for their answers; [`convert`]
+//! turns those answers into the coordinator's own types.
 
+pub mod convert;
 pub mod dispatch;
 pub mod gateway;
 pub mod tls;
