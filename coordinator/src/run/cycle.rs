@@ -15,11 +15,11 @@ use crate::plan::deps::{Graph, Node};
 use crate::plan::outcome::{Pruned, Status, UpdateResult};
 use crate::plan::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
 use crate::plan::window::Windows;
+use crate::run::clock::{Clock, WallClock};
 use crate::run::runner::Runner;
 use crate::server::dispatch::Commands;
 use ouroboros_shared::inventory::ContainerInfo;
 use ouroboros_shared::reference::ImageRef;
-use ouroboros_shared::time_fmt::now_unix_ms;
 
 /// Probes in flight at once across registries (each registry has its own limit too).
 const PROBE_CONCURRENCY: usize = 32;
@@ -56,6 +56,7 @@ pub struct Cycle {
     pub next_at: std::sync::atomic::AtomicI64,
     /// Woken after every cycle (for the InfluxDB export).
     pub done: Arc<tokio::sync::Notify>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Who asked for a cycle.
@@ -149,7 +150,15 @@ impl Cycle {
             found: std::sync::Mutex::default(),
             next_at: std::sync::atomic::AtomicI64::new(0),
             done: Arc::new(tokio::sync::Notify::new()),
+            clock: Arc::new(WallClock),
         }
+    }
+
+    /// Reads time (its own and its runner's) from `clock` instead of the wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.runner = self.runner.with_clock(clock.clone());
+        self.clock = clock;
+        self
     }
 
     /// Runs one scheduled cycle, after any cycle already running.
@@ -300,7 +309,7 @@ impl Cycle {
         let counts = trigger == Trigger::Schedule || !dry_run;
         if counts {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-                now_unix_ms(),
+                self.clock.now_ms(),
                 u32::try_from(monitored).unwrap_or(u32::MAX),
                 u32::try_from(updates).unwrap_or(u32::MAX),
             ));
@@ -376,7 +385,7 @@ impl Cycle {
                 Checked { detection, result }
             })
             .collect();
-        let now = now_unix_ms();
+        let now = self.clock.now_ms();
         if counts {
             crate::telemetry::metrics::METRICS.cycle(
                 started.elapsed().as_secs_f64(),
@@ -539,7 +548,7 @@ impl Cycle {
                     state: TargetState::Pending,
                     started_ms: 0,
                     finished_ms: 0,
-                    transitions: vec![(now_unix_ms(), "pending".to_owned())],
+                    transitions: vec![(self.clock.now_ms(), "pending".to_owned())],
                     soft_dependants: graphs
                         .get(&host)
                         .map(|g| {
@@ -572,7 +581,7 @@ impl Cycle {
                 });
             }
         }
-        let now = now_unix_ms();
+        let now = self.clock.now_ms();
         Rollout {
             id: self.runner.new_id(),
             created_ms: now,
@@ -602,7 +611,7 @@ impl Cycle {
         else {
             return Ok(None);
         };
-        rollout.resume(now_unix_ms());
+        rollout.resume(self.clock.now_ms());
         self.apply_policy(&mut rollout);
         // What its tags name now: a resume never deploys a digest the tag no longer names.
         let containers = self.fleet.containers(None).unwrap_or_default();
@@ -676,7 +685,7 @@ impl Cycle {
     /// (`detections`): a newer digest replaces the planned one; a container already current
     /// is skipped. Stored when something changed.
     async fn supersede(&self, rollout: &mut Rollout, detections: &[Detection]) {
-        let now = now_unix_ms();
+        let now = self.clock.now_ms();
         let mut changed = false;
         for i in 0..rollout.targets.len() {
             let t = &rollout.targets[i];
@@ -741,7 +750,7 @@ impl Cycle {
                 format!("cancelled by the operator: {}", reason.trim())
             },
             revert,
-            at_ms: now_unix_ms(),
+            at_ms: self.clock.now_ms(),
         };
         let mut watch = self.runner.progress.subscribe();
         let runner_cycle = self.clone();

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -21,6 +20,7 @@ use crate::plan::rollout::{
     after_update, next_wake, plan,
 };
 use crate::plan::window::Windows;
+use crate::run::clock::{Clock, WallClock};
 use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
 
 /// How often the runner looks again without an answer (hosts connect and go).
@@ -49,6 +49,7 @@ pub struct Runner {
     next_id: AtomicU64,
     /// Rollouts being run now, and cancels asked for them (see [`Runner::cancel`]).
     active: std::sync::Mutex<Active>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What the runner is running, and the cancels waiting to be picked up.
@@ -130,7 +131,14 @@ impl Runner {
             notifiers: std::sync::Mutex::new(crate::notify::Notifiers::default()),
             next_id: AtomicU64::new(0),
             active: std::sync::Mutex::default(),
+            clock: Arc::new(WallClock),
         }
+    }
+
+    /// Reads time from `clock` instead of the wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, Active> {
@@ -194,7 +202,7 @@ impl Runner {
     /// A fresh rollout id, ordered by time.
     pub fn new_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("r-{}-{n}", now_unix_ms())
+        format!("r-{}-{n}", self.clock.now_ms())
     }
 
     /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
@@ -348,7 +356,7 @@ impl Runner {
         let mut results: BTreeMap<usize, UpdateResult> = BTreeMap::new();
         // Picked up after a restart: what was in flight is asked again, with its op id and a
         // fresh deadline (the agent may have finished long ago, or never got the command).
-        let now = now_unix_ms();
+        let now = self.clock.now_ms();
         for i in 0..rollout.targets.len() {
             let (op_id, revert) = match &rollout.targets[i].state {
                 TargetState::Dispatched { op_id, .. } => (op_id.clone(), false),
@@ -371,7 +379,7 @@ impl Runner {
             senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
         }
         loop {
-            let now = now_unix_ms();
+            let now = self.clock.now_ms();
             if let Some(cancel) = self.active().cancels.remove(&rollout.id) {
                 info!(rollout = %rollout.id, revert = cancel.revert, reason = %cancel.reason, "Rollout cancelled by the operator.");
                 rollout.cancel = Some(cancel);
@@ -571,7 +579,7 @@ impl Runner {
                         continue;
                     }
                     senders.remove(&answer.index);
-                    let now = now_unix_ms();
+                    let now = self.clock.now_ms();
                     let status = answer.result.status;
                     let reason = answer.result.reason.clone();
                     let state = if answer.revert {
@@ -622,3 +630,7 @@ impl Runner {
         (rollout, results)
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

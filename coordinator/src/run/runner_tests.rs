@@ -1,0 +1,474 @@
+//! The runner's decisions with a fake fleet of agents and paused time: a rollout of hours runs
+//! in microseconds, and every command the runner sends is logged with the (fake) time it went.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::inventory::{EngineInfo, Hello, HostMode, Inventory};
+
+use super::*;
+use crate::fleet::SessionGuard;
+use crate::fleet::store::MemoryStore;
+use crate::plan::outcome::Pruned;
+use crate::plan::rollout::{Canary, FailureAction, Policy, Target};
+use crate::run::clock::TokioClock;
+use crate::server::dispatch::Recreated;
+
+/// 2001-09-09, well away from zero so that "never" (0) cannot pass for a time.
+const BASE_MS: i64 = 1_000_000_000_000;
+
+/// How a fake agent answers a container's update.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// After this long, with this status.
+    After(Duration, Status),
+    /// Never: the command times out.
+    Never,
+}
+
+/// One command as the fake agents received it.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    at_ms: i64,
+    container: String,
+    image: String,
+}
+
+/// Agents that answer by script (by container; default: updated after 5 s).
+struct Agents {
+    clock: TokioClock,
+    replies: BTreeMap<String, Reply>,
+    log: Mutex<Vec<Sent>>,
+    next_op: AtomicU64,
+}
+
+impl Agents {
+    fn new(clock: TokioClock, replies: &[(&str, Reply)]) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            replies: replies.iter().map(|(c, r)| ((*c).to_owned(), *r)).collect(),
+            log: Mutex::default(),
+            next_op: AtomicU64::new(0),
+        })
+    }
+
+    fn log(&self) -> Vec<Sent> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// When `container` was first sent something (relative to the start), if it was.
+    fn first_sent(&self, container: &str) -> Option<i64> {
+        self.log()
+            .iter()
+            .find(|s| s.container == container)
+            .map(|s| s.at_ms - BASE_MS)
+    }
+}
+
+#[tonic::async_trait]
+impl Commands for Agents {
+    fn new_op_id(&self) -> String {
+        format!("op-{}", self.next_op.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn recreate(
+        &self,
+        host: &str,
+        container: &str,
+        image: &str,
+        options: &RecreateOptions,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
+        self.log.lock().unwrap().push(Sent {
+            at_ms: self.clock.now_ms(),
+            container: container.to_owned(),
+            image: image.to_owned(),
+        });
+        let op_id = options.op_id.clone().unwrap_or_else(|| self.new_op_id());
+        let reply = self
+            .replies
+            .get(container)
+            .copied()
+            .unwrap_or(Reply::After(Duration::from_secs(5), Status::Updated));
+        match reply {
+            Reply::After(after, status) if after <= timeout => {
+                tokio::time::sleep(after).await;
+                Ok(Recreated {
+                    op_id,
+                    result: UpdateResult::with(status, format!("scripted {}", status.name())),
+                    steps: Vec::new(),
+                })
+            }
+            _ => {
+                tokio::time::sleep(timeout).await;
+                Err(CommandError::TimedOut {
+                    host: host.to_owned(),
+                    op_id,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    async fn prune_volumes(&self, host: &str, _: Duration) -> Result<Pruned, CommandError> {
+        Ok(Pruned {
+            host: host.to_owned(),
+            ..Pruned::default()
+        })
+    }
+}
+
+/// A runner over `hosts` (connected, reported) and the fake agents; keep the guards alive.
+fn fleet_runner(
+    hosts: &[&str],
+    agents: Arc<Agents>,
+    clock: TokioClock,
+) -> (Runner, Vec<SessionGuard>) {
+    let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
+    let guards = hosts
+        .iter()
+        .map(|h| {
+            let name = HostName::parse(h).unwrap();
+            let hello = Hello {
+                host: (*h).to_owned(),
+                agent_version: "0.1.0".into(),
+                engine: EngineInfo::default(),
+                mode: HostMode::Standalone,
+            };
+            let (guard, _) = fleet.connect(&name, &hello, "127.0.0.1:1".parse().unwrap(), BASE_MS);
+            let inventory = Inventory {
+                containers: Vec::new(),
+                mode: HostMode::Standalone,
+                observed_at_unix_ms: BASE_MS,
+            };
+            assert!(fleet.inventory(&name, guard.id, inventory, BASE_MS));
+            guard
+        })
+        .collect();
+    let runner = Runner::new(fleet, agents, false).with_clock(Arc::new(clock));
+    (runner, guards)
+}
+
+/// One target per `(host, container, batch)`.
+fn rollout(policy: Policy, targets: &[(&str, &str, u32)]) -> Rollout {
+    Rollout {
+        id: "r-test".into(),
+        created_ms: BASE_MS,
+        updated_ms: BASE_MS,
+        policy,
+        state: RolloutState::Running,
+        targets: targets
+            .iter()
+            .map(|(host, container, batch)| Target {
+                host: (*host).into(),
+                container: (*container).into(),
+                image: format!("reg/{container}:1"),
+                target: format!("reg/{container}:1@sha256:new"),
+                previous: format!("reg/{container}:1@sha256:old"),
+                old_digest: "sha256:old".into(),
+                new_digest: "sha256:new".into(),
+                batch: *batch,
+                state: TargetState::Pending,
+                started_ms: 0,
+                finished_ms: 0,
+                transitions: Vec::new(),
+                soft_dependants: Vec::new(),
+                dependant_images: BTreeMap::new(),
+                op_id: String::new(),
+            })
+            .collect(),
+        last_host_done_ms: 0,
+        canary_done_ms: 0,
+        acknowledged_failures: 0,
+        cancel: None,
+    }
+}
+
+fn state_of<'a>(r: &'a Rollout, container: &str) -> &'a TargetState {
+    &r.targets
+        .iter()
+        .find(|t| t.container == container)
+        .unwrap()
+        .state
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_without_an_answer_fails_at_the_progress_deadline_and_pauses_the_rollout() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[("a", Reply::Never)]);
+    let (runner, _hosts) = fleet_runner(&["h1", "h2"], agents.clone(), clock);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        progress_deadline_ms: 60_000,
+        ..Policy::default()
+    };
+    let (done, results) = runner
+        .run(
+            rollout(policy, &[("h1", "a", 1), ("h2", "b", 1)]),
+            &Windows::default(),
+        )
+        .await;
+
+    let a = &done.targets[0];
+    assert!(
+        matches!(&a.state, TargetState::Failed { outcome, reason } if outcome == "timeout" && reason.contains("within the progress deadline (60 s)")),
+        "{:?}",
+        a.state
+    );
+    let failed_after = a.finished_ms - BASE_MS;
+    assert!(
+        (60_000..=62_000).contains(&failed_after),
+        "failed {failed_after} ms after the start, not at the 60 s deadline"
+    );
+    assert!(
+        matches!(&done.state, RolloutState::Paused { reason } if reason.contains("1 of 2 targets failed")),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(*state_of(&done, "b"), TargetState::Pending);
+    assert_eq!(
+        agents.first_sent("b"),
+        None,
+        "nothing new starts once paused"
+    );
+    assert!(!results.contains_key(&0), "a timeout is no agent answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_up_to_the_ratio_are_tolerated_and_one_more_applies_the_failure_action() {
+    let refused = Reply::After(Duration::from_secs(2), Status::Refused);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        max_failure_ratio: 0.5,
+        ..Policy::default()
+    };
+    let targets = [
+        ("h1", "a", 1),
+        ("h2", "b", 1),
+        ("h3", "c", 1),
+        ("h4", "d", 1),
+    ];
+    let hosts = ["h1", "h2", "h3", "h4"];
+
+    // 2 of 4 failed: at the ratio, not over it; every target is tried.
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[("a", refused), ("b", refused)]);
+    let (runner, _hosts) = fleet_runner(&hosts, agents.clone(), clock);
+    let (done, results) = runner
+        .run(rollout(policy.clone(), &targets), &Windows::default())
+        .await;
+    assert_eq!(done.state, RolloutState::Completed { failed: 2 });
+    assert_eq!(agents.log().len(), 4);
+    assert_eq!(results[&0].status, Status::Refused);
+    assert_eq!(results[&3].status, Status::Updated);
+
+    // 3 of 4: over it; the last target never starts.
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[("a", refused), ("b", refused), ("c", refused)]);
+    let (runner, _hosts) = fleet_runner(&hosts, agents.clone(), clock);
+    let (done, _) = runner
+        .run(rollout(policy.clone(), &targets), &Windows::default())
+        .await;
+    assert!(
+        matches!(&done.state, RolloutState::Paused { reason } if reason.contains("3 of 4 targets failed (tolerated: 50%)")),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(*state_of(&done, "d"), TargetState::Pending);
+    assert_eq!(agents.first_sent("d"), None);
+
+    // The same with the rollback action: what was updated goes back to its previous image.
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[("b", refused), ("c", refused), ("d", refused)]);
+    let (runner, _hosts) = fleet_runner(&hosts, agents.clone(), clock);
+    let policy = Policy {
+        failure_action: FailureAction::Rollback,
+        ..policy
+    };
+    let (done, _) = runner
+        .run(rollout(policy, &targets), &Windows::default())
+        .await;
+    assert!(
+        matches!(done.state, RolloutState::RolledBack { .. }),
+        "{:?}",
+        done.state
+    );
+    assert!(matches!(state_of(&done, "a"), TargetState::Reverted { .. }));
+    let sent_to_a: Vec<String> = agents
+        .log()
+        .into_iter()
+        .filter(|s| s.container == "a")
+        .map(|s| s.image)
+        .collect();
+    assert_eq!(
+        sent_to_a,
+        ["reg/a:1@sha256:new", "reg/a:1@sha256:old"],
+        "updated, then sent back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_other_hosts_wait_for_the_canary_and_its_wait_and_a_failed_canary_stops_them() {
+    let policy = Policy {
+        canary: Canary::Count(1),
+        canary_wait_ms: 300_000,
+        ..Policy::default()
+    };
+    let targets = [("h1", "canary", 0), ("h2", "b", 1), ("h3", "c", 1)];
+    let hosts = ["h1", "h2", "h3"];
+
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(
+        clock,
+        &[(
+            "canary",
+            Reply::After(Duration::from_secs(20), Status::Updated),
+        )],
+    );
+    let (runner, _hosts) = fleet_runner(&hosts, agents.clone(), clock);
+    let (done, _) = runner
+        .run(rollout(policy.clone(), &targets), &Windows::default())
+        .await;
+    assert_eq!(done.state, RolloutState::Completed { failed: 0 });
+    assert_eq!(agents.first_sent("canary"), Some(0));
+    assert_eq!(
+        done.canary_done_ms - BASE_MS,
+        20_000,
+        "the canary answered at 20 s"
+    );
+    for other in ["b", "c"] {
+        let at = agents.first_sent(other).unwrap();
+        assert!(
+            (320_000..=321_000).contains(&at),
+            "{other} started {at} ms in, not once the canary's 20 s and its 300 s wait had passed"
+        );
+    }
+
+    // A failed canary pauses the rollout even though 1 of 3 is under the ratio.
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(
+        clock,
+        &[(
+            "canary",
+            Reply::After(Duration::from_secs(20), Status::RolledBack),
+        )],
+    );
+    let (runner, _hosts) = fleet_runner(&hosts, agents.clone(), clock);
+    let policy = Policy {
+        max_failure_ratio: 0.5,
+        ..policy
+    };
+    let (done, _) = runner
+        .run(rollout(policy, &targets), &Windows::default())
+        .await;
+    assert!(
+        matches!(done.state, RolloutState::Paused { .. }),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(agents.first_sent("b"), None);
+    assert_eq!(agents.first_sent("c"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_lets_the_update_in_flight_finish_and_starts_nothing_more() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let slow = Reply::After(Duration::from_secs(30), Status::Updated);
+    let agents = Agents::new(clock, &[("a", slow)]);
+    let (runner, _hosts) = fleet_runner(&["h1", "h2", "h3"], agents.clone(), clock);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        ..Policy::default()
+    };
+    let r = rollout(policy, &[("h1", "a", 1), ("h2", "b", 1), ("h3", "c", 1)]);
+    let always = Windows::default();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        runner.cancel(
+            "r-test",
+            Cancel {
+                reason: "bad image".into(),
+                revert: false,
+                at_ms: clock.now_ms(),
+            },
+        )
+    };
+    let ((done, results), taken) = tokio::join!(runner.run(r, &always), cancel);
+    assert_eq!(taken, Ok(CancelTaken::ByRunner));
+    assert!(
+        matches!(&done.state, RolloutState::Cancelled { reason } if reason.contains("bad image")),
+        "{:?}",
+        done.state
+    );
+    assert!(
+        matches!(state_of(&done, "a"), TargetState::Updated { .. }),
+        "the update in flight finishes: {:?}",
+        state_of(&done, "a")
+    );
+    assert_eq!(results[&0].status, Status::Updated);
+    for other in ["b", "c"] {
+        assert!(
+            matches!(state_of(&done, other), TargetState::Cancelled { reason } if reason == "bad image")
+        );
+        assert_eq!(agents.first_sent(other), None);
+    }
+    assert_eq!(
+        runner.cancel(
+            "r-test",
+            Cancel {
+                reason: "again".into(),
+                revert: false,
+                at_ms: clock.now_ms(),
+            }
+        ),
+        Err("rollout r-test already ended (cancelled)".into())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_with_revert_sends_the_updated_targets_back() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[]);
+    let (runner, _hosts) = fleet_runner(&["h1", "h2", "h3"], agents.clone(), clock);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        batch_delay_ms: 60_000,
+        ..Policy::default()
+    };
+    let r = rollout(policy, &[("h1", "a", 1), ("h2", "b", 1), ("h3", "c", 1)]);
+    // a is done at 5 s; b would start at 65 s.
+    let always = Windows::default();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        runner.cancel(
+            "r-test",
+            Cancel {
+                reason: "wrong tag".into(),
+                revert: true,
+                at_ms: clock.now_ms(),
+            },
+        )
+    };
+    let ((done, _), taken) = tokio::join!(runner.run(r, &always), cancel);
+    assert_eq!(taken, Ok(CancelTaken::ByRunner));
+    assert!(
+        matches!(done.state, RolloutState::Cancelled { .. }),
+        "{:?}",
+        done.state
+    );
+    assert!(matches!(state_of(&done, "a"), TargetState::Reverted { .. }));
+    let log = agents.log();
+    assert_eq!(
+        log.iter().map(|s| s.image.as_str()).collect::<Vec<_>>(),
+        ["reg/a:1@sha256:new", "reg/a:1@sha256:old"],
+        "a updated, then sent back; b and c never sent"
+    );
+    assert!(
+        log[1].at_ms - BASE_MS >= 30_000,
+        "sent back after the cancel"
+    );
+}
