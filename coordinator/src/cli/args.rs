@@ -291,7 +291,7 @@ pub struct PolicyArgs {
     /// credentials from `auths`, `credHelpers` and `credsStore`; wins over --repo-user.
     #[arg(long, env = ENV_DOCKER_CONFIG, value_name = "PATH")]
     pub docker_config: Option<PathBuf>,
-    /// Registries (HOST[:PORT], comma-separated) spoken to over plain HTTP; loopback
+    /// Registries (`HOST[:PORT]`, comma-separated) spoken to over plain HTTP; loopback
     /// registries always are.
     #[arg(long, env = ENV_INSECURE_REGISTRIES, value_name = "REGISTRIES", value_parser = parse_registries, default_value = "")]
     pub insecure_registries: Registries,

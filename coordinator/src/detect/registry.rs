@@ -14,6 +14,9 @@
 //! loopback registries and those listed as insecure, and secrets go to a token server only over
 //! TLS or on this machine.
 
+mod auth;
+mod throttle;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,21 +25,17 @@ use ouroboros_shared::reference::ImageRef;
 
 use crate::detect::credentials::{Credential, Credentials, Secret};
 use crate::telemetry::metrics::METRICS;
+use auth::{Auth, Challenge, Token, parse_challenge};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use throttle::{Throttle, parse_retry_after};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 /// The four manifest media types, so the digest is the one `docker pull` records.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.oci.image.manifest.v1+json";
-
-/// Longest throttle honoured from one `Retry-After` (a day), so that no answer overflows time.
-const MAX_THROTTLE: Duration = Duration::from_secs(24 * 3600);
-/// Longest a bearer token is kept, whatever `expires_in` says.
-const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
 
 /// Settings of the client.
 #[derive(Clone)]
@@ -113,12 +112,6 @@ pub enum ProbeError {
     Credentials { image: String, reason: String },
 }
 
-#[derive(Clone)]
-struct Token {
-    value: String,
-    expires: Instant,
-}
-
 /// Probes tag digests. Cheap to share (`Arc`).
 pub struct RegistryClient {
     http: reqwest::Client,
@@ -129,23 +122,6 @@ pub struct RegistryClient {
     basic: Mutex<std::collections::HashSet<String>>,
     /// Registries that answered `429`, until when.
     throttles: Mutex<HashMap<String, Throttle>>,
-}
-
-struct Throttle {
-    until: Instant,
-    /// `429`s in a row, for the backoff when the registry names no time.
-    strikes: u32,
-}
-
-/// A `WWW-Authenticate` challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic,
 }
 
 impl RegistryClient {
@@ -239,75 +215,6 @@ impl RegistryClient {
             })
     }
 
-    /// Waits while `registry` is throttled for at most `max_retry_after`; a longer throttle
-    /// fails at once, without a request.
-    async fn wait_throttle(&self, registry: &str, name: &str) -> Result<(), ProbeError> {
-        loop {
-            let until = self
-                .throttles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(registry)
-                .map(|t| t.until);
-            let now = Instant::now();
-            match until {
-                Some(until) if until > now => {
-                    let wait = until - now;
-                    if wait > self.config.max_retry_after {
-                        return Err(ProbeError::RateLimited {
-                            image: name.to_owned(),
-                            retry_after: Some(
-                                Duration::from_secs(wait.as_secs_f64().ceil() as u64),
-                            ),
-                        });
-                    }
-                    tokio::time::sleep_until(until).await;
-                }
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    /// A `429` from `registry`: throttles it for `retry_after`, or for 1, 2, 4 … 64 s after
-    /// each 429 in a row when the registry named no time. Returns the wait.
-    fn throttle(&self, registry: &str, retry_after: Option<Duration>) -> Duration {
-        let mut throttles = self.throttles.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let t = throttles.entry(registry.to_owned()).or_insert(Throttle {
-            until: now,
-            strikes: 0,
-        });
-        // One strike per throttle, not per answer: the requests in flight when the registry
-        // started refusing all come back with a 429 at about the same time.
-        if t.until <= now || t.strikes == 0 {
-            t.strikes = t.strikes.saturating_add(1);
-        }
-        let wait = retry_after
-            .unwrap_or_else(|| Duration::from_secs(1 << (t.strikes - 1).min(6)))
-            .min(MAX_THROTTLE);
-        t.until = t.until.max(now + wait);
-        wait
-    }
-
-    fn throttled(&self, registry: &str) -> bool {
-        self.throttles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(registry)
-            .is_some_and(|t| t.until > Instant::now())
-    }
-
-    /// An answer other than 429: the registry's backoff starts over.
-    fn unthrottle(&self, registry: &str) {
-        let mut throttles = self.throttles.lock().unwrap_or_else(|p| p.into_inner());
-        if throttles
-            .get(registry)
-            .is_some_and(|t| t.until <= Instant::now())
-        {
-            throttles.remove(registry);
-        }
-    }
-
     /// The tag's (or pinned digest's) manifest digest now (timed, for the metrics).
     pub async fn digest(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
         let started = std::time::Instant::now();
@@ -339,7 +246,7 @@ impl RegistryClient {
             reference
         );
         let scope = format!("repository:{}:pull", image.repository);
-        let mut auth: Option<String> = self.cached_token(&image.registry, &scope);
+        let mut auth: Option<Auth> = self.cached_token(&image.registry, &scope);
         let known_basic = self
             .basic
             .lock()
@@ -352,7 +259,7 @@ impl RegistryClient {
                 ..
             }) = self.credential(image, &name).await?
         {
-            auth = Some(basic(&username, &password));
+            auth = Some(Auth::Basic { username, password });
         }
         let mut authenticated_once = false;
         let mut rate_limited = 0;
@@ -367,7 +274,7 @@ impl RegistryClient {
                 continue;
             }
             let response = self
-                .send(reqwest::Method::HEAD, &url, auth.as_deref(), &name)
+                .send(reqwest::Method::HEAD, &url, auth.as_ref(), &name)
                 .await?;
             let status = response.status();
             let headers = response.headers().clone();
@@ -379,7 +286,7 @@ impl RegistryClient {
                     let remaining = header(&headers, "ratelimit-remaining");
                     let digest = match header(&headers, "docker-content-digest") {
                         Some(d) => d,
-                        None => self.hash_manifest(&url, auth.as_deref(), &name).await?,
+                        None => self.hash_manifest(&url, auth.as_ref(), &name).await?,
                     };
                     validate_digest(&digest).map_err(|reason| ProbeError::Malformed {
                         image: name.clone(),
@@ -402,7 +309,7 @@ impl RegistryClient {
                                 secret: Secret::RegistryToken(token),
                                 ..
                             }),
-                        ) => format!("Bearer {token}"),
+                        ) => Auth::Bearer(token),
                         (
                             Some(Challenge::Bearer {
                                 realm,
@@ -436,7 +343,7 @@ impl RegistryClient {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(image.registry.clone());
-                            basic(&username, &password)
+                            Auth::Basic { username, password }
                         }
                         (Some(Challenge::Basic) | None, Some(other)) => {
                             return Err(ProbeError::Unauthorized {
@@ -496,7 +403,7 @@ impl RegistryClient {
         &self,
         method: reqwest::Method,
         url: &str,
-        auth: Option<&str>,
+        auth: Option<&Auth>,
         image: &str,
     ) -> Result<reqwest::Response, ProbeError> {
         // Probes send HEAD, or GET for a manifest without a digest header.
@@ -510,7 +417,7 @@ impl RegistryClient {
             .request(method, url)
             .header(ACCEPT, MANIFEST_ACCEPT);
         if let Some(auth) = auth {
-            request = request.header(AUTHORIZATION, auth);
+            request = auth.apply(request);
         }
         let answer = request.send().await;
         record(url, name, &answer);
@@ -536,7 +443,7 @@ impl RegistryClient {
     async fn hash_manifest(
         &self,
         url: &str,
-        auth: Option<&str>,
+        auth: Option<&Auth>,
         image: &str,
     ) -> Result<String, ProbeError> {
         let response = self.send(reqwest::Method::GET, url, auth, image).await?;
@@ -558,151 +465,6 @@ impl RegistryClient {
         }
         let hash = ring::digest::digest(&ring::digest::SHA256, &body);
         Ok(format!("sha256:{}", hex(hash.as_ref())))
-    }
-
-    fn cached_token(&self, registry: &str, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(&format!("{registry} {scope}"))
-            .filter(|t| t.expires > Instant::now())
-            .map(|t| format!("Bearer {}", t.value))
-    }
-
-    /// Fetches (and caches) a bearer token for `scope`: with a password as Basic on a `GET`,
-    /// with an identity token as an OAuth2 refresh-token `POST`; anonymously when there is
-    /// none, when the token server refuses it (the image may be public on a registry the
-    /// credentials are not for), or when the token server is neither TLS nor on this machine.
-    async fn token(
-        &self,
-        cache_key: &str,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        image: &str,
-        credential: Option<&Credential>,
-    ) -> Result<String, ProbeError> {
-        let mut url = reqwest::Url::parse(realm).map_err(|e| ProbeError::Malformed {
-            image: image.to_owned(),
-            reason: format!("token realm {realm:?} is not a URL: {e}"),
-        })?;
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            query.append_pair("scope", scope);
-        }
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let host_port = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.clone(),
-        };
-        let safe = url.scheme() == "https"
-            || self.scheme(&host) == "http"
-            || self.scheme(&host_port) == "http";
-        let request = match (credential.map(|c| &c.secret), safe) {
-            (Some(Secret::Basic { username, password }), true) => Some((
-                "GET",
-                self.http
-                    .get(url.clone())
-                    .basic_auth(username, Some(password)),
-            )),
-            (Some(Secret::IdentityToken(refresh)), true) => {
-                let mut form = reqwest::Url::parse("http://form.invalid/").map_err(|e| {
-                    ProbeError::Malformed {
-                        image: image.to_owned(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                form.query_pairs_mut()
-                    .append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", refresh)
-                    .append_pair("service", service.unwrap_or_default())
-                    .append_pair("scope", scope)
-                    .append_pair("client_id", "ouroboros");
-                let body = form.query().unwrap_or_default().to_owned();
-                let mut endpoint = url.clone();
-                endpoint.set_query(None);
-                Some((
-                    "POST",
-                    self.http
-                        .post(endpoint)
-                        .header(
-                            reqwest::header::CONTENT_TYPE,
-                            "application/x-www-form-urlencoded",
-                        )
-                        .body(body),
-                ))
-            }
-            _ => None,
-        };
-        let mut response = None;
-        if let Some((method, request)) = request {
-            let answer = request.send().await;
-            record(url.as_str(), method, &answer);
-            let r = answer.map_err(|e| self.transport(e, image))?;
-            if !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                response = Some(r);
-            }
-        }
-        let response = match response {
-            Some(r) => r,
-            None => {
-                let answer = self.http.get(url.clone()).send().await;
-                record(url.as_str(), "GET", &answer);
-                answer.map_err(|e| self.transport(e, image))?
-            }
-        };
-        match response.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(ProbeError::Unauthorized {
-                    image: image.to_owned(),
-                    detail: ": the token server refused the credentials".into(),
-                });
-            }
-            s => {
-                return Err(ProbeError::Malformed {
-                    image: image.to_owned(),
-                    reason: format!("token server answered {s}"),
-                });
-            }
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(e, image))?;
-        let answer: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| ProbeError::Malformed {
-                image: image.to_owned(),
-                reason: format!("token answer is not JSON: {e}"),
-            })?;
-        let value = answer["token"]
-            .as_str()
-            .or_else(|| answer["access_token"].as_str())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ProbeError::Malformed {
-                image: image.to_owned(),
-                reason: "token answer has no token".into(),
-            })?
-            .to_owned();
-        let lifetime = answer["expires_in"]
-            .as_u64()
-            .unwrap_or(60)
-            .clamp(1, MAX_TOKEN_LIFETIME);
-        // Renew a little before the registry would refuse it.
-        let expires = Instant::now() + Duration::from_secs(lifetime).mul_f64(0.9);
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                cache_key.to_owned(),
-                Token {
-                    value: value.clone(),
-                    expires,
-                },
-            );
-        Ok(format!("Bearer {value}"))
     }
 }
 
@@ -727,25 +489,6 @@ fn record(url: &str, method: &str, answer: &Result<reqwest::Response, reqwest::E
     METRICS.registry_request(&host, method, code);
 }
 
-/// `Retry-After`: seconds, or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-fn basic(user: &str, pass: &str) -> String {
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    format!("Basic {encoded}")
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -761,92 +504,15 @@ fn validate_digest(digest: &str) -> Result<(), String> {
     }
 }
 
-/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
-fn parse_challenge(value: &str) -> Option<Challenge> {
-    let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let mut fields: HashMap<String, String> = HashMap::new();
-    let mut rest = params.trim();
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once('=')?;
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            let end = quoted.find('"')?;
-            (&quoted[..end], &quoted[end + 1..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (&after[..end], &after[end..])
-        };
-        fields.insert(key, val.to_owned());
-        rest = remaining.trim_start().trim_start_matches(',').trim_start();
-    }
-    Some(Challenge::Bearer {
-        realm: fields.remove("realm")?,
-        service: fields.remove("service"),
-        scope: fields.remove("scope"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn challenges_parse() {
-        assert_eq!(
-            parse_challenge(
-                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.docker.io/token".into(),
-                service: Some("registry.docker.io".into()),
-                scope: Some("repository:library/nginx:pull".into()),
-            })
-        );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
-        assert_eq!(parse_challenge("Negotiate"), None);
-    }
-
-    #[test]
-    fn digests_are_validated_and_basic_is_encoded() {
+    fn digests_are_validated() {
         assert!(validate_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
         assert!(validate_digest("sha256:xyz").is_err());
         assert!(validate_digest("md5:abc").is_err());
-        assert_eq!(
-            basic("Aladdin", "open sesame"),
-            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_or_a_date() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO),
-            "a date in the past: no wait"
-        );
-        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
-        let wait = parse_retry_after(&later).unwrap();
-        assert!(
-            wait > Duration::from_secs(80) && wait <= Duration::from_secs(90),
-            "{wait:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

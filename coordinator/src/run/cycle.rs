@@ -1,7 +1,7 @@
 //! One check cycle: detect what moved for the connected fleet, then (unless it is a dry run)
 //! plan a rollout of the updates (per host in dependency order, canary hosts first) and let
 //! the [`Runner`] run it. What operators ask between cycles (resume, cancel, retry) is in
-//! [`operator`].
+//! `cycle/operator.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
