@@ -10,47 +10,26 @@
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ouroboros_coordinator::detect::registry::{RegistryClient, RegistryConfig};
 use ouroboros_coordinator::detect::{Decision, Selection, detect};
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health};
 use ouroboros_shared::reference::ImageRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use ouroboros_tests::fake_http::{FakeHttp, Response};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const ROUND_TRIP: Duration = Duration::from_millis(20);
 
-/// Starts the registry; returns its address and its request counter.
-async fn registry() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counter = requests.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(ROUND_TRIP).await;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nDocker-Content-Digest: {DIGEST}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    (addr, requests)
+/// The registry (the test harness's fake server): every manifest HEAD answered after
+/// [`ROUND_TRIP`].
+fn registry() -> FakeHttp {
+    FakeHttp::start(|_| {
+        Response::new(200)
+            .header("Docker-Content-Digest", DIGEST)
+            .delay(ROUND_TRIP)
+    })
+    .expect("fake registry")
 }
 
 fn container(i: usize, image: &str, repo_digest: &str) -> (String, ContainerInfo) {
@@ -78,7 +57,9 @@ fn container(i: usize, image: &str, repo_digest: &str) -> (String, ContainerInfo
 
 #[tokio::main]
 async fn main() {
-    let (addr, requests) = registry().await;
+    let registry = registry();
+    let addr = registry.addr().to_string();
+    let requests = || registry.requests().len();
 
     // Idle cycle: 50 containers on 10 hosts over 2 images.
     let client = Arc::new(RegistryClient::new(RegistryConfig::default()).expect("client"));
@@ -88,7 +69,7 @@ async fn main() {
             container(i, &format!("{repo}:stable"), &format!("{repo}@{DIGEST}"))
         })
         .collect();
-    let before = requests.load(Ordering::Relaxed);
+    let before = requests();
     let started = Instant::now();
     let out = detect(client.clone(), &fleet, &Selection::default(), 32).await;
     let took = started.elapsed();
@@ -98,7 +79,7 @@ async fn main() {
         .count();
     println!(
         "idle cycle, 50 containers over 2 images: {} registry requests, {took:.1?} ({current} current)",
-        requests.load(Ordering::Relaxed) - before
+        requests() - before
     );
 
     // 1,000 unique tags.
@@ -111,7 +92,7 @@ async fn main() {
         let tags: Vec<ImageRef> = (0..1000)
             .map(|i| ImageRef::parse(&format!("{addr}/team/app:t{i}")).expect("ref"))
             .collect();
-        let before = requests.load(Ordering::Relaxed);
+        let before = requests();
         let started = Instant::now();
         let probes = futures_util::future::join_all(tags.iter().map(|t| client.digest(t))).await;
         let took = started.elapsed();
@@ -119,7 +100,7 @@ async fn main() {
         let expected = ROUND_TRIP * 1000 / u32::try_from(per_registry).unwrap_or(1);
         println!(
             "1,000 tags, per-registry limit {per_registry:>3}: {took:>8.1?} ({ok} ok, {} requests; round trip x 1,000 / limit = {expected:.1?})",
-            requests.load(Ordering::Relaxed) - before
+            requests() - before
         );
     }
 }

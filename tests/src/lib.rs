@@ -19,6 +19,8 @@
 //! - [`process`]: [`Process`], a child with its output in a log file to wait on.
 //! - [`binaries`]: [`Binaries`], the agent and coordinator built once per test process.
 //! - [`raw_http`]: a tiny HTTP/1.1 client for probes and hand-made requests.
+//! - [`fake_http`]: [`FakeHttp`], the one fake HTTP server (plain or TLS) tests script
+//!   answers with and read requests from.
 //!
 //! # Requirements
 //!
@@ -50,6 +52,7 @@ pub mod binaries;
 pub mod cleanup;
 mod daemon;
 pub mod engine;
+pub mod fake_http;
 pub mod image;
 pub mod naming;
 pub mod poll;
@@ -62,6 +65,7 @@ pub use binaries::Binaries;
 pub use cleanup::Cleanup;
 pub use daemon::DOCKERD_ENV;
 pub use engine::{Engine, in_ci, require_engine};
+pub use fake_http::FakeHttp;
 pub use image::{
     Behaviour, ImageSpec, TestImage, build_image, build_image_with_dockerfile, publish, push_image,
     push_manifest_list, set_architecture,

@@ -9,35 +9,9 @@ use std::time::Duration;
 use ouroboros_coordinator::detect::credentials::Credentials;
 use ouroboros_coordinator::detect::registry::{ProbeError, RegistryClient, RegistryConfig};
 use ouroboros_shared::reference::ImageRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use ouroboros_tests::fake_http::{FakeHttp, Request as Req, Response as Resp};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-#[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Default)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    delay: Option<Duration>,
-}
 
 fn resp(status: u16, headers: &[(&str, &str)]) -> Resp {
     Resp {
@@ -52,85 +26,24 @@ fn resp(status: u16, headers: &[(&str, &str)]) -> Resp {
 
 type Handler = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
 
-/// A registry on 127.0.0.1:0 answering with `handler`; records every request.
+/// A registry answering with `handler` (the shared fake server); records every request.
 struct Fake {
+    server: FakeHttp,
     addr: String,
-    seen: Arc<Mutex<Vec<Req>>>,
 }
 
 impl Fake {
-    async fn start(handler: Handler) -> Self {
-        Self::start_on("127.0.0.1", handler).await
+    fn start(handler: Handler) -> Self {
+        Self::start_on("127.0.0.1", handler)
     }
 
-    async fn start_on(ip: &str, handler: Handler) -> Self {
-        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
-        let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let handler = handler.clone();
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                    let length: usize = text
-                        .lines()
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
-                    let mut lines = text.split("\r\n");
-                    let mut first = lines.next().unwrap_or_default().split(' ');
-                    let req = Req {
-                        method: first.next().unwrap_or_default().to_owned(),
-                        path: first.next().unwrap_or_default().to_owned(),
-                        headers: lines
-                            .take_while(|l| !l.is_empty())
-                            .filter_map(|l| l.split_once(':'))
-                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                            .collect(),
-                        body,
-                    };
-                    log.lock().unwrap().push(req.clone());
-                    let r = handler(&req);
-                    if let Some(d) = r.delay {
-                        tokio::time::sleep(d).await;
-                    }
-                    let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", r.status);
-                    for (k, v) in &r.headers {
-                        out.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    out.push_str(&format!("Content-Length: {}\r\n\r\n", r.body.len()));
-                    let mut bytes = out.into_bytes();
-                    if req.method != "HEAD" {
-                        bytes.extend_from_slice(&r.body);
-                    }
-                    let _ = stream.write_all(&bytes).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Self { addr, seen }
+    fn start_on(ip: &str, handler: Handler) -> Self {
+        let server =
+            FakeHttp::start_on(ip.parse().unwrap(), None, move |r: &Req| handler(r)).unwrap();
+        Self {
+            addr: server.addr().to_string(),
+            server,
+        }
     }
 
     fn image(&self) -> ImageRef {
@@ -138,12 +51,7 @@ impl Fake {
     }
 
     fn count(&self, method: &str, path_prefix: &str) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.method == method && r.path.starts_with(path_prefix))
-            .count()
+        self.server.count(method, path_prefix)
     }
 }
 
@@ -211,7 +119,7 @@ fn bearer(token_answer: &'static str) -> Handler {
 
 #[tokio::test]
 async fn bearer_tokens_are_fetched_once_and_reused() {
-    let fake = Fake::start(bearer(r#"{"token":"t1","expires_in":300}"#)).await;
+    let fake = Fake::start(bearer(r#"{"token":"t1","expires_in":300}"#));
     let c = client(Duration::from_secs(5));
     let first = c.digest(&fake.image()).await.unwrap();
     assert_eq!(first.digest, DIGEST);
@@ -226,7 +134,7 @@ async fn bearer_tokens_are_fetched_once_and_reused() {
 
 #[tokio::test]
 async fn access_token_field_is_accepted() {
-    let fake = Fake::start(bearer(r#"{"access_token":"t1"}"#)).await;
+    let fake = Fake::start(bearer(r#"{"access_token":"t1"}"#));
     assert_eq!(
         client(Duration::from_secs(5))
             .digest(&fake.image())
@@ -246,8 +154,7 @@ async fn a_missing_digest_header_is_replaced_by_hashing_the_manifest() {
             out.body = manifest.to_vec();
         }
         out
-    }))
-    .await;
+    }));
     let probe = client(Duration::from_secs(5))
         .digest(&fake.image())
         .await
@@ -260,7 +167,7 @@ async fn a_missing_digest_header_is_replaced_by_hashing_the_manifest() {
 
 /// Runs one probe against a registry answering `handler` and returns the error.
 async fn failure(handler: Handler, timeout: Duration) -> ProbeError {
-    let fake = Fake::start(handler).await;
+    let fake = Fake::start(handler);
     client(timeout)
         .digest(&fake.image())
         .await
@@ -334,8 +241,7 @@ async fn a_short_retry_after_is_waited_out() {
         } else {
             resp(200, &[("Docker-Content-Digest", DIGEST)])
         }
-    }))
-    .await;
+    }));
     let started = std::time::Instant::now();
     let probe = client(Duration::from_secs(5))
         .digest(&fake.image())
@@ -418,8 +324,7 @@ async fn credentials_refused_by_the_token_server_fall_back_to_an_anonymous_token
                 &format!(r#"Bearer realm="http://{host}/token",service="fake""#),
             )],
         )
-    }))
-    .await;
+    }));
     let probe = client(Duration::from_secs(5))
         .digest(&fake.image())
         .await
@@ -458,10 +363,10 @@ async fn identity_tokens_are_exchanged_with_an_oauth2_post() {
     let fake = Fake::start(Arc::new(|r: &Req| {
         if r.path.starts_with("/token") {
             if r.method == "POST"
-                && r.body.contains("grant_type=refresh_token")
-                && r.body.contains("refresh_token=refresh-sentinel")
-                && r.body.contains("scope=repository%3Ateam%2Fapp%3Apull")
-                && r.body.contains("service=fake")
+                && r.text().contains("grant_type=refresh_token")
+                && r.text().contains("refresh_token=refresh-sentinel")
+                && r.text().contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && r.text().contains("service=fake")
                 && r.header("content-type") == Some("application/x-www-form-urlencoded")
             {
                 return Resp {
@@ -476,8 +381,7 @@ async fn identity_tokens_are_exchanged_with_an_oauth2_post() {
             return resp(200, &[("Docker-Content-Digest", DIGEST)]);
         }
         challenge(r)
-    }))
-    .await;
+    }));
     let (client, _dir) = client_with_config(&format!(
         r#"{{"auths": {{"{}": {{"identitytoken": "refresh-sentinel"}}}}}}"#,
         fake.addr
@@ -498,8 +402,7 @@ async fn registry_tokens_are_sent_as_they_are() {
             return resp(200, &[("Docker-Content-Digest", DIGEST)]);
         }
         challenge(r)
-    }))
-    .await;
+    }));
     let (client, _dir) = client_with_config(&format!(
         r#"{{"auths": {{"http://{}/v2/": {{"registrytoken": "rt-direct"}}}}}}"#,
         fake.addr
@@ -527,8 +430,8 @@ async fn credentials_go_only_to_their_own_registry() {
             }
         })
     };
-    let first = Fake::start(wants("alice:a-sentinel")).await;
-    let second = Fake::start(wants("bob:b-sentinel")).await;
+    let first = Fake::start(wants("alice:a-sentinel"));
+    let second = Fake::start(wants("bob:b-sentinel"));
     let (client, _dir) = client_with_config(&format!(
         r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
         first.addr,
@@ -545,7 +448,7 @@ async fn credentials_go_only_to_their_own_registry() {
             .contains(&format!("no credentials for {}", second.addr)),
         "{e}"
     );
-    let seen = second.seen.lock().unwrap();
+    let seen = second.server.requests();
     assert!(
         seen.iter().all(|r| r.header("authorization").is_none()),
         "the first registry's password went to the second"
@@ -554,7 +457,7 @@ async fn credentials_go_only_to_their_own_registry() {
 
 #[tokio::test]
 async fn a_long_retry_after_throttles_the_whole_registry_without_more_requests() {
-    let fake = Fake::start(Arc::new(|_: &Req| resp(429, &[("Retry-After", "3600")]))).await;
+    let fake = Fake::start(Arc::new(|_: &Req| resp(429, &[("Retry-After", "3600")])));
     let client = RegistryClient::new(RegistryConfig {
         per_registry: 2,
         max_retry_after: Duration::from_secs(2),
@@ -598,8 +501,7 @@ async fn a_429_without_retry_after_backs_off_and_other_probes_wait_too() {
         } else {
             resp(200, &[("Docker-Content-Digest", DIGEST)])
         }
-    }))
-    .await;
+    }));
     let client = RegistryClient::new(RegistryConfig {
         per_registry: 1,
         ..RegistryConfig::default()
@@ -652,36 +554,12 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let served = Arc::new(Mutex::new(0usize));
-    let count = served.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let count = count.clone();
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                *count.lock().unwrap() += 1;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nConnection: close\r\nDocker-Content-Digest: {DIGEST}\r\nContent-Length: 0\r\n\r\n"
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    let server = FakeHttp::start_on(ip.parse().unwrap(), Some(Arc::new(tls)), |_: &Req| {
+        Resp::new(200).header("Docker-Content-Digest", DIGEST)
+    })
+    .unwrap();
+    let addr = server.addr().to_string();
+    let served = || server.count("HEAD", "/v2/");
     let image = ImageRef::parse(&format!("{addr}/team/app:1")).unwrap();
     let with_ca = RegistryClient::new(RegistryConfig {
         extra_ca_pem: Some(std::fs::read(pki.ca_cert()).unwrap()),
@@ -689,7 +567,7 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
     })
     .unwrap();
     assert_eq!(with_ca.digest(&image).await.unwrap().digest, DIGEST);
-    assert_eq!(*served.lock().unwrap(), 1);
+    assert_eq!(served(), 1);
 
     // Without the CA the certificate is refused, with the reason, and nothing is served.
     let without = RegistryClient::new(RegistryConfig::default()).unwrap();
@@ -698,7 +576,7 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
         matches!(e, ProbeError::Transport { .. }) && e.to_string().contains("certificate"),
         "{e}"
     );
-    assert_eq!(*served.lock().unwrap(), 1);
+    assert_eq!(served(), 1);
 
     // Listed as insecure, the registry is spoken to in plain HTTP, which this one refuses.
     let plain = RegistryClient::new(RegistryConfig {
@@ -707,7 +585,7 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
     })
     .unwrap();
     assert!(plain.digest(&image).await.is_err());
-    assert_eq!(*served.lock().unwrap(), 1);
+    assert_eq!(served(), 1);
 }
 
 #[tokio::test]
@@ -727,8 +605,7 @@ async fn a_burst_of_429s_is_one_throttle_not_a_runaway_backoff() {
         } else {
             resp(200, &[("Docker-Content-Digest", DIGEST)])
         }
-    }))
-    .await;
+    }));
     let client = RegistryClient::new(RegistryConfig {
         per_registry: 8,
         ..RegistryConfig::default()
@@ -776,8 +653,7 @@ async fn credentials_go_to_the_plain_http_token_server_of_a_listed_insecure_regi
             }
             challenge(r)
         }),
-    )
-    .await;
+    );
     let client = RegistryClient::new(RegistryConfig {
         credentials: repo_user("user", "pass"),
         insecure: vec![fake.addr.clone()],

@@ -6,8 +6,7 @@
 //! name exported metrics, and the alert rules pass `promtool check` and `promtool test`.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -376,40 +375,29 @@ tests:
     promtool(&["test", "rules", tests.to_str().context("path")?])
 }
 
-/// An HTTP request with an optional body and Basic credentials: status and body.
+/// An HTTP request with optional Basic credentials: status and body.
 fn request(
     addr: &str,
     method: &str,
     path: &str,
     user: Option<(&str, &str)>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = user
-        .map(|(u, p)| {
-            format!(
-                "Authorization: Basic {}\r\n",
-                base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    format!("{u}:{p}")
-                )
+    let auth = user.map(|(u, p)| {
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{u}:{p}")
             )
-        })
-        .unwrap_or_default();
-    write!(
-        stream,
-        // HTTP/1.0: the answer comes whole, never chunked.
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((code, body.to_owned()))
+        )
+    });
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let answer = ouroboros_tests::http_request(addr, method, path, &headers)?;
+    Ok((answer.status, answer.text()))
 }
 
 #[test]

@@ -3,12 +3,11 @@
 //! once over three cycles; with sentinel secrets in every notifier URL and `LOG_LEVEL=trace`,
 //! no log line and no metric holds a secret.
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::ensure;
+use ouroboros_tests::fake_http::{FakeHttp, Response};
 use ouroboros_tests::{
     Binaries, Cleanup, Engine, Registry, eventually, publish, require_engine, unique_name,
 };
@@ -19,65 +18,17 @@ use crate::fleet::Coordinator;
 const CONVERGE: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(200);
 
-/// An HTTP receiver on 127.0.0.1 that keeps `(path, body)` of every request.
-/// What the receiver got: `(path, body)` of every request.
-type Received = Arc<Mutex<Vec<(String, String)>>>;
-
-fn receiver() -> anyhow::Result<(String, Received)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?.to_string();
-    let got: Received = Arc::default();
-    let log = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut need: Option<usize> = None;
-                loop {
-                    if let Some(n) = need
-                        && buf.len() >= n
-                    {
-                        break;
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if need.is_none()
-                        && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
-                    {
-                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        need = Some(i + 4 + length);
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf).to_string();
-                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                log.lock().unwrap().push((path, body.to_owned()));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-                );
-            });
-        }
-    });
-    Ok((addr, got))
+/// An HTTP receiver on 127.0.0.1 (the harness's fake server) answering `200 {}` to all.
+fn receiver() -> anyhow::Result<(String, FakeHttp)> {
+    let server = FakeHttp::start(|_| Response::new(200).body("{}"))?;
+    Ok((server.addr().to_string(), server))
 }
 
 /// The JSON messages the receiver got (json:// notifier).
-fn messages(got: &Received) -> Vec<Value> {
-    got.lock()
-        .unwrap()
+fn messages(got: &FakeHttp) -> Vec<Value> {
+    got.requests()
         .iter()
-        .filter_map(|(_, body)| serde_json::from_str(body).ok())
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect()
 }
 
@@ -152,10 +103,10 @@ fn one_message_names_every_update_of_a_cycle() -> anyhow::Result<()> {
         );
     }
     assert!(
-        !got.lock()
-            .unwrap()
-            .iter()
-            .any(|(_, b)| b.contains("\"startup\"") || b.contains("coordinator started")),
+        !got.requests().iter().any(|r| {
+            let b = r.text();
+            b.contains("\"startup\"") || b.contains("coordinator started")
+        }),
         "startup notification despite SKIP_STARTUP_NOTIFICATIONS"
     );
     Ok(())
@@ -276,7 +227,7 @@ fn monitor_only_announces_a_digest_once_and_no_secret_leaks() -> anyhow::Result<
         "{json_messages:?}"
     );
     // Every service with a fixed host was reached at its documented path.
-    let paths: Vec<String> = got.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    let paths: Vec<String> = got.requests().into_iter().map(|r| r.path).collect();
     for expected in [
         format!("/api/webhooks/id{s}/token{s}"),
         format!("/services/a{s}/b{s}/c{s}"),
@@ -307,10 +258,7 @@ fn monitor_only_announces_a_digest_once_and_no_secret_leaks() -> anyhow::Result<
         .find_map(|w| w.strip_prefix("addr="))
         .unwrap_or_default()
         .to_owned();
-    let mut stream = std::net::TcpStream::connect(&maddr)?;
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
+    let text = ouroboros_tests::http_request(&maddr, "GET", "/metrics", &[])?.text();
     assert!(!text.contains(s), "a secret in the metrics");
     assert!(
         text.contains("ouroboros_notifications_total{scheme=\"mailto\",outcome=\"failed\"}"),
