@@ -29,6 +29,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+// `time`, not chrono: rcgen's certificate parameters are `time` values (shared::time_fmt).
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 

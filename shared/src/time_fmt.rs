@@ -1,12 +1,14 @@
 //! Timestamps: RFC 3339 for JSON, short relative ages for tables.
+//!
+//! One date library in our own code: `chrono` (the cron schedule and time zones need it). The
+//! `time` crate is in the tree only because rcgen and x509-parser speak it; it is used at that
+//! boundary alone ([`crate::pki::Validity`]).
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {
-    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+    Utc::now().timestamp_millis()
 }
 
 /// RFC 3339 (UTC) for a Unix time in milliseconds; `None` for 0 (never).
@@ -14,9 +16,8 @@ pub fn rfc3339_ms(unix_ms: i64) -> Option<String> {
     if unix_ms == 0 {
         return None;
     }
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+    DateTime::<Utc>::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
 /// RFC 3339 (UTC) for a Unix time in seconds; `None` for 0.
@@ -46,6 +47,8 @@ mod tests {
     fn formats() {
         assert_eq!(rfc3339_ms(0), None);
         assert_eq!(rfc3339_ms(1_000).as_deref(), Some("1970-01-01T00:00:01Z"));
+        assert_eq!(rfc3339_ms(1_500).as_deref(), Some("1970-01-01T00:00:01.500Z"));
+        assert_eq!(rfc3339_secs(86_400).as_deref(), Some("1970-01-02T00:00:00Z"));
         assert_eq!(age(1_000, 61_000), "1m ago");
         assert_eq!(age(1_000, 1_500), "0s ago");
         assert_eq!(age(0, 5), "never");
