@@ -1,8 +1,9 @@
 //! A tiny HTTP/1.1 client over TCP or a unix socket, for probes and hand-made requests.
 //!
 //! Enough to ping an engine (`GET /_ping`), check that a registry is up (`GET /v2/`), send a
-//! hand-made `HEAD /v2/<repo>/manifests/<tag>` or `PUT` a manifest; no HTTP client dependency
-//! needed. Each request uses its own connection with `Connection: close` and reads the answer
+//! hand-made `HEAD /v2/<repo>/manifests/<tag>` or `PUT` a manifest. Written by hand because it
+//! must speak to unix sockets (the engines' `docker.sock`, which reqwest cannot) from blocking
+//! test code with no runtime, and send requests exactly as written. Each request uses its own connection with `Connection: close` and reads the answer
 //! to the end.
 
 use std::io::{Read, Write};
