@@ -47,8 +47,14 @@ mod tests {
     fn formats() {
         assert_eq!(rfc3339_ms(0), None);
         assert_eq!(rfc3339_ms(1_000).as_deref(), Some("1970-01-01T00:00:01Z"));
-        assert_eq!(rfc3339_ms(1_500).as_deref(), Some("1970-01-01T00:00:01.500Z"));
-        assert_eq!(rfc3339_secs(86_400).as_deref(), Some("1970-01-02T00:00:00Z"));
+        assert_eq!(
+            rfc3339_ms(1_500).as_deref(),
+            Some("1970-01-01T00:00:01.500Z")
+        );
+        assert_eq!(
+            rfc3339_secs(86_400).as_deref(),
+            Some("1970-01-02T00:00:00Z")
+        );
         assert_eq!(age(1_000, 61_000), "1m ago");
         assert_eq!(age(1_000, 1_500), "0s ago");
         assert_eq!(age(0, 5), "never");

@@ -14,6 +14,7 @@ use crate::detect::Decision;
 use crate::fleet::Fleet;
 use crate::plan::rollout::{Rollout, RolloutState, TargetState};
 use crate::run::cycle::Cycle;
+use crate::run::runner::CancelError;
 use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
 
 /// The `Admin` service.
@@ -411,14 +412,10 @@ impl pb::admin_server::Admin for AdminApi {
             .cycle
             .cancel_rollout(&r.id, r.revert, &r.reason)
             .await
-            .map_err(|e| {
-                if e.starts_with("no rollout") {
-                    Status::not_found(e)
-                } else if e.contains("already ended") {
-                    Status::failed_precondition(e)
-                } else {
-                    Status::unavailable(e)
-                }
+            .map_err(|e| match e {
+                CancelError::NotFound(_) => Status::not_found(e.to_string()),
+                CancelError::AlreadyEnded { .. } => Status::failed_precondition(e.to_string()),
+                CancelError::Unavailable(_) => Status::unavailable(e.to_string()),
             })?;
         Ok(Response::new(rollout_pb(&rollout)))
     }

@@ -59,6 +59,18 @@ struct Active {
     cancels: BTreeMap<String, Cancel>,
 }
 
+/// Why a cancel was not taken; the admin API answers each with its own status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no rollout {0}")]
+    NotFound(String),
+    #[error("rollout {id} already ended ({state})")]
+    AlreadyEnded { id: String, state: &'static str },
+    /// The store could not be read or written, or the run did not answer: try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Where a cancel went.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelTaken {
@@ -148,7 +160,7 @@ impl Runner {
     /// Cancels rollout `id`: handed to the run in progress if there is one; otherwise the
     /// stored rollout gets it (written before this returns, so that a run starting later
     /// sees it). Errors: no such rollout, or it already ended.
-    pub fn cancel(&self, id: &str, cancel: Cancel) -> Result<CancelTaken, String> {
+    pub fn cancel(&self, id: &str, cancel: Cancel) -> Result<CancelTaken, CancelError> {
         let mut active = self.active();
         if active.running.contains(id) {
             active.cancels.insert(id.to_owned(), cancel);
@@ -157,15 +169,15 @@ impl Runner {
         let mut rollout = self
             .fleet
             .rollouts()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| CancelError::Unavailable(e.to_string()))?
             .into_iter()
             .find(|r| r.id == id)
-            .ok_or_else(|| format!("no rollout {id}"))?;
+            .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
         if rollout.state.is_ended() {
-            return Err(format!(
-                "rollout {id} already ended ({})",
-                rollout.state.name()
-            ));
+            return Err(CancelError::AlreadyEnded {
+                id: id.to_owned(),
+                state: rollout.state.name(),
+            });
         }
         rollout.cancel = Some(cancel.clone());
         rollout.updated_ms = cancel.at_ms;
@@ -194,7 +206,9 @@ impl Runner {
             }
         }
         if !self.fleet.save_rollout(&rollout, history) {
-            return Err("cannot store the rollout; try again".into());
+            return Err(CancelError::Unavailable(
+                "cannot store the rollout; try again".into(),
+            ));
         }
         Ok(CancelTaken::Stored(Box::new(rollout)))
     }

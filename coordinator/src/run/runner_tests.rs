@@ -425,7 +425,10 @@ async fn a_cancel_lets_the_update_in_flight_finish_and_starts_nothing_more() {
                 at_ms: clock.now_ms(),
             }
         ),
-        Err("rollout r-test already ended (cancelled)".into())
+        Err(CancelError::AlreadyEnded {
+            id: "r-test".into(),
+            state: "cancelled"
+        })
     );
 }
 

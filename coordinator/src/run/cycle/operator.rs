@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::{Cycle, PROBE_CONCURRENCY};
 use crate::detect::{Decision, Detection, detect};
 use crate::plan::rollout::{Rollout, RolloutState, TargetState};
+use crate::run::runner::CancelError;
 
 impl Cycle {
     /// A stored rollout that is paused, if any.
@@ -170,7 +171,7 @@ impl Cycle {
         id: &str,
         revert: bool,
         reason: &str,
-    ) -> Result<Rollout, String> {
+    ) -> Result<Rollout, CancelError> {
         let cancel = crate::plan::rollout::Cancel {
             reason: if reason.trim().is_empty() {
                 "cancelled by the operator".to_owned()
@@ -186,7 +187,7 @@ impl Cycle {
         let taken =
             tokio::task::spawn_blocking(move || runner_cycle.runner.cancel(&id_owned, cancel))
                 .await
-                .map_err(|e| format!("the cancel failed: {e}"))??;
+                .map_err(|e| CancelError::Unavailable(format!("the cancel failed: {e}")))??;
         match taken {
             crate::run::runner::CancelTaken::ByRunner => {
                 // The run in progress picks it up within its tick.
@@ -202,10 +203,10 @@ impl Cycle {
                         .await
                         .is_err()
                     {
-                        return Err(
+                        return Err(CancelError::Unavailable(
                             "the running rollout did not take the cancel in time; see `rollout ID`"
                                 .into(),
-                        );
+                        ));
                     }
                 }
             }
