@@ -603,6 +603,102 @@ fn histogram(out: &mut String, name: &str, help: &str, bounds: &[f64], h: &Histo
 mod tests {
     use super::*;
 
+    /// A fleet and figures with every family, label values that need escaping in both
+    /// formats, a per-container update of a container the view does not have, and a second
+    /// cycle; with the fleet view it is rendered for.
+    fn busy() -> (Metrics, FleetFigures) {
+        let m = Metrics::default();
+        m.set_per_container(true);
+        for (host, container, outcome) in [
+            ("web-01", "shop", "updated"),
+            ("web-01", "shop", "updated"),
+            ("web-01", "cart", "reverted"),
+            ("db-01", "pg", "rolled-back"),
+            ("web-01", "gone", "error"),
+            ("odd \"h\",x=y z", "c\\d", "updated"),
+        ] {
+            m.update_done(host, container, outcome);
+        }
+        for (registry, method, code) in [
+            ("registry.lan:5000", "HEAD", 200),
+            ("registry.lan:5000", "HEAD", 200),
+            ("registry.lan:5000", "GET", 200),
+            ("ghcr.io", "GET", 401),
+            ("docker.io", "HEAD", 0),
+        ] {
+            m.registry_request(registry, method, code);
+        }
+        for seconds in [0.02, 0.3, 7.0] {
+            m.probe(seconds);
+        }
+        m.ratelimit("docker.io", "99;w=21600");
+        m.ratelimit("ghcr.io", "12.5");
+        m.ratelimit("quay.io", "not a number");
+        m.notification("ntfy", "sent");
+        m.notification("ntfy", "sent");
+        m.notification("smtp", "failed");
+        m.cycle(
+            1.5,
+            1_764_000_000.0,
+            BTreeMap::from([("web-01".into(), 3)]),
+            2,
+        );
+        m.cycle(
+            42.25,
+            1_764_000_300.5,
+            BTreeMap::from([
+                ("web-01".into(), 2),
+                ("db-01".into(), 1),
+                ("odd \"h\",x=y z".into(), 1),
+            ]),
+            1,
+        );
+        let fleet = FleetFigures {
+            host_connected: BTreeMap::from([
+                ("web-01".into(), true),
+                ("db-01".into(), false),
+                ("odd \"h\",x=y z".into(), true),
+            ]),
+            containers: view(&[
+                ("web-01", &["shop", "cart"]),
+                ("db-01", &["pg"]),
+                ("odd \"h\",x=y z", &["c\\d"]),
+            ]),
+            rollouts: BTreeMap::from([("completed".into(), 4), ("paused".into(), 1)]),
+        };
+        (m, fleet)
+    }
+
+    /// `fixtures/NAME` is `text` (`UPDATE_FIXTURES=1` writes it).
+    fn matches_fixture(name: &str, text: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/telemetry/fixtures")
+            .join(name);
+        if std::env::var_os("UPDATE_FIXTURES").is_some() {
+            std::fs::write(&path, text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, expected, "{name} differs");
+    }
+
+    /// What `/metrics` and the InfluxDB export print, fresh and busy, as recorded.
+    #[test]
+    fn the_exposition_and_the_line_protocol_are_as_recorded() {
+        let fresh = Metrics::default();
+        fresh.set_per_container(true);
+        matches_fixture("fresh.prom", &fresh.render(&FleetFigures::default()));
+        matches_fixture(
+            "fresh.influx",
+            &fresh.line_protocol(&FleetFigures::default(), 1_764_000_000_000_000_000),
+        );
+        let (busy, fleet) = busy();
+        matches_fixture("busy.prom", &busy.render(&fleet));
+        matches_fixture(
+            "busy.influx",
+            &busy.line_protocol(&fleet, 1_764_000_000_000_000_000),
+        );
+    }
+
     /// A fleet view: container names by host.
     fn view(hosts: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
         hosts
