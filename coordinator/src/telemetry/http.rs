@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::fleet::Fleet;
-use crate::telemetry::metrics::{FleetFigures, METRICS};
+use crate::telemetry::metrics::{self, FleetFigures, Metrics};
 
 /// Longest a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,12 @@ pub fn fleet_figures(fleet: &Fleet) -> FleetFigures {
 }
 
 /// Serves until `stop`.
-pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    fleet: Arc<Fleet>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -45,8 +50,8 @@ pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, mut stop: watch::Re
         };
         match accepted {
             Ok((stream, _)) => {
-                let fleet = fleet.clone();
-                tokio::spawn(async move { handle(stream, &fleet).await });
+                let (fleet, metrics) = (fleet.clone(), metrics.clone());
+                tokio::spawn(async move { handle(stream, &fleet, &metrics).await });
             }
             // Out of descriptors, say: do not spin.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -62,7 +67,7 @@ async fn ready(fleet: &Arc<Fleet>) -> Result<(), String> {
         .unwrap_or_else(|e| Err(e.to_string()))
 }
 
-async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>) {
+async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>, metrics: &Metrics) {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -90,11 +95,14 @@ async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>) {
             let figures = tokio::task::spawn_blocking(move || fleet_figures(&f))
                 .await
                 .unwrap_or_default();
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                METRICS.render(&figures),
-            )
+            match metrics.render(&figures) {
+                Ok(body) => ("200 OK", metrics::CONTENT_TYPE, body),
+                Err(e) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    format!("metrics: {e}\n"),
+                ),
+            }
         }
         ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET" | "HEAD", "/readyz") => match ready(fleet).await {
