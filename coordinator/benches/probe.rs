@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ouroboros_coordinator::detect::registry::{RegistryClient, RegistryConfig};
 use ouroboros_coordinator::detect::{Decision, Selection, detect};
+use ouroboros_coordinator::telemetry::metrics::Metrics;
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health};
 use ouroboros_shared::reference::ImageRef;
 use ouroboros_tests::fake_http::{FakeHttp, Response};
@@ -62,7 +63,13 @@ async fn main() {
     let requests = || registry.requests().len();
 
     // Idle cycle: 50 containers on 10 hosts over 2 images.
-    let client = Arc::new(RegistryClient::new(RegistryConfig::default()).expect("client"));
+    let client = Arc::new(
+        RegistryClient::new(
+            RegistryConfig::default(),
+            Metrics::new(false).expect("metrics"),
+        )
+        .expect("client"),
+    );
     let fleet: Vec<_> = (0..50)
         .map(|i| {
             let repo = format!("{addr}/team/app{}", i % 2);
@@ -84,10 +91,13 @@ async fn main() {
 
     // 1,000 unique tags.
     for per_registry in [8, 32, 128] {
-        let client = RegistryClient::new(RegistryConfig {
-            per_registry,
-            ..RegistryConfig::default()
-        })
+        let client = RegistryClient::new(
+            RegistryConfig {
+                per_registry,
+                ..RegistryConfig::default()
+            },
+            Metrics::new(false).expect("metrics"),
+        )
         .expect("client");
         let tags: Vec<ImageRef> = (0..1000)
             .map(|i| ImageRef::parse(&format!("{addr}/team/app:t{i}")).expect("ref"))

@@ -26,6 +26,7 @@ use anyhow::{Context as _, ensure};
 use ouroboros_coordinator::detect::credentials::Credentials;
 use ouroboros_coordinator::detect::registry::{RegistryClient, RegistryConfig};
 use ouroboros_coordinator::detect::{Decision, Selection, detect};
+use ouroboros_coordinator::telemetry::metrics::Metrics;
 use ouroboros_shared::inventory::{ContainerInfo, ContainerState, Health};
 use ouroboros_shared::reference::ImageRef;
 use ouroboros_tests::{Cleanup, Registry, TestImage, publish, require_engine, unique_name};
@@ -98,7 +99,10 @@ fn client(registry: &Registry, per_registry: usize) -> Arc<RegistryClient> {
         per_registry,
         ..RegistryConfig::default()
     };
-    Arc::new(RegistryClient::new(config).expect("registry client"))
+    Arc::new(
+        RegistryClient::new(config, Metrics::new(false).expect("metrics"))
+            .expect("registry client"),
+    )
 }
 
 fn fleet(images: &[TestImage]) -> Vec<(String, ContainerInfo)> {

@@ -19,6 +19,7 @@
 //! - [`process`]: [`Process`], a child with its output in a log file to wait on.
 //! - [`binaries`]: [`Binaries`], the agent and coordinator built once per test process.
 //! - [`raw_http`]: a tiny HTTP/1.1 client for probes and hand-made requests.
+//! - [`exposition`]: samples of a Prometheus text exposition, read by name and label set.
 //! - [`fake_http`]: [`FakeHttp`], the one fake HTTP server (plain or TLS) tests script
 //!   answers with and read requests from.
 //!
@@ -52,6 +53,7 @@ pub mod binaries;
 pub mod cleanup;
 mod daemon;
 pub mod engine;
+pub mod exposition;
 pub mod fake_http;
 pub mod image;
 pub mod naming;

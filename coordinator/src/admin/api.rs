@@ -158,7 +158,9 @@ impl pb::admin_server::Admin for AdminApi {
         {
             let result = &outcome.result;
             let status = result.status.name();
-            crate::telemetry::metrics::METRICS.update_done(host.as_str(), &r.container, status);
+            self.cycle
+                .metrics
+                .update_done(host.as_str(), &r.container, status);
             // In the history like a rollout's targets (the agent sent the host's inventory
             // before its answer, so the view shows what runs now).
             if let Some(before) = &before {

@@ -32,7 +32,6 @@ impl PolicyArgs {
         let schedule =
             Schedule::from_options(args.interval, args.cron.as_deref(), chrono::Utc::now())
                 .map_err(Failure::usage)?;
-        crate::telemetry::metrics::METRICS.set_per_container(args.metrics_per_container);
         let template = match &args.notification_template {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 Failure::usage(format!("--notification-template {}: {e}", path.display()))
@@ -92,7 +91,7 @@ impl PolicyArgs {
                         path.display()
                     )));
                 }
-                crate::detect::registry::RegistryClient::new(RegistryConfig {
+                crate::detect::registry::http_client(&RegistryConfig {
                     extra_ca_pem: Some(pem.clone()),
                     ..RegistryConfig::default()
                 })
@@ -141,6 +140,7 @@ impl PolicyArgs {
             metrics_listen: args
                 .prometheus_port
                 .map(|port| SocketAddr::new(args.prometheus_addr, port)),
+            metrics_per_container: args.metrics_per_container,
             influx,
             notifiers,
             startup_notification: !args.skip_startup_notifications,

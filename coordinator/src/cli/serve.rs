@@ -24,7 +24,8 @@ use crate::run::cycle::Cycle;
 use crate::server::dispatch::Dispatcher;
 use crate::server::gateway::Gateway;
 use crate::server::tls::{incoming, require_role};
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::counters::Counters;
+use crate::telemetry::metrics::Metrics;
 
 mod background;
 
@@ -38,8 +39,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 const METRICS_SETTING: &str = "metrics";
 
 /// Queues the counters for the store when they changed.
-fn store_counters(fleet: &Fleet) {
-    if let Some(counters) = METRICS.take_dirty()
+fn store_counters(fleet: &Fleet, metrics: &Metrics) {
+    if let Some(counters) = metrics.take_dirty()
         && let Ok(json) = serde_json::to_string(&counters)
     {
         fleet.save_setting(METRICS_SETTING, json);
@@ -70,6 +71,8 @@ pub struct ServeConfig {
     pub history_retention: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not served).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Per-container update series (`ouroboros_container_updates_total`).
+    pub metrics_per_container: bool,
     /// `DATA_EXPORT=influxdb`: where the figures go after every cycle.
     pub influx: Option<crate::telemetry::export::InfluxConfig>,
     /// Where notifications go.
@@ -102,6 +105,7 @@ impl ServeConfig {
             rollout: crate::plan::rollout::Policy::default(),
             history_retention: Duration::from_secs(90 * 24 * 3600),
             metrics_listen: None,
+            metrics_per_container: true,
             influx: None,
             notifiers: crate::notify::Notifiers::default(),
             startup_notification: false,
@@ -128,6 +132,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot register the metrics: {0}")]
+    MetricFamilies(#[source] prometheus::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("--maintenance-windows: {0}")]
@@ -155,7 +161,8 @@ pub struct Prepared {
     fleet: Arc<Fleet>,
     commands: Arc<Dispatcher>,
     cycle: Arc<Cycle>,
-    metrics: Option<std::net::TcpListener>,
+    metrics: Metrics,
+    monitoring: Option<std::net::TcpListener>,
 }
 
 impl Prepared {
@@ -168,26 +175,35 @@ impl Prepared {
     pub fn cycle(&self) -> Arc<Cycle> {
         self.cycle.clone()
     }
+
+    /// The server's figures (what `/metrics` serves).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
 }
 
-/// Loads the PKI and opens the store.
-pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
+/// Loads the PKI, opens the store and makes the metrics registry, counters restored.
+pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     let p = &config.pki;
     let tls = pki::server_config(&p.ca_cert(), &p.coordinator_cert(), &p.coordinator_key())
         .map_err(|source| ServeError::Pki {
             dir: p.dir().display().to_string(),
             source,
         })?;
-    let registry = RegistryClient::new(config.registry.clone()).map_err(ServeError::Registry)?;
+    let metrics = Metrics::new(config.metrics_per_container).map_err(ServeError::MetricFamilies)?;
+    let registry = RegistryClient::new(config.registry.clone(), metrics.clone())
+        .map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store)?);
     // Counters go on from where they were.
     if let Some(stored) = fleet.setting(METRICS_SETTING) {
-        match serde_json::from_str(&stored) {
-            Ok(counters) => METRICS.restore(counters),
+        match serde_json::from_str::<Counters>(&stored) {
+            Ok(counters) => metrics.restore(&counters),
             Err(e) => tracing::warn!(error = %e, "Stored counters unreadable; starting from zero."),
         }
     }
+    // Every notifier counts its deliveries in these figures.
+    config.notifiers = config.notifiers.with_metrics(metrics.clone());
     let commands = Arc::new(Dispatcher::new(config.registry.credentials.clone()));
     // Validated by the command line already; a failure here must not open every window.
     let windows = crate::plan::window::Windows::parse(&config.rollout.windows)
@@ -203,8 +219,9 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         },
         config.rollout.clone(),
         windows,
+        metrics.clone(),
     ));
-    let metrics = match config.metrics_listen {
+    let monitoring = match config.metrics_listen {
         Some(addr) => {
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -227,6 +244,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         commands,
         cycle,
         metrics,
+        monitoring,
     })
 }
 
@@ -243,12 +261,13 @@ pub async fn run(
         commands,
         cycle,
         metrics,
+        monitoring,
     } = prepared;
     let (stop_tx, stop_rx) = watch::channel(false);
     let exporting = match config
         .influx
         .clone()
-        .map(crate::telemetry::export::Exporter::new)
+        .map(|influx| crate::telemetry::export::Exporter::new(influx, metrics.clone()))
     {
         Some(Ok(exporter)) => Some(tokio::spawn(crate::telemetry::export::run(
             exporter,
@@ -282,10 +301,11 @@ pub async fn run(
         config.agent_lost_after,
         stop_rx.clone(),
     ));
-    let monitoring = match metrics.map(TcpListener::from_std) {
+    let monitoring = match monitoring.map(TcpListener::from_std) {
         Some(Ok(listener)) => Some(tokio::spawn(crate::telemetry::http::serve(
             listener,
             fleet.clone(),
+            metrics.clone(),
             stop_rx.clone(),
         ))),
         Some(Err(e)) => {
@@ -297,6 +317,7 @@ pub async fn run(
 
     let flusher = {
         let fleet = fleet.clone();
+        let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
@@ -306,7 +327,7 @@ pub async fn run(
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 fleet.flush_last_seen();
-                store_counters(&fleet);
+                store_counters(&fleet, &metrics);
             }
         })
     };
@@ -364,7 +385,7 @@ pub async fn run(
     // Messages just made (a run-once cycle's "updates done") still go out.
     config.notifiers.drain(Duration::from_secs(35)).await;
     // Links have ended; store what is pending before returning.
-    store_counters(&fleet);
+    store_counters(&fleet, &metrics);
     let closing = fleet.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     result.map_err(ServeError::from)

@@ -24,7 +24,7 @@ use std::time::Duration;
 use ouroboros_shared::reference::ImageRef;
 
 use crate::detect::credentials::{Credential, Credentials, Secret};
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 use auth::{Auth, Challenge, Token, parse_challenge};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -122,41 +122,13 @@ pub struct RegistryClient {
     basic: Mutex<std::collections::HashSet<String>>,
     /// Registries that answered `429`, until when.
     throttles: Mutex<HashMap<String, Throttle>>,
+    /// Where requests, probe times and rate limits are counted.
+    metrics: Metrics,
 }
 
 impl RegistryClient {
-    pub fn new(config: RegistryConfig) -> Result<Self, String> {
-        // reqwest needs the process-wide provider; installing it again is a no-op.
-        ouroboros_shared::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                // Never from TLS to plain HTTP (the Authorization header would go along).
-                let downgrade = attempt
-                    .previous()
-                    .last()
-                    .is_some_and(|u| u.scheme() == "https")
-                    && attempt.url().scheme() == "http";
-                if downgrade {
-                    attempt.error("refusing a redirect from https to http")
-                } else if attempt.previous().len() > 5 {
-                    attempt.error("too many redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.extra_ca_pem {
-            for cert in
-                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("extra CA: {e}"))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot build the registry client: {e}"))?;
+    pub fn new(config: RegistryConfig, metrics: Metrics) -> Result<Self, String> {
+        let http = http_client(&config)?;
         Ok(Self {
             http,
             config,
@@ -164,6 +136,7 @@ impl RegistryClient {
             limits: Mutex::new(HashMap::new()),
             basic: Mutex::new(std::collections::HashSet::new()),
             throttles: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -219,13 +192,13 @@ impl RegistryClient {
     pub async fn digest(&self, image: &ImageRef) -> Result<Probe, ProbeError> {
         let started = std::time::Instant::now();
         let probe = self.probe(image).await;
-        METRICS.probe(started.elapsed().as_secs_f64());
+        self.metrics.probe(started.elapsed().as_secs_f64());
         if let Ok(Probe {
             ratelimit_remaining: Some(remaining),
             ..
         }) = &probe
         {
-            METRICS.ratelimit(&image.registry, remaining);
+            self.metrics.ratelimit(&image.registry, remaining);
         }
         probe
     }
@@ -399,6 +372,19 @@ impl RegistryClient {
         }
     }
 
+    /// Counts a request to `url`'s host by its answer's status (0: none).
+    fn record(&self, url: &str, method: &str, answer: &Result<reqwest::Response, reqwest::Error>) {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+            })
+            .unwrap_or_default();
+        let code = answer.as_ref().map_or(0, |r| r.status().as_u16());
+        self.metrics.registry_request(&host, method, code);
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -420,7 +406,7 @@ impl RegistryClient {
             request = auth.apply(request);
         }
         let answer = request.send().await;
-        record(url, name, &answer);
+        self.record(url, name, &answer);
         answer.map_err(|e| self.transport(e, image))
     }
 
@@ -468,25 +454,48 @@ impl RegistryClient {
     }
 }
 
+/// The HTTP client of [`RegistryClient`] for `config`: deadlines, redirect policy and the
+/// extra CA certificates (a bad certificate fails here, which startup checks).
+pub fn http_client(config: &RegistryConfig) -> Result<reqwest::Client, String> {
+    // reqwest needs the process-wide provider; installing it again is a no-op.
+    ouroboros_shared::install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // Never from TLS to plain HTTP (the Authorization header would go along).
+            let downgrade = attempt
+                .previous()
+                .last()
+                .is_some_and(|u| u.scheme() == "https")
+                && attempt.url().scheme() == "http";
+            if downgrade {
+                attempt.error("refusing a redirect from https to http")
+            } else if attempt.previous().len() > 5 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
+        .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &config.extra_ca_pem {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("extra CA: {e}"))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the registry client: {e}"))
+}
+
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
-}
-
-/// Counts a request to `url`'s host by its answer's status (0: none).
-fn record(url: &str, method: &str, answer: &Result<reqwest::Response, reqwest::Error>) {
-    let host = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            u.host_str()
-                .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
-        })
-        .unwrap_or_default();
-    let code = answer.as_ref().map_or(0, |r| r.status().as_u16());
-    METRICS.registry_request(&host, method, code);
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -517,10 +526,13 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_plain_http_others_tls() {
-        let client = RegistryClient::new(RegistryConfig {
-            insecure: vec!["reg.lan:5000".into()],
-            ..RegistryConfig::default()
-        })
+        let client = RegistryClient::new(
+            RegistryConfig {
+                insecure: vec!["reg.lan:5000".into()],
+                ..RegistryConfig::default()
+            },
+            Metrics::new(false).unwrap(),
+        )
         .unwrap();
         assert_eq!(client.scheme("127.0.0.1:5000"), "http");
         assert_eq!(client.scheme("localhost:5000"), "http");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 
 /// Deadline of one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -691,6 +691,8 @@ pub struct Notifiers {
     ca_pem: Option<Arc<Vec<u8>>>,
     /// Deliveries under way (shared by clones), so that a stopping coordinator lets them end.
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where deliveries are counted (none: not counted).
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Notifiers {
@@ -735,7 +737,16 @@ impl Notifiers {
             attempt_timeout: None,
             ca_pem: ca_pem.map(Arc::new),
             pending: Arc::default(),
+            metrics: None,
         })
+    }
+
+    /// Counts every delivery (sent or failed, by scheme) in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -776,6 +787,7 @@ impl Notifiers {
                 let message = message.clone();
                 let ca = self.ca_pem.clone();
                 let pending = InFlight::new(self.pending.clone());
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let _pending = pending;
                     let mut delay = Duration::from_millis(500);
@@ -789,7 +801,9 @@ impl Notifiers {
                         match outcome {
                             Ok(Ok(())) => {
                                 debug!(notifier = %notifier.masked, event = message.event, "Notification sent.");
-                                METRICS.notification(&notifier.scheme, "sent");
+                                if let Some(m) = &metrics {
+                                    m.notification(&notifier.scheme, "sent");
+                                }
                                 return true;
                             }
                             Ok(Err(e)) => {
@@ -807,7 +821,9 @@ impl Notifiers {
                             delay *= 2;
                         }
                     }
-                    METRICS.notification(&notifier.scheme, "failed");
+                    if let Some(m) = &metrics {
+                        m.notification(&notifier.scheme, "failed");
+                    }
                     false
                 })
             })

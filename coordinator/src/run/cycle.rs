@@ -19,6 +19,7 @@ use crate::plan::window::Windows;
 use crate::run::clock::{Clock, WallClock};
 use crate::run::runner::Runner;
 use crate::server::dispatch::Commands;
+use crate::telemetry::metrics::Metrics;
 use ouroboros_shared::inventory::ContainerInfo;
 use ouroboros_shared::reference::ImageRef;
 
@@ -49,6 +50,8 @@ pub struct Cycle {
     pub policy: Policy,
     pub windows: Windows,
     pub runner: Runner,
+    /// Where cycles and updates are counted.
+    pub metrics: Metrics,
     /// One cycle at a time, whoever starts it (schedule or `check`).
     running: tokio::sync::Mutex<()>,
     /// What the last cycle saw: when, containers watched, updates found.
@@ -129,6 +132,9 @@ fn known_bad_reason(b: &crate::plan::rollout::BadDigest) -> String {
 }
 
 impl Cycle {
+    // Each part is a different collaborator or setting of the server's; a struct of them
+    // would only move the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         fleet: Arc<Fleet>,
         commands: Arc<dyn Commands>,
@@ -137,8 +143,14 @@ impl Cycle {
         cleanup: Cleanup,
         policy: Policy,
         windows: Windows,
+        metrics: Metrics,
     ) -> Self {
-        let runner = Runner::new(fleet.clone(), commands.clone(), cleanup.images);
+        let runner = Runner::new(
+            fleet.clone(),
+            commands.clone(),
+            cleanup.images,
+            metrics.clone(),
+        );
         Self {
             fleet,
             commands,
@@ -148,6 +160,7 @@ impl Cycle {
             policy,
             windows,
             runner,
+            metrics,
             running: tokio::sync::Mutex::new(()),
             last: std::sync::Mutex::new(None),
             found: std::sync::Mutex::default(),
@@ -390,7 +403,7 @@ impl Cycle {
             .collect();
         let now = self.clock.now_ms();
         if counts {
-            crate::telemetry::metrics::METRICS.cycle(
+            self.metrics.cycle(
                 started.elapsed().as_secs_f64(),
                 now as f64 / 1000.0,
                 monitored_by_host,

@@ -22,6 +22,7 @@ use crate::plan::rollout::{
 use crate::plan::window::Windows;
 use crate::run::clock::{Clock, WallClock};
 use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
+use crate::telemetry::metrics::Metrics;
 
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);
@@ -50,6 +51,8 @@ pub struct Runner {
     /// Rollouts being run now, and cancels asked for them (see [`Runner::cancel`]).
     active: std::sync::Mutex<Active>,
     clock: Arc<dyn Clock>,
+    /// Where ended updates are counted.
+    metrics: Metrics,
 }
 
 /// What the runner is running, and the cancels waiting to be picked up.
@@ -83,12 +86,13 @@ pub enum CancelTaken {
 
 /// Targets that target `index`'s operation moved to their new image along with it (dependants
 /// recreated by it, from [`crate::plan::rollout::Target::dependant_images`]): they become updated
-/// without a command of their own. Returns them with the result to report for each.
+/// without a command of their own (counted in `metrics`); returns them with their results.
 fn moved_with(
     rollout: &mut Rollout,
     index: usize,
     result: &UpdateResult,
     now: i64,
+    metrics: &Metrics,
 ) -> Vec<(usize, UpdateResult)> {
     let parent = rollout.targets[index].clone();
     let mut moved = Vec::new();
@@ -114,7 +118,7 @@ fn moved_with(
             },
             now,
         );
-        crate::telemetry::metrics::METRICS.update_done(&parent.host, &d.container, "updated");
+        metrics.update_done(&parent.host, &d.container, "updated");
         moved.push((
             i,
             UpdateResult {
@@ -134,7 +138,12 @@ fn moved_with(
 }
 
 impl Runner {
-    pub fn new(fleet: Arc<Fleet>, commands: Arc<dyn Commands>, cleanup_images: bool) -> Self {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        commands: Arc<dyn Commands>,
+        cleanup_images: bool,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             fleet,
             commands,
@@ -144,6 +153,7 @@ impl Runner {
             next_id: AtomicU64::new(0),
             active: std::sync::Mutex::default(),
             clock: Arc::new(WallClock),
+            metrics,
         }
     }
 
@@ -462,7 +472,7 @@ impl Runner {
                                 outcome: "timeout".into(),
                             }
                         };
-                        crate::telemetry::metrics::METRICS.update_done(
+                        self.metrics.update_done(
                             &rollout.targets[*i].host,
                             &rollout.targets[*i].container,
                             if reverting {
@@ -612,7 +622,7 @@ impl Runner {
                         (true, false) => "revert-failed",
                         (false, _) => status.name(),
                     };
-                    crate::telemetry::metrics::METRICS.update_done(&t.host, &t.container, outcome);
+                    self.metrics.update_done(&t.host, &t.container, outcome);
                     let canary_was_done = rollout.canary_done_ms > 0;
                     rollout.set(answer.index, state, now);
                     if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
@@ -621,7 +631,7 @@ impl Runner {
                     self.remember_outcome(&rollout, answer.index, now);
                     let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
                     if !answer.revert {
-                        for (i, result) in moved_with(&mut rollout, answer.index, &answer.result, now) {
+                        for (i, result) in moved_with(&mut rollout, answer.index, &answer.result, now, &self.metrics) {
                             entries.push(rollout.targets[i].history(&rollout.id));
                             self.remember_outcome(&rollout, i, now);
                             results.insert(i, result);

@@ -149,7 +149,8 @@ fn fleet_runner(
             guard
         })
         .collect();
-    let runner = Runner::new(fleet, agents, false).with_clock(Arc::new(clock));
+    let metrics = crate::telemetry::metrics::Metrics::new(true).unwrap();
+    let runner = Runner::new(fleet, agents, false, metrics).with_clock(Arc::new(clock));
     (runner, guards)
 }
 

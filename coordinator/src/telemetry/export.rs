@@ -1,16 +1,127 @@
 //! `DATA_EXPORT=influxdb`: after every cycle the same figures as `/metrics`, written as
 //! InfluxDB line protocol. InfluxDB 1.x through `/write` (database, user and password), 2.x
 //! through `/api/v2/write` (org, bucket and token; used when a token is given). A failed
-//! write is logged (without credentials) and never delays a cycle.
+//! write is logged (without credentials) and never delays a cycle. The points are made from
+//! the families the metrics registry gathers ([`line_protocol`]).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use tracing::{debug, warn};
 
 use crate::fleet::Fleet;
+use crate::telemetry::families::*;
 use crate::telemetry::http::fleet_figures;
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
+
+/// The measurement of the fleet-wide figures (one field each).
+const FLEET_MEASUREMENT: &str = "ouroboros_fleet";
+/// The fields of [`FLEET_MEASUREMENT`], and whether each is written as an integer.
+const FLEET_FIELDS: [(Family, bool); 5] = [
+    (AGENTS_CONNECTED, true),
+    (HOSTS, true),
+    (UPDATES_AVAILABLE, true),
+    (ROLLBACKS_TOTAL, true),
+    (LAST_CYCLE_TIMESTAMP_SECONDS, false),
+];
+/// The families written one point per series (the value as an integer field `value`).
+const SERIES: [Family; 6] = [
+    HOST_CONNECTED,
+    CONTAINERS_MONITORED,
+    UPDATES_TOTAL,
+    REGISTRY_REQUESTS_TOTAL,
+    ROLLOUTS,
+    NOTIFICATIONS_TOTAL,
+];
+/// The histograms, written as their count and sum.
+const HISTOGRAMS: [Family; 2] = [CYCLE_SECONDS, REGISTRY_PROBE_SECONDS];
+
+/// A counter's or gauge's value.
+fn value(metric: &Metric, kind: MetricType) -> f64 {
+    match kind {
+        MetricType::COUNTER => metric.get_counter().get_value(),
+        _ => metric.get_gauge().get_value(),
+    }
+}
+
+/// The value of label `name`.
+fn label<'m>(metric: &'m Metric, name: &str) -> &'m str {
+    metric
+        .get_label()
+        .iter()
+        .find(|pair| pair.name() == name)
+        .map_or("", |pair| pair.value())
+}
+
+/// A tag key or value, escaped.
+fn tag(value: &str) -> String {
+    value
+        .replace(',', "\\,")
+        .replace('=', "\\=")
+        .replace(' ', "\\ ")
+}
+
+/// The gathered `families` as InfluxDB line protocol points at `unix_ns`: the fleet-wide
+/// figures in one point, then a point per series of [`SERIES`] (tags in the family's label
+/// order, points ordered by them), then the histograms' count and sum. Written by hand: the
+/// prometheus crate has no InfluxDB encoder, and this layout is what dashboards query.
+pub fn line_protocol(families: &[MetricFamily], unix_ns: i128) -> String {
+    let find = |f: &Family| families.iter().find(|g| g.name() == f.name);
+    let mut out = String::new();
+    let fields: Vec<String> = FLEET_FIELDS
+        .iter()
+        .map(|(f, integer)| {
+            let v = find(f)
+                .and_then(|g| g.get_metric().first())
+                .map_or(0.0, |m| value(m, f.kind));
+            if *integer {
+                format!("{}={}i", f.short_name(), v as i64)
+            } else {
+                format!("{}={v}", f.short_name())
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "{FLEET_MEASUREMENT} {} {unix_ns}", fields.join(","));
+    for f in &SERIES {
+        let Some(g) = find(f) else { continue };
+        let mut points: Vec<(Vec<&str>, f64)> = g
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let tags = f.labels.iter().map(|l| label(m, l)).collect();
+                (tags, value(m, f.kind))
+            })
+            .collect();
+        points.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tags, v) in points {
+            let tags: Vec<String> = f
+                .labels
+                .iter()
+                .zip(tags)
+                .map(|(k, v)| format!("{k}={}", tag(v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{},{} value={}i {unix_ns}",
+                f.name,
+                tags.join(","),
+                v as i64
+            );
+        }
+    }
+    for f in &HISTOGRAMS {
+        let (count, sum) = find(f)
+            .and_then(|g| g.get_metric().first())
+            .map_or((0, 0.0), |m| {
+                let h = m.get_histogram();
+                (h.get_sample_count(), h.get_sample_sum())
+            });
+        let _ = writeln!(out, "{} count={count}i,sum={sum} {unix_ns}", f.name);
+    }
+    out
+}
 
 /// Where and how to write.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,17 +182,23 @@ pub struct Exporter {
     http: reqwest::Client,
     config: InfluxConfig,
     url: reqwest::Url,
+    metrics: Metrics,
 }
 
 impl Exporter {
-    pub fn new(config: InfluxConfig) -> Result<Self, String> {
+    pub fn new(config: InfluxConfig, metrics: Metrics) -> Result<Self, String> {
         ouroboros_shared::install_crypto_provider();
         let url = config.write_url()?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build the InfluxDB client: {e}"))?;
-        Ok(Self { http, config, url })
+        Ok(Self {
+            http,
+            config,
+            url,
+            metrics,
+        })
     }
 
     /// Writes the figures now; the error names the endpoint and the answer, not credentials.
@@ -89,7 +206,7 @@ impl Exporter {
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
-        let body = METRICS.line_protocol(&fleet_figures(fleet), now_ns);
+        let body = line_protocol(&self.metrics.gather(&fleet_figures(fleet)), now_ns);
         let mut request = self
             .http
             .post(self.url.clone())
@@ -224,14 +341,17 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&buf).to_string()
         });
-        let exporter = Exporter::new(InfluxConfig {
-            url: "http://127.0.0.1".into(),
-            port,
-            org: Some("ops".into()),
-            bucket: Some("fleet".into()),
-            token: Some("tok-sentinel".into()),
-            ..config()
-        })
+        let exporter = Exporter::new(
+            InfluxConfig {
+                url: "http://127.0.0.1".into(),
+                port,
+                org: Some("ops".into()),
+                bucket: Some("fleet".into()),
+                token: Some("tok-sentinel".into()),
+                ..config()
+            },
+            Metrics::new(true).unwrap(),
+        )
         .unwrap();
         let store = std::sync::Arc::new(crate::fleet::store::MemoryStore::default());
         let fleet = Fleet::open(store).unwrap();

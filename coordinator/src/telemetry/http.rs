@@ -1,22 +1,32 @@
-//! The coordinator's plain-HTTP endpoint for monitoring: `/metrics` in the Prometheus text
-//! format, `/healthz` (the process answers) and `/readyz` (the store answers too). Nothing else
-//! is served, and nothing here changes anything.
+//! The coordinator's plain-HTTP endpoint for monitoring, served by hyper (HTTP/1.1):
+//! `/metrics` in the Prometheus text format, `/healthz` (the process answers) and `/readyz`
+//! (the store answers too). GET and HEAD only; nothing else is served, and nothing here
+//! changes anything.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
 use crate::fleet::Fleet;
-use crate::telemetry::metrics::{FleetFigures, METRICS};
+use crate::telemetry::metrics::{self, FleetFigures, Metrics};
 
-/// Longest a client may take to send its request.
+/// Longest a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one connection may last (its one request answered).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
+/// The content type of every answer but the metrics.
+const PLAIN: &str = "text/plain";
 
 /// The fleet's figures at scrape time: every known host, connected or not, with the
 /// containers of its last report (one snapshot of the view), and the stored rollouts.
@@ -37,7 +47,12 @@ pub fn fleet_figures(fleet: &Fleet) -> FleetFigures {
 }
 
 /// Serves until `stop`.
-pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    fleet: Arc<Fleet>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -45,8 +60,23 @@ pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>, mut stop: watch::Re
         };
         match accepted {
             Ok((stream, _)) => {
-                let fleet = fleet.clone();
-                tokio::spawn(async move { handle(stream, &fleet).await });
+                let (fleet, metrics) = (fleet.clone(), metrics.clone());
+                let service = hyper::service::service_fn(move |request| {
+                    let (fleet, metrics) = (fleet.clone(), metrics.clone());
+                    async move { Ok::<_, Infallible>(answer(&request, &fleet, &metrics).await) }
+                });
+                // One request per connection, as before: scrapes are seconds apart.
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(READ_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                        debug!(error = %e, "Monitoring connection failed.");
+                    }
+                });
             }
             // Out of descriptors, say: do not spin.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -62,69 +92,53 @@ async fn ready(fleet: &Arc<Fleet>) -> Result<(), String> {
         .unwrap_or_else(|e| Err(e.to_string()))
 }
 
-async fn handle(mut stream: TcpStream, fleet: &Arc<Fleet>) {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let read = tokio::time::timeout(READ_TIMEOUT, async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
-            }
-        }
-        true
-    })
-    .await;
-    if !matches!(read, Ok(true)) {
-        return;
+/// The answer to `request` (hyper leaves out the body of an answer to HEAD).
+async fn answer(
+    request: &Request<Incoming>,
+    fleet: &Arc<Fleet>,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    let (method, path) = (request.method(), request.uri().path());
+    debug!(%method, path, "Monitoring request.");
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n".into());
     }
-    let text = String::from_utf8_lossy(&head);
-    let mut first = text.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    debug!(method, path, "Monitoring request.");
-    let (status, kind, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
+    match path {
+        "/metrics" => {
             // The store is read off the async runtime.
             let f = fleet.clone();
             let figures = tokio::task::spawn_blocking(move || fleet_figures(&f))
                 .await
                 .unwrap_or_default();
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                METRICS.render(&figures),
-            )
+            match metrics.render(&figures) {
+                Ok(body) => text(StatusCode::OK, metrics::CONTENT_TYPE, body),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("metrics: {e}\n"),
+                ),
+            }
         }
-        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => match ready(fleet).await {
-            Ok(_) => ("200 OK", "text/plain", "ready\n".to_owned()),
-            Err(e) => (
-                "503 Service Unavailable",
-                "text/plain",
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        "/readyz" => match ready(fleet).await {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
                 format!("store: {e}\n"),
             ),
         },
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_owned(),
-        ),
-    };
-    let mut answer = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        answer.extend_from_slice(body.as_bytes());
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),
     }
-    let _ = tokio::time::timeout(READ_TIMEOUT, async {
-        let _ = stream.write_all(&answer).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+}
+
+fn text(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(kind));
+    response
 }
 
 #[cfg(test)]
@@ -174,6 +188,78 @@ mod tests {
             mode: HostMode::Standalone,
             observed_at_unix_ms: 5,
         }
+    }
+
+    /// `request` sent as is to `addr`; the whole answer.
+    async fn raw(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    /// The status line, the content type and the body of `answer`.
+    fn parts(answer: &str) -> (&str, &str, &str) {
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap();
+        let kind = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default();
+        (status, kind, body)
+    }
+
+    #[tokio::test]
+    async fn each_path_answers_as_before() {
+        let fleet = Arc::new(Fleet::open(Arc::new(MemoryStore::default())).unwrap());
+        let metrics = Metrics::new(true).unwrap();
+        metrics.update_done("a", "shop", "updated");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let serving = tokio::spawn(serve(listener, fleet, metrics, stopped));
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        let answer = raw(addr, &get("/metrics?from=test")).await;
+        let (status, kind, body) = parts(&answer);
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.contains("ouroboros_updates_total{host=\"a\",outcome=\"updated\"} 1\n"),
+            "{body}"
+        );
+        assert!(answer.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        for (path, status, body) in [
+            ("/healthz", "HTTP/1.1 200 OK", "ok\n"),
+            ("/readyz", "HTTP/1.1 200 OK", "ready\n"),
+            ("/nothing", "HTTP/1.1 404 Not Found", "not found\n"),
+        ] {
+            let answer = raw(addr, &get(path)).await;
+            assert_eq!(parts(&answer), (status, "text/plain", body), "{path}");
+        }
+        // HEAD: the head of GET's answer, without its body.
+        let answer = raw(addr, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(parts(&answer), ("HTTP/1.1 200 OK", "text/plain", ""));
+        assert!(answer.contains("content-length: 3\r\n"), "{answer}");
+        let answer = raw(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(
+            parts(&answer),
+            (
+                "HTTP/1.1 405 Method Not Allowed",
+                "text/plain",
+                "only GET\n"
+            )
+        );
+        // Not HTTP: refused, and the server goes on.
+        let answer = raw(addr, "hello\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert_eq!(parts(&raw(addr, &get("/healthz")).await).2, "ok\n");
+
+        stop.send(true).unwrap();
+        serving.await.unwrap();
     }
 
     #[test]

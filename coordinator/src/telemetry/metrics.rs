@@ -1,91 +1,68 @@
-//! The coordinator's figures: counters, gauges and histograms kept in one process-wide
-//! registry, rendered in the Prometheus text format (and as InfluxDB line protocol by
-//! [`crate::telemetry::export`]). Counters are persisted in the store and survive restarts. Label sets
-//! stay bounded: hosts, registries, outcomes, states, and containers only when per-container
-//! series are on, and then only those the fleet view has.
+//! The coordinator's figures in one prometheus [`Registry`], held by a [`Metrics`] handle
+//! made at startup (`cli/serve.rs`) and passed, as a cheap clone, to what records (cycle,
+//! runner, admin API, registry client, notifiers) and to what reads (the `/metrics`
+//! endpoint, the InfluxDB export). This is the one module that registers metrics; their
+//! names, labels and help texts are in [`crate::telemetry::families`].
+//!
+//! Counters are saved in the store ([`Counters`]) and restored at start, so they survive
+//! restarts. The fleet gauges (agents, hosts, rollouts) are set from the fleet view at scrape
+//! time. Label sets stay bounded: hosts, registries, outcomes, states, and containers only
+//! when per-container series are on, and then only those the fleet view has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use prometheus::core::{Collector, Desc, MetricVec, MetricVecBuilder};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
-/// Histogram buckets (seconds) of registry probes.
-const PROBE_BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-/// Histogram buckets (seconds) of check cycles.
-const CYCLE_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
+use crate::telemetry::counters::{self, Counters};
+use crate::telemetry::families::*;
 
-/// Labels, as `(name, value)` pairs in a fixed order.
-pub type Labels = Vec<(&'static str, String)>;
+/// The content type of `/metrics` (the text format, version 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct Histogram {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// The registry of figures; clones share it.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    agents_connected: IntGauge,
+    hosts: IntGauge,
+    host_connected: IntGaugeVec,
+    containers_monitored: IntGaugeVec,
+    updates_available: IntGauge,
+    updates: IntCounterVec,
+    container_updates: ContainerUpdates,
+    rollbacks: IntCounter,
+    registry_requests: IntCounterVec,
+    probe: Histogram,
+    ratelimit_remaining: GaugeVec,
+    cycle: Histogram,
+    last_cycle: Gauge,
+    rollouts: IntGaugeVec,
+    notifications: IntCounterVec,
+    /// Counters changed since the last store write.
+    dirty: AtomicBool,
+    /// One scrape at a time: its fleet gauges are set, then gathered.
+    scrape: Mutex<()>,
 }
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
-        if self.buckets.len() != bounds.len() {
-            self.buckets = vec![0; bounds.len()];
-        }
-        for (i, le) in bounds.iter().enumerate() {
-            if value <= *le {
-                self.buckets[i] += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("per_container", &self.0.container_updates.on)
+            .finish_non_exhaustive()
     }
 }
 
-/// Counters, kept across restarts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Counters {
-    /// `host\toutcome` → count.
-    pub updates: BTreeMap<String, u64>,
-    pub rollbacks: u64,
-    /// `registry\tmethod\tcode` → count.
-    pub registry_requests: BTreeMap<String, u64>,
-    /// `scheme\toutcome` → count.
-    pub notifications: BTreeMap<String, u64>,
-    /// `host\tcontainer\toutcome` → count (per-container series).
-    pub container_updates: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    counters: Counters,
-    probe: Histogram,
-    cycle: Histogram,
-    last_cycle_seconds: f64,
-    updates_available: u64,
-    /// By host.
-    monitored: BTreeMap<String, u64>,
-    /// By registry.
-    ratelimit_remaining: BTreeMap<String, f64>,
-    /// Counters changed since the last store write.
-    dirty: bool,
-}
-
-/// The registry of figures.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    state: Mutex<State>,
-    /// Per-container update counters (off for large fleets).
-    per_container: AtomicBool,
-}
-
-/// The process-wide registry.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let m = Metrics::default();
-    m.per_container.store(true, Ordering::Relaxed);
-    m
-});
-
-/// What the fleet says at scrape time (not kept in the registry).
+/// What the fleet says at scrape time (not kept in the registry between scrapes).
 #[derive(Debug, Clone, Default)]
 pub struct FleetFigures {
     /// Every host the coordinator knows, and whether its agent is connected now.
@@ -107,119 +84,231 @@ impl FleetFigures {
     pub fn hosts(&self) -> u64 {
         self.host_connected.len() as u64
     }
+}
 
-    /// Whether the fleet view has `container` on `host`.
-    fn has_container(&self, host: &str, container: &str) -> bool {
-        self.containers
-            .get(host)
-            .is_some_and(|names| names.contains(container))
+/// `ouroboros_container_updates_total`, filtered when gathered: every update is counted (and
+/// stored), but a series is exported only while the fleet view has its container, so a name
+/// that matches no container (a typo, an id) never becomes a series. Off: nothing is counted
+/// or exported. A collector of our own because the filter depends on the view.
+#[derive(Clone)]
+struct ContainerUpdates {
+    counts: IntCounterVec,
+    on: bool,
+    /// The fleet view of the scrape under way: container names by host.
+    view: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+}
+
+impl Collector for ContainerUpdates {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counts.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if !self.on {
+            return Vec::new();
+        }
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let mut families = self.counts.collect();
+        for family in &mut families {
+            family.mut_metric().retain(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map_or("", |pair| pair.value())
+                };
+                view.get(label(HOST))
+                    .is_some_and(|names| names.contains(label(CONTAINER)))
+            });
+        }
+        families
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn opts(family: &Family) -> Opts {
+    Opts::new(family.name, family.help)
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
+/// `collector`, registered in `registry` (its clones share their values).
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// The series of `vec` with label `values`. Their number is the family's, fixed in this
+/// file (the tests make every series): a mismatch, prometheus's only refusal, records nothing.
+fn series<B: MetricVecBuilder>(vec: &MetricVec<B>, values: &[&str]) -> Option<B::M> {
+    vec.get_metric_with_label_values(values).ok()
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Registers every family; `per_container` switches the per-container update series on.
+    /// Fails only on an invalid or repeated name in [`crate::telemetry::families`].
+    pub fn new(per_container: bool) -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let histogram = |family: &Family, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::from(opts(family)).buckets(buckets.to_vec()))
+        };
+        let container_updates = ContainerUpdates {
+            counts: IntCounterVec::new(
+                opts(&CONTAINER_UPDATES_TOTAL),
+                CONTAINER_UPDATES_TOTAL.labels,
+            )?,
+            on: per_container,
+            view: Arc::default(),
+        };
+        let inner = Inner {
+            agents_connected: register(&r, IntGauge::with_opts(opts(&AGENTS_CONNECTED))?)?,
+            hosts: register(&r, IntGauge::with_opts(opts(&HOSTS))?)?,
+            host_connected: register(
+                &r,
+                IntGaugeVec::new(opts(&HOST_CONNECTED), HOST_CONNECTED.labels)?,
+            )?,
+            containers_monitored: register(
+                &r,
+                IntGaugeVec::new(opts(&CONTAINERS_MONITORED), CONTAINERS_MONITORED.labels)?,
+            )?,
+            updates_available: register(&r, IntGauge::with_opts(opts(&UPDATES_AVAILABLE))?)?,
+            updates: register(
+                &r,
+                IntCounterVec::new(opts(&UPDATES_TOTAL), UPDATES_TOTAL.labels)?,
+            )?,
+            container_updates: register(&r, container_updates)?,
+            rollbacks: register(&r, IntCounter::with_opts(opts(&ROLLBACKS_TOTAL))?)?,
+            registry_requests: register(
+                &r,
+                IntCounterVec::new(
+                    opts(&REGISTRY_REQUESTS_TOTAL),
+                    REGISTRY_REQUESTS_TOTAL.labels,
+                )?,
+            )?,
+            probe: register(&r, histogram(&REGISTRY_PROBE_SECONDS, &PROBE_BUCKETS)?)?,
+            ratelimit_remaining: register(
+                &r,
+                GaugeVec::new(
+                    opts(&REGISTRY_RATELIMIT_REMAINING),
+                    REGISTRY_RATELIMIT_REMAINING.labels,
+                )?,
+            )?,
+            cycle: register(&r, histogram(&CYCLE_SECONDS, &CYCLE_BUCKETS)?)?,
+            last_cycle: register(&r, Gauge::with_opts(opts(&LAST_CYCLE_TIMESTAMP_SECONDS))?)?,
+            rollouts: register(&r, IntGaugeVec::new(opts(&ROLLOUTS), ROLLOUTS.labels)?)?,
+            notifications: register(
+                &r,
+                IntCounterVec::new(opts(&NOTIFICATIONS_TOTAL), NOTIFICATIONS_TOTAL.labels)?,
+            )?,
+            registry: r,
+            dirty: AtomicBool::new(false),
+            scrape: Mutex::new(()),
+        };
+        Ok(Self(Arc::new(inner)))
     }
 
-    /// Switches per-container update series on or off.
-    pub fn set_per_container(&self, on: bool) {
-        self.per_container.store(on, Ordering::Relaxed);
-    }
-
-    /// Counters read back from the store at start.
-    pub fn restore(&self, counters: Counters) {
-        let mut s = self.lock();
-        s.counters = counters;
-        s.dirty = false;
+    /// Counters read back from the store at start (they replace the current ones).
+    pub fn restore(&self, stored: &Counters) {
+        let i = &self.0;
+        counters::restore(&i.updates, UPDATES_TOTAL.labels, &stored.updates);
+        counters::restore(
+            &i.registry_requests,
+            REGISTRY_REQUESTS_TOTAL.labels,
+            &stored.registry_requests,
+        );
+        counters::restore(
+            &i.notifications,
+            NOTIFICATIONS_TOTAL.labels,
+            &stored.notifications,
+        );
+        // Kept with per-container series off too, for when they are on again.
+        counters::restore(
+            &i.container_updates.counts,
+            CONTAINER_UPDATES_TOTAL.labels,
+            &stored.container_updates,
+        );
+        i.rollbacks.reset();
+        i.rollbacks.inc_by(stored.rollbacks);
+        i.dirty.store(false, Ordering::SeqCst);
     }
 
     /// The counters, when they changed since the last call (for the store).
     pub fn take_dirty(&self) -> Option<Counters> {
-        let mut s = self.lock();
-        if !s.dirty {
+        let i = &self.0;
+        if !i.dirty.swap(false, Ordering::SeqCst) {
             return None;
         }
-        s.dirty = false;
-        Some(s.counters.clone())
+        Some(Counters {
+            updates: counters::stored(&i.updates, UPDATES_TOTAL.labels),
+            rollbacks: i.rollbacks.get(),
+            registry_requests: counters::stored(
+                &i.registry_requests,
+                REGISTRY_REQUESTS_TOTAL.labels,
+            ),
+            notifications: counters::stored(&i.notifications, NOTIFICATIONS_TOTAL.labels),
+            container_updates: counters::stored(
+                &i.container_updates.counts,
+                CONTAINER_UPDATES_TOTAL.labels,
+            ),
+        })
+    }
+
+    fn changed(&self) {
+        self.0.dirty.store(true, Ordering::SeqCst);
     }
 
     /// An update of `container` on `host` ended with `outcome` (`updated`, `rolled-back`, ...).
     /// Every update is counted (and stored); a per-container series is exported only while
-    /// the fleet view has the container (see [`Metrics::render`]), so a name that matches no
-    /// container (a typo, an id) never becomes a series.
+    /// the fleet view has the container (see [`ContainerUpdates`]).
     pub fn update_done(&self, host: &str, container: &str, outcome: &str) {
-        let per_container = self.per_container.load(Ordering::Relaxed);
-        let mut s = self.lock();
-        *s.counters
-            .updates
-            .entry(format!("{host}\t{outcome}"))
-            .or_default() += 1;
-        if per_container {
-            *s.counters
-                .container_updates
-                .entry(format!("{host}\t{container}\t{outcome}"))
-                .or_default() += 1;
+        let i = &self.0;
+        if let Some(c) = series(&i.updates, &[host, outcome]) {
+            c.inc();
+        }
+        if i.container_updates.on
+            && let Some(c) = series(&i.container_updates.counts, &[host, container, outcome])
+        {
+            c.inc();
         }
         if matches!(outcome, "rolled-back" | "rollback-failed" | "reverted") {
-            s.counters.rollbacks += 1;
+            i.rollbacks.inc();
         }
-        s.dirty = true;
+        self.changed();
     }
 
     /// A request to `registry` answered `code` (0: no answer).
     pub fn registry_request(&self, registry: &str, method: &str, code: u16) {
-        let mut s = self.lock();
-        *s.counters
-            .registry_requests
-            .entry(format!("{registry}\t{method}\t{code}"))
-            .or_default() += 1;
-        s.dirty = true;
+        let code = code.to_string();
+        if let Some(c) = series(&self.0.registry_requests, &[registry, method, &code]) {
+            c.inc();
+        }
+        self.changed();
     }
 
     /// A probe took `seconds`.
     pub fn probe(&self, seconds: f64) {
-        self.lock().probe.observe(&PROBE_BUCKETS, seconds);
+        self.0.probe.observe(seconds);
     }
 
-    /// The registry's `ratelimit-remaining` (its first number).
+    /// The registry's `ratelimit-remaining` header (its first number).
     pub fn ratelimit(&self, registry: &str, header: &str) {
-        if let Some(n) = header
+        let remaining = header
             .split(';')
             .next()
-            .and_then(|n| n.trim().parse::<f64>().ok())
+            .and_then(|n| n.trim().parse::<f64>().ok());
+        if let Some(n) = remaining
+            && let Some(g) = series(&self.0.ratelimit_remaining, &[registry])
         {
-            self.lock()
-                .ratelimit_remaining
-                .insert(registry.to_owned(), n);
+            g.set(n);
         }
     }
 
     /// A notification through `scheme` ended with `outcome`.
     pub fn notification(&self, scheme: &str, outcome: &str) {
-        let mut s = self.lock();
-        *s.counters
-            .notifications
-            .entry(format!("{scheme}\t{outcome}"))
-            .or_default() += 1;
-        s.dirty = true;
+        if let Some(c) = series(&self.0.notifications, &[scheme, outcome]) {
+            c.inc();
+        }
+        self.changed();
     }
 
     /// A cycle ended at `unix_seconds` after `seconds`, having watched `monitored` containers
@@ -231,562 +320,75 @@ impl Metrics {
         monitored: BTreeMap<String, u64>,
         available: u64,
     ) {
-        let mut s = self.lock();
-        s.cycle.observe(&CYCLE_BUCKETS, seconds);
-        s.last_cycle_seconds = unix_seconds;
-        s.monitored = monitored;
-        s.updates_available = available;
+        let i = &self.0;
+        i.cycle.observe(seconds);
+        i.last_cycle.set(unix_seconds);
+        // The hosts of this cycle only: one that left is no longer watched.
+        i.containers_monitored.reset();
+        for (host, n) in &monitored {
+            if let Some(g) = series(&i.containers_monitored, &[host]) {
+                g.set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
+        i.updates_available
+            .set(i64::try_from(available).unwrap_or(i64::MAX));
     }
 
-    /// Every figure, in the Prometheus text format (version 0.0.4). Per-container series are
-    /// limited to the (host, container) pairs of `fleet`; their stored counts are kept either
-    /// way, so a series goes on from its count when its container is back in the view.
-    pub fn render(&self, fleet: &FleetFigures) -> String {
-        let s = self.lock();
-        let per_container = self.per_container.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut lines: Vec<String> = Vec::new();
-        let emit = |out_lines: &mut Vec<String>, name: &str, l: &[(&str, &str)], v: f64| {
-            out_lines.push(format!("{name}{} {}", labels(l), number(v)));
-        };
-        // Families are written header first, then their samples.
-        let flush = |out: &mut String, lines: &mut Vec<String>| {
-            for l in lines.drain(..) {
-                out.push_str(&l);
-                out.push('\n');
-            }
-        };
-        let section = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        };
-
-        section(
-            &mut out,
-            "ouroboros_agents_connected",
-            "gauge",
-            "Agents connected now.",
-        );
-        emit(
-            &mut lines,
-            "ouroboros_agents_connected",
-            &[],
-            fleet.agents_connected() as f64,
-        );
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_hosts",
-            "gauge",
-            "Hosts the coordinator knows.",
-        );
-        emit(&mut lines, "ouroboros_hosts", &[], fleet.hosts() as f64);
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_host_connected",
-            "gauge",
-            "Whether the host's agent is connected now (1) or not (0), for every host the coordinator knows.",
-        );
+    /// Every family with samples, the fleet gauges set from `fleet` first; the
+    /// per-container series limited to the (host, container) pairs of `fleet`.
+    pub fn gather(&self, fleet: &FleetFigures) -> Vec<MetricFamily> {
+        let i = &self.0;
+        let _one_scrape = i.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        i.agents_connected.set(count(fleet.agents_connected()));
+        i.hosts.set(count(fleet.hosts()));
+        i.host_connected.reset();
         for (host, connected) in &fleet.host_connected {
-            emit(
-                &mut lines,
-                "ouroboros_host_connected",
-                &[("host", host)],
-                f64::from(u8::from(*connected)),
-            );
+            if let Some(g) = series(&i.host_connected, &[host]) {
+                g.set(i64::from(*connected));
+            }
         }
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_containers_monitored",
-            "gauge",
-            "Containers the last cycle watched, by host.",
-        );
-        for (host, n) in &s.monitored {
-            emit(
-                &mut lines,
-                "ouroboros_containers_monitored",
-                &[("host", host)],
-                *n as f64,
-            );
+        i.rollouts.reset();
+        for (state, n) in &fleet.rollouts {
+            if let Some(g) = series(&i.rollouts, &[state]) {
+                g.set(count(*n));
+            }
         }
-        flush(&mut out, &mut lines);
+        *i.container_updates
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = fleet.containers.clone();
+        i.registry.gather()
+    }
 
-        section(
-            &mut out,
-            "ouroboros_updates_available",
-            "gauge",
-            "Updates the last cycle found.",
-        );
-        emit(
-            &mut lines,
-            "ouroboros_updates_available",
-            &[],
-            s.updates_available as f64,
-        );
-        flush(&mut out, &mut lines);
+    /// The families `/metrics` lists: all of them, per-container updates only when on.
+    pub fn declared(&self) -> impl Iterator<Item = &'static Family> + use<> {
+        let per_container = self.0.container_updates.on;
+        ALL.iter()
+            .filter(move |f| per_container || f.name != CONTAINER_UPDATES_TOTAL.name)
+    }
 
-        section(
-            &mut out,
-            "ouroboros_updates_total",
-            "counter",
-            "Container updates that ended, by host and outcome.",
-        );
-        for (key, n) in &s.counters.updates {
-            let (host, outcome) = key.split_once('\t').unwrap_or((key, ""));
-            emit(
-                &mut lines,
-                "ouroboros_updates_total",
-                &[("host", host), ("outcome", outcome)],
-                *n as f64,
-            );
-        }
-        flush(&mut out, &mut lines);
-
-        if per_container {
-            section(
-                &mut out,
-                "ouroboros_container_updates_total",
-                "counter",
-                "Container updates that ended, by host, container and outcome.",
-            );
-            for (key, n) in &s.counters.container_updates {
-                let mut parts = key.splitn(3, '\t');
-                let (host, container, outcome) = (
-                    parts.next().unwrap_or(""),
-                    parts.next().unwrap_or(""),
-                    parts.next().unwrap_or(""),
-                );
-                if !fleet.has_container(host, container) {
-                    continue;
+    /// Every figure in the Prometheus text format (version 0.0.4), families in the order of
+    /// [`ALL`], samples as the registry sorts them (by label values).
+    pub fn render(&self, fleet: &FleetFigures) -> Result<String, prometheus::Error> {
+        let gathered = self.gather(fleet);
+        let encoder = TextEncoder::new();
+        let mut out = String::new();
+        for family in self.declared() {
+            match gathered.iter().find(|g| g.name() == family.name) {
+                Some(g) => encoder.encode_utf8(std::slice::from_ref(g), &mut out)?,
+                // Written by hand: the registry leaves out a family without samples and
+                // TextEncoder refuses one, but every family is declared, as it always was,
+                // so that dashboards and alert rules find theirs before its first sample.
+                None => {
+                    let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+                    let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind_name());
                 }
-                emit(
-                    &mut lines,
-                    "ouroboros_container_updates_total",
-                    &[
-                        ("host", host),
-                        ("container", container),
-                        ("outcome", outcome),
-                    ],
-                    *n as f64,
-                );
             }
-            flush(&mut out, &mut lines);
         }
-
-        section(
-            &mut out,
-            "ouroboros_rollbacks_total",
-            "counter",
-            "Updates undone: rolled back by an agent or sent back by a rollout.",
-        );
-        emit(
-            &mut lines,
-            "ouroboros_rollbacks_total",
-            &[],
-            s.counters.rollbacks as f64,
-        );
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_registry_requests_total",
-            "counter",
-            "Registry requests, by registry, method and status code (0: no answer).",
-        );
-        for (key, n) in &s.counters.registry_requests {
-            let mut parts = key.splitn(3, '\t');
-            let (registry, method, code) = (
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
-            emit(
-                &mut lines,
-                "ouroboros_registry_requests_total",
-                &[("registry", registry), ("method", method), ("code", code)],
-                *n as f64,
-            );
-        }
-        flush(&mut out, &mut lines);
-
-        histogram(
-            &mut out,
-            "ouroboros_registry_probe_seconds",
-            "Time of one tag's registry probe.",
-            &PROBE_BUCKETS,
-            &s.probe,
-        );
-
-        section(
-            &mut out,
-            "ouroboros_registry_ratelimit_remaining",
-            "gauge",
-            "The registry's ratelimit-remaining, as last seen.",
-        );
-        for (registry, n) in &s.ratelimit_remaining {
-            emit(
-                &mut lines,
-                "ouroboros_registry_ratelimit_remaining",
-                &[("registry", registry)],
-                *n,
-            );
-        }
-        flush(&mut out, &mut lines);
-
-        histogram(
-            &mut out,
-            "ouroboros_cycle_seconds",
-            "Time of one check cycle, its rollout included.",
-            &CYCLE_BUCKETS,
-            &s.cycle,
-        );
-
-        section(
-            &mut out,
-            "ouroboros_last_cycle_timestamp_seconds",
-            "gauge",
-            "When the last check cycle ended (unix seconds; 0: none yet).",
-        );
-        emit(
-            &mut lines,
-            "ouroboros_last_cycle_timestamp_seconds",
-            &[],
-            s.last_cycle_seconds,
-        );
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_rollouts",
-            "gauge",
-            "Stored rollouts, by state.",
-        );
-        for (state, n) in &fleet.rollouts {
-            emit(
-                &mut lines,
-                "ouroboros_rollouts",
-                &[("state", state)],
-                *n as f64,
-            );
-        }
-        flush(&mut out, &mut lines);
-
-        section(
-            &mut out,
-            "ouroboros_notifications_total",
-            "counter",
-            "Notifications sent, by scheme and outcome.",
-        );
-        for (key, n) in &s.counters.notifications {
-            let (scheme, outcome) = key.split_once('\t').unwrap_or((key, ""));
-            emit(
-                &mut lines,
-                "ouroboros_notifications_total",
-                &[("scheme", scheme), ("outcome", outcome)],
-                *n as f64,
-            );
-        }
-        flush(&mut out, &mut lines);
-        out
+        Ok(out)
     }
-
-    /// The same figures as InfluxDB line protocol points at `unix_ns`.
-    pub fn line_protocol(&self, fleet: &FleetFigures, unix_ns: i128) -> String {
-        let s = self.lock();
-        let tag = |v: &str| {
-            v.replace(',', "\\,")
-                .replace('=', "\\=")
-                .replace(' ', "\\ ")
-        };
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "ouroboros_fleet agents_connected={}i,hosts={}i,updates_available={}i,rollbacks_total={}i,last_cycle_timestamp_seconds={} {unix_ns}",
-            fleet.agents_connected(),
-            fleet.hosts(),
-            s.updates_available,
-            s.counters.rollbacks,
-            number(s.last_cycle_seconds)
-        );
-        for (host, connected) in &fleet.host_connected {
-            let _ = writeln!(
-                out,
-                "ouroboros_host_connected,host={} value={}i {unix_ns}",
-                tag(host),
-                u8::from(*connected)
-            );
-        }
-        for (host, n) in &s.monitored {
-            let _ = writeln!(
-                out,
-                "ouroboros_containers_monitored,host={} value={n}i {unix_ns}",
-                tag(host)
-            );
-        }
-        for (key, n) in &s.counters.updates {
-            let (host, outcome) = key.split_once('\t').unwrap_or((key, ""));
-            let _ = writeln!(
-                out,
-                "ouroboros_updates_total,host={},outcome={} value={n}i {unix_ns}",
-                tag(host),
-                tag(outcome)
-            );
-        }
-        for (key, n) in &s.counters.registry_requests {
-            let mut parts = key.splitn(3, '\t');
-            let _ = writeln!(
-                out,
-                "ouroboros_registry_requests_total,registry={},method={},code={} value={n}i {unix_ns}",
-                tag(parts.next().unwrap_or("")),
-                tag(parts.next().unwrap_or("")),
-                tag(parts.next().unwrap_or(""))
-            );
-        }
-        for (state, n) in &fleet.rollouts {
-            let _ = writeln!(
-                out,
-                "ouroboros_rollouts,state={} value={n}i {unix_ns}",
-                tag(state)
-            );
-        }
-        for (key, n) in &s.counters.notifications {
-            let (scheme, outcome) = key.split_once('\t').unwrap_or((key, ""));
-            let _ = writeln!(
-                out,
-                "ouroboros_notifications_total,scheme={},outcome={} value={n}i {unix_ns}",
-                tag(scheme),
-                tag(outcome)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "ouroboros_cycle_seconds count={}i,sum={} {unix_ns}",
-            s.cycle.count,
-            number(s.cycle.sum)
-        );
-        let _ = writeln!(
-            out,
-            "ouroboros_registry_probe_seconds count={}i,sum={} {unix_ns}",
-            s.probe.count,
-            number(s.probe.sum)
-        );
-        out
-    }
-}
-
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, bounds: &[f64], h: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for (i, le) in bounds.iter().enumerate() {
-        let n = h.buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", number(h.sum));
-    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A fleet view: container names by host.
-    fn view(hosts: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
-        hosts
-            .iter()
-            .map(|(h, names)| {
-                let names = names.iter().map(|n| (*n).to_owned()).collect();
-                ((*h).to_owned(), names)
-            })
-            .collect()
-    }
-
-    /// The sample lines of `family` (its HELP and TYPE lines left out).
-    fn samples<'t>(text: &'t str, family: &str) -> Vec<&'t str> {
-        text.lines()
-            .filter(|l| {
-                l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} "))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn per_container_series_exist_only_for_containers_the_fleet_view_has() {
-        let m = Metrics::default();
-        m.set_per_container(true);
-        m.update_done("web-01", "shop", "updated");
-        m.update_done("web-01", "nope", "error");
-        // A name of another host's container.
-        m.update_done("db-01", "shop", "error");
-        // A host the view does not have.
-        m.update_done("gone-01", "shop", "updated");
-        let mut fleet = FleetFigures {
-            host_connected: BTreeMap::from([("web-01".into(), true), ("db-01".into(), true)]),
-            containers: view(&[("web-01", &["shop"]), ("db-01", &["pg"])]),
-            ..FleetFigures::default()
-        };
-        let text = m.render(&fleet);
-        assert_eq!(
-            samples(&text, "ouroboros_container_updates_total"),
-            [
-                "ouroboros_container_updates_total{host=\"web-01\",container=\"shop\",outcome=\"updated\"} 1"
-            ],
-            "{text}"
-        );
-        // The updates themselves are still counted by host, and all of it is stored.
-        assert!(
-            text.contains("ouroboros_updates_total{host=\"web-01\",outcome=\"error\"} 1\n"),
-            "{text}"
-        );
-        let stored = m.take_dirty().unwrap();
-        assert_eq!(stored.container_updates.len(), 4, "{stored:?}");
-        assert_eq!(stored.updates.values().sum::<u64>(), 4);
-
-        // Out of the view (set aside during a recreate, say), the series is not exported; back
-        // in it, the series goes on from its stored count, after a restart too.
-        fleet.containers = view(&[("web-01", &[]), ("db-01", &["pg"])]);
-        let text = m.render(&fleet);
-        assert!(
-            samples(&text, "ouroboros_container_updates_total").is_empty(),
-            "{text}"
-        );
-        m.update_done("web-01", "shop", "updated");
-        let restarted = Metrics::default();
-        restarted.set_per_container(true);
-        restarted.restore(m.take_dirty().unwrap());
-        fleet.containers = view(&[("web-01", &["shop"]), ("db-01", &["pg"])]);
-        assert_eq!(
-            samples(
-                &restarted.render(&fleet),
-                "ouroboros_container_updates_total"
-            ),
-            [
-                "ouroboros_container_updates_total{host=\"web-01\",container=\"shop\",outcome=\"updated\"} 2"
-            ]
-        );
-    }
-
-    #[test]
-    fn every_known_host_has_a_connected_gauge_and_nothing_else_does() {
-        let m = Metrics::default();
-        // Figures of a host the fleet does not know make no host_connected series.
-        m.update_done("gone-01", "shop", "updated");
-        let fleet = FleetFigures {
-            host_connected: BTreeMap::from([
-                ("a".into(), true),
-                ("b".into(), false),
-                ("c\"d".into(), false),
-            ]),
-            ..FleetFigures::default()
-        };
-        let text = m.render(&fleet);
-        assert_eq!(
-            samples(&text, "ouroboros_host_connected"),
-            [
-                "ouroboros_host_connected{host=\"a\"} 1",
-                "ouroboros_host_connected{host=\"b\"} 0",
-                "ouroboros_host_connected{host=\"c\\\"d\"} 0",
-            ],
-            "{text}"
-        );
-        assert!(text.contains("ouroboros_agents_connected 1\n"), "{text}");
-        assert!(text.contains("ouroboros_hosts 3\n"), "{text}");
-        let points = m.line_protocol(&fleet, 7);
-        for needle in [
-            "ouroboros_fleet agents_connected=1i,hosts=3i,",
-            "ouroboros_host_connected,host=a value=1i 7\n",
-            "ouroboros_host_connected,host=b value=0i 7\n",
-        ] {
-            assert!(points.contains(needle), "missing {needle:?} in:\n{points}");
-        }
-        assert!(
-            !points.contains("ouroboros_host_connected,host=gone-01"),
-            "{points}"
-        );
-
-        // No hosts yet: the family is declared and has no samples.
-        let text = m.render(&FleetFigures::default());
-        assert!(
-            text.contains("# TYPE ouroboros_host_connected gauge\n"),
-            "{text}"
-        );
-        assert!(
-            samples(&text, "ouroboros_host_connected").is_empty(),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn the_text_format_has_every_family_and_escapes_labels() {
-        let m = Metrics::default();
-        m.set_per_container(true);
-        m.update_done("web-01", "shop", "updated");
-        m.update_done("web-01", "shop", "updated");
-        m.update_done("db-01", "pg", "rolled-back");
-        m.registry_request("registry.lan:5000", "HEAD", 200);
-        m.probe(0.02);
-        m.ratelimit("docker.io", "99;w=21600");
-        m.cycle(
-            1.5,
-            1_764_000_000.0,
-            BTreeMap::from([("web\"01".into(), 3)]),
-            2,
-        );
-        let fleet = FleetFigures {
-            host_connected: BTreeMap::from([("web-01".into(), true), ("db-01".into(), false)]),
-            containers: view(&[("web-01", &["shop"]), ("db-01", &["pg"])]),
-            rollouts: BTreeMap::from([("completed".into(), 4)]),
-        };
-        let text = m.render(&fleet);
-        for needle in [
-            "ouroboros_agents_connected 1\n",
-            "ouroboros_hosts 2\n",
-            "# TYPE ouroboros_host_connected gauge\n",
-            "ouroboros_host_connected{host=\"web-01\"} 1\n",
-            "ouroboros_host_connected{host=\"db-01\"} 0\n",
-            "ouroboros_containers_monitored{host=\"web\\\"01\"} 3\n",
-            "ouroboros_updates_available 2\n",
-            "ouroboros_updates_total{host=\"web-01\",outcome=\"updated\"} 2\n",
-            "ouroboros_updates_total{host=\"db-01\",outcome=\"rolled-back\"} 1\n",
-            "ouroboros_container_updates_total{host=\"web-01\",container=\"shop\",outcome=\"updated\"} 2\n",
-            "ouroboros_rollbacks_total 1\n",
-            "ouroboros_registry_requests_total{registry=\"registry.lan:5000\",method=\"HEAD\",code=\"200\"} 1\n",
-            "ouroboros_registry_probe_seconds_bucket{le=\"0.025\"} 1\n",
-            "ouroboros_registry_probe_seconds_count 1\n",
-            "ouroboros_registry_ratelimit_remaining{registry=\"docker.io\"} 99\n",
-            "ouroboros_cycle_seconds_sum 1.5\n",
-            "ouroboros_last_cycle_timestamp_seconds 1764000000\n",
-            "ouroboros_rollouts{state=\"completed\"} 4\n",
-            "# TYPE ouroboros_notifications_total counter\n",
-        ] {
-            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-        }
-        // Per-container series off: none, and no new ones are counted.
-        m.set_per_container(false);
-        m.update_done("web-01", "cart", "updated");
-        let text = m.render(&fleet);
-        assert!(
-            !text.contains("ouroboros_container_updates_total"),
-            "{text}"
-        );
-        // Counters go to the store and come back.
-        let counters = m.take_dirty().unwrap();
-        assert!(m.take_dirty().is_none(), "nothing changed since");
-        let restored = Metrics::default();
-        restored.restore(counters.clone());
-        assert_eq!(restored.lock().counters, counters);
-    }
-}
+mod tests;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ouroboros_coordinator::detect::credentials::Credentials;
 use ouroboros_coordinator::detect::registry::{ProbeError, RegistryClient, RegistryConfig};
+use ouroboros_coordinator::telemetry::metrics::{FleetFigures, Metrics};
 use ouroboros_shared::reference::ImageRef;
+use ouroboros_tests::exposition;
 use ouroboros_tests::fake_http::{FakeHttp, Request as Req, Response as Resp};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -59,13 +61,26 @@ fn repo_user(user: &str, password: &str) -> Arc<Credentials> {
     Arc::new(Credentials::from_repo(Some((user.into(), password.into()))))
 }
 
+/// Figures no test reads.
+fn metrics() -> Metrics {
+    Metrics::new(false).unwrap()
+}
+
 fn client(timeout: Duration) -> RegistryClient {
-    RegistryClient::new(RegistryConfig {
-        credentials: repo_user("user", "pass"),
-        timeout,
-        max_retry_after: Duration::from_secs(2),
-        ..RegistryConfig::default()
-    })
+    counted(timeout, metrics())
+}
+
+/// [`client`] counting in `metrics`.
+fn counted(timeout: Duration, metrics: Metrics) -> RegistryClient {
+    RegistryClient::new(
+        RegistryConfig {
+            credentials: repo_user("user", "pass"),
+            timeout,
+            max_retry_after: Duration::from_secs(2),
+            ..RegistryConfig::default()
+        },
+        metrics,
+    )
     .unwrap()
 }
 
@@ -120,7 +135,8 @@ fn bearer(token_answer: &'static str) -> Handler {
 #[tokio::test]
 async fn bearer_tokens_are_fetched_once_and_reused() {
     let fake = Fake::start(bearer(r#"{"token":"t1","expires_in":300}"#));
-    let c = client(Duration::from_secs(5));
+    let metrics = metrics();
+    let c = counted(Duration::from_secs(5), metrics.clone());
     let first = c.digest(&fake.image()).await.unwrap();
     assert_eq!(first.digest, DIGEST);
     assert_eq!(first.ratelimit_remaining.as_deref(), Some("99;w=21600"));
@@ -130,6 +146,28 @@ async fn bearer_tokens_are_fetched_once_and_reused() {
     // 401 + authenticated HEAD, then one HEAD; never a manifest GET.
     assert_eq!(fake.count("HEAD", "/v2/team/app/manifests/1"), 3);
     assert_eq!(fake.count("GET", "/v2/"), 0);
+
+    // Every request is counted by its answer, each probe timed, the rate limit kept.
+    let text = metrics.render(&FleetFigures::default()).unwrap();
+    let requests = |method, code| {
+        let labels = [
+            ("registry", fake.addr.as_str()),
+            ("method", method),
+            ("code", code),
+        ];
+        exposition::value(&text, "ouroboros_registry_requests_total", &labels)
+    };
+    assert_eq!(requests("HEAD", "401"), Some(1.0), "{text}");
+    assert_eq!(requests("HEAD", "200"), Some(2.0), "{text}");
+    assert_eq!(requests("GET", "200"), Some(1.0), "the token: {text}");
+    let probes = exposition::value(&text, "ouroboros_registry_probe_seconds_count", &[]);
+    assert_eq!(probes, Some(2.0), "{text}");
+    let remaining = exposition::value(
+        &text,
+        "ouroboros_registry_ratelimit_remaining",
+        &[("registry", &fake.addr)],
+    );
+    assert_eq!(remaining, Some(99.0), "{text}");
 }
 
 #[tokio::test]
@@ -270,10 +308,13 @@ async fn the_real_registry_answers_the_pushed_digest_with_head_requests_only() {
     let repo = unique_name("probe");
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1).unwrap();
     let image = ImageRef::parse(&v1.reference).unwrap();
-    let client = RegistryClient::new(RegistryConfig {
-        credentials: repo_user(user, password),
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            credentials: repo_user(user, password),
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     let path = format!("/v2/{repo}/manifests/stable");
     let before_heads = registry.count("HEAD", &path);
@@ -293,7 +334,7 @@ async fn the_real_registry_answers_the_pushed_digest_with_head_requests_only() {
     assert_ne!(v2.digest, v1.digest);
     assert_eq!(client.digest(&image).await.unwrap().digest, v2.digest);
 
-    let anonymous = RegistryClient::new(RegistryConfig::default()).unwrap();
+    let anonymous = RegistryClient::new(RegistryConfig::default(), metrics()).unwrap();
     let e = anonymous.digest(&image).await.unwrap_err();
     assert!(matches!(e, ProbeError::Unauthorized { .. }), "{e}");
     engine.logout(registry.addr()).unwrap();
@@ -338,11 +379,14 @@ fn client_with_config(text: &str) -> (RegistryClient, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), text).unwrap();
     let credentials = Credentials::new(None, Some(dir.path())).unwrap();
-    let client = RegistryClient::new(RegistryConfig {
-        credentials: Arc::new(credentials),
-        timeout: Duration::from_secs(5),
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            credentials: Arc::new(credentials),
+            timeout: Duration::from_secs(5),
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     (client, dir)
 }
@@ -458,11 +502,14 @@ async fn credentials_go_only_to_their_own_registry() {
 #[tokio::test]
 async fn a_long_retry_after_throttles_the_whole_registry_without_more_requests() {
     let fake = Fake::start(Arc::new(|_: &Req| resp(429, &[("Retry-After", "3600")])));
-    let client = RegistryClient::new(RegistryConfig {
-        per_registry: 2,
-        max_retry_after: Duration::from_secs(2),
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            per_registry: 2,
+            max_retry_after: Duration::from_secs(2),
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     let images: Vec<ImageRef> = (0..6)
         .map(|i| ImageRef::parse(&format!("{}/team/app:{i}", fake.addr)).unwrap())
@@ -502,10 +549,13 @@ async fn a_429_without_retry_after_backs_off_and_other_probes_wait_too() {
             resp(200, &[("Docker-Content-Digest", DIGEST)])
         }
     }));
-    let client = RegistryClient::new(RegistryConfig {
-        per_registry: 1,
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            per_registry: 1,
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     let a = ImageRef::parse(&format!("{}/team/app:a", fake.addr)).unwrap();
     let b = ImageRef::parse(&format!("{}/team/app:b", fake.addr)).unwrap();
@@ -561,16 +611,19 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
     let addr = server.addr().to_string();
     let served = || server.count("HEAD", "/v2/");
     let image = ImageRef::parse(&format!("{addr}/team/app:1")).unwrap();
-    let with_ca = RegistryClient::new(RegistryConfig {
-        extra_ca_pem: Some(std::fs::read(pki.ca_cert()).unwrap()),
-        ..RegistryConfig::default()
-    })
+    let with_ca = RegistryClient::new(
+        RegistryConfig {
+            extra_ca_pem: Some(std::fs::read(pki.ca_cert()).unwrap()),
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     assert_eq!(with_ca.digest(&image).await.unwrap().digest, DIGEST);
     assert_eq!(served(), 1);
 
     // Without the CA the certificate is refused, with the reason, and nothing is served.
-    let without = RegistryClient::new(RegistryConfig::default()).unwrap();
+    let without = RegistryClient::new(RegistryConfig::default(), metrics()).unwrap();
     let e = without.digest(&image).await.unwrap_err();
     assert!(
         matches!(e, ProbeError::Transport { .. }) && e.to_string().contains("certificate"),
@@ -579,10 +632,13 @@ async fn a_tls_registry_is_verified_and_an_extra_ca_can_be_trusted() {
     assert_eq!(served(), 1);
 
     // Listed as insecure, the registry is spoken to in plain HTTP, which this one refuses.
-    let plain = RegistryClient::new(RegistryConfig {
-        insecure: vec![addr.clone()],
-        ..RegistryConfig::default()
-    })
+    let plain = RegistryClient::new(
+        RegistryConfig {
+            insecure: vec![addr.clone()],
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     assert!(plain.digest(&image).await.is_err());
     assert_eq!(served(), 1);
@@ -606,10 +662,13 @@ async fn a_burst_of_429s_is_one_throttle_not_a_runaway_backoff() {
             resp(200, &[("Docker-Content-Digest", DIGEST)])
         }
     }));
-    let client = RegistryClient::new(RegistryConfig {
-        per_registry: 8,
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            per_registry: 8,
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     let images: Vec<ImageRef> = (0..8)
         .map(|i| ImageRef::parse(&format!("{}/team/app:{i}", fake.addr)).unwrap())
@@ -654,19 +713,25 @@ async fn credentials_go_to_the_plain_http_token_server_of_a_listed_insecure_regi
             challenge(r)
         }),
     );
-    let client = RegistryClient::new(RegistryConfig {
-        credentials: repo_user("user", "pass"),
-        insecure: vec![fake.addr.clone()],
-        ..RegistryConfig::default()
-    })
+    let client = RegistryClient::new(
+        RegistryConfig {
+            credentials: repo_user("user", "pass"),
+            insecure: vec![fake.addr.clone()],
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     assert_eq!(client.digest(&fake.image()).await.unwrap().digest, DIGEST);
     // Not listed: plain HTTP to it is refused outright (TLS is required).
-    let strict = RegistryClient::new(RegistryConfig {
-        credentials: repo_user("user", "pass"),
-        timeout: Duration::from_secs(1),
-        ..RegistryConfig::default()
-    })
+    let strict = RegistryClient::new(
+        RegistryConfig {
+            credentials: repo_user("user", "pass"),
+            timeout: Duration::from_secs(1),
+            ..RegistryConfig::default()
+        },
+        metrics(),
+    )
     .unwrap();
     assert!(strict.digest(&fake.image()).await.is_err());
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Binaries, Cleanup, Process, Registry, eventually, publish, require_engine, unique_name,
+    Binaries, Cleanup, Process, Registry, eventually, exposition, publish, require_engine,
+    unique_name,
 };
 
 use crate::fleet::Coordinator;
@@ -120,10 +121,16 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
         "the update of nope was not counted ({answer}):\n{text}"
     );
     assert!(!text.contains("container=\"nope\""), "{text}");
-    let per_container = format!(
-        "ouroboros_container_updates_total{{host=\"host-a\",container=\"{name}\",outcome=\"updated\"}} 1"
-    );
-    assert!(text.contains(&per_container), "{text}");
+    // Samples are compared by label set: their order on the line means nothing.
+    let per_container = |text: &str| {
+        let labels = [
+            ("host", "host-a"),
+            ("container", name.as_str()),
+            ("outcome", "updated"),
+        ];
+        exposition::value(text, "ouroboros_container_updates_total", &labels)
+    };
+    assert_eq!(per_container(&text), Some(1.0), "{text}");
     let connected = "ouroboros_host_connected{host=\"host-a\"}";
     assert!(text.contains(&format!("{connected} 1\n")), "{text}");
     let updated = "ouroboros_updates_total{host=\"host-a\",outcome=\"updated\"} 1";
@@ -134,7 +141,12 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
         "{text}"
     );
     assert!(
-        text.contains("ouroboros_registry_requests_total{registry=\"127.0.0.1:"),
+        exposition::samples(&text).iter().any(|s| {
+            s.name == "ouroboros_registry_requests_total"
+                && s.labels
+                    .get("registry")
+                    .is_some_and(|r| r.starts_with("127.0.0.1:"))
+        }),
         "{text}"
     );
     for family in [
@@ -278,7 +290,7 @@ fn prometheus_scrapes_the_fleet_and_counters_survive_a_restart() -> anyhow::Resu
     let addr = metrics_addr(&server)?;
     let (_, text) = get(&addr, "/metrics")?;
     assert!(text.contains(updated), "counter lost in a restart:\n{text}");
-    assert!(text.contains(&per_container), "{text}");
+    assert_eq!(per_container(&text), Some(1.0), "{text}");
     assert!(!text.contains("container=\"nope\""), "{text}");
     assert!(text.contains(&format!("{connected} 0\n")), "{text}");
     Ok(())

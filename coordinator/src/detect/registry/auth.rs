@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use super::{ProbeError, RegistryClient, record};
+use super::{ProbeError, RegistryClient};
 use crate::detect::credentials::{Credential, Secret};
 
 /// Longest a bearer token is kept, whatever `expires_in` says.
@@ -126,7 +126,7 @@ impl RegistryClient {
         let mut response = None;
         if let Some((method, request)) = request {
             let answer = request.send().await;
-            record(url.as_str(), method, &answer);
+            self.record(url.as_str(), method, &answer);
             let r = answer.map_err(|e| self.transport(e, image))?;
             if !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                 response = Some(r);
@@ -136,7 +136,7 @@ impl RegistryClient {
             Some(r) => r,
             None => {
                 let answer = self.http.get(url.clone()).send().await;
-                record(url.as_str(), "GET", &answer);
+                self.record(url.as_str(), "GET", &answer);
                 answer.map_err(|e| self.transport(e, image))?
             }
         };
