@@ -252,7 +252,7 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// An HTTP service, through the shared client.
-    pub fn http(notifier: Notifier, http: reqwest::Client) -> Self {
+    pub(super) fn http(notifier: Notifier, http: reqwest::Client) -> Self {
         Self {
             notifier,
             carrier: Carrier::Http(http),
@@ -260,7 +260,7 @@ impl Endpoint {
     }
 
     /// A mail service, through a transport of its own (built once, with its TLS roots).
-    pub fn mail(notifier: Notifier, mailer: Mailer) -> Self {
+    pub(super) fn mail(notifier: Notifier, mailer: Mailer) -> Self {
         Self {
             notifier,
             carrier: Carrier::Mail(Arc::new(mailer)),

@@ -76,9 +76,12 @@ pub enum SetupError {
     #[error(transparent)]
     Url(#[from] UrlError),
     #[error("the notification CA: {0}")]
-    Ca(String),
+    Ca(#[source] reqwest::Error),
     #[error("cannot build the notification client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
+    /// The extra CA certificates, as the mail transports read them.
+    #[error(transparent)]
+    MailCa(mail::MailSetupError),
     #[error("notifier {masked}: {source}")]
     Mail {
         masked: String,
@@ -140,22 +143,18 @@ impl Notifiers {
             .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")));
         // Self-hosted services (ntfy, Gotify, Apprise, webhooks) behind a private CA.
         if let Some(pem) = &ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| SetupError::Ca(e.to_string()))?
-            {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::Ca)? {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder
-            .build()
-            .map_err(|e| SetupError::Client(e.to_string()))?;
+        let http = builder.build().map_err(SetupError::Client)?;
         let mail_ca = match &ca_pem {
             Some(pem)
                 if notifiers
                     .iter()
                     .any(|n| matches!(n.service, Service::Mail(_))) =>
             {
-                Some(mail::extra_ca(pem).map_err(|e| SetupError::Ca(e.to_string()))?)
+                Some(mail::extra_ca(pem).map_err(SetupError::MailCa)?)
             }
             _ => None,
         };
@@ -380,5 +379,18 @@ mod tests {
             Notifiers::new(&[" ".to_owned()], None, &ApiRoots::new(), None)
                 .is_ok_and(|n| n.is_empty())
         );
+        // A CA file that is no PEM: one line, said once.
+        let e = Notifiers::new(
+            &["mailtos://smtp.lan".to_owned()],
+            None,
+            &ApiRoots::new(),
+            Some(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n".to_vec()),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.starts_with("the notification CA: "), "{e}");
+        assert_eq!(e.matches("notification CA").count(), 1, "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }
