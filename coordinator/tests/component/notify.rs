@@ -1,96 +1,23 @@
-//! Each notification scheme against a real local receiver: an HTTP server that records what
-//! it gets (the services with fixed hosts are pointed at it with API roots), and a real SMTP
-//! server from Debian's `python3-aiosmtpd` (plain with AUTH on loopback, STARTTLS, and TLS).
-//! Every request must match the service's documented API: method, path, fields.
+//! Each notification scheme against a real local receiver: the harness's fake HTTP server,
+//! which records what it gets (the services with fixed hosts are pointed at it with API
+//! roots), and a real SMTP server from Debian's `python3-aiosmtpd` (plain with AUTH on
+//! loopback, STARTTLS, and TLS). Every request must match the service's documented API:
+//! method, path, fields.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ouroboros_coordinator::notify::{ApiRoots, Kind, Message, Notifiers};
+use ouroboros_tests::fake_http::{FakeHttp, Request, Response};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-#[derive(Debug, Clone)]
-struct Got {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+fn json(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).unwrap_or(Value::Null)
 }
 
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// An HTTP server on 127.0.0.1 answering 200 to everything and keeping the requests.
-async fn receiver() -> (String, Arc<Mutex<Vec<Got>>>) {
-    receiver_answering("200 OK").await
-}
-
-/// [`receiver`] answering `status` (e.g. `404 Not Found`).
-async fn receiver_answering(status: &'static str) -> (String, Arc<Mutex<Vec<Got>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-    let log = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let (head_end, length) = loop {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
-                        let length = head
-                            .lines()
-                            .filter_map(|l| l.split_once(':'))
-                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        break (i + 4, length);
-                    }
-                };
-                while buf.len() < head_end + length {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let mut lines = head.lines();
-                let mut first = lines.next().unwrap_or_default().split(' ');
-                let got = Got {
-                    method: first.next().unwrap_or_default().to_owned(),
-                    path: first.next().unwrap_or_default().to_owned(),
-                    headers: lines
-                        .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                        .collect(),
-                    body: String::from_utf8_lossy(&buf[head_end..]).to_string(),
-                };
-                log.lock().unwrap().push(got);
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    (addr, got)
+/// A receiver on 127.0.0.1 answering `status` to everything.
+fn receiver_answering(status: u16) -> FakeHttp {
+    FakeHttp::start(move |_| Response::new(status).json(&serde_json::json!({}))).unwrap()
 }
 
 fn message() -> Message {
@@ -102,32 +29,33 @@ fn message() -> Message {
     }
 }
 
-/// Sends one message through `url` and returns what the receiver got.
-async fn through(url: &str, roots: &ApiRoots, got: &Arc<Mutex<Vec<Got>>>) -> Vec<Got> {
-    got.lock().unwrap().clear();
+/// Sends one message through `url` and returns what the receiver got for it.
+async fn through(url: &str, roots: &ApiRoots, server: &FakeHttp) -> Vec<Request> {
+    let before = server.requests().len();
     let notifiers = Notifiers::new(&[url.to_owned()], None, roots, None).unwrap();
     for task in notifiers.send(message()) {
         assert!(task.await.unwrap(), "{url}: not delivered");
     }
-    got.lock().unwrap().clone()
+    server.requests().split_off(before)
 }
 
 #[tokio::test]
 async fn every_http_scheme_speaks_its_service_api() {
-    let (addr, got) = receiver().await;
-    let root = format!("http://{addr}");
+    let server = receiver_answering(200);
+    let addr = server.addr();
+    let root = server.url();
     let roots: ApiRoots = ["discord", "slack", "tgram", "pushover", "msteams", "ntfy"]
         .iter()
         .map(|s| ((*s).to_owned(), root.clone()))
         .collect();
 
     // Apprise's JSON webhook: POST, version/title/message/type, Basic when given.
-    let r = through(&format!("json://u:p@{addr}/hook"), &roots, &got).await;
+    let r = through(&format!("json://u:p@{addr}/hook"), &roots, &server).await;
     assert_eq!(
         (r[0].method.as_str(), r[0].path.as_str()),
         ("POST", "/hook")
     );
-    let body = r[0].json();
+    let body = json(&r[0]);
     assert_eq!(body["version"], "1.0");
     assert_eq!(body["title"], "Ouroboros: 2 container(s) updated");
     assert_eq!(body["type"], "success");
@@ -136,38 +64,38 @@ async fn every_http_scheme_speaks_its_service_api() {
     assert_eq!(r[0].header("content-type"), Some("application/json"));
 
     // Discord: POST /api/webhooks/{id}/{token}, content.
-    let r = through("discord://1234/tok", &roots, &got).await;
+    let r = through("discord://1234/tok", &roots, &server).await;
     assert_eq!(r[0].path, "/api/webhooks/1234/tok");
     assert!(
-        r[0].json()["content"]
+        json(&r[0])["content"]
             .as_str()
             .unwrap()
             .contains("db-01/pg")
     );
 
     // Slack: POST /services/A/B/C, text (and channel).
-    let r = through("slack://TA/TB/TC/%23ops", &roots, &got).await;
+    let r = through("slack://TA/TB/TC/%23ops", &roots, &server).await;
     assert_eq!(r[0].path, "/services/TA/TB/TC");
-    assert!(r[0].json()["text"].as_str().unwrap().contains("updated"));
-    assert_eq!(r[0].json()["channel"], "#ops");
+    assert!(json(&r[0])["text"].as_str().unwrap().contains("updated"));
+    assert_eq!(json(&r[0])["channel"], "#ops");
 
     // Telegram: POST /bot{token}/sendMessage per chat, chat_id and text.
-    let r = through("tgram://123:abc/42/43", &roots, &got).await;
+    let r = through("tgram://123:abc/42/43", &roots, &server).await;
     assert_eq!(r.len(), 2, "one request per chat");
     assert_eq!(r[0].path, "/bot123:abc/sendMessage");
-    let chats: Vec<Value> = r.iter().map(|g| g.json()["chat_id"].clone()).collect();
+    let chats: Vec<Value> = r.iter().map(|g| json(g)["chat_id"].clone()).collect();
     assert_eq!(chats, vec![Value::from("42"), Value::from("43")]);
     assert!(
-        r[0].json()["text"]
+        json(&r[0])["text"]
             .as_str()
             .unwrap()
             .contains("web-01/shop")
     );
 
     // Pushover: POST /1/messages.json, token, user, title, message (device).
-    let r = through("pushover://ukey@atoken/phone", &roots, &got).await;
+    let r = through("pushover://ukey@atoken/phone", &roots, &server).await;
     assert_eq!(r[0].path, "/1/messages.json");
-    let b = r[0].json();
+    let b = json(&r[0]);
     assert_eq!(
         (b["token"].as_str(), b["user"].as_str()),
         (Some("atoken"), Some("ukey"))
@@ -176,15 +104,15 @@ async fn every_http_scheme_speaks_its_service_api() {
     assert_eq!(b["title"], "Ouroboros: 2 container(s) updated");
 
     // Microsoft Teams: POST to the incoming webhook, a MessageCard.
-    let r = through("msteams://team/TA/TB/TC", &roots, &got).await;
+    let r = through("msteams://team/TA/TB/TC", &roots, &server).await;
     assert_eq!(r[0].path, "/webhookb2/TA/IncomingWebhook/TB/TC");
-    let b = r[0].json();
+    let b = json(&r[0]);
     assert_eq!(b["@type"], "MessageCard");
     assert_eq!(b["title"], "Ouroboros: 2 container(s) updated");
     assert!(b["text"].as_str().unwrap().contains("db-01/pg"));
 
     // ntfy: POST /{topic}, the message as body, title in X-Title; own host or ntfy.sh's root.
-    let r = through(&format!("ntfy://{addr}/fleet"), &roots, &got).await;
+    let r = through(&format!("ntfy://{addr}/fleet"), &roots, &server).await;
     assert_eq!(
         (r[0].method.as_str(), r[0].path.as_str()),
         ("POST", "/fleet")
@@ -193,22 +121,22 @@ async fn every_http_scheme_speaks_its_service_api() {
         r[0].header("x-title"),
         Some("Ouroboros: 2 container(s) updated")
     );
-    assert!(r[0].body.contains("web-01/shop"));
-    let r = through("ntfy://public-topic", &roots, &got).await;
+    assert!(r[0].text().contains("web-01/shop"));
+    let r = through("ntfy://public-topic", &roots, &server).await;
     assert_eq!(r[0].path, "/public-topic");
 
     // Gotify: POST /message with the app token, title/message/priority.
-    let r = through(&format!("gotify://{addr}/AppTok"), &roots, &got).await;
+    let r = through(&format!("gotify://{addr}/AppTok"), &roots, &server).await;
     assert_eq!(r[0].path, "/message");
     assert_eq!(r[0].header("x-gotify-key"), Some("AppTok"));
-    assert_eq!(r[0].json()["priority"], 5);
-    assert_eq!(r[0].json()["title"], "Ouroboros: 2 container(s) updated");
+    assert_eq!(json(&r[0])["priority"], 5);
+    assert_eq!(json(&r[0])["title"], "Ouroboros: 2 container(s) updated");
 
     // Apprise API: POST /notify/{token}, title/body/type.
-    let r = through(&format!("apprise://{addr}/cfgkey"), &roots, &got).await;
+    let r = through(&format!("apprise://{addr}/cfgkey"), &roots, &server).await;
     assert_eq!(r[0].path, "/notify/cfgkey");
-    assert_eq!(r[0].json()["type"], "success");
-    assert!(r[0].json()["body"].as_str().unwrap().contains("db-01/pg"));
+    assert_eq!(json(&r[0])["type"], "success");
+    assert!(json(&r[0])["body"].as_str().unwrap().contains("db-01/pg"));
 }
 
 #[tokio::test]
@@ -237,29 +165,39 @@ async fn a_failing_service_is_retried_then_given_up_without_blocking() {
     }
 }
 
+/// A running SMTP server, stopped when dropped (also when an assertion fails).
+struct Smtpd(std::process::Child);
+
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A real SMTP server (aiosmtpd) recording what it accepts; `tls`: none, `starttls` or
 /// `implicit`.
-fn smtp_server(
-    dir: &std::path::Path,
-    port: u16,
-    tls: &str,
-    cert: &str,
-    key: &str,
-) -> std::process::Child {
+fn smtp_server(dir: &std::path::Path, port: u16, tls: &str, cert: &str, key: &str) -> Smtpd {
     let script = dir.join("smtpd.py");
     std::fs::write(
         &script,
-        r#"import ssl, sys, time
+        r#"import email, email.policy, ssl, sys, time
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 port, out, mode, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 class Handler:
     async def handle_DATA(self, server, session, envelope):
-        with open(out, 'a') as f:
-            f.write('FROM %s\nTO %s\nAUTH %s\n%s\n---\n' % (envelope.mail_from, ','.join(envelope.rcpt_tos), session.authenticated, envelope.content.decode()))
+        # What a mail reader shows: the decoded subject and body (lines joined by '|').
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with open(out, 'a', encoding='utf-8') as f:
+            f.write('FROM %s\nTO %s\nAUTH %s\nSUBJECT %s\nBODY %s\n%s\n---\n' % (envelope.mail_from, ','.join(envelope.rcpt_tos), session.authenticated, msg['subject'], msg.get_content().replace('\r\n', '\n').replace('\n', '|'), envelope.content.decode()))
         return '250 OK'
 def auth(server, session, envelope, mechanism, data):
-    return AuthResult(success=isinstance(data, LoginPassword) and data.login == b'ops' and data.password == b'p@ss:w')
+    ok = isinstance(data, LoginPassword) and data.login == b'ops' and data.password == b'p@ss:w'
+    with open(out + '.auth', 'a', encoding='utf-8') as f:
+        f.write('%s %s\n' % (mechanism, ok))
+    # handled=False: aiosmtpd answers 535 itself (its default is to answer nothing).
+    return AuthResult(success=ok, handled=False)
 ctx = None
 if mode != 'none':
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -278,7 +216,7 @@ while True:
     )
     .unwrap();
     // Debian's interpreter, whose dist-packages hold aiosmtpd (not a pyenv one on PATH).
-    std::process::Command::new("/usr/bin/python3")
+    let child = std::process::Command::new("/usr/bin/python3")
         .arg(&script)
         .args([
             &port.to_string(),
@@ -290,7 +228,8 @@ while True:
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("python3 with aiosmtpd (Debian's python3-aiosmtpd)")
+        .expect("python3 with aiosmtpd (Debian's python3-aiosmtpd)");
+    Smtpd(child)
 }
 
 #[tokio::test]
@@ -314,7 +253,7 @@ async fn mail_goes_through_a_real_smtp_server_plain_starttls_and_tls() {
             .local_addr()
             .unwrap()
             .port();
-        let mut server = smtp_server(dir.path(), port, mode, &cert, &key);
+        let server = smtp_server(dir.path(), port, mode, &cert, &key);
         // Up when it answers.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -327,6 +266,20 @@ async fn mail_goes_through_a_real_smtp_server_plain_starttls_and_tls() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // A wrong password: refused (535) once, not asked again.
+        let wrong = format!("{scheme}://ops:wrong@127.0.0.1:{port}?to=ops@fleet.lan");
+        let notifiers = Notifiers::new(&[wrong], None, &ApiRoots::new(), Some(ca.clone())).unwrap();
+        for task in notifiers.send(message()) {
+            assert!(
+                !task.await.unwrap(),
+                "{mode}: delivered with a wrong password"
+            );
+        }
+        let auth_log = dir.path().join(format!("mail-{mode}.txt.auth"));
+        let tries = std::fs::read_to_string(&auth_log).unwrap_or_default();
+        assert_eq!(tries.lines().count(), 1, "{mode}: {tries}");
+        assert!(tries.ends_with("False\n"), "{mode}: {tries}");
+
         let url = format!(
             "{scheme}://ops:p%40ss%3Aw@127.0.0.1:{port}?from=ouroboros@fleet.lan&to=ops@fleet.lan,oncall@fleet.lan"
         );
@@ -334,8 +287,17 @@ async fn mail_goes_through_a_real_smtp_server_plain_starttls_and_tls() {
         for task in notifiers.send(message()) {
             assert!(task.await.unwrap(), "{mode}: not delivered");
         }
-        let _ = server.kill();
-        let _ = server.wait();
+        // Non-ASCII in the subject and the body, and a line longer than SMTP allows.
+        let long_line = "x".repeat(3000);
+        let accented = Message {
+            title: "Ouroboros: mise à jour ✓".into(),
+            body: format!("web-01/café: a → b\n{long_line}"),
+            ..message()
+        };
+        for task in notifiers.send(accented) {
+            assert!(task.await.unwrap(), "{mode}: not delivered");
+        }
+        drop(server);
         let mail = std::fs::read_to_string(dir.path().join(format!("mail-{mode}.txt"))).unwrap();
         assert!(mail.contains("FROM ouroboros@fleet.lan"), "{mode}: {mail}");
         assert!(
@@ -348,6 +310,26 @@ async fn mail_goes_through_a_real_smtp_server_plain_starttls_and_tls() {
             "{mode}: {mail}"
         );
         assert!(mail.contains("web-01/shop: a -> b"), "{mode}: {mail}");
+        // What a reader shows, decoded: the subject (RFC 2047) and the body, the long line whole.
+        assert!(
+            mail.contains("SUBJECT Ouroboros: mise à jour ✓\n"),
+            "{mode}: {mail}"
+        );
+        assert!(
+            mail.contains(&format!("BODY web-01/café: a → b|{long_line}")),
+            "{mode}: {mail}"
+        );
+        // On the wire every line stays within SMTP's limit.
+        let wire_longest = mail
+            .lines()
+            .filter(|l| !l.starts_with("BODY "))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            wire_longest <= 998,
+            "{mode}: a line of {wire_longest} characters"
+        );
     }
 }
 
@@ -367,51 +349,22 @@ async fn the_tls_schemes_speak_https_and_verify_it() {
             pki::load_key(&pki.coordinator_key()).unwrap(),
         )
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let got: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = got.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                log.lock()
-                    .unwrap()
-                    .push(head.lines().next().unwrap_or_default().to_owned());
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+    let server = FakeHttp::start_on(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        Some(Arc::new(tls)),
+        |_| Response::new(200),
+    )
+    .unwrap();
     let ca = std::fs::read(pki.ca_cert()).unwrap();
     // localhost: the certificate names it (and 127.0.0.1).
-    let host = addr.replace("127.0.0.1", "localhost");
-    for (url, line) in [
-        (format!("jsons://{host}/hook"), "POST /hook HTTP/1.1"),
-        (format!("ntfys://{host}/fleet"), "POST /fleet HTTP/1.1"),
-        (format!("gotifys://{host}/tok"), "POST /message HTTP/1.1"),
-        (
-            format!("apprises://{host}/key"),
-            "POST /notify/key HTTP/1.1",
-        ),
+    let host = format!("localhost:{}", server.addr().port());
+    for (url, path) in [
+        (format!("jsons://{host}/hook"), "/hook"),
+        (format!("ntfys://{host}/fleet"), "/fleet"),
+        (format!("gotifys://{host}/tok"), "/message"),
+        (format!("apprises://{host}/key"), "/notify/key"),
     ] {
-        got.lock().unwrap().clear();
+        let before = server.requests().len();
         let trusted = Notifiers::new(
             std::slice::from_ref(&url),
             None,
@@ -422,10 +375,14 @@ async fn the_tls_schemes_speak_https_and_verify_it() {
         for t in trusted.send(message()) {
             assert!(t.await.unwrap(), "{url}: not delivered over TLS");
         }
-        assert_eq!(got.lock().unwrap().clone(), vec![line.to_owned()], "{url}");
+        let got: Vec<(String, String)> = server.requests()[before..]
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect();
+        assert_eq!(got, vec![("POST".to_owned(), path.to_owned())], "{url}");
     }
     // Without the CA the certificate is refused: nothing is delivered.
-    got.lock().unwrap().clear();
+    let before = server.requests().len();
     let untrusted = Notifiers::new(
         &[format!("jsons://{host}/hook")],
         None,
@@ -436,15 +393,15 @@ async fn the_tls_schemes_speak_https_and_verify_it() {
     for t in untrusted.send(message()) {
         assert!(!t.await.unwrap(), "delivered to an unverified server");
     }
-    assert!(got.lock().unwrap().is_empty());
+    assert_eq!(server.requests().len(), before);
 }
 
 #[tokio::test]
 async fn a_refused_request_is_not_retried_and_a_server_error_is() {
-    for (status, expected) in [("404 Not Found", 1), ("503 Service Unavailable", 3)] {
-        let (addr, got) = receiver_answering(status).await;
+    for (status, expected) in [(404, 1), (401, 1), (503, 3), (429, 3)] {
+        let server = receiver_answering(status);
         let notifiers = Notifiers::new(
-            &[format!("json://{addr}/hook")],
+            &[format!("json://{}/hook", server.addr())],
             None,
             &ApiRoots::new(),
             None,
@@ -453,6 +410,32 @@ async fn a_refused_request_is_not_retried_and_a_server_error_is() {
         for t in notifiers.send(message()) {
             assert!(!t.await.unwrap(), "{status}: counted as delivered");
         }
-        assert_eq!(got.lock().unwrap().len(), expected, "{status}");
+        assert_eq!(server.count("POST", "/hook"), expected, "{status}");
     }
+}
+
+#[tokio::test]
+async fn a_slow_service_does_not_block_the_sender() {
+    // The send returns at once; the delivery goes on in its task until the answer comes.
+    let server = FakeHttp::start(|_| Response::new(200).delay(Duration::from_millis(300))).unwrap();
+    let notifiers = Notifiers::new(
+        &[format!("json://{}/hook", server.addr())],
+        None,
+        &ApiRoots::new(),
+        None,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let tasks = notifiers.send(message());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "send blocked"
+    );
+    for t in tasks {
+        assert!(
+            t.await.unwrap(),
+            "a slow answer within the deadline is delivered"
+        );
+    }
+    assert_eq!(server.count("POST", "/hook"), 1);
 }
