@@ -24,6 +24,9 @@ use crate::run::clock::{Clock, WallClock};
 use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
 use crate::telemetry::metrics::Metrics;
 
+mod cancel;
+pub use cancel::{CancelError, CancelTaken};
+
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach an agent that is away.
@@ -60,28 +63,6 @@ pub struct Runner {
 struct Active {
     running: std::collections::BTreeSet<String>,
     cancels: BTreeMap<String, Cancel>,
-}
-
-/// Why a cancel was not taken; the admin API answers each with its own status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CancelError {
-    #[error("no rollout {0}")]
-    NotFound(String),
-    #[error("rollout {id} already ended ({state})")]
-    AlreadyEnded { id: String, state: &'static str },
-    /// The store could not be read or written, or the run did not answer: try again.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// Where a cancel went.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CancelTaken {
-    /// The rollout is being run: the runner applies it at once.
-    ByRunner,
-    /// Nobody runs it: it was applied to the stored rollout (under the runner's lock, so
-    /// that no run started meanwhile); a run must finish what is left.
-    Stored(Box<Rollout>),
 }
 
 /// Targets that target `index`'s operation moved to their new image along with it (dependants
@@ -165,62 +146,6 @@ impl Runner {
 
     fn active(&self) -> std::sync::MutexGuard<'_, Active> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Cancels rollout `id`: handed to the run in progress if there is one; otherwise the
-    /// stored rollout gets it (written before this returns, so that a run starting later
-    /// sees it). Errors: no such rollout, or it already ended.
-    pub fn cancel(&self, id: &str, cancel: Cancel) -> Result<CancelTaken, CancelError> {
-        let mut active = self.active();
-        if active.running.contains(id) {
-            active.cancels.insert(id.to_owned(), cancel);
-            return Ok(CancelTaken::ByRunner);
-        }
-        let mut rollout = self
-            .fleet
-            .rollouts()
-            .map_err(|e| CancelError::Unavailable(e.to_string()))?
-            .into_iter()
-            .find(|r| r.id == id)
-            .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
-        if rollout.state.is_ended() {
-            return Err(CancelError::AlreadyEnded {
-                id: id.to_owned(),
-                state: rollout.state.name(),
-            });
-        }
-        rollout.cancel = Some(cancel.clone());
-        rollout.updated_ms = cancel.at_ms;
-        // Targets not started are cancelled now; a run finishes the rest (work in flight,
-        // ways back).
-        for i in 0..rollout.targets.len() {
-            if rollout.targets[i].state == TargetState::Pending {
-                rollout.set(
-                    i,
-                    TargetState::Cancelled {
-                        reason: cancel.reason.clone(),
-                    },
-                    cancel.at_ms,
-                );
-            }
-        }
-        let history = rollout
-            .targets
-            .iter()
-            .filter(|t| matches!(t.state, TargetState::Cancelled { .. }))
-            .map(|t| t.history(&rollout.id))
-            .collect();
-        for i in 0..rollout.targets.len() {
-            if matches!(rollout.targets[i].state, TargetState::Cancelled { .. }) {
-                self.remember_outcome(&rollout, i, cancel.at_ms);
-            }
-        }
-        if !self.fleet.save_rollout(&rollout, history) {
-            return Err(CancelError::Unavailable(
-                "cannot store the rollout; try again".into(),
-            ));
-        }
-        Ok(CancelTaken::Stored(Box::new(rollout)))
     }
 
     /// A fresh rollout id, ordered by time.
