@@ -19,6 +19,25 @@ impl std::fmt::Debug for v1::RegistryAuth {
     }
 }
 
+impl std::fmt::Debug for v1::EnrolRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolRequest")
+            .field("token", &"<redacted>")
+            .field("host", &self.host)
+            .field("csr_der", &self.csr_der.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::CreateJoinTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateJoinTokenResponse")
+            .field("token", &"<redacted>")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
