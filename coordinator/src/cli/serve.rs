@@ -277,7 +277,7 @@ fn enrolment(
             reason: e.to_string(),
         })
     })?;
-    Ok(Enrolment::new(TokenBook::open(store)?, fleet, ca, ca_pem))
+    Ok(Enrolment::new(TokenBook::open(store)?, fleet, ca, ca_pem).with_pki_dir(pki.clone()))
 }
 
 /// Serves until `shutdown` completes, then lets agent streams end and stores what is pending.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ouroboros_proto::v1 as pb;
 use ouroboros_shared::host::HostName;
 use ouroboros_shared::join::{JoinToken, ca_fingerprint, hex};
-use ouroboros_shared::pki::{CertificateAuthority, DEFAULT_LEAF_DAYS, Validity};
+use ouroboros_shared::pki::{CertificateAuthority, DEFAULT_LEAF_DAYS, PkiDir, Validity};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -25,6 +25,8 @@ pub struct Enrolment {
     fleet: Arc<Fleet>,
     ca: Option<CertificateAuthority>,
     ca_pem: String,
+    /// Where `pki issue --agent HOST` writes: a host issued there counts as enrolled.
+    pki: Option<PkiDir>,
 }
 
 impl Enrolment {
@@ -40,7 +42,14 @@ impl Enrolment {
             fleet,
             ca,
             ca_pem,
+            pki: None,
         }
+    }
+
+    /// Hosts with a certificate from `pki issue` in `pki` count as enrolled.
+    pub fn with_pki_dir(mut self, pki: PkiDir) -> Self {
+        self.pki = Some(pki);
+        self
     }
 
     fn signing_ca(&self) -> Result<&CertificateAuthority, Status> {
@@ -113,7 +122,11 @@ impl Enrolment {
             .fleet
             .hosts()
             .iter()
-            .any(|h| h.record.host == host.as_str());
+            .any(|h| h.record.host == host.as_str())
+            || self
+                .pki
+                .as_ref()
+                .is_some_and(|p| p.agent_cert(&host).exists());
         let cert_pem = self
             .tokens
             .redeem(&token, host.as_str(), known, now_unix_ms(), || {

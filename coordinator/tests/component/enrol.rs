@@ -278,7 +278,11 @@ async fn a_host_already_enrolled_or_known_is_refused() {
     answer.unwrap().message().await.unwrap().unwrap();
     let line = refusal(fx.enrol(&second, "host-a").await);
     assert_eq!(line, "host host-a is already enrolled; forget it first");
-    // Neither refusal took a use.
+    // host-b has a certificate from `pki issue` but never connected: issued counts too.
+    pki::issue_agent(&fx.pki, &HostName::parse("host-b").unwrap(), 1).unwrap();
+    let line = refusal(fx.enrol(&second, "host-b").await);
+    assert_eq!(line, "host host-b is already enrolled; forget it first");
+    // No refusal took a use.
     let tokens = fx.tokens().await;
     assert_eq!(tokens[1].uses_left, 2);
     fx.stop().await;
