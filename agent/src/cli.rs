@@ -120,7 +120,7 @@ impl Cli {
         let (ca_path, cert_path, key_path) = (self.ca_path(), self.cert_path(), self.key_path());
         if !cert_path.exists() && self.join.is_none() {
             return Err(format!(
-                "--cert {}: no certificate; enrol this host with --join TOKEN (`ouroboros-coordinator token create`) or give the files of `pki issue --agent HOST`",
+                "--ca/--cert/--key: no certificate at {}; enrol this host with --join TOKEN (`ouroboros-coordinator token create`) or give the files of `pki issue --agent HOST`",
                 cert_path.display()
             ));
         }

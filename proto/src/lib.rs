@@ -52,4 +52,21 @@ mod tests {
         assert!(shown.contains("alice"), "{shown}");
         assert!(!shown.contains("sentinel"), "{shown}");
     }
+
+    #[test]
+    fn join_token_messages_debug_shows_no_token() {
+        let request = super::v1::EnrolRequest {
+            token: "ouro1.token-sentinel".into(),
+            host: "web-01".into(),
+            csr_der: vec![1, 2, 3],
+        };
+        let shown = format!("{request:?}");
+        assert!(shown.contains("web-01"), "{shown}");
+        assert!(!shown.contains("sentinel"), "{shown}");
+        let created = super::v1::CreateJoinTokenResponse {
+            token: "ouro1.token-sentinel".into(),
+            info: None,
+        };
+        assert!(!format!("{created:?}").contains("sentinel"));
+    }
 }
