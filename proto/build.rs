@@ -1,7 +1,11 @@
 //! Compiles `ouroboros/v1/*.proto` with protox (pure Rust): no system `protoc` needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ouroboros/v1/agent.proto", "ouroboros/v1/admin.proto"];
+    let files = [
+        "ouroboros/v1/agent.proto",
+        "ouroboros/v1/admin.proto",
+        "ouroboros/v1/enrol.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
@@ -12,8 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `AgentGateway.Connect` would clash with the generated `connect(dst)` constructor;
         // clients are built from a `Channel` with `new` instead.
         .build_transport(false)
-        // Carries registry secrets: its `Debug` (in `lib.rs`) redacts them.
-        .skip_debug(["ouroboros.v1.RegistryAuth"])
+        // Carry secrets (registry credentials, join tokens): its `Debug` (in `lib.rs`) redacts them.
+        .skip_debug([
+            "ouroboros.v1.RegistryAuth",
+            "ouroboros.v1.EnrolRequest",
+            "ouroboros.v1.CreateJoinTokenResponse",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -10,8 +10,12 @@ use ouroboros_shared::names::*;
 use ouroboros_shared::pki::{ClientPem, PeerIdentity, identify, load_certs};
 use ouroboros_shared::telemetry::parse_filter;
 
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::join::JoinToken;
+
 use crate::AgentConfig;
 use crate::engine::DockerEndpoint;
+use crate::enrol::{JoinPlan, machine_name};
 use crate::link::LinkConfig;
 use crate::recreate::faults::CrashPoint;
 
@@ -25,15 +29,24 @@ pub struct Cli {
     /// Coordinator URL, e.g. https://coordinator.example:7443.
     #[arg(long, env = ENV_COORDINATOR, value_name = "URL", value_parser = parse_https_url)]
     pub coordinator: String,
-    /// The fleet's CA certificate (ca.pem from `pki init`).
+    /// The fleet's CA certificate (ca.pem from `pki init`) [default: DATA_DIR/ca.pem].
     #[arg(long, env = ENV_CA, value_name = "FILE")]
-    pub ca: PathBuf,
-    /// This host's agent certificate (from `pki issue --agent HOST`); it names the host.
+    pub ca: Option<PathBuf>,
+    /// This host's agent certificate (from `pki issue --agent HOST`, or written by --join); it
+    /// names the host [default: DATA_DIR/cert.pem].
     #[arg(long, env = ENV_CERT, value_name = "FILE")]
-    pub cert: PathBuf,
-    /// The agent certificate's private key.
+    pub cert: Option<PathBuf>,
+    /// The agent certificate's private key [default: DATA_DIR/key.pem].
     #[arg(long, env = ENV_KEY, value_name = "FILE")]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+    /// Join token (`ouroboros-coordinator token create`): when there is no certificate yet,
+    /// make a key here, get it signed by the coordinator and store both in the data dir.
+    /// Ignored once a certificate exists. Exit 64 when refused, 1 when unreachable.
+    #[arg(long, env = ENV_JOIN_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
+    /// This host's name in the fleet, for --join [default: the machine's name].
+    #[arg(long, env = ENV_HOST_NAME, value_name = "NAME")]
+    pub host_name: Option<String>,
     /// Docker engine: unix:///PATH, tcp://HOST:PORT or https://HOST:PORT.
     #[arg(long, env = ENV_DOCKER_HOST, default_value = DEFAULT_DOCKER_HOST, value_name = "URL")]
     pub docker_host: String,
@@ -59,22 +72,72 @@ pub struct Cli {
 }
 
 impl Cli {
+    fn ca_path(&self) -> PathBuf {
+        self.ca
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(AGENT_CA_FILE))
+    }
+    fn cert_path(&self) -> PathBuf {
+        self.cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(AGENT_CERT_FILE))
+    }
+    fn key_path(&self) -> PathBuf {
+        self.key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(AGENT_KEY_FILE))
+    }
+
+    /// With --join and no certificate yet: what to enrol. With a certificate, --join is
+    /// ignored (said at INFO).
+    pub fn join_plan(&self) -> Result<Option<JoinPlan>, String> {
+        let Some(token) = self.join.as_deref().filter(|t| !t.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let cert = self.cert_path();
+        if cert.exists() {
+            tracing::info!(cert = %cert.display(), "A certificate exists: --join ignored.");
+            return Ok(None);
+        }
+        let token = JoinToken::parse(token).map_err(|e| format!("--join: {e}"))?;
+        let name = match &self.host_name {
+            Some(n) => n.clone(),
+            None => machine_name().ok_or("--host-name: the machine's name is unknown; give one")?,
+        };
+        let host = HostName::parse(&name).map_err(|e| format!("--host-name {name:?}: {e}"))?;
+        Ok(Some(JoinPlan {
+            coordinator: self.coordinator.clone(),
+            token,
+            host,
+            ca: self.ca_path(),
+            cert,
+            key: self.key_path(),
+        }))
+    }
+
     /// Reads the certificate files and checks every value; the error names the option.
     pub fn into_config(self) -> Result<AgentConfig, String> {
-        let tls = ClientPem::read(&self.ca, &self.cert, &self.key)
+        let (ca_path, cert_path, key_path) = (self.ca_path(), self.cert_path(), self.key_path());
+        if !cert_path.exists() && self.join.is_none() {
+            return Err(format!(
+                "--ca/--cert/--key: no certificate at {}; enrol this host with --join TOKEN (`ouroboros-coordinator token create`) or give the files of `pki issue --agent HOST`",
+                cert_path.display()
+            ));
+        }
+        let tls = ClientPem::read(&ca_path, &cert_path, &key_path)
             .map_err(|e| format!("--ca/--cert/--key: {e}"))?;
-        let cert = load_certs(&self.cert).map_err(|e| format!("--cert: {e}"))?;
+        let cert = load_certs(&cert_path).map_err(|e| format!("--cert: {e}"))?;
         let host = match cert.first().map(|c| identify(c)) {
             Some(Ok(PeerIdentity::Agent(host))) => host,
             Some(Ok(other)) => {
                 return Err(format!(
                     "--cert {}: {} certificate, not an agent's (make one with `ouroboros-coordinator pki issue --agent HOST`)",
-                    self.cert.display(),
+                    cert_path.display(),
                     other.role().with_article()
                 ));
             }
-            Some(Err(e)) => return Err(format!("--cert {}: {e}", self.cert.display())),
-            None => return Err(format!("--cert {}: no certificate", self.cert.display())),
+            Some(Err(e)) => return Err(format!("--cert {}: {e}", cert_path.display())),
+            None => return Err(format!("--cert {}: no certificate", cert_path.display())),
         };
         let docker = DockerEndpoint::new(
             &self.docker_host,

@@ -2,7 +2,8 @@
 //! what runs there.
 //!
 //! Layout:
-//! - [`cli`]: flags, environment fallbacks, validation into [`AgentConfig`].
+//! - [`cli`]: flags, environment fallbacks, validation into [`AgentConfig`]; [`enrol`]:
+//!   `--join`, a certificate for a new host from a join token.
 //! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
 //! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
 //!   decides when it takes the next inventory.
@@ -15,6 +16,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod engine;
+pub mod enrol;
 pub mod link;
 pub mod recreate;
 pub mod schedule;

@@ -10,6 +10,21 @@ fn main() -> ExitCode {
     ouroboros_shared::install_crypto_provider();
     let cli: Cli = ouroboros_shared::cli::parse_or_exit();
     ouroboros_shared::telemetry::init(&cli.log_level);
+    let runtime = ouroboros_shared::cli::runtime_or_exit();
+    // A new host: enrol first (exit 64 when refused, 1 when the coordinator is unreachable).
+    match cli.join_plan() {
+        Ok(Some(plan)) => {
+            if let Err(e) = runtime.block_on(ouroboros_agent::enrol::join(&plan)) {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        }
+        Ok(None) => {}
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64));
+        }
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(message) => {
@@ -17,7 +32,6 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64));
         }
     };
-    let runtime = ouroboros_shared::cli::runtime_or_exit();
     match runtime.block_on(ouroboros_agent::run(
         config,
         // A second signal ends the agent at once (128 + SIGTERM); its journal recovers.

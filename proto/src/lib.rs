@@ -19,6 +19,25 @@ impl std::fmt::Debug for v1::RegistryAuth {
     }
 }
 
+impl std::fmt::Debug for v1::EnrolRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolRequest")
+            .field("token", &"<redacted>")
+            .field("host", &self.host)
+            .field("csr_der", &self.csr_der.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::CreateJoinTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateJoinTokenResponse")
+            .field("token", &"<redacted>")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +51,22 @@ mod tests {
         let shown = format!("{auth:?}");
         assert!(shown.contains("alice"), "{shown}");
         assert!(!shown.contains("sentinel"), "{shown}");
+    }
+
+    #[test]
+    fn join_token_messages_debug_shows_no_token() {
+        let request = super::v1::EnrolRequest {
+            token: "ouro1.token-sentinel".into(),
+            host: "web-01".into(),
+            csr_der: vec![1, 2, 3],
+        };
+        let shown = format!("{request:?}");
+        assert!(shown.contains("web-01"), "{shown}");
+        assert!(!shown.contains("sentinel"), "{shown}");
+        let created = super::v1::CreateJoinTokenResponse {
+            token: "ouro1.token-sentinel".into(),
+            info: None,
+        };
+        assert!(!format!("{created:?}").contains("sentinel"));
     }
 }

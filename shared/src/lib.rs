@@ -5,6 +5,7 @@
 //! - [`host`]: [`host::HostName`], the validated identity of a Docker host.
 //! - [`inventory`]: domain types for what runs on a host, and their proto conversions.
 //! - [`reference`]: image references normalized the way Docker does.
+//! - [`join`]: join tokens, and enrolment of an agent over TLS pinned to the token's CA.
 //! - [`pki`]: the certificate authority, certificate issuing and peer identities for mutual TLS.
 //! - [`telemetry`]: log setup.
 //! - [`time_fmt`]: timestamps for people and for JSON.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod echo;
 pub mod host;
 pub mod inventory;
+pub mod join;
 pub mod names;
 pub mod pki;
 pub mod reference;

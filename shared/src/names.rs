@@ -23,7 +23,7 @@ pub const ENV_MONITOR_ONLY: &str = "MONITOR_ONLY";
 
 /// Run one cycle and exit, as in Ouroboros.
 pub const ENV_RUN_ONCE: &str = "RUN_ONCE";
-/// `up`: the name of this host in the fleet view.
+/// `up` and the agent's `--join`: the name of this host in the fleet view.
 pub const ENV_HOST_NAME: &str = "OUROBOROS_HOST_NAME";
 /// `up`: default listen address (this machine only).
 pub const DEFAULT_UP_LISTEN: &str = "127.0.0.1:7443";
@@ -145,6 +145,12 @@ pub const ENV_DOCKER_TLS_VERIFY: &str = "DOCKER_TLS_VERIFY";
 pub const ENV_DOCKER_TLS: &str = "DOCKER_TLS";
 /// Agent: directory for the agent's own state.
 pub const ENV_AGENT_DATA_DIR: &str = "OUROBOROS_AGENT_DATA_DIR";
+/// Agent: join token for enrolling this host (`ouroboros-coordinator token create`).
+pub const ENV_JOIN_TOKEN: &str = "OUROBOROS_JOIN_TOKEN";
+/// Agent: its files inside the data dir (written by enrolment, read by default).
+pub const AGENT_CA_FILE: &str = "ca.pem";
+pub const AGENT_CERT_FILE: &str = "cert.pem";
+pub const AGENT_KEY_FILE: &str = "key.pem";
 
 /// Default coordinator listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";

@@ -325,45 +325,67 @@ impl CertificateAuthority {
     /// Issues a leaf certificate with a fresh key.
     pub fn issue(&self, kind: &LeafKind, validity: Validity) -> Result<IssuedCert, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = match kind {
-            LeafKind::Coordinator { sans } => {
-                for san in sans {
-                    if san.parse::<IpAddr>().is_err() {
-                        HostName::parse(san)
-                            .map_err(|_| PkiError::InvalidSan { name: san.clone() })?;
-                    }
-                }
-                let mut p = CertificateParams::new(sans.clone())?;
-                p.distinguished_name = name("ouroboros-coordinator", Some(Role::Coordinator));
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                p
-            }
-            LeafKind::Admin => {
-                let mut p = CertificateParams::new(Vec::<String>::new())?;
-                p.distinguished_name = name("ouroboros-cli", Some(Role::Admin));
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                p
-            }
-            LeafKind::Agent { host } => {
-                let mut p = CertificateParams::new(vec![host.to_string()])?;
-                p.distinguished_name = name(host.as_str(), Some(Role::Agent));
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                p
-            }
-        };
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = validity.not_before;
-        params.not_after = validity.not_after;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(kind, validity)?.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Signs an agent's certificate request (PKCS#10, DER) for `host`. Only the request's
+    /// public key is used (its signature proves the requester holds the key); names, roles and
+    /// extensions are those of [`LeafKind::Agent`], whatever the request asks for.
+    pub fn sign_agent_request(
+        &self,
+        csr_der: &[u8],
+        host: &HostName,
+        validity: Validity,
+    ) -> Result<String, PkiError> {
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)?;
+        let params = rcgen::CertificateSigningRequestParams {
+            params: leaf_params(&LeafKind::Agent { host: host.clone() }, validity)?,
+            public_key: request.public_key,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem())
+    }
+}
+
+/// The parameters of a leaf certificate of `kind`: its names, role and key usages.
+fn leaf_params(kind: &LeafKind, validity: Validity) -> Result<CertificateParams, PkiError> {
+    let mut params = match kind {
+        LeafKind::Coordinator { sans } => {
+            for san in sans {
+                if san.parse::<IpAddr>().is_err() {
+                    HostName::parse(san).map_err(|_| PkiError::InvalidSan { name: san.clone() })?;
+                }
+            }
+            let mut p = CertificateParams::new(sans.clone())?;
+            p.distinguished_name = name("ouroboros-coordinator", Some(Role::Coordinator));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p
+        }
+        LeafKind::Admin => {
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.distinguished_name = name("ouroboros-cli", Some(Role::Admin));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p
+        }
+        LeafKind::Agent { host } => {
+            let mut p = CertificateParams::new(vec![host.to_string()])?;
+            p.distinguished_name = name(host.as_str(), Some(Role::Agent));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p
+        }
+    };
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    Ok(params)
 }
 
 fn name(common_name: &str, role: Option<Role>) -> DistinguishedName {
@@ -526,8 +548,11 @@ impl ClientPem {
     }
 }
 
-/// The coordinator's TLS configuration: its own certificate, and a mandatory client certificate
-/// signed by the fleet CA (expired, foreign and missing certificates fail the handshake).
+/// The coordinator's TLS configuration: its own certificate followed by the CA's (an enrolling
+/// agent checks the CA against its join token's fingerprint), and client certificates signed by
+/// the fleet CA: expired and foreign ones fail the handshake. A client without a certificate
+/// completes the handshake (enrolment needs that) and is refused at the call by every other
+/// service (`server::tls::require_role` in the coordinator).
 pub fn server_config(
     ca: &Path,
     cert: &Path,
@@ -544,13 +569,16 @@ pub fn server_config(
         Arc::new(roots),
         provider.clone(),
     )
+    .allow_unauthenticated()
     .build()
     .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let mut chain = load_certs(cert)?;
+    chain.extend(load_certs(ca)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_single_cert(chain, load_key(key)?)
         .map_err(|e| PkiError::Tls(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
@@ -658,6 +686,36 @@ mod tests {
             key: issued.key_pem.clone(),
         };
         assert!(!format!("{pem:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_signed_request_gets_the_agent_role_whatever_it_asks_for() {
+        let ca = CertificateAuthority::generate(Validity::days_from_now(1)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["other-host".to_owned()]).unwrap();
+        asked.distinguished_name = name("ouroboros-cli", Some(Role::Admin));
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = asked.serialize_request(&key).unwrap();
+        let host = HostName::parse("web-01").unwrap();
+        let pem = ca
+            .sign_agent_request(csr.der(), &host, Validity::days_from_now(1))
+            .unwrap();
+        let cert = der(&pem);
+        assert_eq!(identify(&cert).unwrap(), PeerIdentity::Agent(host.clone()));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        assert!(!parsed.is_ca());
+        assert_eq!(
+            parsed.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        // A request whose signature does not verify is refused.
+        let mut broken = csr.der().to_vec();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        assert!(
+            ca.sign_agent_request(&broken, &host, Validity::days_from_now(1))
+                .is_err()
+        );
     }
 
     #[test]

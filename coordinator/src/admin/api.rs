@@ -16,6 +16,7 @@ use crate::plan::rollout::{Rollout, RolloutState, TargetState};
 use crate::run::cycle::Cycle;
 use crate::run::runner::CancelError;
 use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
+use crate::server::enrol::{Enrolment, token_info};
 
 /// The `Admin` service.
 pub struct AdminApi {
@@ -23,6 +24,7 @@ pub struct AdminApi {
     commands: Arc<Dispatcher>,
     update_timeout: Duration,
     cycle: Arc<Cycle>,
+    enrolment: Option<Arc<Enrolment>>,
 }
 
 impl AdminApi {
@@ -37,12 +39,55 @@ impl AdminApi {
             commands,
             update_timeout,
             cycle,
+            enrolment: None,
         }
+    }
+
+    /// Serves the join token calls from `enrolment`.
+    pub fn with_enrolment(mut self, enrolment: Arc<Enrolment>) -> Self {
+        self.enrolment = Some(enrolment);
+        self
+    }
+
+    fn enrolment(&self) -> Result<&Enrolment, Status> {
+        self.enrolment
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("this coordinator does not enrol hosts"))
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminApi {
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let r = request.into_inner();
+        let (token, record) = self
+            .enrolment()?
+            .create(Duration::from_secs(r.ttl_seconds), r.uses)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: token.expose(),
+            info: Some(token_info(&record)),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let tokens = self.enrolment()?.list()?.iter().map(token_info).collect();
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenInfo>, Status> {
+        let record = self.enrolment()?.revoke(&request.into_inner().id)?;
+        Ok(Response::new(token_info(&record)))
+    }
+
     async fn list_hosts(
         &self,
         _request: Request<pb::ListHostsRequest>,

@@ -1,6 +1,6 @@
 //! The operator's side: [`api`] is the `Admin` gRPC service; [`client`] calls it for the
 //! admin commands and renders answers ([`output`]: tables, times, colour); [`failure`]: how a
-//! call that failed is told.
+//! call that failed is told; [`tokens`]: the `token` commands (join tokens).
 
 pub mod api;
 pub mod args;
@@ -8,3 +8,4 @@ pub mod client;
 pub mod failure;
 pub mod output;
 pub mod render;
+pub mod tokens;

@@ -43,6 +43,9 @@ pub enum Command {
     Up(crate::cli::up::UpArgs),
     /// List the hosts of the fleet.
     Hosts(AdminArgs),
+    /// Join tokens for enrolling hosts: `token create` prints one for `ouroboros-agent --join`.
+    #[command(subcommand)]
+    Token(crate::admin::tokens::TokenCommand),
     /// List the containers of the fleet.
     Containers(ContainersArgs),
     /// Recreate one container now on the current image of its tag (or on --image), with the

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use ouroboros_proto::v1::admin_server::AdminServer;
 use ouroboros_proto::v1::agent_gateway_server::AgentGatewayServer;
-use ouroboros_shared::pki::{self, PkiDir, PkiError, Role};
+use ouroboros_proto::v1::enrolment_server::EnrolmentServer;
+use ouroboros_shared::pki::{self, CertificateAuthority, PkiDir, PkiError, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -19,9 +20,11 @@ use crate::detect::Selection;
 use crate::detect::registry::{RegistryClient, RegistryConfig};
 use crate::fleet::Fleet;
 use crate::fleet::store::{RedbStore, StoreError};
+use crate::fleet::tokens::TokenBook;
 use crate::plan::schedule::Schedule;
 use crate::run::cycle::Cycle;
 use crate::server::dispatch::Dispatcher;
+use crate::server::enrol::{Enrolment, EnrolmentApi};
 use crate::server::gateway::Gateway;
 use crate::server::tls::{incoming, require_role};
 use crate::telemetry::counters::Counters;
@@ -157,6 +160,7 @@ impl ServeError {
 /// configuration fails before anything listens.
 pub struct Prepared {
     config: ServeConfig,
+    enrolment: Arc<Enrolment>,
     tls: Arc<rustls::ServerConfig>,
     fleet: Arc<Fleet>,
     commands: Arc<Dispatcher>,
@@ -194,7 +198,8 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     let registry = RegistryClient::new(config.registry.clone(), metrics.clone())
         .map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
-    let fleet = Arc::new(Fleet::open(store)?);
+    let fleet = Arc::new(Fleet::open(store.clone())?);
+    let enrolment = Arc::new(enrolment(&config.pki, store, fleet.clone())?);
     // Counters go on from where they were.
     if let Some(stored) = fleet.setting(METRICS_SETTING) {
         match serde_json::from_str::<Counters>(&stored) {
@@ -239,6 +244,7 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
         .unwrap_or_else(|p| p.into_inner()) = config.notifiers.clone();
     Ok(Prepared {
         config,
+        enrolment,
         tls,
         fleet,
         commands,
@@ -246,6 +252,32 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
         metrics,
         monitoring,
     })
+}
+
+/// The join tokens and the CA that signs for them; without `ca-key.pem` (the key kept
+/// offline) tokens are refused.
+fn enrolment(
+    pki: &PkiDir,
+    store: Arc<RedbStore>,
+    fleet: Arc<Fleet>,
+) -> Result<Enrolment, ServeError> {
+    let pki_err = |source| ServeError::Pki {
+        dir: pki.dir().display().to_string(),
+        source,
+    };
+    let ca = if pki.ca_key().exists() {
+        Some(CertificateAuthority::load(pki).map_err(pki_err)?)
+    } else {
+        tracing::info!(key = %pki.ca_key().display(), "No CA key: enrolment by join token is off.");
+        None
+    };
+    let ca_pem = std::fs::read_to_string(pki.ca_cert()).map_err(|e| {
+        pki_err(PkiError::Read {
+            path: pki.ca_cert(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(Enrolment::new(TokenBook::open(store)?, fleet, ca, ca_pem).with_pki_dir(pki.clone()))
 }
 
 /// Serves until `shutdown` completes, then lets agent streams end and stores what is pending.
@@ -256,6 +288,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let Prepared {
         config,
+        enrolment,
         tls,
         fleet,
         commands,
@@ -360,14 +393,19 @@ pub async fn run(
             commands.clone(),
             UPDATE_TIMEOUT,
             cycle.clone(),
-        ),
+        )
+        .with_enrolment(enrolment.clone()),
         require_role(Role::Admin, "Admin"),
     );
+    // The only service without `require_role`: a client without a certificate reaches this
+    // and nothing else (see `server::tls`).
+    let enrol = EnrolmentServer::new(EnrolmentApi::new(enrolment));
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(gateway)
         .add_service(admin)
+        .add_service(enrol)
         .serve_with_incoming_shutdown(incoming(listener, tls), async move {
             shutdown.await;
             let _ = stop_tx.send(true);

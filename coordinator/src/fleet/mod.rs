@@ -4,6 +4,7 @@
 //! time) until its agent reconnects, and no disk write ever runs under the fleet's lock.
 
 pub mod store;
+pub mod tokens;
 pub mod writer;
 
 use std::collections::BTreeMap;

@@ -155,11 +155,11 @@ pub trait FleetStore: Send + Sync {
 
 /// The redb-backed store of a data dir. Holds an exclusive lock on the dir while open.
 pub struct RedbStore {
-    db: Database,
+    pub(super) db: Database, // also for the join tokens (`tokens.rs`)
     _lock: File,
 }
 
-fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+pub(crate) fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db {
         op,
         source: Box::new(e.into()),

@@ -65,7 +65,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = peer(&request)?.clone();
+        let peer = peer(&request)?;
         let PeerIdentity::Agent(host) = peer.identity.clone() else {
             // The interceptor already refuses other roles; this guards a misconfigured router.
             return Err(Status::permission_denied("not an agent certificate"));

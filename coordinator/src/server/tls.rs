@@ -1,6 +1,13 @@
 //! Mutual TLS in front of the gRPC server. TLS is terminated here (not inside tonic) so that
 //! every refused handshake gets a clear log line, and so that each accepted connection carries
 //! its verified [`PeerIdentity`] into the request extensions, where [`require_role`] checks it.
+//!
+//! A client without a certificate completes the handshake: an agent that enrols has none yet.
+//! One listener serves both rather than a second port for enrolment: operators open, proxy and
+//! configure one address, and the agent enrols at the very URL it then connects to. What keeps
+//! everything else closed is that every service but `Enrolment` is wrapped in [`require_role`],
+//! which refuses a call without a verified certificate; a certificate that is presented is
+//! still verified at the handshake (a foreign or expired one fails there, as before).
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,22 +36,30 @@ const MAX_HANDSHAKES: usize = 256;
 /// At most one "too many handshakes" warning per this interval.
 const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Who is connected, as established by the TLS handshake.
+/// A verified peer: who is connected, as established by the TLS handshake.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
     pub identity: PeerIdentity,
 }
 
-/// A TLS connection whose client certificate was verified and identified.
+/// What the handshake established of a connection: its address, and its identity when it
+/// presented a (verified) client certificate.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub addr: SocketAddr,
+    pub identity: Option<PeerIdentity>,
+}
+
+/// A TLS connection whose client certificate, if any, was verified and identified.
 pub struct PeerStream {
     inner: TlsStream<TcpStream>,
-    info: PeerInfo,
+    info: ConnectionInfo,
 }
 
 impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
+    type ConnectInfo = ConnectionInfo;
+    fn connect_info(&self) -> ConnectionInfo {
         self.info.clone()
     }
 }
@@ -150,15 +165,24 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> 
         .and_then(|c| c.first())
         .map(|c| c.to_vec());
     let Some(cert) = cert else {
-        warn!(peer = %addr, "Refused connection: no client certificate.");
-        return None;
+        debug!(peer = %addr, "Client without certificate: it may call Enrolment only.");
+        return Some(PeerStream {
+            inner: tls,
+            info: ConnectionInfo {
+                addr,
+                identity: None,
+            },
+        });
     };
     match identify(&cert) {
         Ok(identity) => {
             debug!(peer = %addr, %identity, "Client authenticated.");
             Some(PeerStream {
                 inner: tls,
-                info: PeerInfo { addr, identity },
+                info: ConnectionInfo {
+                    addr,
+                    identity: Some(identity),
+                },
             })
         }
         Err(error) => {
@@ -200,20 +224,46 @@ fn log_refused_handshake(addr: SocketAddr, error: &io::Error) {
 }
 
 /// The verified peer of a request, from the connection's TLS handshake.
-pub fn peer<T>(request: &Request<T>) -> Result<&PeerInfo, Status> {
-    request
-        .extensions()
-        .get::<PeerInfo>()
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+pub fn peer<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+    match request.extensions().get::<ConnectionInfo>() {
+        Some(ConnectionInfo {
+            addr,
+            identity: Some(identity),
+        }) => Ok(PeerInfo {
+            addr: *addr,
+            identity: identity.clone(),
+        }),
+        _ => Err(Status::unauthenticated("no verified client certificate")),
+    }
 }
 
-/// An interceptor that lets through only peers whose certificate has `role`.
+/// The address of a request's peer, verified or not.
+pub fn peer_addr<T>(request: &Request<T>) -> Option<SocketAddr> {
+    request.extensions().get::<ConnectionInfo>().map(|c| c.addr)
+}
+
+/// An interceptor that lets through only peers whose certificate has `role`; a call without a
+/// client certificate is refused here.
 pub fn require_role(
     role: Role,
     service: &'static str,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
     move |request: Request<()>| {
-        let peer = peer(&request)?;
+        let Ok(peer) = peer(&request) else {
+            let addr = peer_addr(&request)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            warn!(
+                peer = %addr,
+                service,
+                "Refused call: no client certificate; {service} needs {} certificate.",
+                role.with_article()
+            );
+            return Err(Status::unauthenticated(format!(
+                "no client certificate: {service} needs {} certificate",
+                role.with_article()
+            )));
+        };
         if peer.identity.role() == role {
             return Ok(request);
         }

@@ -277,19 +277,31 @@ async fn valid_agent_and_cli_certificates_are_accepted() {
     fx.stop().await;
 }
 
+/// A client without a certificate completes the handshake (an enrolling agent has none), so
+/// the refusal is at the call: every service but `Enrolment` refuses it.
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let (logs, _guard) = capture_logs();
     let fx = Fixture::start().await;
-    let result = AdminClient::new(fx.channel(None))
+    let status = AdminClient::new(fx.channel(None))
         .list_hosts(pb::ListHostsRequest {})
-        .await;
-    assert!(
-        result.is_err(),
-        "call without a client certificate succeeded"
+        .await
+        .expect_err("call without a client certificate succeeded");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "no client certificate: Admin needs an admin certificate"
     );
-    logs.wait_for(&["Refused connection: no client certificate"])
+    logs.wait_for(&["Refused call: no client certificate; Admin needs an admin certificate."])
         .await;
+    let (_tx, answer) = open_agent_stream(fx.channel(None), hello("host-a")).await;
+    let status = answer.expect_err("agent stream without a client certificate accepted");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    logs.wait_for(&[
+        "Refused call: no client certificate; AgentGateway needs an agent certificate.",
+    ])
+    .await;
+    assert!(admin_hosts(&fx).await.is_empty());
     fx.stop().await;
 }
 

@@ -10,6 +10,7 @@ mod check;
 mod cli;
 mod config;
 mod docker_tls;
+mod enrol;
 mod fleet;
 mod harness;
 mod metrics;

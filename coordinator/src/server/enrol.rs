@@ -1,0 +1,205 @@
+//! Enrolment by join token: the `Enrolment` service (the one service a client without a
+//! certificate may call) and the token operations behind the admin `token` commands.
+//!
+//! The CA key is needed to sign; a coordinator started without `ca-key.pem` (the key kept
+//! offline) refuses to make tokens and to enrol, and hosts are enrolled with `pki issue`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ouroboros_proto::v1 as pb;
+use ouroboros_shared::host::HostName;
+use ouroboros_shared::join::{JoinToken, ca_fingerprint, hex};
+use ouroboros_shared::pki::{CertificateAuthority, DEFAULT_LEAF_DAYS, PkiDir, Validity};
+use ouroboros_shared::time_fmt::now_unix_ms;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::fleet::Fleet;
+use crate::fleet::tokens::{RedeemError, TokenBook, TokenRecord};
+use crate::server::tls::peer_addr;
+
+/// Enrolment: the token book, the CA that signs, the fleet view that knows enrolled hosts.
+pub struct Enrolment {
+    tokens: TokenBook,
+    fleet: Arc<Fleet>,
+    ca: Option<CertificateAuthority>,
+    ca_pem: String,
+    /// Where `pki issue --agent HOST` writes: a host issued there counts as enrolled.
+    pki: Option<PkiDir>,
+}
+
+impl Enrolment {
+    /// `ca` is `None` when the coordinator runs without the CA key.
+    pub fn new(
+        tokens: TokenBook,
+        fleet: Arc<Fleet>,
+        ca: Option<CertificateAuthority>,
+        ca_pem: String,
+    ) -> Self {
+        Self {
+            tokens,
+            fleet,
+            ca,
+            ca_pem,
+            pki: None,
+        }
+    }
+
+    /// Hosts with a certificate from `pki issue` in `pki` count as enrolled.
+    pub fn with_pki_dir(mut self, pki: PkiDir) -> Self {
+        self.pki = Some(pki);
+        self
+    }
+
+    fn signing_ca(&self) -> Result<&CertificateAuthority, Status> {
+        self.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator has no CA key (ca-key.pem): enrol hosts with `pki issue --agent HOST` where the key is kept",
+            )
+        })
+    }
+
+    /// `token create`: a new token valid for `ttl`, for `uses` enrolments.
+    pub fn create(&self, ttl: Duration, uses: u32) -> Result<(JoinToken, TokenRecord), Status> {
+        self.signing_ca()?;
+        if ttl.is_zero() || uses == 0 {
+            return Err(Status::invalid_argument(
+                "a join token needs a ttl of at least 1s and at least 1 use",
+            ));
+        }
+        let fingerprint = ca_fingerprint(&self.ca_pem)
+            .ok_or_else(|| Status::internal("the CA certificate is unreadable"))?;
+        let rng = ring::rand::SystemRandom::new();
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&rng, &mut id)
+            .and_then(|()| ring::rand::SecureRandom::fill(&rng, &mut secret))
+            .map_err(|_| Status::internal("no randomness for a join token"))?;
+        let token = JoinToken::new(&id, &secret, fingerprint);
+        let now = now_unix_ms();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let record = TokenRecord {
+            id: token.id().to_owned(),
+            secret_sha256: hex(&token.secret_hash()),
+            created_ms: now,
+            expires_ms: now.saturating_add(ttl_ms),
+            uses_left: uses,
+            revoked: false,
+            hosts: Vec::new(),
+        };
+        self.tokens
+            .add(&record)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(token = %record.id, uses, ttl_secs = ttl.as_secs(), "Join token created.");
+        Ok((token, record))
+    }
+
+    pub fn list(&self) -> Result<Vec<TokenRecord>, Status> {
+        self.tokens
+            .list()
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<TokenRecord, Status> {
+        let record = self
+            .tokens
+            .revoke(id)
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no join token {id}")))?;
+        info!(token = %id, "Join token revoked.");
+        Ok(record)
+    }
+
+    /// Checks the token and signs the request for `host`.
+    fn enrol(&self, request: &pb::EnrolRequest) -> Result<pb::EnrolResponse, Status> {
+        let token = JoinToken::parse(&request.token)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let host =
+            HostName::parse(&request.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ca = self.signing_ca()?;
+        let known = self
+            .fleet
+            .hosts()
+            .iter()
+            .any(|h| h.record.host == host.as_str())
+            || self
+                .pki
+                .as_ref()
+                .is_some_and(|p| p.agent_cert(&host).exists());
+        let cert_pem = self
+            .tokens
+            .redeem(&token, host.as_str(), known, now_unix_ms(), || {
+                ca.sign_agent_request(
+                    &request.csr_der,
+                    &host,
+                    Validity::days_from_now(DEFAULT_LEAF_DAYS),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .map_err(|e| match e {
+                RedeemError::Unknown => Status::unauthenticated(e.to_string()),
+                RedeemError::Revoked | RedeemError::Expired | RedeemError::Used => {
+                    Status::permission_denied(e.to_string())
+                }
+                RedeemError::HostEnrolled(_) => Status::already_exists(e.to_string()),
+                RedeemError::Sign(_) => Status::invalid_argument(e.to_string()),
+                RedeemError::Store(_) => Status::unavailable(e.to_string()),
+            })?;
+        Ok(pb::EnrolResponse {
+            cert_pem,
+            ca_pem: self.ca_pem.clone(),
+        })
+    }
+}
+
+/// The `Enrolment` gRPC service.
+pub struct EnrolmentApi {
+    enrolment: Arc<Enrolment>,
+}
+
+impl EnrolmentApi {
+    pub fn new(enrolment: Arc<Enrolment>) -> Self {
+        Self { enrolment }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::enrolment_server::Enrolment for EnrolmentApi {
+    async fn enrol(
+        &self,
+        request: Request<pb::EnrolRequest>,
+    ) -> Result<Response<pb::EnrolResponse>, Status> {
+        let addr = peer_addr(&request)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let enrolment = self.enrolment.clone();
+        let body = request.into_inner();
+        let host = body.host.clone();
+        let answer = tokio::task::spawn_blocking(move || enrolment.enrol(&body))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match &answer {
+            Ok(_) => info!(peer = %addr, host = %host, "Host enrolled with a join token."),
+            Err(status) => warn!(
+                peer = %addr,
+                host = %ouroboros_shared::echo::name(&host),
+                reason = status.message(),
+                "Refused enrolment."
+            ),
+        }
+        answer.map(Response::new)
+    }
+}
+
+/// A token's details for the Admin API (never its secret).
+pub fn token_info(r: &TokenRecord) -> pb::JoinTokenInfo {
+    pb::JoinTokenInfo {
+        id: r.id.clone(),
+        created_unix_ms: r.created_ms,
+        expires_unix_ms: r.expires_ms,
+        uses_left: r.uses_left,
+        revoked: r.revoked,
+        hosts: r.hosts.clone(),
+    }
+}
