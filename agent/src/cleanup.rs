@@ -87,9 +87,9 @@ fn is_anonymous(name: &str, labels: &HashMap<String, String>, engine_labels: boo
 /// the failures (a volume taken into use meanwhile is refused by the engine and kept).
 pub async fn prune_anonymous_volumes(
     docker: &Docker,
-    api: crate::recreate::spec::ApiVersion,
+    api: crate::engine::ApiVersion,
 ) -> (Vec<String>, Vec<String>) {
-    let engine_labels = api >= crate::recreate::spec::ApiVersion::new(1, 42);
+    let engine_labels = api >= crate::engine::ApiVersion::new(1, 42);
     let filters = HashMap::from([("dangling", vec!["true"])]);
     let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
     let listed = match docker.list_volumes(Some(options)).await {

@@ -13,8 +13,6 @@ use ouroboros_shared::inventory::{
 };
 use ouroboros_shared::time_fmt::now_unix_ms;
 
-use crate::recreate::journal::SetAside;
-
 /// Seconds a single Docker API call may take.
 const API_TIMEOUT_SECS: u64 = 120;
 /// Containers inspected at once while taking an inventory.
@@ -71,6 +69,30 @@ impl DockerEndpoint {
             tls: Some(dir),
         })
     }
+}
+
+/// A Docker API version, e.g. 1.41.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ApiVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        Self { major, minor }
+    }
+}
+
+/// Why a listed container is set aside by an operation, if it is (the recreate's journal
+/// knows; the inventory only marks it).
+pub trait SetAsideReasons {
+    fn reason(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Option<String>;
 }
 
 /// Errors talking to the engine, each naming what was being done.
@@ -139,9 +161,9 @@ impl Engine {
     }
 
     /// The negotiated API version as numbers.
-    pub fn api(&self) -> crate::recreate::spec::ApiVersion {
+    pub fn api(&self) -> ApiVersion {
         let v = self.docker.client_version();
-        crate::recreate::spec::ApiVersion::new(
+        ApiVersion::new(
             u32::try_from(v.major_version).unwrap_or(1),
             u32::try_from(v.minor_version).unwrap_or(0),
         )
@@ -188,9 +210,9 @@ impl Engine {
 
     /// Every container on the host, running or not; those set aside (as `set_aside` tells,
     /// asked after the list so that no container listed is newer than its answer) are marked.
-    pub async fn inventory(
+    pub async fn inventory<S: SetAsideReasons>(
         &self,
-        set_aside: impl Fn() -> SetAside,
+        set_aside: impl Fn() -> S,
     ) -> Result<Inventory, EngineError> {
         let observed_at_unix_ms = now_unix_ms();
         let mode = self.describe().await?.1;
@@ -240,7 +262,7 @@ impl Engine {
     async fn container(
         &self,
         summary: bollard::models::ContainerSummary,
-        set_aside: &SetAside,
+        set_aside: &impl SetAsideReasons,
     ) -> Result<Option<ContainerInfo>, EngineError> {
         let Some(id) = summary.id else {
             return Ok(None);

@@ -15,7 +15,6 @@ use std::sync::Mutex;
 use anyhow::ensure;
 
 use crate::engine::Engine;
-use crate::image::{ImageSpec, build_image};
 use crate::naming::{NAME_MARKER, TEST_LABEL, TEST_LABEL_ARG, unique_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,19 +93,6 @@ impl Cleanup {
         ensure!(!id.trim().is_empty(), "empty image id");
         self.lock().push((Kind::ImageId, id.trim().to_owned()));
         Ok(())
-    }
-
-    /// Builds a test image as `reference` on the engine (see [`crate::build_image`]) and tracks
-    /// both the reference and the image id; returns the id.
-    pub fn build_image(
-        &self,
-        reference: &str,
-        spec: impl Into<ImageSpec>,
-    ) -> anyhow::Result<String> {
-        self.track_image(reference)?;
-        let id = build_image(&self.engine, reference, spec)?;
-        self.track_image_id(&id)?;
-        Ok(id)
     }
 
     /// `docker run --detach --name <unique> --label com.ouroboros.test=1 <options> <image>

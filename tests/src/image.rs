@@ -265,6 +265,22 @@ pub fn push_image(engine: &Engine, reference: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no digest for {repository} after push: {digests:?}"))
 }
 
+// Here rather than in cleanup.rs, so that the cleanup module knows nothing of images.
+impl Cleanup {
+    /// Builds a test image as `reference` on the engine (see [`build_image`]) and tracks
+    /// both the reference and the image id; returns the id.
+    pub fn build_image(
+        &self,
+        reference: &str,
+        spec: impl Into<ImageSpec>,
+    ) -> anyhow::Result<String> {
+        self.track_image(reference)?;
+        let id = build_image(self.engine(), reference, spec)?;
+        self.track_image_id(&id)?;
+        Ok(id)
+    }
+}
+
 /// Builds `spec` as `<registry>/<repo>:<tag>` on the cleanup's engine, pushes it, removes the
 /// local tag again and returns what was published. The tag, the pinned reference and the
 /// built image are tracked by `cleanup`, so whatever a test later pulls under them is removed

@@ -220,6 +220,17 @@ pub struct SetAside {
     index: Index,
 }
 
+impl crate::engine::SetAsideReasons for SetAside {
+    fn reason(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Option<String> {
+        SetAside::reason(self, id, name, labels)
+    }
+}
+
 /// The label every replacement carries: the operation that made it (see [`super::LABEL_OP`]).
 const LABEL_OP: &str = super::LABEL_OP;
 

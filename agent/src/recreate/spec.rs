@@ -27,22 +27,11 @@ pub const LABEL_STOP_SIGNAL: &str = "com.ouroboros.stop_signal";
 /// Watchtower's name for the same.
 pub const LABEL_STOP_SIGNAL_WATCHTOWER: &str = "com.centurylinklabs.watchtower.stop-signal";
 
-/// A Docker API version, e.g. 1.41.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ApiVersion {
-    pub major: u32,
-    pub minor: u32,
-}
+pub use crate::engine::ApiVersion;
 
-impl ApiVersion {
-    pub const fn new(major: u32, minor: u32) -> Self {
-        Self { major, minor }
-    }
-
-    /// From API 1.44 on, MAC addresses are per endpoint and `Config.MacAddress` is gone.
-    fn per_endpoint_mac(self) -> bool {
-        self >= Self::new(1, 44)
-    }
+/// From API 1.44 on, MAC addresses are per endpoint and `Config.MacAddress` is gone.
+fn per_endpoint_mac(api: ApiVersion) -> bool {
+    api >= ApiVersion::new(1, 44)
 }
 
 /// Why a container is not recreated.
@@ -221,14 +210,14 @@ pub fn derive(
             ..Default::default()
         };
         if Some(net) == primary.as_ref() {
-            if api.per_endpoint_mac() {
+            if per_endpoint_mac(api) {
                 endpoint.mac_address = user_mac;
             } else {
                 legacy_mac = user_mac;
             }
             primary_endpoint = Some(endpoint);
         } else {
-            if api.per_endpoint_mac() {
+            if per_endpoint_mac(api) {
                 endpoint.mac_address = user_mac;
             }
             extra_networks.push((net.clone(), endpoint));
