@@ -55,10 +55,10 @@ fn references(text: &str) -> BTreeSet<String> {
 /// Cycles between the top-level modules of the crate whose sources are in `src`.
 fn module_cycles(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    rust_files(src, &mut files);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
-        let Some(from) = top_module(&src, file) else {
+        let Some(from) = top_module(src, file) else {
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
