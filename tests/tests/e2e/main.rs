@@ -12,6 +12,7 @@ mod config;
 mod docker_tls;
 mod fleet;
 mod harness;
+mod images;
 mod metrics;
 mod modes;
 mod multiarch;
