@@ -1,7 +1,8 @@
 //! The container images: `deploy/build-images.sh` builds both from the Dockerfiles with no
 //! registry access (under `CI=true` a failed build fails the test, never skips it); each is
 //! under 40 MB, answers `--version`, carries Ouroboros' own label; the coordinator runs as a
-//! non-root user on a named volume and its HEALTHCHECK turns it `healthy`; a container of the
+//! non-root user on a named volume and its HEALTHCHECK turns it `healthy`; so does the agent's,
+//! with the socket and a data volume, while its coordinator is unreachable; a container of the
 //! agent image is skipped as Ouroboros' own unless `--self-update`. Also the `healthcheck`
 //! subcommands of both binaries, healthy and not, without Docker.
 
@@ -179,6 +180,68 @@ fn images_build_small_and_run_as_designed() -> anyhow::Result<()> {
     let uid = uid_of(pid.trim())?;
     ensure!(uid == COORDINATOR_UID, "the coordinator runs as uid {uid}");
     println!("coordinator container {name}: healthy, uid {uid}");
+
+    // The agent with the socket and a data volume turns healthy once its engine answers, even
+    // while its coordinator is unreachable (the link is not part of its health).
+    if let Some(socket) = engine.socket() {
+        let pki = tempfile::Builder::new()
+            .prefix("ouroboros-test-images-pki-")
+            .tempdir()?;
+        for args in [
+            &["pki", "init", "--dir"][..],
+            &["pki", "issue", "--agent", "imagehost", "--dir"],
+        ] {
+            let out = Command::new(&bins.coordinator)
+                .args(args)
+                .arg(pki.path())
+                .output()?;
+            ensure!(out.status.success(), "{args:?}: {out:?}");
+        }
+        let agent_volume = cleanup.create_volume("images-agent-data")?;
+        let socket_mount = format!("{}:/var/run/docker.sock", socket.display());
+        let data_mount = format!("{agent_volume}:/var/lib/ouroboros-agent");
+        let pki_mount = format!("{}:/pki:ro", pki.path().display());
+        let running = cleanup.run_container(
+            "images-agent-running",
+            &[
+                "--network",
+                "none",
+                "-v",
+                &socket_mount,
+                "-v",
+                &data_mount,
+                "-v",
+                &pki_mount,
+                "-e",
+                "OUROBOROS_COORDINATOR=https://127.0.0.1:7443",
+                "-e",
+                "OUROBOROS_CA=/pki/ca.pem",
+                "-e",
+                "OUROBOROS_CERT=/pki/agent-imagehost.pem",
+                "-e",
+                "OUROBOROS_KEY=/pki/agent-imagehost-key.pem",
+                "--health-interval",
+                "1s",
+                "--health-start-period",
+                "1s",
+            ],
+            &agent,
+            &[],
+        )?;
+        let healthy = eventually(Duration::from_secs(60), Duration::from_millis(500), || {
+            let status = engine.inspect(&running, "{{.State.Health.Status}}")?;
+            ensure!(status == "healthy", "health status {status:?}");
+            Ok(())
+        });
+        if let Err(error) = healthy {
+            let logs = engine.docker(&["logs", &running]).unwrap_or_default();
+            let health = engine
+                .inspect(&running, "{{json .State.Health}}")
+                .unwrap_or_default();
+            bail!("agent: {error:#}\nhealth: {health}\nlogs: {logs}");
+        }
+        println!("agent container {running}: healthy");
+    }
 
     // A container of the agent image is Ouroboros' own: skipped unless --self-update. (It exits
     // at once without a coordinator to dial; stopped containers are listed too.)
