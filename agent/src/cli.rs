@@ -23,7 +23,8 @@ use crate::recreate::faults::CrashPoint;
 #[command(
     name = "ouroboros-agent",
     version,
-    about = "Ouroboros agent: reports this Docker host to the coordinator and carries out its commands."
+    about = "Ouroboros agent: reports this Docker host to the coordinator and carries out its commands.",
+    after_help = "Health: `ouroboros-agent healthcheck [--data-dir DIR]` exits 0 when this host's running agent heard its Docker engine within the last minute, 1 otherwise (the image's HEALTHCHECK)."
 )]
 pub struct Cli {
     /// Coordinator URL, e.g. https://coordinator.example:7443.
@@ -163,6 +164,35 @@ impl Cli {
     }
 }
 
+/// The first argument that selects `ouroboros-agent healthcheck`.
+pub const HEALTHCHECK: &str = "healthcheck";
+
+/// `ouroboros-agent healthcheck`: is the agent that runs with this data dir alive? It reads
+/// the heartbeat file the running agent writes (see [`crate::health`]) and exits 0 when it is
+/// fresh, 1 otherwise, with one line saying why. It needs no shell, no network and no
+/// certificate, so it serves as the image's `HEALTHCHECK`.
+#[derive(Debug, Parser)]
+#[command(name = "ouroboros-agent healthcheck", version)]
+pub struct HealthcheckCli {
+    /// The running agent's data directory.
+    #[arg(long, env = ENV_AGENT_DATA_DIR, default_value = DEFAULT_AGENT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Seconds since the engine's last answer that still count as healthy.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_shutdown_timeout)]
+    pub max_age: Duration,
+}
+
+impl HealthcheckCli {
+    /// The verdict now: `Ok(line)` healthy, `Err(line)` not.
+    pub fn verdict(&self) -> Result<String, String> {
+        crate::health::check(
+            &self.data_dir,
+            ouroboros_shared::time_fmt::now_unix_ms(),
+            self.max_age,
+        )
+    }
+}
+
 /// Seconds, 1 to 3600.
 pub fn parse_shutdown_timeout(value: &str) -> Result<Duration, String> {
     match value.trim().parse::<u64>() {
@@ -194,6 +224,17 @@ fn crash_point() -> Result<Option<CrashPoint>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthcheck_reads_the_data_dir_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let cli = HealthcheckCli::try_parse_from(["healthcheck", "--data-dir", path]).unwrap();
+        assert_eq!(cli.max_age, Duration::from_secs(60));
+        assert!(cli.verdict().unwrap_err().starts_with("unhealthy: "));
+        crate::health::record(dir.path(), ouroboros_shared::time_fmt::now_unix_ms()).unwrap();
+        assert!(cli.verdict().unwrap().starts_with("healthy: "));
+    }
 
     #[test]
     fn flags_read_like_docker() {

@@ -175,6 +175,12 @@ impl Engine {
         format!("{}.{}", v.major_version, v.minor_version)
     }
 
+    /// Whether the engine answers (`GET /_ping`).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker.ping().await.map_err(self.err("ping"))?;
+        Ok(())
+    }
+
     /// Engine version and whether it is a Swarm manager, worker or standalone.
     pub async fn describe(&self) -> Result<(EngineInfo, HostMode), EngineError> {
         let version = self

@@ -10,6 +10,7 @@
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
 //!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
 //!   old images and unused anonymous volumes.
+//! - [`health`]: the heartbeat file behind `ouroboros-agent healthcheck`.
 
 pub mod backoff;
 pub mod cleanup;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod enrol;
+pub mod health;
 pub mod link;
 pub mod recreate;
 pub mod schedule;
@@ -69,6 +71,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let journal = Journal::open(&config.data_dir).map_err(|e| e.to_string())?;
+    health::forget(&config.data_dir);
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let (link_stop_tx, link_stop_rx) = watch::channel(false);
     let alerts: Alerts = Arc::default();
@@ -96,6 +99,11 @@ pub async fn run(
             host = %config.link.host,
             "Docker engine connected."
         );
+        tokio::spawn(health::beat(
+            engine.clone(),
+            config.data_dir.clone(),
+            stopping_rx.clone(),
+        ));
         let mut recreator =
             Recreator::new(&engine, journal, Deadlines::default(), own_container_id())
                 .with_stopping(stopping_rx.clone());

@@ -3,10 +3,15 @@
 
 use std::process::ExitCode;
 
-use ouroboros_agent::cli::Cli;
+use clap::Parser;
+use ouroboros_agent::cli::{Cli, HEALTHCHECK, HealthcheckCli};
 use ouroboros_shared::names::EXIT_USAGE;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(HEALTHCHECK) {
+        return healthcheck(&args[1..]);
+    }
     ouroboros_shared::install_crypto_provider();
     let cli: Cli = ouroboros_shared::cli::parse_or_exit();
     ouroboros_shared::telemetry::init(&cli.log_level);
@@ -43,6 +48,27 @@ fn main() -> ExitCode {
         }
         Err(message) => {
             eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ouroboros-agent healthcheck`: one line, exit 0 (healthy) or 1.
+fn healthcheck(args: &[String]) -> ExitCode {
+    let cli = match HealthcheckCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = ouroboros_shared::cli::report(&error);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
+    match cli.verdict() {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            println!("{line}");
             ExitCode::FAILURE
         }
     }

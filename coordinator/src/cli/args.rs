@@ -73,6 +73,9 @@ pub enum Command {
     /// Try again the updates that failed: forget the known-bad digests of these containers
     /// (all without --host/--container) and run a cycle over them.
     Retry(RetryArgs),
+    /// Exit 0 when the running coordinator's /healthz (the metrics endpoint) answers 200,
+    /// 1 otherwise, with one line (the image's HEALTHCHECK).
+    Healthcheck(crate::cli::healthcheck::HealthcheckArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -500,7 +503,11 @@ impl Command {
     pub fn is_admin(&self) -> bool {
         !matches!(
             self,
-            Self::Pki(_) | Self::Serve(_) | Self::Up(_) | Self::Completions { .. }
+            Self::Pki(_)
+                | Self::Serve(_)
+                | Self::Up(_)
+                | Self::Healthcheck(_)
+                | Self::Completions { .. }
         )
     }
 }
@@ -519,7 +526,7 @@ pub fn admin_command_line(args: &[String]) -> bool {
         }
         return !matches!(
             arg.as_str(),
-            "pki" | "serve" | "up" | "help" | "completions"
+            "pki" | "serve" | "up" | "healthcheck" | "help" | "completions"
         );
     }
     false

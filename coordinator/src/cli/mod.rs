@@ -1,10 +1,12 @@
 //! The `ouroboros-coordinator` command line: [`args`] (clap types and value checks),
 //! [`config`] (the options of `serve` and `up` into a typed configuration), [`serve`] (the
 //! server: store, gRPC, schedule, metrics endpoint, run-once) and [`up`] (all in one for a
-//! single host); here, the dispatch of each command.
+//! single host), [`healthcheck`] (the image's HEALTHCHECK); here, the dispatch of each
+//! command.
 
 pub mod args;
 pub mod config;
+pub mod healthcheck;
 pub mod serve;
 pub mod up;
 
@@ -96,6 +98,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();

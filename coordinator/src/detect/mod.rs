@@ -447,6 +447,13 @@ mod tests {
             ..all.clone()
         };
         assert!(with_self.check("h", &own).is_ok());
+        // The images (Dockerfile.agent, Dockerfile.coordinator) label their containers so.
+        let from_image = container("agent", "ouroboros-agent:dev", &[], &[(LABEL_SELF, "true")]);
+        assert_eq!(
+            all.check("h", &from_image),
+            Err("Ouroboros' own container (SELF_UPDATE is off)".into())
+        );
+        assert!(with_self.check("h", &from_image).is_ok());
         // Set-aside containers are never selected, whatever the lists and labels say.
         let mut aside = container("web", "nginx", &[], &[(LABEL_ENABLE, "true")]);
         aside.set_aside = "old container set aside by an update".into();

@@ -13,6 +13,7 @@ mod docker_tls;
 mod enrol;
 mod fleet;
 mod harness;
+mod images;
 mod metrics;
 mod modes;
 mod multiarch;
