@@ -45,6 +45,10 @@ pub struct Cli {
     /// Ignored once a certificate exists. Exit 64 when refused, 1 when unreachable.
     #[arg(long, env = ENV_JOIN_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub join: Option<String>,
+    /// The join token read from a file (a Docker or Swarm secret, e.g. `/run/secrets/...`),
+    /// instead of --join.
+    #[arg(long, env = ENV_JOIN_TOKEN_FILE, value_name = "FILE", conflicts_with = "join")]
+    pub join_file: Option<PathBuf>,
     /// This host's name in the fleet, for --join [default: the machine's name].
     #[arg(long, env = ENV_HOST_NAME, value_name = "NAME")]
     pub host_name: Option<String>,
@@ -92,7 +96,19 @@ impl Cli {
     /// With --join and no certificate yet: what to enrol. With a certificate, --join is
     /// ignored (said at INFO).
     pub fn join_plan(&self) -> Result<Option<JoinPlan>, String> {
-        let Some(token) = self.join.as_deref().filter(|t| !t.trim().is_empty()) else {
+        let from_file = match &self.join_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--join-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let Some(token) = from_file
+            .as_deref()
+            .or(self.join.as_deref())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        else {
             return Ok(None);
         };
         let cert = self.cert_path();
@@ -100,7 +116,12 @@ impl Cli {
             tracing::info!(cert = %cert.display(), "A certificate exists: --join ignored.");
             return Ok(None);
         }
-        let token = JoinToken::parse(token).map_err(|e| format!("--join: {e}"))?;
+        let option = if self.join_file.is_some() {
+            "--join-file"
+        } else {
+            "--join"
+        };
+        let token = JoinToken::parse(token).map_err(|e| format!("{option}: {e}"))?;
         let name = match &self.host_name {
             Some(n) => n.clone(),
             None => machine_name().ok_or("--host-name: the machine's name is unknown; give one")?,
@@ -119,7 +140,7 @@ impl Cli {
     /// Reads the certificate files and checks every value; the error names the option.
     pub fn into_config(self) -> Result<AgentConfig, String> {
         let (ca_path, cert_path, key_path) = (self.ca_path(), self.cert_path(), self.key_path());
-        if !cert_path.exists() && self.join.is_none() {
+        if !cert_path.exists() && self.join.is_none() && self.join_file.is_none() {
             return Err(format!(
                 "--ca/--cert/--key: no certificate at {}; enrol this host with --join TOKEN (`ouroboros-coordinator token create`) or give the files of `pki issue --agent HOST`",
                 cert_path.display()
@@ -234,6 +255,45 @@ mod tests {
         assert!(cli.verdict().unwrap_err().starts_with("unhealthy: "));
         crate::health::record(dir.path(), ouroboros_shared::time_fmt::now_unix_ms()).unwrap();
         assert!(cli.verdict().unwrap().starts_with("healthy: "));
+    }
+
+    #[test]
+    fn the_join_token_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!(
+            "ouro1.{}.{}.{}",
+            "0".repeat(16),
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let data = dir.path().join("data");
+        let args = |join: &[&str]| {
+            let mut a = vec!["ouroboros-agent", "--coordinator", "https://c.example:7443"];
+            a.extend_from_slice(join);
+            a.extend_from_slice(&[
+                "--host-name",
+                "web-07",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ]);
+            a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let cli = Cli::try_parse_from(args(&["--join-file", file.to_str().unwrap()])).unwrap();
+        let plan = cli.join_plan().unwrap().unwrap();
+        assert_eq!(plan.host.as_str(), "web-07");
+        assert_eq!(plan.token.id(), "0".repeat(16));
+        // A missing file names the option; both ways at once are refused by the parser.
+        let missing = Cli::try_parse_from(args(&["--join-file", "/nonexistent/token"])).unwrap();
+        assert!(
+            missing
+                .join_plan()
+                .unwrap_err()
+                .starts_with("--join-file /nonexistent/token: ")
+        );
+        let both = args(&["--join", &token, "--join-file", file.to_str().unwrap()]);
+        assert!(Cli::try_parse_from(both).is_err());
     }
 
     #[test]

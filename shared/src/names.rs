@@ -147,6 +147,8 @@ pub const ENV_DOCKER_TLS: &str = "DOCKER_TLS";
 pub const ENV_AGENT_DATA_DIR: &str = "OUROBOROS_AGENT_DATA_DIR";
 /// Agent: join token for enrolling this host (`ouroboros-coordinator token create`).
 pub const ENV_JOIN_TOKEN: &str = "OUROBOROS_JOIN_TOKEN";
+/// A file holding the join token (a Docker or Swarm secret).
+pub const ENV_JOIN_TOKEN_FILE: &str = "OUROBOROS_JOIN_TOKEN_FILE";
 /// Agent: its files inside the data dir (written by enrolment, read by default).
 pub const AGENT_CA_FILE: &str = "ca.pem";
 pub const AGENT_CERT_FILE: &str = "cert.pem";

@@ -11,8 +11,8 @@ use ouroboros_tests::{
 };
 use serde_json::Value;
 
-const CONVERGE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(200);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 
 /// The coordinator's files and how to reach it.
 pub(crate) struct Coordinator {

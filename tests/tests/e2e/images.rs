@@ -28,7 +28,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs `deploy/build-images.sh TAG` against `engine`; its output on failure.
-fn build_images(engine: &Engine, tag: &str) -> anyhow::Result<()> {
+pub(crate) fn build_images(engine: &Engine, tag: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut command = Command::new("bash");
     command

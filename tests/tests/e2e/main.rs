@@ -9,6 +9,7 @@
 mod check;
 mod cli;
 mod config;
+mod containers;
 mod docker_tls;
 mod enrol;
 mod fleet;
