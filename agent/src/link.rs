@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
@@ -59,6 +59,23 @@ enum SessionError {
     Protocol(&'static str),
 }
 
+impl SessionError {
+    /// The coordinator revoked this host's certificate (`hosts forget`): the handshake ends
+    /// with the TLS alert `certificate_revoked`, or the stream is refused or ended saying so.
+    fn revoked(&self) -> bool {
+        const ALERT: &str = "CertificateRevoked";
+        match self {
+            Self::Connect(text) => text.contains(ALERT),
+            Self::Refused(status) | Self::Stream(status) => {
+                (status.code() == tonic::Code::PermissionDenied
+                    && status.message().contains("revoked"))
+                    || error_chain(status).contains(ALERT)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Keeps a session open until `shutdown` becomes true; then the session's last messages go
 /// out and the stream is closed cleanly.
 pub async fn run(
@@ -69,6 +86,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    // Said once (ERROR), then quietly retried at the longest delay: a forgotten host's agent
+    // keeps running (no restart loop) until it is enrolled again or removed.
+    let mut revoked_said = false;
     loop {
         if *shutdown.borrow() {
             return;
@@ -78,16 +98,31 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
+        let revoked = result.as_ref().is_err_and(SessionError::revoked);
         match result {
             Ok(()) => info!(coordinator = %config.coordinator, "Coordinator closed the stream."),
+            Err(_) if revoked && !revoked_said => {
+                error!(
+                    coordinator = %config.coordinator,
+                    host = %config.host,
+                    "This host's certificate was revoked by the coordinator (hosts forget); to enrol it again, remove its certificate (cert.pem in the data dir, or --cert) and start the agent with --join and a new token. Retrying every {:?} meanwhile.",
+                    config.reconnect_max
+                );
+            }
+            Err(error) if revoked => debug!(%error, "Certificate still revoked."),
             Err(error) => {
                 warn!(coordinator = %config.coordinator, %error, "Link to the coordinator lost.")
             }
         }
+        revoked_said = revoked;
         if started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
-        let delay = backoff.next_delay();
+        let delay = if revoked {
+            config.reconnect_max
+        } else {
+            backoff.next_delay()
+        };
         info!(
             delay_ms = delay.as_millis(),
             "Reconnecting to the coordinator."
@@ -323,6 +358,20 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_certificate_is_told_apart_from_other_failures() {
+        let alert = SessionError::Connect(
+            "transport error: received fatal alert: CertificateRevoked".into(),
+        );
+        assert!(alert.revoked());
+        let forgotten = SessionError::Stream(tonic::Status::permission_denied(
+            "this host's certificate was revoked by the coordinator",
+        ));
+        assert!(forgotten.revoked());
+        assert!(!SessionError::Connect("connection refused".into()).revoked());
+        assert!(!SessionError::Refused(tonic::Status::permission_denied("other host")).revoked());
+    }
 
     #[test]
     fn healthcheck_probes_do_not_trigger_inventories() {

@@ -185,6 +185,13 @@ pub fn identify(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     }
 }
 
+/// A DER certificate's serial number in lower-case hex (how revocations name it), or `None`
+/// when the bytes are no certificate.
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(crate::join::hex(cert.raw_serial()))
+}
+
 /// The paths inside one PKI directory.
 #[derive(Debug, Clone)]
 pub struct PkiDir {
@@ -558,6 +565,19 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    server_config_with(ca, cert, key, |v| v)
+}
+
+/// [`server_config`] with the client-certificate verifier wrapped by `wrap` (the coordinator
+/// adds its revocation check there).
+pub fn server_config_with(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    wrap: impl FnOnce(
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(ca)? {
@@ -577,7 +597,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(wrap(verifier))
         .with_single_cert(chain, load_key(key)?)
         .map_err(|e| PkiError::Tls(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -41,8 +41,9 @@ pub enum Command {
     /// All in one for a single host: the coordinator and an agent for the local engine, PKI
     /// created under --data-dir on first start.
     Up(crate::cli::up::UpArgs),
-    /// List the hosts of the fleet.
-    Hosts(AdminArgs),
+    /// List the hosts of the fleet; `hosts forget HOST` removes one and revokes its
+    /// certificates.
+    Hosts(crate::admin::forget::HostsArgs),
     /// Join tokens for enrolling hosts: `token create` prints one for `ouroboros-agent --join`.
     #[command(subcommand)]
     Token(crate::admin::tokens::TokenCommand),

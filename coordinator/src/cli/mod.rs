@@ -40,7 +40,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve(args) => serve::serve_command(args).await,
         Command::Up(args) => crate::cli::up::up(args).await,
-        Command::Hosts(args) => admin_client::hosts(&args).await,
+        Command::Hosts(args) => match &args.action {
+            Some(crate::admin::forget::HostsAction::Forget(forget)) => {
+                crate::admin::forget::forget(forget).await
+            }
+            None => admin_client::hosts(&args.admin).await,
+        },
         Command::Token(command) => crate::admin::tokens::run(command).await,
         Command::Containers(args) => {
             admin_client::containers(&args.admin, args.host.as_ref()).await

@@ -1,5 +1,7 @@
 //! `AgentGateway.Connect`: one long-lived stream per agent. The agent's host is its
-//! certificate's; a `Hello` that claims another host is refused.
+//! certificate's; a `Hello` that claims another host is refused, and so is a revoked
+//! certificate (the handshake refuses it already; this covers a connection made before the
+//! revocation). The serial of each agent certificate seen is recorded.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,9 +19,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
+use crate::fleet::certs::CertBook;
 use crate::fleet::{Fleet, SessionGuard};
 use crate::server::dispatch::Dispatcher;
 use crate::server::tls::peer;
+
+/// What an agent of a forgotten host is told (the agent recognises "revoked").
+pub const REVOKED: &str = "this host's certificate was revoked by the coordinator (hosts forget); enrol it again with a new join token";
 
 /// How long an agent has to send `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +39,17 @@ pub struct Gateway {
     shutdown: watch::Receiver<bool>,
     /// For the agents' alerts.
     notifiers: crate::notify::Notifiers,
+    /// Serials seen and revoked.
+    certs: Option<Arc<CertBook>>,
 }
 
 impl Gateway {
+    /// Records the serials of agent certificates and refuses revoked ones.
+    pub fn with_certs(mut self, certs: Arc<CertBook>) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
     pub fn new(
         fleet: Arc<Fleet>,
         commands: Arc<Dispatcher>,
@@ -51,6 +65,7 @@ impl Gateway {
             missed_heartbeats,
             shutdown,
             notifiers,
+            certs: None,
         }
     }
 }
@@ -70,6 +85,12 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
             // The interceptor already refuses other roles; this guards a misconfigured router.
             return Err(Status::permission_denied("not an agent certificate"));
         };
+        if let Some(certs) = &self.certs
+            && certs.is_revoked(&peer.serial)
+        {
+            warn!(peer = %peer.addr, host = %host, serial = %peer.serial, "Refused agent: its certificate is revoked.");
+            return Err(Status::permission_denied(REVOKED));
+        }
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(message))) => message,
@@ -101,6 +122,13 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
                 "certificate is for host {host}, Hello claims {:?}",
                 hello.host
             )));
+        }
+        if let Some(certs) = self.certs.clone() {
+            let (h, serial) = (host.to_string(), peer.serial.clone());
+            let recorded = tokio::task::spawn_blocking(move || certs.record(&h, &serial)).await;
+            if let Ok(Err(error)) = recorded {
+                warn!(host = %host, %error, "Cannot record the agent certificate's serial.");
+            }
         }
         let (session, replaced) = self.fleet.connect(&host, &hello, peer.addr, now_unix_ms());
         if let Some(old_peer) = replaced {
@@ -175,7 +203,11 @@ impl AgentLink {
             let message = tokio::select! {
                 m = tokio::time::timeout(self.silence_limit, inbound.message()) => m,
                 _ = self.session.replaced.wait_for(|r| *r) => break LinkEnd::Ended(
-                    Status::aborted("replaced by a newer connection of the same host"),
+                    if self.fleet.knows(self.host.as_str()) {
+                        Status::aborted("replaced by a newer connection of the same host")
+                    } else {
+                        Status::permission_denied(REVOKED)
+                    },
                 ),
                 _ = self.shutdown.wait_for(|s| *s) => break LinkEnd::Ended(
                     Status::unavailable("coordinator shutting down"),

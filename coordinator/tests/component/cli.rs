@@ -415,6 +415,40 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no rollout r-1"));
     let malformed = cancel("1; drop", "json").await;
     assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+    // `hosts forget`: db-01 leaves the fleet (it never connected: no serial to revoke); a
+    // second forget, and an unknown host, are refused and change nothing.
+    let forget = |host: &str, format: &str| {
+        run(vec![
+            "hosts".into(),
+            "forget".into(),
+            host.into(),
+            "--output".into(),
+            format.into(),
+        ])
+    };
+    let out = forget("db-01", "table").await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    if let Err(e) = check_snapshot(
+        "hosts-forget.table",
+        &mask(&String::from_utf8_lossy(&out.stdout)),
+    ) {
+        failures.push(e);
+    }
+    let again = forget("db-01", "json").await;
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr).trim(),
+        "error: coordinator refused: no host db-01: nothing forgotten (`hosts` lists the fleet)"
+    );
+    let listed = run(vec!["hosts".into(), "--output".into(), "json".into()]).await;
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-01"], "{json}");
     // Completions for each shell, and --version.
     for shell in ["bash", "zsh", "fish"] {
         let out = std::process::Command::new(bin)

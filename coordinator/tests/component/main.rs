@@ -5,6 +5,7 @@
 
 mod cli;
 mod enrol;
+mod forget;
 mod layout;
 mod mtls;
 mod notify;

@@ -1,6 +1,7 @@
 //! Enrolment end to end with the real binaries: `token create` prints a join token, an agent
 //! started with `--join` makes its key, gets its certificate and connects; its data dir then
-//! holds one private key, its own; the same token is refused a second time.
+//! holds one private key, its own; the same token is refused a second time. A forgotten host's
+//! agent is refused at the handshake and says so; the host then enrols again.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,111 @@ fn files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// `token create` through the binary: its last line.
+fn create_token(bin: &Path, coordinator: &Coordinator) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args([
+            "token",
+            "create",
+            "--ttl",
+            "10m",
+            "--server",
+            &coordinator.url,
+        ])
+        .arg("--pki-dir")
+        .arg(&coordinator.pki)
+        .output()?;
+    ensure!(out.status.success(), "token create: {out:?}");
+    let stdout = String::from_utf8(out.stdout)?;
+    let token = stdout
+        .lines()
+        .last()
+        .context("no output")?
+        .trim()
+        .to_owned();
+    ensure!(
+        token.starts_with("ouro1."),
+        "last line is not a token: {stdout}"
+    );
+    Ok(token)
+}
+
+#[test]
+fn a_forgotten_host_is_refused_at_the_handshake_says_so_and_enrols_again() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-e2e-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &[])?;
+    let server = coordinator.serve("127.0.0.1:0")?;
+    let data = dir.path().join("agent-forgotten");
+    let data_str = data.to_str().context("non-UTF-8 path")?.to_owned();
+    let start_agent = |token: &str| {
+        Process::spawn(
+            &bins.agent,
+            &[
+                "--coordinator",
+                &coordinator.url,
+                "--host-name",
+                "forgotten-01",
+                "--data-dir",
+                &data_str,
+                "--docker-host",
+                engine.host(),
+            ],
+            &[("OUROBOROS_JOIN_TOKEN", token)],
+        )
+    };
+    let connected = |agent: &Process| {
+        eventually(CONVERGE, POLL, || {
+            let h = coordinator.host("forgotten-01")?;
+            ensure!(h["connected"] == true, "not connected: {h}");
+            Ok(())
+        })
+        .with_context(|| agent.log_tail(30))
+    };
+    let agent = start_agent(&create_token(&bins.coordinator, &coordinator)?)?;
+    connected(&agent)?;
+
+    let forgotten = coordinator.json(&["hosts", "forget", "forgotten-01"])?;
+    assert_eq!(forgotten["was_connected"], true, "{forgotten}");
+    assert_eq!(
+        forgotten["revoked_serials"].as_array().map(Vec::len),
+        Some(1),
+        "{forgotten}"
+    );
+    agent
+        .wait_for_log(
+            "This host's certificate was revoked by the coordinator (hosts forget)",
+            CONVERGE,
+        )
+        .with_context(|| agent.log_tail(30))?;
+    server
+        .wait_for_log("Refused connection: client certificate revoked", CONVERGE)
+        .with_context(|| server.log_tail(30))?;
+    assert!(agent.is_running(), "the refused agent keeps retrying");
+    assert!(
+        coordinator
+            .hosts()?
+            .iter()
+            .all(|h| h["host"] != "forgotten-01"),
+        "still listed"
+    );
+    // Unknown now: a second forget is refused (exit 2) and changes nothing.
+    let (code, _) = coordinator.admin(&["hosts", "forget", "forgotten-01"])?;
+    assert_eq!(code, 2);
+
+    // Enrolled again: its certificate removed, the agent started with a new token.
+    agent.terminate(Duration::from_secs(10))?;
+    std::fs::remove_file(data.join("cert.pem"))?;
+    let agent = start_agent(&create_token(&bins.coordinator, &coordinator)?)?;
+    connected(&agent)?;
+    Ok(())
 }
 
 #[test]

@@ -47,7 +47,18 @@ impl FleetStore for MemoryStore {
                 r.last_seen_unix_ms = r.last_seen_unix_ms.max(*ms);
             }
         }
+        for host in &batch.forget_hosts {
+            hosts.remove(host);
+        }
         let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = |key: &String| {
+            batch
+                .forget_hosts
+                .iter()
+                .any(|h| key.starts_with(&format!("{h}/")))
+        };
+        rest.announced.retain(|k, _| !owned(k));
+        rest.bad_digests.retain(|k, _| !owned(k));
         rest.rollouts.extend(batch.rollouts.clone());
         rest.history.extend(batch.history.clone());
         if let Some(before) = batch.history_before {

@@ -5,7 +5,7 @@
 //! is from 2021 and its README calls it beta with an on-disk format still to change, while redb
 //! has a stable file format and crash-safe ACID commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -99,6 +99,9 @@ pub struct Batch {
     pub settings: BTreeMap<String, Option<String>>,
     /// Known-bad digests to record (`Some`) or forget (`None`), by `host/container`.
     pub bad_digests: BTreeMap<String, Option<BadDigest>>,
+    /// Hosts forgotten (`hosts forget`): their record, last-seen time, announced and known-bad
+    /// digests go (their history stays).
+    pub forget_hosts: BTreeSet<String>,
 }
 
 impl Batch {
@@ -111,10 +114,19 @@ impl Batch {
             && self.announced.is_empty()
             && self.settings.is_empty()
             && self.bad_digests.is_empty()
+            && self.forget_hosts.is_empty()
     }
 
     /// Adds `newer` on top of this batch.
     pub fn merge(&mut self, newer: Batch) {
+        for host in &newer.forget_hosts {
+            self.hosts.remove(host);
+            self.last_seen.remove(host);
+        }
+        for host in newer.hosts.keys() {
+            self.forget_hosts.remove(host);
+        }
+        self.forget_hosts.extend(newer.forget_hosts);
         self.hosts.extend(newer.hosts);
         self.last_seen.extend(newer.last_seen);
         self.rollouts.extend(newer.rollouts);
@@ -315,6 +327,20 @@ impl FleetStore for RedbStore {
                             .map_err(db_err("forget a known-bad digest"))?;
                     }
                 }
+            }
+            for host in &batch.forget_hosts {
+                hosts
+                    .remove(host.as_str())
+                    .map_err(db_err("forget a host"))?;
+                seen.remove(host.as_str())
+                    .map_err(db_err("forget a last-seen time"))?;
+                // Keys `host/container`: from "host/" up to "host0" ('0' follows '/').
+                let (from, to) = (format!("{host}/"), format!("{host}0"));
+                announced
+                    .retain_in::<&str, _>(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(db_err("forget a host's announced digests"))?;
+                bad.retain_in::<&str, _>(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(db_err("forget a host's known-bad digests"))?;
             }
             let mut settings = txn
                 .open_table(SETTINGS)
