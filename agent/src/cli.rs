@@ -18,6 +18,7 @@ use crate::engine::DockerEndpoint;
 use crate::enrol::{JoinPlan, machine_name};
 use crate::link::LinkConfig;
 use crate::recreate::faults::CrashPoint;
+use crate::renew::Renewal;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +48,10 @@ pub struct Cli {
     /// This host's name in the fleet, for --join [default: the machine's name].
     #[arg(long, env = ENV_HOST_NAME, value_name = "NAME")]
     pub host_name: Option<String>,
+    /// Renew the certificate (over the link, with a new key) when less than this remains,
+    /// e.g. 30d or 12h [default: a third of its lifetime].
+    #[arg(long, env = ENV_RENEW_BEFORE, value_name = "DURATION", value_parser = parse_renew_before)]
+    pub renew_before: Option<Duration>,
     /// Docker engine: unix:///PATH, tcp://HOST:PORT or https://HOST:PORT.
     #[arg(long, env = ENV_DOCKER_HOST, default_value = DEFAULT_DOCKER_HOST, value_name = "URL")]
     pub docker_host: String,
@@ -154,12 +159,36 @@ impl Cli {
                 host,
                 reconnect_initial: Duration::from_millis(500),
                 reconnect_max: Duration::from_secs(30),
+                renewal: Some(Renewal {
+                    cert: cert_path,
+                    key: key_path,
+                    before: self.renew_before,
+                }),
             },
             docker,
             data_dir: self.data_dir,
             crash: crash_point()?,
             shutdown_timeout: self.shutdown_timeout,
         })
+    }
+}
+
+/// A duration as a number and a unit (s, m, h or d), at least 1s: `--renew-before`.
+pub fn parse_renew_before(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let (number, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n.saturating_mul(scale))),
+        _ => Err(format!(
+            "{value:?} is not a duration such as 90s, 30m, 12h or 30d"
+        )),
     }
 }
 

@@ -147,6 +147,8 @@ pub const ENV_DOCKER_TLS: &str = "DOCKER_TLS";
 pub const ENV_AGENT_DATA_DIR: &str = "OUROBOROS_AGENT_DATA_DIR";
 /// Agent: join token for enrolling this host (`ouroboros-coordinator token create`).
 pub const ENV_JOIN_TOKEN: &str = "OUROBOROS_JOIN_TOKEN";
+/// Agent: renew the certificate when less than this remains (`--renew-before`).
+pub const ENV_RENEW_BEFORE: &str = "OUROBOROS_RENEW_BEFORE";
 /// Agent: its files inside the data dir (written by enrolment, read by default).
 pub const AGENT_CA_FILE: &str = "ca.pem";
 pub const AGENT_CERT_FILE: &str = "cert.pem";

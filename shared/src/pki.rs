@@ -192,6 +192,22 @@ pub fn serial_hex(der: &[u8]) -> Option<String> {
     Some(crate::join::hex(cert.raw_serial()))
 }
 
+/// The first certificate of a PEM text, in DER.
+pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    Some(der.to_vec())
+}
+
+/// A DER certificate's validity as unix seconds (not before, not after), or `None` when the
+/// bytes are no certificate.
+pub fn validity_unix(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// The paths inside one PKI directory.
 #[derive(Debug, Clone)]
 pub struct PkiDir {

@@ -367,7 +367,7 @@ pub async fn run(
             stop_rx,
             config.notifiers.clone(),
         )
-        .with_certs(enrolment.certs()),
+        .with_enrolment(enrolment.clone()),
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(

@@ -177,6 +177,29 @@ impl Enrolment {
     }
 }
 
+impl Enrolment {
+    /// Signs a renewal for `host` (the caller's verified name) with the same rules as
+    /// enrolment: only the request's public key is taken. Returns the certificate and its
+    /// serial, recorded for the host. Blocking (store write).
+    pub fn renew(&self, host: &HostName, csr_der: &[u8]) -> Result<(String, String), Status> {
+        let ca = self.signing_ca()?;
+        if !self.fleet.knows(host.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "host {host} is not in the fleet (forgotten?)"
+            )));
+        }
+        let cert_pem = ca
+            .sign_agent_request(csr_der, host, Validity::days_from_now(DEFAULT_LEAF_DAYS))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let serial = pem_serial(cert_pem.as_bytes())
+            .ok_or_else(|| Status::internal("the certificate just signed has no serial"))?;
+        self.certs
+            .record(host.as_str(), &serial)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok((cert_pem, serial))
+    }
+}
+
 /// What `hosts forget` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forgotten {

@@ -19,10 +19,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
-use crate::fleet::certs::CertBook;
 use crate::fleet::{Fleet, SessionGuard};
 use crate::server::dispatch::Dispatcher;
-use crate::server::tls::peer;
+use crate::server::enrol::Enrolment;
+use crate::server::tls::{PeerInfo, peer};
 
 /// What an agent of a forgotten host is told (the agent recognises "revoked").
 pub const REVOKED: &str = "this host's certificate was revoked by the coordinator (hosts forget); enrol it again with a new join token";
@@ -39,15 +39,31 @@ pub struct Gateway {
     shutdown: watch::Receiver<bool>,
     /// For the agents' alerts.
     notifiers: crate::notify::Notifiers,
-    /// Serials seen and revoked.
-    certs: Option<Arc<CertBook>>,
+    /// Serials seen and revoked, and the CA that signs renewals.
+    enrolment: Option<Arc<Enrolment>>,
 }
 
 impl Gateway {
-    /// Records the serials of agent certificates and refuses revoked ones.
-    pub fn with_certs(mut self, certs: Arc<CertBook>) -> Self {
-        self.certs = Some(certs);
+    /// Records the serials of agent certificates, refuses revoked ones and renews.
+    pub fn with_enrolment(mut self, enrolment: Arc<Enrolment>) -> Self {
+        self.enrolment = Some(enrolment);
         self
+    }
+
+    /// The verified agent of a request, unless its certificate is revoked.
+    fn agent<T>(&self, request: &Request<T>) -> Result<(PeerInfo, HostName), Status> {
+        let peer = peer(request)?;
+        let PeerIdentity::Agent(host) = peer.identity.clone() else {
+            // The interceptor already refuses other roles; this guards a misconfigured router.
+            return Err(Status::permission_denied("not an agent certificate"));
+        };
+        if let Some(e) = &self.enrolment
+            && e.certs().is_revoked(&peer.serial)
+        {
+            warn!(peer = %peer.addr, host = %host, serial = %peer.serial, "Refused agent: its certificate is revoked.");
+            return Err(Status::permission_denied(REVOKED));
+        }
+        Ok((peer, host))
     }
 
     pub fn new(
@@ -65,7 +81,7 @@ impl Gateway {
             missed_heartbeats,
             shutdown,
             notifiers,
-            certs: None,
+            enrolment: None,
         }
     }
 }
@@ -80,17 +96,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = peer(&request)?;
-        let PeerIdentity::Agent(host) = peer.identity.clone() else {
-            // The interceptor already refuses other roles; this guards a misconfigured router.
-            return Err(Status::permission_denied("not an agent certificate"));
-        };
-        if let Some(certs) = &self.certs
-            && certs.is_revoked(&peer.serial)
-        {
-            warn!(peer = %peer.addr, host = %host, serial = %peer.serial, "Refused agent: its certificate is revoked.");
-            return Err(Status::permission_denied(REVOKED));
-        }
+        let (peer, host) = self.agent(&request)?;
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(message))) => message,
@@ -123,7 +129,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
                 hello.host
             )));
         }
-        if let Some(certs) = self.certs.clone() {
+        if let Some(certs) = self.enrolment.as_ref().map(|e| e.certs()) {
             let (h, serial) = (host.to_string(), peer.serial.clone());
             let recorded = tokio::task::spawn_blocking(move || certs.record(&h, &serial)).await;
             if let Ok(Err(error)) = recorded {
@@ -172,6 +178,32 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         };
         tokio::spawn(link.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let (peer, host) = self.agent(&request)?;
+        let Some(enrolment) = self.enrolment.clone() else {
+            return Err(Status::unimplemented(
+                "this coordinator does not renew certificates",
+            ));
+        };
+        let csr = request.into_inner().csr_der;
+        let h = host.clone();
+        let answer = tokio::task::spawn_blocking(move || enrolment.renew(&h, &csr))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match &answer {
+            Ok((_, serial)) => {
+                info!(peer = %peer.addr, host = %host, old_serial = %peer.serial, %serial, "Certificate renewed.")
+            }
+            Err(status) => {
+                warn!(peer = %peer.addr, host = %host, reason = status.message(), "Refused certificate renewal.")
+            }
+        }
+        answer.map(|(cert_pem, _)| Response::new(pb::RenewResponse { cert_pem }))
     }
 }
 

@@ -10,3 +10,4 @@ mod layout;
 mod mtls;
 mod notify;
 mod registry;
+mod renew;

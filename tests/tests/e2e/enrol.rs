@@ -1,7 +1,8 @@
 //! Enrolment end to end with the real binaries: `token create` prints a join token, an agent
 //! started with `--join` makes its key, gets its certificate and connects; its data dir then
 //! holds one private key, its own; the same token is refused a second time. A forgotten host's
-//! agent is refused at the handshake and says so; the host then enrols again.
+//! agent is refused at the handshake and says so; the host then enrols again. An agent whose
+//! certificate is due renews it over its link and reconnects with it within a heartbeat.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,76 @@ fn a_forgotten_host_is_refused_at_the_handshake_says_so_and_enrols_again() -> an
     std::fs::remove_file(data.join("cert.pem"))?;
     let agent = start_agent(&create_token(&bins.coordinator, &coordinator)?)?;
     connected(&agent)?;
+    Ok(())
+}
+
+#[test]
+fn an_agent_renews_its_certificate_over_the_link_and_reconnects_at_once() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-e2e-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &[])?;
+    // A one-day certificate: with --renew-before 2d it is due at once; the renewed one (a
+    // year) is not.
+    let out = Command::new(&bins.coordinator)
+        .args([
+            "pki", "issue", "--agent", "renew-01", "--days", "1", "--dir",
+        ])
+        .arg(&coordinator.pki)
+        .output()?;
+    ensure!(out.status.success(), "pki issue: {out:?}");
+    let cert = coordinator.pki.join("agent-renew-01.pem");
+    let old = std::fs::read_to_string(&cert)?;
+    let server = coordinator.serve("127.0.0.1:0")?;
+    let agent = coordinator.agent_with(
+        &bins.agent,
+        "renew-01",
+        &["--docker-host", engine.host(), "--renew-before", "2d"],
+        &[],
+    )?;
+    let renewed = agent
+        .wait_for_log(
+            "Certificate renewed and stored; reconnecting with it.",
+            CONVERGE,
+        )
+        .with_context(|| agent.log_tail(30))?;
+    server
+        .wait_for_log("Certificate renewed.", CONVERGE)
+        .with_context(|| server.log_tail(30))?;
+    let new = std::fs::read_to_string(&cert)?;
+    ensure!(new != old, "cert.pem unchanged");
+    let key = coordinator.pki.join("agent-renew-01-key.pem");
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    // Connected again with the new certificate within one heartbeat (5 s), and only once
+    // renewed: the new certificate is not due.
+    let mark_at = agent.log().find(&renewed).context("renewal line")?;
+    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+        let log = agent.log();
+        let after = log.get(mark_at..).unwrap_or("");
+        ensure!(
+            after.contains("Connected to the coordinator."),
+            "not reconnected"
+        );
+        Ok(())
+    })
+    .with_context(|| agent.log_tail(30))?;
+    let h = coordinator.host("renew-01")?;
+    assert_eq!(h["connected"], true, "{h}");
+    std::thread::sleep(Duration::from_secs(2));
+    let renewals = agent
+        .log()
+        .matches("Certificate renewed and stored")
+        .count();
+    assert_eq!(renewals, 1, "{}", agent.log_tail(30));
+    assert!(
+        !agent.log().contains("Certificate renewal failed"),
+        "{}",
+        agent.log_tail(30)
+    );
     Ok(())
 }
 
