@@ -192,6 +192,33 @@ pub fn serial_hex(der: &[u8]) -> Option<String> {
     Some(crate::join::hex(cert.raw_serial()))
 }
 
+/// The DNS names and IP addresses a DER certificate's subject alternative name lists.
+pub fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|ip| IpAddr::from(ip).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|ip| IpAddr::from(ip).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// The first certificate of a PEM text, in DER.
 pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
     let der = CertificateDer::pem_slice_iter(pem.as_bytes())

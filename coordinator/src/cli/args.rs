@@ -224,6 +224,29 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
     },
+    /// A new server certificate and key for the coordinator from the same CA (its names kept,
+    /// --san added); the old pair is kept as .bak. Restart `serve` to use it.
+    RotateServer {
+        /// Directory made by `pki init` (with ca-key.pem).
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Extra DNS name or IP address for the new certificate. Repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// A new client certificate and key for the admin CLI from the same CA; the old pair is
+    /// kept as .bak (and stays valid until it expires).
+    RotateCli {
+        /// Directory made by `pki init` (with ca-key.pem).
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Args)]

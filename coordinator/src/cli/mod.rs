@@ -1,10 +1,12 @@
 //! The `ouroboros-coordinator` command line: [`args`] (clap types and value checks),
-//! [`config`] (the options of `serve` and `up` into a typed configuration), [`serve`] (the
-//! server: store, gRPC, schedule, metrics endpoint, run-once) and [`up`] (all in one for a
-//! single host); here, the dispatch of each command.
+//! [`config`] (the options of `serve` and `up` into a typed configuration), [`rotate`] (`pki
+//! rotate-server`, `pki rotate-cli`), [`serve`] (the server: store, gRPC, schedule, metrics
+//! endpoint, run-once) and [`up`] (all in one for a single host); here, the dispatch of each
+//! command.
 
 pub mod args;
 pub mod config;
+pub mod rotate;
 pub mod serve;
 pub mod up;
 
@@ -28,6 +30,25 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 "Next: issue one certificate per host with `ouroboros-coordinator pki issue --dir {} --agent HOST`.",
                 pki.dir().display()
             );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::RotateServer { dir, sans, days }) => {
+            print_rotated(rotate::rotate(
+                &PkiDir::new(dir),
+                rotate::Rotated::Server,
+                &sans,
+                days,
+            )?);
+            println!("Restart `serve` to use the new certificate.");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::RotateCli { dir, days }) => {
+            print_rotated(rotate::rotate(
+                &PkiDir::new(dir),
+                rotate::Rotated::Cli,
+                &[],
+                days,
+            )?);
             Ok(())
         }
         Command::Pki(PkiCommand::Issue { dir, agent, days }) => {
@@ -112,5 +133,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+    }
+}
+
+/// What a `pki rotate-*` command wrote.
+fn print_rotated(written: Vec<std::path::PathBuf>) {
+    for path in written {
+        println!(
+            "wrote {} (previous one kept as {})",
+            path.display(),
+            rotate::backup_path(&path).display()
+        );
     }
 }
