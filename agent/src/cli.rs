@@ -225,6 +225,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renew_before_takes_a_number_and_a_unit() {
+        assert_eq!(
+            parse_renew_before("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_renew_before("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_renew_before(" 12h "),
+            Ok(Duration::from_secs(12 * 3600))
+        );
+        for bad in ["", "0d", "30", "d", "3w", "-1h", "1.5h"] {
+            assert!(parse_renew_before(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn flags_read_like_docker() {
         assert_eq!(parse_flag("1"), Ok(true));
         assert_eq!(parse_flag("TRUE"), Ok(true));

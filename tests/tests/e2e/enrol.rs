@@ -113,8 +113,12 @@ fn a_forgotten_host_is_refused_at_the_handshake_says_so_and_enrols_again() -> an
             CONVERGE,
         )
         .with_context(|| agent.log_tail(30))?;
+    // Its next attempt comes after the longest reconnect delay (30 s): refused at the handshake.
     server
-        .wait_for_log("Refused connection: client certificate revoked", CONVERGE)
+        .wait_for_log(
+            "Refused connection: client certificate revoked",
+            Duration::from_secs(60),
+        )
         .with_context(|| server.log_tail(30))?;
     assert!(agent.is_running(), "the refused agent keeps retrying");
     assert!(
