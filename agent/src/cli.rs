@@ -18,6 +18,7 @@ use crate::engine::DockerEndpoint;
 use crate::enrol::{JoinPlan, machine_name};
 use crate::link::LinkConfig;
 use crate::recreate::faults::CrashPoint;
+use crate::renew::Renewal;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +53,10 @@ pub struct Cli {
     /// This host's name in the fleet, for --join [default: the machine's name].
     #[arg(long, env = ENV_HOST_NAME, value_name = "NAME")]
     pub host_name: Option<String>,
+    /// Renew the certificate (over the link, with a new key) when less than this remains,
+    /// e.g. 30d or 12h [default: a third of its lifetime].
+    #[arg(long, env = ENV_RENEW_BEFORE, value_name = "DURATION", value_parser = parse_renew_before)]
+    pub renew_before: Option<Duration>,
     /// Docker engine: unix:///PATH, tcp://HOST:PORT or https://HOST:PORT.
     #[arg(long, env = ENV_DOCKER_HOST, default_value = DEFAULT_DOCKER_HOST, value_name = "URL")]
     pub docker_host: String,
@@ -176,6 +181,11 @@ impl Cli {
                 host,
                 reconnect_initial: Duration::from_millis(500),
                 reconnect_max: Duration::from_secs(30),
+                renewal: Some(Renewal {
+                    cert: cert_path,
+                    key: key_path,
+                    before: self.renew_before,
+                }),
             },
             docker,
             data_dir: self.data_dir,
@@ -211,6 +221,17 @@ impl HealthcheckCli {
             ouroboros_shared::time_fmt::now_unix_ms(),
             self.max_age,
         )
+    }
+}
+
+/// A duration as humantime reads it (`90s`, `30m`, `12h`, `30d`, `1h 30m`), at least 1s:
+/// `--renew-before`.
+pub fn parse_renew_before(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err(format!(
+            "{value:?} is not a duration such as 90s, 30m, 12h or 30d"
+        )),
     }
 }
 
@@ -294,6 +315,23 @@ mod tests {
         );
         let both = args(&["--join", &token, "--join-file", file.to_str().unwrap()]);
         assert!(Cli::try_parse_from(both).is_err());
+    }
+
+    #[test]
+    fn renew_before_takes_a_number_and_a_unit() {
+        assert_eq!(
+            parse_renew_before("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_renew_before("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_renew_before(" 12h "),
+            Ok(Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(parse_renew_before("1h 30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "0d", "30", "d", "-1h", "999999999999999999999d"] {
+            assert!(parse_renew_before(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn join(plan: &JoinPlan) -> Result<(), JoinError> {
 }
 
 /// Writes `contents` to a temporary file with `mode` and renames it over `path`.
-fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), JoinError> {
+pub(crate) fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), JoinError> {
     let err = |source| JoinError::Write {
         path: path.to_owned(),
         source,

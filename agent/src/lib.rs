@@ -6,7 +6,7 @@
 //!   `--join`, a certificate for a new host from a join token.
 //! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
 //! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
-//!   decides when it takes the next inventory.
+//!   decides when it takes the next inventory; [`renew`]: a new certificate before expiry.
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
 //!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
 //!   old images and unused anonymous volumes.
@@ -21,6 +21,7 @@ pub mod enrol;
 pub mod health;
 pub mod link;
 pub mod recreate;
+pub mod renew;
 pub mod schedule;
 
 use std::path::PathBuf;

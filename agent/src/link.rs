@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
@@ -27,11 +27,14 @@ use crate::backoff::Backoff;
 use crate::commands::CommandRunner;
 use crate::engine::{Engine, EngineError};
 use crate::recreate::{Alert, Alerts};
+use crate::renew::{RenewError, Renewal, due_in, renew};
 use crate::schedule::InventorySchedule;
 
 /// A session that lasted this long resets the backoff; shorter ones (refused, replaced,
 /// dropped at once) keep backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// After a failed renewal, the next try.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// A full inventory at least this often, whatever the events say.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -43,6 +46,8 @@ pub struct LinkConfig {
     pub host: HostName,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// Where the certificate is renewed before it expires; `None`: never renewed here.
+    pub renewal: Option<Renewal>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +64,36 @@ enum SessionError {
     Protocol(&'static str),
 }
 
+impl SessionError {
+    /// The coordinator revoked this host's certificate (`hosts forget`): the handshake ends
+    /// with the TLS alert `certificate_revoked`, or the stream is refused or ended saying so.
+    fn revoked(&self) -> bool {
+        const ALERT: &str = "CertificateRevoked";
+        match self {
+            Self::Connect(text) => text.contains(ALERT),
+            Self::Refused(status) | Self::Stream(status) => {
+                (status.code() == tonic::Code::PermissionDenied
+                    && status.message().contains("revoked"))
+                    || error_chain(status).contains(ALERT)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Keeps a session open until `shutdown` becomes true; then the session's last messages go
 /// out and the stream is closed cleanly.
 pub async fn run(
-    config: LinkConfig,
+    mut config: LinkConfig,
     engine: Engine,
     commands: Arc<CommandRunner>,
     alerts: Alerts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    // Said once (ERROR), then quietly retried at the longest delay: a forgotten host's agent
+    // keeps running (no restart loop) until it is enrolled again or removed.
+    let mut revoked_said = false;
     loop {
         if *shutdown.borrow() {
             return;
@@ -78,16 +103,42 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
+        let revoked = result.as_ref().is_err_and(SessionError::revoked);
+        let result = match result {
+            Ok(Some(renewed)) => {
+                // At once, with the new certificate: no gap longer than a reconnect.
+                config.tls = renewed;
+                backoff.reset();
+                revoked_said = false;
+                continue;
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(()) => info!(coordinator = %config.coordinator, "Coordinator closed the stream."),
+            Err(_) if revoked && !revoked_said => {
+                error!(
+                    coordinator = %config.coordinator,
+                    host = %config.host,
+                    "This host's certificate was revoked by the coordinator (hosts forget); to enrol it again, remove its certificate (cert.pem in the data dir, or --cert) and start the agent with --join and a new token. Retrying every {:?} meanwhile.",
+                    config.reconnect_max
+                );
+            }
+            Err(error) if revoked => debug!(%error, "Certificate still revoked."),
             Err(error) => {
                 warn!(coordinator = %config.coordinator, %error, "Link to the coordinator lost.")
             }
         }
+        revoked_said = revoked;
         if started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
-        let delay = backoff.next_delay();
+        let delay = if revoked {
+            config.reconnect_max
+        } else {
+            backoff.next_delay()
+        };
         info!(
             delay_ms = delay.as_millis(),
             "Reconnecting to the coordinator."
@@ -120,17 +171,18 @@ fn message(kind: pb::agent_message::Kind) -> pb::AgentMessage {
 /// last message.
 const DRAIN: Duration = Duration::from_secs(3);
 
+/// One session; `Ok(Some(tls))` when it ended to reconnect with a renewed certificate.
 async fn session(
     config: &LinkConfig,
     engine: &Engine,
     commands: &Arc<CommandRunner>,
     alerts: &Alerts,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+) -> Result<Option<ClientPem>, SessionError> {
     let endpoint = endpoint(config)?;
     let channel = tokio::select! {
         c = endpoint.connect() => c.map_err(|e| SessionError::Connect(error_chain(&e)))?,
-        () = stopped(&mut shutdown) => return Ok(()),
+        () = stopped(&mut shutdown) => return Ok(None),
     };
     let (engine_info, mode) = engine.describe().await?;
     let hello = Hello {
@@ -145,7 +197,7 @@ async fn session(
         message(pb::agent_message::Kind::Hello(hello.clone().into())),
     )
     .await?;
-    let mut inbound = AgentGatewayClient::new(channel)
+    let mut inbound = AgentGatewayClient::new(channel.clone())
         .connect(ReceiverStream::new(rx))
         .await
         .map_err(SessionError::Refused)?
@@ -184,6 +236,15 @@ async fn session(
     let mut schedule = InventorySchedule::new(Instant::now());
     // The inventory being taken; heartbeats go on meanwhile.
     let mut job: Option<JoinHandle<Result<Inventory, EngineError>>> = None;
+    // When the certificate is due for renewal, and the renewal under way.
+    let mut renew_timer = config.renewal.as_ref().and_then(|r| {
+        let wait = due_in(&config.tls.cert, r.before, now_unix_ms() / 1000)?;
+        if !wait.is_zero() {
+            debug!(in_secs = wait.as_secs(), "Certificate renewal scheduled.");
+        }
+        Some(Instant::now() + wait)
+    });
+    let mut renewing: Option<JoinHandle<Result<ClientPem, RenewError>>> = None;
     loop {
         let start_at = schedule.next_start();
         tokio::select! {
@@ -195,7 +256,35 @@ async fn session(
                     while let Ok(Some(_)) = inbound.message().await {}
                 })
                 .await;
-                return Ok(());
+                return Ok(None);
+            }
+            () = sleep_until(renew_timer) => {
+                renew_timer = None;
+                if let Some(renewal) = config.renewal.clone() {
+                    info!(host = %config.host, "Certificate due for renewal; asking the coordinator for a new one.");
+                    let (channel, host, tls) = (channel.clone(), config.host.clone(), config.tls.clone());
+                    renewing = Some(tokio::spawn(async move {
+                        renew(channel, &renewal, &host, &tls).await
+                    }));
+                }
+            }
+            renewed = join(&mut renewing) => {
+                renewing = None;
+                match renewed {
+                    Ok(Ok(tls)) => {
+                        info!(host = %config.host, "Certificate renewed and stored; reconnecting with it.");
+                        drop(tx);
+                        return Ok(Some(tls));
+                    }
+                    Ok(Err(error)) => {
+                        warn!(%error, retry_secs = RENEW_RETRY.as_secs(), "Certificate renewal failed; the current certificate and key stay.");
+                        renew_timer = Some(Instant::now() + RENEW_RETRY);
+                    }
+                    Err(error) => {
+                        warn!(%error, "Certificate renewal task failed.");
+                        renew_timer = Some(Instant::now() + RENEW_RETRY);
+                    }
+                }
             }
             _ = beat.tick() => {
                 let hb = pb::Heartbeat { sent_at_unix_ms: now_unix_ms() };
@@ -266,7 +355,7 @@ async fn session(
                     tokio::spawn(async move { commands.prune_volumes(command, tx).await });
                 }
                 Some(other) => debug!(?other, "Ignoring a message this agent does not know."),
-                None => return Ok(()),
+                None => return Ok(None),
             },
         }
     }
@@ -323,6 +412,20 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_certificate_is_told_apart_from_other_failures() {
+        let alert = SessionError::Connect(
+            "transport error: received fatal alert: CertificateRevoked".into(),
+        );
+        assert!(alert.revoked());
+        let forgotten = SessionError::Stream(tonic::Status::permission_denied(
+            "this host's certificate was revoked by the coordinator",
+        ));
+        assert!(forgotten.revoked());
+        assert!(!SessionError::Connect("connection refused".into()).revoked());
+        assert!(!SessionError::Refused(tonic::Status::permission_denied("other host")).revoked());
+    }
 
     #[test]
     fn healthcheck_probes_do_not_trigger_inventories() {

@@ -45,7 +45,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 fn unhex32(text: &str) -> Option<[u8; 32]> {
@@ -53,9 +53,7 @@ fn unhex32(text: &str) -> Option<[u8; 32]> {
         return None;
     }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    ::hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -290,6 +288,14 @@ impl EnrolError {
     }
 }
 
+/// A new private key (PEM) and a certificate request for `host` signed with it (DER), for
+/// enrolment and renewal.
+pub fn key_and_request(host: &HostName) -> Result<(String, Vec<u8>), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::new(vec![host.to_string()])?.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
 /// Makes a key for `host`, sends a certificate request with `token` to the coordinator at
 /// `url` over TLS pinned to the token's CA, and returns the signed certificate. Nothing is
 /// sent when the server's chain does not lead to the pinned CA.
@@ -316,8 +322,7 @@ pub async fn enrol(url: &str, token: &JoinToken, host: &HostName) -> Result<Enro
         authority.port_u16().unwrap_or(443)
     );
 
-    let key = KeyPair::generate()?;
-    let csr = CertificateParams::new(vec![host.to_string()])?.serialize_request(&key)?;
+    let (key_pem, csr) = key_and_request(host)?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mismatch = Arc::new(AtomicBool::new(false));
@@ -358,7 +363,7 @@ pub async fn enrol(url: &str, token: &JoinToken, host: &HostName) -> Result<Enro
     let request = ouroboros_proto::v1::EnrolRequest {
         token: token.expose(),
         host: host.to_string(),
-        csr_der: csr.der().to_vec(),
+        csr_der: csr,
     };
     let answer = ouroboros_proto::v1::enrolment_client::EnrolmentClient::new(channel)
         .enrol(request)
@@ -395,7 +400,7 @@ pub async fn enrol(url: &str, token: &JoinToken, host: &HostName) -> Result<Enro
     }
     Ok(Enrolled {
         cert_pem: answer.cert_pem,
-        key_pem: key.serialize_pem(),
+        key_pem,
         ca_pem: answer.ca_pem,
     })
 }

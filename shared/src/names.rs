@@ -149,6 +149,8 @@ pub const ENV_AGENT_DATA_DIR: &str = "OUROBOROS_AGENT_DATA_DIR";
 pub const ENV_JOIN_TOKEN: &str = "OUROBOROS_JOIN_TOKEN";
 /// A file holding the join token (a Docker or Swarm secret).
 pub const ENV_JOIN_TOKEN_FILE: &str = "OUROBOROS_JOIN_TOKEN_FILE";
+/// Agent: renew the certificate when less than this remains (`--renew-before`).
+pub const ENV_RENEW_BEFORE: &str = "OUROBOROS_RENEW_BEFORE";
 /// Agent: its files inside the data dir (written by enrolment, read by default).
 pub const AGENT_CA_FILE: &str = "ca.pem";
 pub const AGENT_CERT_FILE: &str = "cert.pem";

@@ -185,6 +185,56 @@ pub fn identify(der: &[u8]) -> Result<PeerIdentity, PkiError> {
     }
 }
 
+/// A DER certificate's serial number in lower-case hex (how revocations name it), or `None`
+/// when the bytes are no certificate.
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
+/// The DNS names and IP addresses a DER certificate's subject alternative name lists.
+pub fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|ip| IpAddr::from(ip).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|ip| IpAddr::from(ip).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first certificate of a PEM text, in DER.
+pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    Some(der.to_vec())
+}
+
+/// A DER certificate's validity as unix seconds (not before, not after), or `None` when the
+/// bytes are no certificate.
+pub fn validity_unix(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// The paths inside one PKI directory.
 #[derive(Debug, Clone)]
 pub struct PkiDir {
@@ -558,6 +608,19 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    server_config_with(ca, cert, key, |v| v)
+}
+
+/// [`server_config`] with the client-certificate verifier wrapped by `wrap` (the coordinator
+/// adds its revocation check there).
+pub fn server_config_with(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    wrap: impl FnOnce(
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(ca)? {
@@ -577,7 +640,7 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(wrap(verifier))
         .with_single_cert(chain, load_key(key)?)
         .map_err(|e| PkiError::Tls(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];

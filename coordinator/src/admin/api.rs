@@ -1,13 +1,11 @@
 //! The `Admin` API served to the operator's CLI certificate.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
 use ouroboros_shared::host::HostName;
 use tonic::{Request, Response, Status};
-
-use std::time::Duration;
-
 use tracing::info;
 
 use crate::detect::Decision;
@@ -43,15 +41,15 @@ impl AdminApi {
         }
     }
 
-    /// Serves the join token calls from `enrolment`.
+    /// Serves the join token calls and `ForgetHost` from `enrolment`.
     pub fn with_enrolment(mut self, enrolment: Arc<Enrolment>) -> Self {
         self.enrolment = Some(enrolment);
         self
     }
 
-    fn enrolment(&self) -> Result<&Enrolment, Status> {
+    fn enrolment(&self) -> Result<Arc<Enrolment>, Status> {
         self.enrolment
-            .as_deref()
+            .clone()
             .ok_or_else(|| Status::unimplemented("this coordinator does not enrol hosts"))
     }
 }
@@ -86,6 +84,17 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::JoinTokenInfo>, Status> {
         let record = self.enrolment()?.revoke(&request.into_inner().id)?;
         Ok(Response::new(token_info(&record)))
+    }
+
+    async fn forget_host(
+        &self,
+        request: Request<pb::ForgetHostRequest>,
+    ) -> Result<Response<pb::ForgetHostResponse>, Status> {
+        let (enrolment, host) = (self.enrolment()?, request.into_inner().host);
+        tokio::task::spawn_blocking(move || enrolment.forget(&host))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|forgotten| Response::new(forgotten.into()))
     }
 
     async fn list_hosts(

@@ -41,8 +41,9 @@ pub enum Command {
     /// All in one for a single host: the coordinator and an agent for the local engine, PKI
     /// created under --data-dir on first start.
     Up(crate::cli::up::UpArgs),
-    /// List the hosts of the fleet.
-    Hosts(AdminArgs),
+    /// List the hosts of the fleet; `hosts forget HOST` removes one and revokes its
+    /// certificates.
+    Hosts(crate::admin::forget::HostsArgs),
     /// Join tokens for enrolling hosts: `token create` prints one for `ouroboros-agent --join`.
     #[command(subcommand)]
     Token(crate::admin::tokens::TokenCommand),
@@ -222,6 +223,29 @@ pub enum PkiCommand {
         /// The host's name; the certificate's subject alternative name, the agent's identity.
         #[arg(long, value_name = "HOST", value_parser = parse_host)]
         agent: HostName,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// A new server certificate and key for the coordinator from the same CA (its names kept,
+    /// --san added); the old pair is kept as .bak. Restart `serve` to use it.
+    RotateServer {
+        /// Directory made by `pki init` (with ca-key.pem).
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
+        /// Extra DNS name or IP address for the new certificate. Repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// A new client certificate and key for the admin CLI from the same CA; the old pair is
+    /// kept as .bak (and stays valid until it expires).
+    RotateCli {
+        /// Directory made by `pki init` (with ca-key.pem).
+        #[arg(long, env = ENV_PKI_DIR, default_value = DEFAULT_PKI_DIR)]
+        dir: PathBuf,
         /// Validity in days.
         #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,

@@ -1,12 +1,14 @@
 //! The `ouroboros-coordinator` command line: [`args`] (clap types and value checks),
-//! [`config`] (the options of `serve` and `up` into a typed configuration), [`serve`] (the
-//! server: store, gRPC, schedule, metrics endpoint, run-once) and [`up`] (all in one for a
-//! single host), [`healthcheck`] (the image's HEALTHCHECK); here, the dispatch of each
+//! [`config`] (the options of `serve` and `up` into a typed configuration), [`rotate`] (`pki
+//! rotate-server`, `pki rotate-cli`), [`serve`] (the server: store, gRPC, schedule, metrics
+//! endpoint, run-once), [`up`] (all in one for a single host) and [`healthcheck`] (the image's
+//! HEALTHCHECK); here, the dispatch of each
 //! command.
 
 pub mod args;
 pub mod config;
 pub mod healthcheck;
+pub mod rotate;
 pub mod serve;
 pub mod up;
 
@@ -32,6 +34,25 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Pki(PkiCommand::RotateServer { dir, sans, days }) => {
+            print_rotated(rotate::rotate(
+                &PkiDir::new(dir),
+                rotate::Rotated::Server,
+                &sans,
+                days,
+            )?);
+            println!("Restart `serve` to use the new certificate.");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::RotateCli { dir, days }) => {
+            print_rotated(rotate::rotate(
+                &PkiDir::new(dir),
+                rotate::Rotated::Cli,
+                &[],
+                days,
+            )?);
+            Ok(())
+        }
         Command::Pki(PkiCommand::Issue { dir, agent, days }) => {
             let pki = PkiDir::new(dir);
             let written = pki::issue_agent(&pki, &agent, days).map_err(Failure::usage)?;
@@ -42,7 +63,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve(args) => serve::serve_command(args).await,
         Command::Up(args) => crate::cli::up::up(args).await,
-        Command::Hosts(args) => admin_client::hosts(&args).await,
+        Command::Hosts(args) => match &args.action {
+            Some(crate::admin::forget::HostsAction::Forget(forget)) => {
+                crate::admin::forget::forget(forget).await
+            }
+            None => admin_client::hosts(&args.admin).await,
+        },
         Command::Token(command) => crate::admin::tokens::run(command).await,
         Command::Containers(args) => {
             admin_client::containers(&args.admin, args.host.as_ref()).await
@@ -110,5 +136,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+    }
+}
+
+/// What a `pki rotate-*` command wrote.
+fn print_rotated(written: Vec<std::path::PathBuf>) {
+    for path in written {
+        println!(
+            "wrote {} (previous one kept as {})",
+            path.display(),
+            rotate::backup_path(&path).display()
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ouroboros_proto::v1::admin_server::AdminServer;
 use ouroboros_proto::v1::agent_gateway_server::AgentGatewayServer;
 use ouroboros_proto::v1::enrolment_server::EnrolmentServer;
-use ouroboros_shared::pki::{self, CertificateAuthority, PkiDir, PkiError, Role};
+use ouroboros_shared::pki::{self, PkiDir, PkiError, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -19,18 +19,20 @@ use crate::admin::api::AdminApi;
 use crate::detect::Selection;
 use crate::detect::registry::{RegistryClient, RegistryConfig};
 use crate::fleet::Fleet;
+use crate::fleet::certs::DenyList;
 use crate::fleet::store::{RedbStore, StoreError};
-use crate::fleet::tokens::TokenBook;
 use crate::plan::schedule::Schedule;
 use crate::run::cycle::Cycle;
 use crate::server::dispatch::Dispatcher;
 use crate::server::enrol::{Enrolment, EnrolmentApi};
 use crate::server::gateway::Gateway;
+use crate::server::tls::RevocationCheck;
 use crate::server::tls::{incoming, require_role};
 use crate::telemetry::counters::Counters;
 use crate::telemetry::metrics::Metrics;
 
 mod background;
+mod enrolment;
 
 use background::{scheduled_cycles, watch_agents};
 
@@ -189,17 +191,23 @@ impl Prepared {
 /// Loads the PKI, opens the store and makes the metrics registry, counters restored.
 pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     let p = &config.pki;
-    let tls = pki::server_config(&p.ca_cert(), &p.coordinator_cert(), &p.coordinator_key())
-        .map_err(|source| ServeError::Pki {
-            dir: p.dir().display().to_string(),
-            source,
-        })?;
+    let denied = DenyList::default();
+    let tls = pki::server_config_with(
+        &p.ca_cert(),
+        &p.coordinator_cert(),
+        &p.coordinator_key(),
+        |verifier| RevocationCheck::wrap(verifier, denied.clone()),
+    )
+    .map_err(|source| ServeError::Pki {
+        dir: p.dir().display().to_string(),
+        source,
+    })?;
     let metrics = Metrics::new(config.metrics_per_container).map_err(ServeError::MetricFamilies)?;
     let registry = RegistryClient::new(config.registry.clone(), metrics.clone())
         .map_err(ServeError::Registry)?;
     let store = Arc::new(RedbStore::open(&config.data_dir)?);
     let fleet = Arc::new(Fleet::open(store.clone())?);
-    let enrolment = Arc::new(enrolment(&config.pki, store, fleet.clone())?);
+    let enrolment = Arc::new(enrolment::open(&config.pki, store, denied, fleet.clone())?);
     // Counters go on from where they were.
     if let Some(stored) = fleet.setting(METRICS_SETTING) {
         match serde_json::from_str::<Counters>(&stored) {
@@ -252,32 +260,6 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
         metrics,
         monitoring,
     })
-}
-
-/// The join tokens and the CA that signs for them; without `ca-key.pem` (the key kept
-/// offline) tokens are refused.
-fn enrolment(
-    pki: &PkiDir,
-    store: Arc<RedbStore>,
-    fleet: Arc<Fleet>,
-) -> Result<Enrolment, ServeError> {
-    let pki_err = |source| ServeError::Pki {
-        dir: pki.dir().display().to_string(),
-        source,
-    };
-    let ca = if pki.ca_key().exists() {
-        Some(CertificateAuthority::load(pki).map_err(pki_err)?)
-    } else {
-        tracing::info!(key = %pki.ca_key().display(), "No CA key: enrolment by join token is off.");
-        None
-    };
-    let ca_pem = std::fs::read_to_string(pki.ca_cert()).map_err(|e| {
-        pki_err(PkiError::Read {
-            path: pki.ca_cert(),
-            reason: e.to_string(),
-        })
-    })?;
-    Ok(Enrolment::new(TokenBook::open(store)?, fleet, ca, ca_pem).with_pki_dir(pki.clone()))
 }
 
 /// Serves until `shutdown` completes, then lets agent streams end and stores what is pending.
@@ -384,7 +366,8 @@ pub async fn run(
             config.missed_heartbeats,
             stop_rx,
             config.notifiers.clone(),
-        ),
+        )
+        .with_enrolment(enrolment.clone()),
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(

@@ -110,6 +110,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             host: host.clone(),
             reconnect_initial: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(5),
+            // Not renewed over the link: `up` keeps its own PKI dir, where `pki issue` renews.
+            renewal: None,
         },
         docker,
         data_dir: agent_dir,

@@ -3,6 +3,8 @@
 //! so a restarted coordinator still lists every host (as disconnected, with its last-seen
 //! time) until its agent reconnects, and no disk write ever runs under the fleet's lock.
 
+pub mod certs;
+mod forget;
 pub mod store;
 pub mod tokens;
 pub mod writer;

@@ -165,6 +165,27 @@ impl TokenBook {
             .is_some())
     }
 
+    /// Forgets that `host` was enrolled (`hosts forget`): its name can enrol again. Returns
+    /// whether it was enrolled.
+    pub fn forget(&self, host: &str) -> Result<bool, StoreError> {
+        let txn = self
+            .store
+            .db
+            .begin_write()
+            .map_err(db_err("begin a transaction"))?;
+        let was = {
+            let mut enrolled = txn
+                .open_table(ENROLLED)
+                .map_err(db_err("open the enrolled hosts table"))?;
+            enrolled
+                .remove(host)
+                .map_err(db_err("forget an enrolled host"))?
+                .is_some()
+        };
+        txn.commit().map_err(db_err("commit"))?;
+        Ok(was)
+    }
+
     /// Checks `token` at `now_ms` for `host` and, in the same transaction, takes one use,
     /// records the host as enrolled and returns what `sign` made. Nothing changes on any
     /// refusal. `known` says whether the fleet view knows the host already.
@@ -288,6 +309,9 @@ mod tests {
         assert_eq!(listed[0].hosts, ["a", "b"]);
         assert_eq!(listed[0].uses_left, 0);
         assert!(book.is_enrolled("a").unwrap());
+        assert!(book.forget("a").unwrap());
+        assert!(!book.is_enrolled("a").unwrap());
+        assert!(!book.forget("a").unwrap());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //!
 //! The CA key is needed to sign; a coordinator started without `ca-key.pem` (the key kept
 //! offline) refuses to make tokens and to enrol, and hosts are enrolled with `pki issue`.
+//!
+//! `hosts forget` lives here too: it undoes an enrolment (and revokes the host's
+//! certificates), so that the name can enrol again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,14 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::fleet::Fleet;
+use crate::fleet::certs::CertBook;
 use crate::fleet::tokens::{RedeemError, TokenBook, TokenRecord};
 use crate::server::tls::peer_addr;
 
 /// Enrolment: the token book, the CA that signs, the fleet view that knows enrolled hosts.
 pub struct Enrolment {
     tokens: TokenBook,
+    certs: Arc<CertBook>,
     fleet: Arc<Fleet>,
     ca: Option<CertificateAuthority>,
     ca_pem: String,
@@ -33,12 +38,14 @@ impl Enrolment {
     /// `ca` is `None` when the coordinator runs without the CA key.
     pub fn new(
         tokens: TokenBook,
+        certs: Arc<CertBook>,
         fleet: Arc<Fleet>,
         ca: Option<CertificateAuthority>,
         ca_pem: String,
     ) -> Self {
         Self {
             tokens,
+            certs,
             fleet,
             ca,
             ca_pem,
@@ -50,6 +57,18 @@ impl Enrolment {
     pub fn with_pki_dir(mut self, pki: PkiDir) -> Self {
         self.pki = Some(pki);
         self
+    }
+
+    /// The agents' certificate serials and the deny-list.
+    pub fn certs(&self) -> Arc<CertBook> {
+        self.certs.clone()
+    }
+
+    /// The serial of the certificate `pki issue` left for `host`, unless it is revoked.
+    fn pki_issued_serial(&self, host: &HostName) -> Option<String> {
+        let path = self.pki.as_ref()?.agent_cert(host);
+        let pem = std::fs::read(path).ok()?;
+        pem_serial(&pem).filter(|s| !self.certs.is_revoked(s))
     }
 
     fn signing_ca(&self) -> Result<&CertificateAuthority, Status> {
@@ -123,10 +142,7 @@ impl Enrolment {
             .hosts()
             .iter()
             .any(|h| h.record.host == host.as_str())
-            || self
-                .pki
-                .as_ref()
-                .is_some_and(|p| p.agent_cert(&host).exists());
+            || self.pki_issued_serial(&host).is_some();
         let cert_pem = self
             .tokens
             .redeem(&token, host.as_str(), known, now_unix_ms(), || {
@@ -146,11 +162,116 @@ impl Enrolment {
                 RedeemError::Sign(_) => Status::invalid_argument(e.to_string()),
                 RedeemError::Store(_) => Status::unavailable(e.to_string()),
             })?;
+        match pem_serial(cert_pem.as_bytes()) {
+            Some(serial) => {
+                if let Err(error) = self.certs.record(host.as_str(), &serial) {
+                    warn!(host = %host, %error, "Cannot record the new certificate's serial; it is recorded when the agent connects.");
+                }
+            }
+            None => warn!(host = %host, "The certificate just signed has no readable serial."),
+        }
         Ok(pb::EnrolResponse {
             cert_pem,
             ca_pem: self.ca_pem.clone(),
         })
     }
+}
+
+impl Enrolment {
+    /// Signs a renewal for `host` (the caller's verified name) with the same rules as
+    /// enrolment: only the request's public key is taken. Returns the certificate and its
+    /// serial, recorded for the host. Blocking (store write).
+    pub fn renew(&self, host: &HostName, csr_der: &[u8]) -> Result<(String, String), Status> {
+        let ca = self.signing_ca()?;
+        if !self.fleet.knows(host.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "host {host} is not in the fleet (forgotten?)"
+            )));
+        }
+        let cert_pem = ca
+            .sign_agent_request(csr_der, host, Validity::days_from_now(DEFAULT_LEAF_DAYS))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let serial = pem_serial(cert_pem.as_bytes())
+            .ok_or_else(|| Status::internal("the certificate just signed has no serial"))?;
+        self.certs
+            .record(host.as_str(), &serial)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok((cert_pem, serial))
+    }
+}
+
+/// What `hosts forget` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub host: String,
+    /// Serials revoked now (lower-case hex).
+    pub serials: Vec<String>,
+    /// Its agent was connected (the session is ended).
+    pub was_connected: bool,
+}
+
+impl Enrolment {
+    /// `hosts forget HOST`: revokes the host's certificates (the deny-list refuses them from
+    /// the next handshake on), forgets its enrolment, and removes it from the fleet view and
+    /// the store, ending its session. A host nobody knows is `not_found`, and nothing changes.
+    /// Blocking (store writes).
+    pub fn forget(&self, host: &str) -> Result<Forgotten, Status> {
+        let host = HostName::parse(host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let unavailable = |e: crate::fleet::store::StoreError| Status::unavailable(e.to_string());
+        let was_connected = self
+            .fleet
+            .hosts()
+            .iter()
+            .any(|h| h.record.host == host.as_str() && h.connected);
+        let in_view = self.fleet.knows(host.as_str());
+        let enrolled = self
+            .tokens
+            .is_enrolled(host.as_str())
+            .map_err(unavailable)?;
+        let recorded = !self.certs.serials(host.as_str()).is_empty();
+        let issued: Vec<String> = self.pki_issued_serial(&host).into_iter().collect();
+        if !(in_view || enrolled || recorded || !issued.is_empty()) {
+            return Err(Status::not_found(format!(
+                "no host {host}: nothing forgotten (`hosts` lists the fleet)"
+            )));
+        }
+        // Revoked first: the agent's next handshake is refused when its session ends below.
+        let serials = self
+            .certs
+            .revoke_host(host.as_str(), &issued, now_unix_ms())
+            .map_err(unavailable)?;
+        self.tokens.forget(host.as_str()).map_err(unavailable)?;
+        self.fleet.forget(host.as_str());
+        if !self.fleet.sync() {
+            return Err(Status::unavailable(
+                "the host is forgotten and its certificates revoked, but the store write failed; it is retried",
+            ));
+        }
+        info!(host = %host, serials = %serials.join(","), was_connected, "Host forgotten; its certificates are revoked.");
+        Ok(Forgotten {
+            host: host.to_string(),
+            serials,
+            was_connected,
+        })
+    }
+}
+
+impl From<Forgotten> for pb::ForgetHostResponse {
+    fn from(f: Forgotten) -> Self {
+        Self {
+            host: f.host,
+            revoked_serials: f.serials,
+            was_connected: f.was_connected,
+        }
+    }
+}
+
+/// The serial (lower-case hex) of the first certificate in `pem`.
+fn pem_serial(pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    ouroboros_shared::pki::serial_hex(&der)
 }
 
 /// The `Enrolment` gRPC service.

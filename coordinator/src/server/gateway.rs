@@ -1,5 +1,7 @@
 //! `AgentGateway.Connect`: one long-lived stream per agent. The agent's host is its
-//! certificate's; a `Hello` that claims another host is refused.
+//! certificate's; a `Hello` that claims another host is refused, and so is a revoked
+//! certificate (the handshake refuses it already; this covers a connection made before the
+//! revocation). The serial of each agent certificate seen is recorded.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +21,11 @@ use tracing::{error, info, warn};
 
 use crate::fleet::{Fleet, SessionGuard};
 use crate::server::dispatch::Dispatcher;
-use crate::server::tls::peer;
+use crate::server::enrol::Enrolment;
+use crate::server::tls::{PeerInfo, peer};
+
+/// What an agent of a forgotten host is told (the agent recognises "revoked").
+pub const REVOKED: &str = "this host's certificate was revoked by the coordinator (hosts forget); enrol it again with a new join token";
 
 /// How long an agent has to send `Hello` after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +39,33 @@ pub struct Gateway {
     shutdown: watch::Receiver<bool>,
     /// For the agents' alerts.
     notifiers: crate::notify::Notifiers,
+    /// Serials seen and revoked, and the CA that signs renewals.
+    enrolment: Option<Arc<Enrolment>>,
 }
 
 impl Gateway {
+    /// Records the serials of agent certificates, refuses revoked ones and renews.
+    pub fn with_enrolment(mut self, enrolment: Arc<Enrolment>) -> Self {
+        self.enrolment = Some(enrolment);
+        self
+    }
+
+    /// The verified agent of a request, unless its certificate is revoked.
+    fn agent<T>(&self, request: &Request<T>) -> Result<(PeerInfo, HostName), Status> {
+        let peer = peer(request)?;
+        let PeerIdentity::Agent(host) = peer.identity.clone() else {
+            // The interceptor already refuses other roles; this guards a misconfigured router.
+            return Err(Status::permission_denied("not an agent certificate"));
+        };
+        if let Some(e) = &self.enrolment
+            && e.certs().is_revoked(&peer.serial)
+        {
+            warn!(peer = %peer.addr, host = %host, serial = %peer.serial, "Refused agent: its certificate is revoked.");
+            return Err(Status::permission_denied(REVOKED));
+        }
+        Ok((peer, host))
+    }
+
     pub fn new(
         fleet: Arc<Fleet>,
         commands: Arc<Dispatcher>,
@@ -51,6 +81,7 @@ impl Gateway {
             missed_heartbeats,
             shutdown,
             notifiers,
+            enrolment: None,
         }
     }
 }
@@ -65,11 +96,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = peer(&request)?;
-        let PeerIdentity::Agent(host) = peer.identity.clone() else {
-            // The interceptor already refuses other roles; this guards a misconfigured router.
-            return Err(Status::permission_denied("not an agent certificate"));
-        };
+        let (peer, host) = self.agent(&request)?;
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(message))) => message,
@@ -101,6 +128,13 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
                 "certificate is for host {host}, Hello claims {:?}",
                 hello.host
             )));
+        }
+        if let Some(certs) = self.enrolment.as_ref().map(|e| e.certs()) {
+            let (h, serial) = (host.to_string(), peer.serial.clone());
+            let recorded = tokio::task::spawn_blocking(move || certs.record(&h, &serial)).await;
+            if let Ok(Err(error)) = recorded {
+                warn!(host = %host, %error, "Cannot record the agent certificate's serial.");
+            }
         }
         let (session, replaced) = self.fleet.connect(&host, &hello, peer.addr, now_unix_ms());
         if let Some(old_peer) = replaced {
@@ -145,6 +179,32 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         tokio::spawn(link.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let (peer, host) = self.agent(&request)?;
+        let Some(enrolment) = self.enrolment.clone() else {
+            return Err(Status::unimplemented(
+                "this coordinator does not renew certificates",
+            ));
+        };
+        let csr = request.into_inner().csr_der;
+        let h = host.clone();
+        let answer = tokio::task::spawn_blocking(move || enrolment.renew(&h, &csr))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match &answer {
+            Ok((_, serial)) => {
+                info!(peer = %peer.addr, host = %host, old_serial = %peer.serial, %serial, "Certificate renewed.")
+            }
+            Err(status) => {
+                warn!(peer = %peer.addr, host = %host, reason = status.message(), "Refused certificate renewal.")
+            }
+        }
+        answer.map(|(cert_pem, _)| Response::new(pb::RenewResponse { cert_pem }))
+    }
 }
 
 /// The coordinator's side of one connected agent.
@@ -175,7 +235,11 @@ impl AgentLink {
             let message = tokio::select! {
                 m = tokio::time::timeout(self.silence_limit, inbound.message()) => m,
                 _ = self.session.replaced.wait_for(|r| *r) => break LinkEnd::Ended(
-                    Status::aborted("replaced by a newer connection of the same host"),
+                    if self.fleet.knows(self.host.as_str()) {
+                        Status::aborted("replaced by a newer connection of the same host")
+                    } else {
+                        Status::permission_denied(REVOKED)
+                    },
                 ),
                 _ = self.shutdown.wait_for(|s| *s) => break LinkEnd::Ended(
                     Status::unavailable("coordinator shutting down"),

@@ -8,6 +8,9 @@
 //! everything else closed is that every service but `Enrolment` is wrapped in [`require_role`],
 //! which refuses a call without a verified certificate; a certificate that is presented is
 //! still verified at the handshake (a foreign or expired one fails there, as before).
+//!
+//! [`RevocationCheck`] wraps that verifier: a certificate whose serial is on the deny-list
+//! (`hosts forget`) fails the handshake with the `certificate_revoked` alert.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +19,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ouroboros_shared::pki::{PeerIdentity, Role, identify};
+use ouroboros_shared::pki::{PeerIdentity, Role, identify, serial_hex};
+use rustls::DistinguishedName;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -27,6 +33,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 use tracing::{debug, info, warn};
+
+use crate::fleet::certs::DenyList;
 
 /// A handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +49,8 @@ const OVERLOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct PeerInfo {
     pub addr: SocketAddr,
     pub identity: PeerIdentity,
+    /// The client certificate's serial (lower-case hex).
+    pub serial: String,
 }
 
 /// What the handshake established of a connection: its address, and its identity when it
@@ -49,6 +59,8 @@ pub struct PeerInfo {
 pub struct ConnectionInfo {
     pub addr: SocketAddr,
     pub identity: Option<PeerIdentity>,
+    /// The client certificate's serial (lower-case hex), when it presented one.
+    pub serial: String,
 }
 
 /// A TLS connection whose client certificate, if any, was verified and identified.
@@ -171,6 +183,7 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> 
             info: ConnectionInfo {
                 addr,
                 identity: None,
+                serial: String::new(),
             },
         });
     };
@@ -182,6 +195,7 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, addr: SocketAddr) -> 
                 info: ConnectionInfo {
                     addr,
                     identity: Some(identity),
+                    serial: serial_hex(&cert).unwrap_or_default(),
                 },
             })
         }
@@ -210,7 +224,7 @@ fn log_refused_handshake(addr: SocketAddr, error: &io::Error) {
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
         )) => "certificate not made for client authentication",
         Some(TlsError::InvalidCertificate(CertificateError::Revoked)) => {
-            "client certificate revoked"
+            "client certificate revoked (its host was forgotten)"
         }
         Some(TlsError::InvalidCertificate(_)) => "invalid client certificate",
         Some(_) => "TLS error",
@@ -223,15 +237,83 @@ fn log_refused_handshake(addr: SocketAddr, error: &io::Error) {
     warn!(peer = %addr, %error, "Refused connection: {reason}.");
 }
 
+/// The fleet CA's client-certificate verifier, plus the deny-list of revoked serials.
+#[derive(Debug)]
+pub struct RevocationCheck {
+    inner: Arc<dyn ClientCertVerifier>,
+    denied: DenyList,
+}
+
+impl RevocationCheck {
+    pub fn wrap(
+        inner: Arc<dyn ClientCertVerifier>,
+        denied: DenyList,
+    ) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(Self { inner, denied })
+    }
+}
+
+impl ClientCertVerifier for RevocationCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match serial_hex(end_entity) {
+            Some(serial) if self.denied.contains(&serial) => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked),
+            ),
+            _ => Ok(verified),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
 /// The verified peer of a request, from the connection's TLS handshake.
 pub fn peer<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
     match request.extensions().get::<ConnectionInfo>() {
         Some(ConnectionInfo {
             addr,
             identity: Some(identity),
+            serial,
         }) => Ok(PeerInfo {
             addr: *addr,
             identity: identity.clone(),
+            serial: serial.clone(),
         }),
         _ => Err(Status::unauthenticated("no verified client certificate")),
     }

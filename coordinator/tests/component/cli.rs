@@ -415,6 +415,40 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no rollout r-1"));
     let malformed = cancel("1; drop", "json").await;
     assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+    // `hosts forget`: db-01 leaves the fleet (it never connected: no serial to revoke); a
+    // second forget, and an unknown host, are refused and change nothing.
+    let forget = |host: &str, format: &str| {
+        run(vec![
+            "hosts".into(),
+            "forget".into(),
+            host.into(),
+            "--output".into(),
+            format.into(),
+        ])
+    };
+    let out = forget("db-01", "table").await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    if let Err(e) = check_snapshot(
+        "hosts-forget.table",
+        &mask(&String::from_utf8_lossy(&out.stdout)),
+    ) {
+        failures.push(e);
+    }
+    let again = forget("db-01", "json").await;
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr).trim(),
+        "error: coordinator refused: no host db-01: nothing forgotten (`hosts` lists the fleet)"
+    );
+    let listed = run(vec!["hosts".into(), "--output".into(), "json".into()]).await;
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-01"], "{json}");
     // Completions for each shell, and --version.
     for shell in ["bash", "zsh", "fish"] {
         let out = std::process::Command::new(bin)
@@ -439,4 +473,51 @@ async fn every_command_prints_its_table_and_json_as_in_the_snapshots() {
     let _ = stop.send(());
     let _ = serving.await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn rotated_server_and_cli_certificates_work_together_and_the_old_ones_are_kept() {
+    ouroboros_shared::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ouroboros-coordinator");
+    let pki_dir = PkiDir::new(dir.path().join("pki"));
+    pki::init(&pki_dir, &[]).unwrap();
+    let old_server = std::fs::read_to_string(pki_dir.coordinator_cert()).unwrap();
+    for command in ["rotate-server", "rotate-cli"] {
+        let out = std::process::Command::new(bin)
+            .args(["pki", command, "--dir"])
+            .arg(pki_dir.dir())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{command}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("previous one kept as"), "{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("pki/coordinator.pem.bak")).unwrap(),
+        old_server
+    );
+    assert!(dir.path().join("pki/cli-key.pem.bak").exists());
+    // A server started on the rotated certificate answers the rotated CLI certificate.
+    let prepared =
+        server::prepare(ServeConfig::new(dir.path().join("data"), pki_dir.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(prepared, listener, async {
+        let _ = stopped.await;
+    }));
+    let pki_path = pki_dir.dir().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["hosts", "--server", &url, "--pki-dir"])
+            .arg(pki_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let _ = stop.send(());
+    let _ = serving.await;
 }

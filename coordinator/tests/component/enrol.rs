@@ -18,17 +18,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    pki: PkiDir,
-    url: String,
-    ca_pem: String,
+    pub(crate) pki: PkiDir,
+    pub(crate) url: String,
+    pub(crate) ca_pem: String,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Fixture {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         ouroboros_shared::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = PkiDir::new(dir.path().join("pki"));
@@ -65,7 +65,7 @@ impl Fixture {
         }
     }
 
-    fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
+    pub(crate) fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
         if let Some((cert, key)) = identity {
             tls = tls.identity(Identity::from_pem(cert, key));
@@ -78,13 +78,13 @@ impl Fixture {
             .connect_lazy()
     }
 
-    fn admin(&self) -> AdminClient<Channel> {
+    pub(crate) fn admin(&self) -> AdminClient<Channel> {
         let cert = std::fs::read_to_string(self.pki.cli_cert()).unwrap();
         let key = std::fs::read_to_string(self.pki.cli_key()).unwrap();
         AdminClient::new(self.channel(Some((&cert, &key))))
     }
 
-    async fn token(&self, ttl_seconds: u64, uses: u32) -> JoinToken {
+    pub(crate) async fn token(&self, ttl_seconds: u64, uses: u32) -> JoinToken {
         let answer = self
             .admin()
             .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds, uses })
@@ -94,7 +94,7 @@ impl Fixture {
         JoinToken::parse(&answer.token).unwrap()
     }
 
-    async fn tokens(&self) -> Vec<pb::JoinTokenInfo> {
+    pub(crate) async fn tokens(&self) -> Vec<pb::JoinTokenInfo> {
         self.admin()
             .list_join_tokens(pb::ListJoinTokensRequest {})
             .await
@@ -103,11 +103,15 @@ impl Fixture {
             .tokens
     }
 
-    async fn enrol(&self, token: &JoinToken, host: &str) -> Result<Enrolled, EnrolError> {
+    pub(crate) async fn enrol(
+        &self,
+        token: &JoinToken,
+        host: &str,
+    ) -> Result<Enrolled, EnrolError> {
         enrol(&self.url, token, &HostName::parse(host).unwrap()).await
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -131,7 +135,7 @@ fn hello(host: &str) -> pb::AgentMessage {
     }
 }
 
-async fn open_agent_stream(
+pub(crate) async fn open_agent_stream(
     channel: Channel,
     host: &str,
 ) -> (
@@ -147,7 +151,7 @@ async fn open_agent_stream(
     (tx, answer)
 }
 
-fn refusal(result: Result<Enrolled, EnrolError>) -> String {
+pub(crate) fn refusal(result: Result<Enrolled, EnrolError>) -> String {
     match result {
         Ok(e) => panic!("enrolled: {e:?}"),
         Err(e) => e.to_string(),

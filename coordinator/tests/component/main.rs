@@ -5,7 +5,9 @@
 
 mod cli;
 mod enrol;
+mod forget;
 mod layout;
 mod mtls;
 mod notify;
 mod registry;
+mod renew;

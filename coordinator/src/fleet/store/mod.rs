@@ -5,17 +5,18 @@
 //! is from 2021 and its README calls it beta with an on-disk format still to change, while redb
 //! has a stable file format and crash-safe ACID commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
 
 use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+mod memory;
+pub use memory::MemoryStore;
 
 /// Host records by host name, JSON values.
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts_v1");
@@ -98,6 +99,9 @@ pub struct Batch {
     pub settings: BTreeMap<String, Option<String>>,
     /// Known-bad digests to record (`Some`) or forget (`None`), by `host/container`.
     pub bad_digests: BTreeMap<String, Option<BadDigest>>,
+    /// Hosts forgotten (`hosts forget`): their record, last-seen time, announced and known-bad
+    /// digests go (their history stays).
+    pub forget_hosts: BTreeSet<String>,
 }
 
 impl Batch {
@@ -110,10 +114,19 @@ impl Batch {
             && self.announced.is_empty()
             && self.settings.is_empty()
             && self.bad_digests.is_empty()
+            && self.forget_hosts.is_empty()
     }
 
     /// Adds `newer` on top of this batch.
     pub fn merge(&mut self, newer: Batch) {
+        for host in &newer.forget_hosts {
+            self.hosts.remove(host);
+            self.last_seen.remove(host);
+        }
+        for host in newer.hosts.keys() {
+            self.forget_hosts.remove(host);
+        }
+        self.forget_hosts.extend(newer.forget_hosts);
         self.hosts.extend(newer.hosts);
         self.last_seen.extend(newer.last_seen);
         self.rollouts.extend(newer.rollouts);
@@ -125,7 +138,7 @@ impl Batch {
     }
 }
 
-fn history_key(e: &HistoryEntry) -> String {
+pub(super) fn history_key(e: &HistoryEntry) -> String {
     format!(
         "{:020}/{}/{}/{}",
         e.finished_ms.max(0),
@@ -315,6 +328,20 @@ impl FleetStore for RedbStore {
                     }
                 }
             }
+            for host in &batch.forget_hosts {
+                hosts
+                    .remove(host.as_str())
+                    .map_err(db_err("forget a host"))?;
+                seen.remove(host.as_str())
+                    .map_err(db_err("forget a last-seen time"))?;
+                // Keys `host/container`: from "host/" up to "host0" ('0' follows '/').
+                let (from, to) = (format!("{host}/"), format!("{host}0"));
+                announced
+                    .retain_in::<&str, _>(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(db_err("forget a host's announced digests"))?;
+                bad.retain_in::<&str, _>(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(db_err("forget a host's known-bad digests"))?;
+            }
             let mut settings = txn
                 .open_table(SETTINGS)
                 .map_err(db_err("open the settings table"))?;
@@ -412,112 +439,6 @@ impl RedbStore {
             })?);
         }
         Ok(out)
-    }
-}
-
-/// An in-memory store for unit tests, with an injectable write failure.
-#[derive(Default)]
-pub struct MemoryStore {
-    hosts: Mutex<BTreeMap<String, HostRecord>>,
-    rest: Mutex<Batch>,
-    fail_writes: AtomicBool,
-}
-
-impl MemoryStore {
-    /// Makes every following write fail (or succeed again).
-    pub fn fail_writes(&self, fail: bool) {
-        self.fail_writes.store(fail, Ordering::SeqCst);
-    }
-}
-
-impl FleetStore for MemoryStore {
-    fn load_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(hosts.values().cloned().collect())
-    }
-
-    fn save(&self, batch: &Batch) -> Result<(), StoreError> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(StoreError::Db {
-                op: "write a host",
-                source: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
-            });
-        }
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        for (host, record) in &batch.hosts {
-            let kept_seen = hosts.get(host).map_or(0, |r| r.last_seen_unix_ms);
-            let mut record = record.clone();
-            record.last_seen_unix_ms = record.last_seen_unix_ms.max(kept_seen);
-            hosts.insert(host.clone(), record);
-        }
-        for (host, ms) in &batch.last_seen {
-            if let Some(r) = hosts.get_mut(host) {
-                r.last_seen_unix_ms = r.last_seen_unix_ms.max(*ms);
-            }
-        }
-        let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        rest.rollouts.extend(batch.rollouts.clone());
-        rest.history.extend(batch.history.clone());
-        if let Some(before) = batch.history_before {
-            rest.history.retain(|e| e.finished_ms >= before);
-        }
-        rest.announced.extend(batch.announced.clone());
-        for (k, v) in &batch.bad_digests {
-            match v {
-                Some(v) => {
-                    rest.bad_digests.insert(k.clone(), Some(v.clone()));
-                }
-                None => {
-                    rest.bad_digests.remove(k);
-                }
-            }
-        }
-        for (k, v) in &batch.settings {
-            match v {
-                Some(v) => {
-                    rest.settings.insert(k.clone(), Some(v.clone()));
-                }
-                None => {
-                    rest.settings.remove(k);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn load_settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rest
-            .settings
-            .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-            .collect())
-    }
-
-    fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
-        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rest.rollouts.values().cloned().collect())
-    }
-
-    fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = rest.history.clone();
-        out.sort_by_key(history_key);
-        Ok(out)
-    }
-
-    fn load_announced(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rest.announced.clone())
-    }
-
-    fn load_bad_digests(&self) -> Result<BTreeMap<String, BadDigest>, StoreError> {
-        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rest
-            .bad_digests
-            .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-            .collect())
     }
 }
 
