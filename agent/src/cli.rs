@@ -87,12 +87,12 @@ impl Cli {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(AGENT_CA_FILE))
     }
-    fn cert_path(&self) -> PathBuf {
+    pub fn cert_path(&self) -> PathBuf {
         self.cert
             .clone()
             .unwrap_or_else(|| self.data_dir.join(AGENT_CERT_FILE))
     }
-    fn key_path(&self) -> PathBuf {
+    pub fn key_path(&self) -> PathBuf {
         self.key
             .clone()
             .unwrap_or_else(|| self.data_dir.join(AGENT_KEY_FILE))

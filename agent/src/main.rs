@@ -30,6 +30,15 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_USAGE).unwrap_or(64));
         }
     }
+    // A renewal a crash cut short is completed (or dropped) before the files are read.
+    match ouroboros_agent::renew::finish_interrupted(&cli.cert_path(), &cli.key_path()) {
+        Ok(Some(what)) => tracing::warn!("Certificate renewal interrupted earlier: {what}."),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: --cert/--key: finishing an interrupted renewal: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(message) => {

@@ -1,9 +1,10 @@
 //! Renewal of the agent's certificate over its mTLS link, before it expires: a new key made
 //! here, a certificate request sent on `AgentGateway.Renew`, and the new key and certificate
-//! written over the old ones (each through a temporary file and a rename; the key 0600). A
+//! written over the old ones (each through a temporary file and a rename; the key 0600, first as
+//! `KEY.next`, so that a crash between the steps is completed or undone at the next start). A
 //! refused or failed renewal writes nothing: the old files stay as they were.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ouroboros_proto::v1 as pb;
@@ -82,10 +83,17 @@ pub async fn renew(
             reason: e.to_string(),
         })
     };
-    // The key first: a certificate on disk always has its key beside it once both renames
-    // are done, and both temporary files are complete before either rename.
-    write(&renewal.key, &key_pem, 0o600)?;
+    // The new key goes beside the old one first (`KEY.next`), then the certificate replaces
+    // the old one, then the key does. A crash between the steps leaves either the old pair
+    // (and a stray `KEY.next`) or the new certificate with its key in `KEY.next`:
+    // [`finish_interrupted`] at the next start tells which and completes or drops it.
+    let next = next_key_path(&renewal.key);
+    write(&next, &key_pem, 0o600)?;
     write(&renewal.cert, &answer.cert_pem, 0o644)?;
+    std::fs::rename(&next, &renewal.key).map_err(|e| RenewError::Write {
+        path: renewal.key.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(ClientPem {
         ca: current.ca.clone(),
         cert: answer.cert_pem,
@@ -93,9 +101,87 @@ pub async fn renew(
     })
 }
 
+/// Where a renewal puts the new key before the certificate is replaced.
+fn next_key_path(key: &Path) -> PathBuf {
+    let mut next = key.as_os_str().to_owned();
+    next.push(".next");
+    PathBuf::from(next)
+}
+
+/// At start, before the certificate and key are read: completes a renewal that a crash cut
+/// short. `KEY.next` that belongs to the certificate on disk becomes the key; one that does not
+/// (the certificate was never replaced) is removed, and the old pair stays. Returns what it did,
+/// for the log.
+pub fn finish_interrupted(cert: &Path, key: &Path) -> std::io::Result<Option<&'static str>> {
+    let next = next_key_path(key);
+    let Ok(next_pem) = std::fs::read_to_string(&next) else {
+        return Ok(None);
+    };
+    let cert_pem = std::fs::read_to_string(cert).unwrap_or_default();
+    if ouroboros_shared::pki::key_matches_cert(&next_pem, &cert_pem) {
+        std::fs::rename(&next, key)?;
+        Ok(Some(
+            "completed: the renewed certificate's key put in place",
+        ))
+    } else {
+        std::fs::remove_file(&next)?;
+        Ok(Some(
+            "dropped: the certificate was not replaced; the old pair stays",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewal_cut_short_is_completed_or_dropped_at_start() {
+        use ouroboros_shared::pki::{CertificateAuthority, LeafKind, Validity};
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let ca = CertificateAuthority::generate(Validity::days_from_now(30)).unwrap();
+        let host = HostName::parse("web-01").unwrap();
+        let issue = || {
+            ca.issue(
+                &LeafKind::Agent { host: host.clone() },
+                Validity::days_from_now(30),
+            )
+            .unwrap()
+        };
+        let (old, new) = (issue(), issue());
+        std::fs::write(&cert, &old.cert_pem).unwrap();
+        std::fs::write(&key, &old.key_pem).unwrap();
+        assert_eq!(finish_interrupted(&cert, &key).unwrap(), None);
+        // Cut before the certificate was replaced: the new key goes, the old pair stays.
+        std::fs::write(next_key_path(&key), &new.key_pem).unwrap();
+        assert!(
+            finish_interrupted(&cert, &key)
+                .unwrap()
+                .unwrap()
+                .starts_with("dropped")
+        );
+        assert!(!next_key_path(&key).exists());
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), old.key_pem);
+        // Cut after: the new certificate gets its key.
+        std::fs::write(next_key_path(&key), &new.key_pem).unwrap();
+        std::fs::write(&cert, &new.cert_pem).unwrap();
+        assert!(
+            finish_interrupted(&cert, &key)
+                .unwrap()
+                .unwrap()
+                .starts_with("completed")
+        );
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), new.key_pem);
+        assert!(ouroboros_shared::pki::key_matches_cert(
+            &new.key_pem,
+            &new.cert_pem
+        ));
+        assert!(!ouroboros_shared::pki::key_matches_cert(
+            &old.key_pem,
+            &new.cert_pem
+        ));
+    }
 
     #[test]
     fn renewal_is_due_with_a_third_of_the_lifetime_left_or_the_given_margin() {

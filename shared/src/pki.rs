@@ -227,6 +227,26 @@ pub fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
     Some(der.to_vec())
 }
 
+/// Whether `key_pem` is the private key of the first certificate in `cert_pem` (their public
+/// keys are the same).
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(der) = first_cert_der(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    cert.tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref()
+        == key.public_key_raw()
+}
+
 /// A DER certificate's validity as unix seconds (not before, not after), or `None` when the
 /// bytes are no certificate.
 pub fn validity_unix(der: &[u8]) -> Option<(i64, i64)> {
