@@ -4,8 +4,6 @@
 //! written unless the coordinator signed; the certificate is written last, so its presence
 //! means the host is enrolled.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ouroboros_shared::host::HostName;
@@ -84,14 +82,6 @@ pub(crate) fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), Join
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(contents.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
+    ouroboros_shared::files::write_fresh(&tmp, contents, mode).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod echo;
+pub mod files;
 pub mod host;
 pub mod inventory;
 pub mod join;

@@ -2,8 +2,6 @@
 //! from the same CA, the previous pair kept as `.bak`. Run where `ca-key.pem` is; nothing else
 //! in the PKI dir changes, so agents and enrolled hosts are unaffected (they trust the CA).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ouroboros_shared::pki::{
@@ -86,16 +84,7 @@ fn staged(path: &Path, contents: &str, mode: u32) -> Result<PathBuf, Failure> {
     let mut name = path.as_os_str().to_owned();
     name.push(".new");
     let tmp = PathBuf::from(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_failed(&tmp))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_failed(&tmp))?;
+    ouroboros_shared::files::write_fresh(&tmp, contents, mode).map_err(write_failed(&tmp))?;
     Ok(tmp)
 }
 
