@@ -76,6 +76,10 @@ pub struct Cli {
     /// past its health gate, else rolled back) before the agent exits anyway.
     #[arg(long, env = ENV_SHUTDOWN_TIMEOUT, default_value = "60", value_name = "SECS", value_parser = parse_shutdown_timeout)]
     pub shutdown_timeout: Duration,
+    /// Self-update: seconds the successor agent container has to connect to the coordinator
+    /// and take over before it is removed and this agent goes on (reported as rolled back).
+    #[arg(long, env = ENV_HANDOVER_TIMEOUT, default_value = "120", value_name = "SECS", value_parser = parse_shutdown_timeout)]
+    pub handover_timeout: Duration,
     /// Log level: trace, debug, info, warn, error (or a tracing filter).
     #[arg(long, env = ENV_LOG_LEVEL, default_value = "info", value_parser = parse_filter)]
     pub log_level: String,
@@ -186,11 +190,14 @@ impl Cli {
                     key: key_path,
                     before: self.renew_before,
                 }),
+                container_id: None,
+                agent_image: None,
             },
             docker,
             data_dir: self.data_dir,
             crash: crash_point()?,
             shutdown_timeout: self.shutdown_timeout,
+            handover_timeout: Some(self.handover_timeout),
         })
     }
 }

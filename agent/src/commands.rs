@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::info;
 
 use crate::engine::Engine;
+use crate::handover::{End, Handover};
 use crate::recreate::executor::{HealthGate, RecreateError, Recreator, Request};
 use crate::recreate::journal::SetAside;
 use crate::recreate::pull::RegistryAuth;
@@ -25,15 +26,71 @@ pub struct CommandRunner {
     engine: Engine,
     /// One destructive operation at a time on a host.
     one_at_a_time: Mutex<()>,
+    /// Self-updates, when the agent runs in a container.
+    handover: Option<Handover>,
 }
 
 impl CommandRunner {
-    pub fn new(recreator: Recreator, engine: Engine) -> Arc<Self> {
+    pub fn new(recreator: Recreator, engine: Engine, handover: Option<Handover>) -> Arc<Self> {
         Arc::new(Self {
             recreator,
             engine,
             one_at_a_time: Mutex::new(()),
+            handover,
         })
+    }
+
+    /// Self-updates of this agent, when it runs in a container.
+    pub fn handover(&self) -> Option<&Handover> {
+        self.handover.as_ref()
+    }
+
+    /// The old agent's wait for a successor, when the agent restarted during a hand-over; the
+    /// outcome goes to the journal (the coordinator asks again with the same op id).
+    pub async fn resume_handover(&self, record: crate::handover::Record) {
+        let Some(handover) = &self.handover else {
+            return;
+        };
+        let _turn = self.one_at_a_time.lock().await;
+        if let End::Answer(outcome) = handover.await_successor(&self.recreator, &record).await {
+            self.record_handover(&record.op_id, &record.name, &outcome);
+        }
+    }
+
+    /// The successor's part of a self-update, after it connected: the result to send, if it
+    /// completed one. Err: this agent lost the hand-over and must stop.
+    pub async fn take_over(&self) -> Result<Option<pb::CommandResult>, String> {
+        let Some(handover) = &self.handover else {
+            return Ok(None);
+        };
+        // Only a successor waits for the host's operations (an ordinary reconnect must not
+        // wait behind a recreate in flight).
+        let Some(op_id) = handover.successor_op() else {
+            return Ok(None);
+        };
+        let _turn = self.one_at_a_time.lock().await;
+        let outcome = handover.take_over(&self.recreator).await?;
+        Ok(outcome.map(|outcome| pb::CommandResult {
+            op_id,
+            recreate: Some(pb::RecreateResult::from(&outcome)),
+            prune: None,
+        }))
+    }
+
+    fn record_handover(
+        &self,
+        op_id: &str,
+        name: &str,
+        outcome: &crate::recreate::journal::Outcome,
+    ) {
+        let request = Request {
+            op_id: op_id.to_owned(),
+            container: name.to_owned(),
+            ..Request::default()
+        };
+        if let Err(e) = self.recreator.record_done(&request, outcome) {
+            tracing::warn!(op = %op_id, error = %e, "Cannot record the self-update's outcome in the journal.");
+        }
     }
 
     /// Completes when no command runs (the one in flight, if any, ended).
@@ -52,8 +109,8 @@ impl CommandRunner {
     pub async fn recreate(&self, command: pb::Recreate, tx: mpsc::Sender<pb::AgentMessage>) {
         let _turn = self.one_at_a_time.lock().await;
         let op_id = command.op_id.clone();
-        if self.recreator.is_stopping() {
-            info!(op = %op_id, container = %command.container, "Recreate not started: the agent is stopping.");
+        if self.recreator.is_stopping() || self.handing_over() {
+            info!(op = %op_id, container = %command.container, "Recreate not started: the agent is stopping or handing over to its successor.");
             return;
         }
         info!(op = %op_id, container = %command.container, image = %command.image, "Recreate requested.");
@@ -76,24 +133,42 @@ impl CommandRunner {
             soft_dependants: command.soft_dependants,
             dependant_images: command.dependant_images.into_iter().collect(),
         };
+        if let Some(handover) = &self.handover {
+            match handover.owns(&self.recreator, &request).await {
+                // The hand-over under way: answered when it ends.
+                Some(false) => return,
+                Some(true)
+                    if self
+                        .recreator
+                        .journal()
+                        .get(&op_id)
+                        .ok()
+                        .flatten()
+                        .is_none() =>
+                {
+                    info!(op = %op_id, "This is the agent's own container: self-update.");
+                    let report = progress_reporter(&tx, &op_id);
+                    match handover.start(&self.recreator, &request, &report).await {
+                        End::Taken | End::Interrupted => return,
+                        End::Answer(outcome) => {
+                            self.record_handover(&op_id, &request.container, &outcome);
+                            let result = pb::RecreateResult::from(&outcome);
+                            self.answer(&tx, op_id, result).await;
+                            return;
+                        }
+                    }
+                }
+                // Answered from the journal, or not this agent's container.
+                _ => {}
+            }
+        }
         // The old image, for the cleanup after a successful update.
         let old_image = if command.cleanup {
             crate::cleanup::image_of(self.recreator.docker(), &request.container).await
         } else {
             None
         };
-        let progress = tx.clone();
-        let progress_op = op_id.clone();
-        let report = move |step: &'static str| {
-            let message = pb::AgentMessage {
-                kind: Some(Kind::Progress(pb::CommandProgress {
-                    op_id: progress_op.clone(),
-                    step: step.to_owned(),
-                })),
-            };
-            // Progress is informative: never wait for the link because of it.
-            let _ = progress.try_send(message);
-        };
+        let report = progress_reporter(&tx, &op_id);
         let result = match self.recreator.run(&request, &report).await {
             Ok(done) => {
                 let mut result = pb::RecreateResult::from(&done);
@@ -122,6 +197,16 @@ impl CommandRunner {
             }
         };
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
+        self.answer(&tx, op_id, result).await;
+    }
+
+    /// Sends `result` for `op_id`, after an inventory of the host as it is now.
+    async fn answer(
+        &self,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+        op_id: String,
+        result: pb::RecreateResult,
+    ) {
         // The host as it is now goes first, so that the coordinator's view is current (no
         // container still set aside by this operation) when the answer arrives.
         match self.engine.inventory(|| self.set_aside()).await {
@@ -147,6 +232,12 @@ impl CommandRunner {
             .await;
     }
 
+    /// Whether the agent handed its host over to a successor (or is doing so): no command is
+    /// taken meanwhile.
+    fn handing_over(&self) -> bool {
+        self.handover.as_ref().is_some_and(|h| *h.busy().borrow())
+    }
+
     /// Runs a `PruneVolumes` (after any recreate in progress, so that no volume is caught
     /// between an old container and its replacement) and sends its result on `tx`.
     pub async fn prune_volumes(
@@ -155,8 +246,8 @@ impl CommandRunner {
         tx: mpsc::Sender<pb::AgentMessage>,
     ) {
         let _turn = self.one_at_a_time.lock().await;
-        if self.recreator.is_stopping() {
-            info!(op = %command.op_id, "Volume prune not started: the agent is stopping.");
+        if self.recreator.is_stopping() || self.handing_over() {
+            info!(op = %command.op_id, "Volume prune not started: the agent is stopping or handing over to its successor.");
             return;
         }
         let (removed, failed) =
@@ -175,5 +266,24 @@ impl CommandRunner {
                 })),
             })
             .await;
+    }
+}
+
+/// Sends each step of operation `op_id` as progress on `tx`.
+fn progress_reporter(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    op_id: &str,
+) -> impl Fn(&'static str) + Send + Sync + use<> {
+    let progress = tx.clone();
+    let op_id = op_id.to_owned();
+    move |step: &'static str| {
+        let message = pb::AgentMessage {
+            kind: Some(Kind::Progress(pb::CommandProgress {
+                op_id: op_id.clone(),
+                step: step.to_owned(),
+            })),
+        };
+        // Progress is informative: never wait for the link because of it.
+        let _ = progress.try_send(message);
     }
 }

@@ -18,8 +18,10 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod enrol;
+pub mod handover;
 pub mod health;
 pub mod link;
+pub mod own;
 pub mod recreate;
 pub mod renew;
 pub mod schedule;
@@ -33,6 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::commands::CommandRunner;
 use crate::engine::{DockerEndpoint, Engine};
+use crate::handover::{Found, Handover};
 use crate::link::LinkConfig;
 use crate::recreate::Alerts;
 use crate::recreate::executor::{Deadlines, Recreator};
@@ -53,13 +56,9 @@ pub struct AgentConfig {
     /// After SIGTERM: the longest wait for the operation in flight (finished past its health
     /// gate, else reverted) before the agent exits anyway.
     pub shutdown_timeout: Duration,
-}
-
-/// The agent's own container id, when it runs in a container (Docker sets `HOSTNAME` to the
-/// short id unless told otherwise).
-fn own_container_id() -> Option<String> {
-    let host = std::env::var("HOSTNAME").ok()?;
-    (host.len() == 12 && host.bytes().all(|b| b.is_ascii_hexdigit())).then_some(host)
+    /// Self-update: how long a successor container has to take over; `None`: the agent never
+    /// hands over (its own container is refused, as in `up`, whose process is the coordinator too).
+    pub handover_timeout: Option<Duration>,
 }
 
 /// Runs the agent until `shutdown` completes. Waits (with backoff) for the Docker engine when it
@@ -105,9 +104,9 @@ pub async fn run(
             config.data_dir.clone(),
             stopping_rx.clone(),
         ));
-        let mut recreator =
-            Recreator::new(&engine, journal, Deadlines::default(), own_container_id())
-                .with_stopping(stopping_rx.clone());
+        let own_id = own::container_id();
+        let mut recreator = Recreator::new(&engine, journal, Deadlines::default(), own_id.clone())
+            .with_stopping(stopping_rx.clone());
         if let Some(point) = config.crash {
             warn!(
                 ?point,
@@ -129,9 +128,36 @@ pub async fn run(
                 error!(error = %e, "Cannot recover interrupted recreates; the journal needs an operator.")
             }
         }
-        let commands = CommandRunner::new(recreator, engine.clone());
+        let mut link_config = config.link;
+        if let Some(id) = &own_id {
+            link_config.container_id = Some(id.clone());
+            link_config.agent_image = own::image(recreator.docker(), id).await;
+        }
+        let handover = own_id
+            .zip(config.handover_timeout)
+            .map(|(id, timeout)| Handover::new(&config.data_dir, id, timeout));
+        let found = match &handover {
+            Some(h) => h.found(&recreator).await,
+            None => Found::Nothing,
+        };
+        let commands = CommandRunner::new(recreator, engine.clone(), handover);
+        match found {
+            Found::Nothing | Found::Successor(_) => {}
+            Found::Orphan(name) => {
+                error!(container = %name, "This container is a successor agent of a self-update that is over; it does not connect (the old agent removes it).");
+                return;
+            }
+            Found::Retired => {
+                info!("A successor agent took over this host; this agent waits to be removed.")
+            }
+            Found::Old(record) => {
+                info!(op = %record.op_id, "Restarted during a self-update: waiting for the successor agent to take over.");
+                let commands = commands.clone();
+                tokio::spawn(async move { commands.resume_handover(record).await });
+            }
+        }
         let link = link::run(
-            config.link,
+            link_config,
             engine,
             commands.clone(),
             alerts.clone(),

@@ -48,6 +48,9 @@ pub struct LinkConfig {
     pub reconnect_max: Duration,
     /// Where the certificate is renewed before it expires; `None`: never renewed here.
     pub renewal: Option<Renewal>,
+    /// The agent's own container and its image, for `Hello` (set at the agent's start).
+    pub container_id: Option<String>,
+    pub agent_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,9 @@ enum SessionError {
     Engine(#[from] crate::engine::EngineError),
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// A successor agent that lost its hand-over: it must not stay connected.
+    #[error("{0}")]
+    Defunct(String),
 }
 
 impl SessionError {
@@ -98,9 +104,24 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
+        // A hand-over holds the link: the host's connection is the successor's to take.
+        if let Some(handover) = commands.handover() {
+            let mut busy = handover.busy();
+            if *busy.borrow() {
+                info!("Handing this host over to a successor agent; not reconnecting meanwhile.");
+            }
+            tokio::select! {
+                _ = busy.wait_for(|b| !*b) => {}
+                () = stopped(&mut shutdown) => return,
+            }
+        }
         let started = Instant::now();
         let result = session(&config, &engine, &commands, &alerts, shutdown.clone()).await;
         if *shutdown.borrow() {
+            return;
+        }
+        if let Err(SessionError::Defunct(reason)) = &result {
+            error!(%reason, "This agent stops taking part.");
             return;
         }
         let revoked = result.as_ref().is_err_and(SessionError::revoked);
@@ -190,6 +211,9 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         engine: engine_info,
         mode,
+        container_id: config.container_id.clone(),
+        agent_image: config.agent_image.clone(),
+        handover_op_id: commands.handover().and_then(|h| h.successor_op()),
     };
     let (tx, rx) = mpsc::channel(16);
     send(
@@ -220,6 +244,14 @@ async fn session(
         api = %hello.engine.api_version,
         "Connected to the coordinator."
     );
+    // A successor agent completes its self-update now that it is the host's connection.
+    match commands.take_over().await {
+        Ok(Some(result)) => {
+            send(&tx, message(pb::agent_message::Kind::Result(result))).await?;
+        }
+        Ok(None) => {}
+        Err(reason) => return Err(SessionError::Defunct(reason)),
+    }
     // What recovery (or the journal) found for an operator, now that someone can hear it.
     let pending: Vec<Alert> =
         std::mem::take(&mut *alerts.lock().unwrap_or_else(|p| p.into_inner()));

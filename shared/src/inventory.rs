@@ -170,6 +170,12 @@ pub struct Hello {
     pub agent_version: String,
     pub engine: EngineInfo,
     pub mode: HostMode,
+    /// The agent's own container, when it runs in one.
+    pub container_id: Option<String>,
+    /// The image that container runs (`repo:tag@sha256:…` when its digest is known).
+    pub agent_image: Option<String>,
+    /// A successor agent completing the self-update with this op id.
+    pub handover_op_id: Option<String>,
 }
 
 /// A full snapshot of one host.
@@ -337,6 +343,9 @@ impl From<Hello> for pb::Hello {
             agent_version: h.agent_version,
             engine: Some(h.engine.into()),
             mode: pb::HostMode::from(h.mode).into(),
+            container_id: h.container_id.unwrap_or_default(),
+            agent_image: h.agent_image.unwrap_or_default(),
+            handover_op_id: h.handover_op_id.unwrap_or_default(),
         }
     }
 }
@@ -354,11 +363,15 @@ impl TryFrom<pb::Hello> for Hello {
         let engine = h
             .engine
             .ok_or_else(|| InvalidMessage::new("hello", "no engine information"))?;
+        let given = |s: String| (!s.is_empty()).then_some(s);
         Ok(Self {
             host: h.host,
             agent_version: h.agent_version,
             engine: engine.into(),
             mode,
+            container_id: given(h.container_id),
+            agent_image: given(h.agent_image),
+            handover_op_id: given(h.handover_op_id),
         })
     }
 }
@@ -440,8 +453,12 @@ mod tests {
             agent_version: "0.1.0".into(),
             engine: EngineInfo::default(),
             mode: HostMode::SwarmManager,
+            container_id: Some("ab".repeat(32)),
+            agent_image: Some("r/ouroboros-agent:1@sha256:00".into()),
+            handover_op_id: None,
         };
         let wire = pb::Hello::from(hello.clone());
+        assert_eq!(wire.handover_op_id, "", "absent is empty on the wire");
         assert_eq!(Hello::try_from(wire.clone()), Ok(hello));
         let mut no_engine = wire.clone();
         no_engine.engine = None;

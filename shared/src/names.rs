@@ -115,6 +115,8 @@ pub const ENV_NOTIFY_CA: &str = "OUROBOROS_NOTIFY_CA";
 /// Agent (and `up`): seconds a stopping agent gives the operation in flight to reach a safe
 /// point before it exits anyway.
 pub const ENV_SHUTDOWN_TIMEOUT: &str = "OUROBOROS_SHUTDOWN_TIMEOUT";
+/// Agent: seconds a successor agent has to connect and take over in a self-update.
+pub const ENV_HANDOVER_TIMEOUT: &str = "OUROBOROS_HANDOVER_TIMEOUT";
 
 /// Log level (`trace`, `debug`, `info`, `warn`, `error`), as in Ouroboros.
 pub const ENV_LOG_LEVEL: &str = "LOG_LEVEL";

@@ -445,6 +445,16 @@ impl Recreator {
         })
     }
 
+    /// Records the outcome of an operation done outside the recreate sequence (a self-update),
+    /// so that a repeated op id is answered from the journal.
+    pub(crate) fn record_done(
+        &self,
+        request: &Request,
+        outcome: &Outcome,
+    ) -> Result<(), JournalError> {
+        self.finish_without_change(request, outcome)
+    }
+
     /// Records dependant `i`'s new state.
     pub(crate) fn set_dependant(
         &self,

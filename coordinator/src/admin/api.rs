@@ -110,6 +110,7 @@ impl pb::admin_server::Admin for AdminApi {
                 connected: h.connected,
                 last_seen_unix_ms: h.record.last_seen_unix_ms,
                 agent_version: h.record.agent_version,
+                agent_image: h.record.agent_image,
                 engine: Some(h.record.engine.into()),
                 mode: pb::HostMode::from(h.record.mode).into(),
                 container_count: u32::try_from(h.record.containers.len()).unwrap_or(u32::MAX),
@@ -422,7 +423,21 @@ impl pb::admin_server::Admin for AdminApi {
             .filter(|r| matches!(r.state, RolloutState::Paused { .. }))
             .count();
         let paused = self.fleet.paused();
+        let mut agents: std::collections::BTreeMap<(String, String), usize> = Default::default();
+        for h in &hosts {
+            let key = (h.record.agent_version.clone(), h.record.agent_image.clone());
+            *agents.entry(key).or_default() += 1;
+        }
+        let agents = agents
+            .into_iter()
+            .map(|((version, image), n)| pb::AgentVersion {
+                version,
+                image,
+                hosts: count(n),
+            })
+            .collect();
         Ok(Response::new(pb::StatusResponse {
+            agents,
             hosts: count(hosts.len()),
             hosts_connected: count(hosts.iter().filter(|h| h.connected).count()),
             containers_monitored: monitored,

@@ -23,6 +23,7 @@ pub(crate) fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: 
                         "last_seen": rfc3339_ms(h.last_seen_unix_ms),
                         "connected_since": rfc3339_ms(h.connected_since_unix_ms),
                         "agent_version": h.agent_version,
+                        "agent_image": h.agent_image,
                         "engine_version": engine.version,
                         "api_version": engine.api_version,
                         "os": engine.os,
@@ -50,7 +51,7 @@ pub(crate) fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: 
                             colour,
                         ),
                         age(h.last_seen_unix_ms, now),
-                        h.agent_version.clone(),
+                        agent_column(h),
                         engine.version,
                         engine.api_version,
                         HostMode::from(h.mode()).as_str().to_owned(),
@@ -72,6 +73,15 @@ pub(crate) fn render_hosts(hosts: &[pb::HostStatus], format: OutputFormat, now: 
                 &rows,
             )
         }
+    }
+}
+
+/// The agent's version, and the digest its container runs when it runs in one: hosts midway
+/// through a self-update stand out.
+fn agent_column(h: &pb::HostStatus) -> String {
+    match h.agent_image.rsplit_once("@sha256:") {
+        Some((_, digest)) => format!("{} @{}", h.agent_version, &digest[..digest.len().min(12)]),
+        None => h.agent_version.clone(),
     }
 }
 
@@ -190,6 +200,29 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> serde_json::Value {
     })
 }
 
+/// `0.1.0 @3f9a… on 2 hosts, 0.1.0 @77c1… on 1 host`: more than one entry (a fleet half-way
+/// through a self-update) is painted.
+fn agents_line(agents: &[pb::AgentVersion], colour: bool) -> String {
+    let line = agents
+        .iter()
+        .map(|a| {
+            let host = pb::HostStatus {
+                agent_version: a.version.clone(),
+                agent_image: a.image.clone(),
+                ..Default::default()
+            };
+            let hosts = if a.hosts == 1 { "host" } else { "hosts" };
+            format!("{} on {} {hosts}", agent_column(&host), a.hosts)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    match agents.len() {
+        0 => "-".into(),
+        1 => line,
+        _ => paint(&line, colour),
+    }
+}
+
 pub(crate) fn render_status(
     s: &pb::StatusResponse,
     format: OutputFormat,
@@ -212,6 +245,11 @@ pub(crate) fn render_status(
                 "next_cycle": when(s.next_cycle_unix_ms),
                 "paused": s.paused,
                 "paused_reason": s.paused_reason,
+                "agents": s.agents.iter().map(|a| json!({
+                    "version": a.version,
+                    "image": a.image,
+                    "hosts": a.hosts,
+                })).collect::<Vec<_>>(),
             });
             format!(
                 "{}\n",
@@ -246,6 +284,7 @@ pub(crate) fn render_status(
                     "containers".into(),
                     format!("{} ({} monitored)", s.containers, s.containers_monitored),
                 ],
+                vec!["agents".into(), agents_line(&s.agents, colour)],
                 vec!["updates pending".into(), s.updates_pending.to_string()],
                 vec![
                     "rollouts active".into(),
@@ -342,6 +381,7 @@ mod tests {
             connected_since_unix_ms: 0,
             inventory_at_unix_ms: 0,
             reported: false,
+            agent_image: format!("r/ouroboros-agent:1@sha256:{}", "ab".repeat(32)),
         };
         let v: serde_json::Value = serde_json::from_str(&render_hosts(
             std::slice::from_ref(&h),
@@ -356,7 +396,10 @@ mod tests {
         assert_eq!(v[0]["api_version"], "1.41");
         assert_eq!(v[0]["mode"], "standalone");
         assert_eq!(v[0]["containers"], 3);
+        assert_eq!(v[0]["agent_image"], h.agent_image.as_str());
         let t = render_hosts(&[h], OutputFormat::Table, 61_000);
         assert!(t.contains("disconnected  1m ago"), "{t}");
+        // The digest the agent runs, so that a half-updated fleet shows.
+        assert!(t.contains("0.1.0 @abababababab "), "{t}");
     }
 }

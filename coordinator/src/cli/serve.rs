@@ -29,7 +29,7 @@ use crate::server::gateway::Gateway;
 use crate::server::tls::RevocationCheck;
 use crate::server::tls::{incoming, require_role};
 use crate::telemetry::counters::Counters;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{METRICS_SETTING, Metrics, store_counters};
 
 mod background;
 mod enrolment;
@@ -40,17 +40,6 @@ use background::{scheduled_cycles, watch_agents};
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often heartbeat times (and changed counters) are queued for the store.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-/// The setting that holds the counters.
-const METRICS_SETTING: &str = "metrics";
-
-/// Queues the counters for the store when they changed.
-fn store_counters(fleet: &Fleet, metrics: &Metrics) {
-    if let Some(counters) = metrics.take_dirty()
-        && let Ok(json) = serde_json::to_string(&counters)
-    {
-        fleet.save_setting(METRICS_SETTING, json);
-    }
-}
 
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
@@ -606,6 +595,9 @@ mod tests {
             agent_version: "0.1.0".into(),
             engine: Default::default(),
             mode: HostMode::Standalone,
+            container_id: None,
+            agent_image: None,
+            handover_op_id: None,
         };
         let peer = "127.0.0.1:1".parse().unwrap();
         let (session, _) = fleet.connect(&host, &hello, peer, 0);

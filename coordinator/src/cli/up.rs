@@ -112,11 +112,15 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
             reconnect_max: Duration::from_secs(5),
             // Not renewed over the link: `up` keeps its own PKI dir, where `pki issue` renews.
             renewal: None,
+            container_id: None,
+            agent_image: None,
         },
         docker,
         data_dir: agent_dir,
         crash: None,
         shutdown_timeout: args.shutdown_timeout,
+        // The embedded agent shares the process with the coordinator: it never hands over.
+        handover_timeout: None,
     };
     let agent = tokio::spawn(ouroboros_agent::run(agent_config, stopped(stop_agent_rx)));
 

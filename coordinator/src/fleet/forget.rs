@@ -60,6 +60,9 @@ mod tests {
             agent_version: "t".into(),
             engine: EngineInfo::default(),
             mode: HostMode::Standalone,
+            container_id: None,
+            agent_image: None,
+            handover_op_id: None,
         };
         let (mut session, _) = fleet.connect(&host, &hello, "127.0.0.1:1".parse().unwrap(), 5);
         assert!(fleet.sync());

@@ -270,6 +270,8 @@ impl Fleet {
                 record: HostRecord {
                     host: host.to_string(),
                     agent_version: String::new(),
+                    agent_image: String::new(),
+                    agent_container: String::new(),
                     engine: Default::default(),
                     mode: hello.mode,
                     last_seen_unix_ms: 0,
@@ -280,6 +282,8 @@ impl Fleet {
                 seen_dirty: false,
             });
             entry.record.agent_version = hello.agent_version.clone();
+            entry.record.agent_image = hello.agent_image.clone().unwrap_or_default();
+            entry.record.agent_container = hello.container_id.clone().unwrap_or_default();
             entry.record.engine = hello.engine.clone();
             entry.record.mode = hello.mode;
             entry.record.last_seen_unix_ms = now_unix_ms;
@@ -453,6 +457,9 @@ mod tests {
                 ..Default::default()
             },
             mode: HostMode::Standalone,
+            container_id: None,
+            agent_image: None,
+            handover_op_id: None,
         }
     }
 

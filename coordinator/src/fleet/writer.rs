@@ -160,6 +160,8 @@ mod tests {
         HostRecord {
             host: host.into(),
             agent_version: "0".into(),
+            agent_image: String::new(),
+            agent_container: String::new(),
             engine: EngineInfo::default(),
             mode: HostMode::Standalone,
             last_seen_unix_ms: seen,

@@ -63,7 +63,7 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// `startup`, `updates-done`, `update-failed`, `updates-available`, `rollout-paused`,
-    /// `agent-lost`, `agent-back`.
+    /// `agent-lost`, `agent-back`, `before-self-update`, `after-self-update`.
     pub event: &'static str,
     pub kind: Kind,
     pub title: String,

@@ -157,6 +157,24 @@ impl TargetState {
     }
 }
 
+/// Whether a target is one of Ouroboros' own containers (self-update): the agent of its host
+/// goes after the host's other targets and one host at a time; the coordinator goes last, when
+/// nothing else is in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Own {
+    #[default]
+    No,
+    Agent,
+    Coordinator,
+}
+
+impl Own {
+    fn is_no(&self) -> bool {
+        *self == Self::No
+    }
+}
+
 /// One container to update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -188,6 +206,9 @@ pub struct Target {
     /// The op id of its last command (update or way back), kept after the answer.
     #[serde(default)]
     pub op_id: String,
+    /// Ouroboros' own agent or coordinator container.
+    #[serde(default, skip_serializing_if = "Own::is_no")]
+    pub own: Own,
 }
 
 /// Where a rollout stands.
@@ -664,10 +685,20 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
         0 => usize::MAX,
         n => n as usize,
     };
+    // An agent's self-update chosen in this round (one host at a time).
+    let mut agent_sent = false;
     for host in &hosts {
         if r.host_busy(host) || r.host_done(host) || !(o.connected)(host) || !window_open {
             continue;
         }
+        let next = r
+            .targets
+            .iter()
+            .position(|t| &t.host == host && t.state == TargetState::Pending);
+        if next.is_some_and(|i| !own_may_start(r, i, agent_sent)) {
+            continue;
+        }
+        agent_sent |= next.is_some_and(|i| r.targets[i].own == Own::Agent);
         let started = r.host_started(host);
         if !started {
             let is_canary = canary_hosts.contains(host);
@@ -680,15 +711,28 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
             }
             in_flight += 1;
         }
-        if let Some(i) = r
-            .targets
-            .iter()
-            .position(|t| &t.host == host && t.state == TargetState::Pending)
-        {
+        if let Some(i) = next {
             actions.push(Action::Dispatch(i));
         }
     }
     actions
+}
+
+/// Whether target `i`, one of Ouroboros' own containers, may start now: an agent while no other
+/// agent is being replaced (`agent_sent`: one was chosen already in this round), the
+/// coordinator once every other target has ended.
+fn own_may_start(r: &Rollout, i: usize, agent_sent: bool) -> bool {
+    let mut others = r.targets.iter().enumerate().filter(|(j, _)| *j != i);
+    match r.targets[i].own {
+        Own::No => true,
+        Own::Agent => {
+            !agent_sent
+                && !others
+                    .filter(|(_, t)| t.own == Own::Agent)
+                    .any(|(_, t)| !t.state.is_terminal() && t.state != TargetState::Pending)
+        }
+        Own::Coordinator => others.all(|(_, t)| t.state.is_terminal()),
+    }
 }
 
 /// A cancelled rollout: the targets not started are cancelled, what is in flight finishes;
@@ -795,6 +839,7 @@ mod tests {
             soft_dependants: Vec::new(),
             dependant_images: Default::default(),
             op_id: String::new(),
+            own: Own::No,
         }
     }
 
@@ -896,6 +941,30 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn agents_update_themselves_one_host_at_a_time_and_the_coordinator_last() {
+        let own = |host: &str, container: &str, own: Own| Target {
+            own,
+            ..target(host, container, 1)
+        };
+        let mut r = rollout(
+            Policy::default(),
+            vec![
+                target("a", "app", 1),
+                own("a", "agent", Own::Agent),
+                own("a", "coordinator", Own::Coordinator),
+                target("b", "app", 1),
+                own("b", "agent", Own::Agent),
+                own("c", "agent", Own::Agent),
+            ],
+        );
+        let rounds = run(&mut r, &|_| Status::Updated);
+        // Round 1: the apps of a and b, and c's agent (c has nothing else); then one agent
+        // at a time; the coordinator alone at the end.
+        assert_eq!(rounds, vec![vec![0, 3, 5], vec![1], vec![4], vec![2]]);
+        assert!(matches!(r.state, RolloutState::Completed { failed: 0 }));
     }
 
     /// Runs the rollout to its end; returns the dispatch rounds (which targets each round).

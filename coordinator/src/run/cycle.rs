@@ -14,16 +14,16 @@ use crate::detect::{Decision, Detection, Selection, detect};
 use crate::fleet::Fleet;
 use crate::plan::deps::{Graph, Node};
 use crate::plan::outcome::{Pruned, Status, UpdateResult};
-use crate::plan::rollout::{Canary, Policy, Rollout, RolloutState, Target, TargetState};
+use crate::plan::rollout::{Policy, Rollout, RolloutState, Target, TargetState};
 use crate::plan::window::Windows;
 use crate::run::clock::{Clock, WallClock};
 use crate::run::runner::Runner;
 use crate::server::dispatch::Commands;
 use crate::telemetry::metrics::Metrics;
 use ouroboros_shared::inventory::ContainerInfo;
-use ouroboros_shared::reference::ImageRef;
 
 mod operator;
+mod targets;
 
 /// Probes in flight at once across registries (each registry has its own limit too).
 const PROBE_CONCURRENCY: usize = 32;
@@ -495,111 +495,6 @@ impl Cycle {
                 ),
                 body: failed.join("\n"),
             });
-        }
-    }
-
-    /// The rollout of this cycle's updates: per host in dependency order, canary hosts first.
-    fn plan_rollout(
-        &self,
-        detections: &[Detection],
-        containers: &[(String, ContainerInfo)],
-        graphs: &BTreeMap<String, Graph>,
-    ) -> Rollout {
-        let mut by_host: BTreeMap<String, Vec<&Detection>> = BTreeMap::new();
-        for d in detections {
-            if matches!(d.decision, Decision::Update { .. }) {
-                by_host.entry(d.host.clone()).or_default().push(d);
-            }
-        }
-        let hosts: Vec<String> = by_host.keys().cloned().collect();
-        let canary: Vec<String> = match &self.policy.canary {
-            Canary::None => Vec::new(),
-            Canary::Hosts(list) => hosts.iter().filter(|h| list.contains(h)).cloned().collect(),
-            Canary::Count(n) => hosts.iter().take(*n as usize).cloned().collect(),
-        };
-        let mut targets = Vec::new();
-        let mut ordered_hosts = hosts.clone();
-        ordered_hosts.sort_by_key(|h| (!canary.contains(h), h.clone()));
-        for host in ordered_hosts {
-            let list = &by_host[&host];
-            let names: Vec<String> = list.iter().map(|d| d.container.clone()).collect();
-            let order = graphs.get(&host).map(|g| g.order(&names)).unwrap_or(names);
-            for name in order {
-                let Some(d) = list.iter().find(|d| d.container == name) else {
-                    continue;
-                };
-                let Decision::Update { target, digest } = &d.decision else {
-                    continue;
-                };
-                let info = containers
-                    .iter()
-                    .find(|(h, c)| h == &host && c.name == name)
-                    .map(|(_, c)| c);
-                let old_digest = info
-                    .and_then(|c| {
-                        ImageRef::parse(&c.image)
-                            .ok()
-                            .and_then(|r| r.digest_in(&c.repo_digests).map(str::to_owned))
-                    })
-                    .unwrap_or_default();
-                let tagged = target.split('@').next().unwrap_or(target).to_owned();
-                targets.push(Target {
-                    host: host.clone(),
-                    container: name.clone(),
-                    image: d.image.clone(),
-                    target: target.clone(),
-                    previous: format!("{tagged}@{old_digest}"),
-                    old_digest,
-                    new_digest: digest.clone(),
-                    batch: u32::from(!canary.contains(&host)),
-                    state: TargetState::Pending,
-                    started_ms: 0,
-                    finished_ms: 0,
-                    transitions: vec![(self.clock.now_ms(), "pending".to_owned())],
-                    soft_dependants: graphs
-                        .get(&host)
-                        .map(|g| {
-                            g.dependants(&name)
-                                .into_iter()
-                                .filter(|(_, kind)| *kind == crate::plan::deps::Kind::Soft)
-                                .map(|(n, _)| n)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    // Recreated by this container's operation anyway: those whose own tag
-                    // moved go to their new image in the same operation.
-                    op_id: String::new(),
-                    dependant_images: graphs
-                        .get(&host)
-                        .map(|g| g.recreated_with(&name))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|dependant| {
-                            list.iter()
-                                .find(|d| d.container == dependant)
-                                .and_then(|d| match &d.decision {
-                                    Decision::Update { target, .. } => {
-                                        Some((dependant.clone(), target.clone()))
-                                    }
-                                    _ => None,
-                                })
-                        })
-                        .collect(),
-                });
-            }
-        }
-        let now = self.clock.now_ms();
-        Rollout {
-            id: self.runner.new_id(),
-            created_ms: now,
-            updated_ms: now,
-            policy: self.policy.clone(),
-            state: RolloutState::Running,
-            targets,
-            last_host_done_ms: 0,
-            canary_done_ms: 0,
-            acknowledged_failures: 0,
-            cancel: None,
         }
     }
 

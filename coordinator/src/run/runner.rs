@@ -25,6 +25,7 @@ use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
 use crate::telemetry::metrics::Metrics;
 
 mod cancel;
+mod own;
 pub use cancel::{CancelError, CancelTaken};
 
 /// How often the runner looks again without an answer (hosts connect and go).
@@ -492,6 +493,7 @@ impl Runner {
             if !actions.is_empty() {
                 // Stored before anything it leads to is sent.
                 self.persist(&rollout, history).await;
+                self.before_self_updates(&rollout, &to_send).await;
                 for (i, op_id, revert) in to_send {
                     senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
                 }
@@ -567,6 +569,7 @@ impl Runner {
                             warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = d.action.name(), reason = %d.reason, "A dependant did not follow the update.");
                         }
                     }
+                    self.after_self_update(&rollout.targets[answer.index], &answer.result);
                     results.insert(answer.index, answer.result);
                     self.persist(&rollout, entries).await;
                 }

@@ -138,6 +138,9 @@ fn fleet_runner(
                 agent_version: "0.1.0".into(),
                 engine: EngineInfo::default(),
                 mode: HostMode::Standalone,
+                container_id: None,
+                agent_image: None,
+                handover_op_id: None,
             };
             let (guard, _) = fleet.connect(&name, &hello, "127.0.0.1:1".parse().unwrap(), BASE_MS);
             let inventory = Inventory {
@@ -180,6 +183,7 @@ fn rollout(policy: Policy, targets: &[(&str, &str, u32)]) -> Rollout {
                 soft_dependants: Vec::new(),
                 dependant_images: BTreeMap::new(),
                 op_id: String::new(),
+                own: Default::default(),
             })
             .collect(),
         last_host_done_ms: 0,

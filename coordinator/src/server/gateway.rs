@@ -137,7 +137,16 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
             }
         }
         let (session, replaced) = self.fleet.connect(&host, &hello, peer.addr, now_unix_ms());
-        if let Some(old_peer) = replaced {
+        if let (Some(old_peer), Some(op)) = (replaced, &hello.handover_op_id) {
+            info!(
+                host = %host,
+                peer = %peer.addr,
+                old_peer = %old_peer,
+                op = %op,
+                agent_image = hello.agent_image.as_deref().unwrap_or_default(),
+                "Self-update: the successor agent takes over the host's connection."
+            );
+        } else if let Some(old_peer) = replaced {
             warn!(
                 host = %host,
                 peer = %peer.addr,

@@ -160,6 +160,9 @@ mod tests {
             agent_version: "0.1.0".into(),
             engine: Default::default(),
             mode: HostMode::Standalone,
+            container_id: None,
+            agent_image: None,
+            handover_op_id: None,
         }
     }
 

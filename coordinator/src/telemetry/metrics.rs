@@ -390,5 +390,17 @@ impl Metrics {
     }
 }
 
+/// The setting that holds the counters.
+pub const METRICS_SETTING: &str = "metrics";
+
+/// Queues the counters for the store when they changed.
+pub fn store_counters(fleet: &crate::fleet::Fleet, metrics: &Metrics) {
+    if let Some(counters) = metrics.take_dirty()
+        && let Ok(json) = serde_json::to_string(&counters)
+    {
+        fleet.save_setting(METRICS_SETTING, json);
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,8 @@ fn host(name: &str, containers: Vec<ContainerInfo>) -> HostRecord {
     HostRecord {
         host: name.into(),
         agent_version: "0.1.0".into(),
+        agent_image: String::new(),
+        agent_container: String::new(),
         engine: EngineInfo {
             version: "20.10.24".into(),
             api_version: "1.41".into(),
@@ -83,6 +85,7 @@ fn target(host: &str, container: &str, state: TargetState, at: i64) -> Target {
         soft_dependants: Vec::new(),
         dependant_images: Default::default(),
         op_id: format!("op-{}-{container}", at / 1000),
+        own: Default::default(),
     }
 }
 
@@ -126,7 +129,18 @@ fn fill(data: &Path) {
                 Health::None,
             )],
         ),
-    ] {
+    ]
+    .into_iter()
+    .map(|mut h| {
+        // web-01's agent runs in a container, on an image digest `hosts` and `status` show.
+        if h.host == "web-01" {
+            h.agent_image = format!(
+                "registry.lan:5000/ouroboros-agent:0.1@sha256:{}",
+                "3f".repeat(32)
+            );
+        }
+        h
+    }) {
         batch.hosts.insert(h.host.clone(), h);
     }
     let done = Rollout {

@@ -131,6 +131,7 @@ fn hello(host: &str) -> pb::AgentMessage {
             agent_version: "test".into(),
             engine: Some(pb::EngineInfo::default()),
             mode: pb::HostMode::Standalone.into(),
+            ..Default::default()
         })),
     }
 }

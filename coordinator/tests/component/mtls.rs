@@ -157,6 +157,7 @@ fn hello(host: &str) -> pb::AgentMessage {
                 arch: "x86_64".into(),
             }),
             mode: pb::HostMode::Standalone.into(),
+            ..Default::default()
         })),
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Cleanup, Engine, Registry, eventually, publish, require_engine, unique_name,
+    Cleanup, Engine, Registry, TEST_LABEL_ARG, eventually, publish, require_engine, unique_name,
 };
 use serde_json::Value;
 
@@ -17,7 +17,7 @@ use crate::images::build_images;
 
 /// `docker save IMAGE` on `from` into `docker load` on `to` (extra engines have image stores of
 /// their own and, like this machine, no registry to pull the agent image from).
-fn copy_image(from: &Engine, to: &Engine, image: &str) -> anyhow::Result<()> {
+pub(crate) fn copy_image(from: &Engine, to: &Engine, image: &str) -> anyhow::Result<()> {
     let mut save = from
         .docker_command()
         .args(["save", image])
@@ -59,7 +59,7 @@ fn tar_names(mut command: Command) -> anyhow::Result<Vec<String>> {
 }
 
 /// The admin CLI inside the coordinator's container (its CLI certificate is in its volume).
-fn admin(
+pub(crate) fn admin(
     engine: &Engine,
     container: &str,
     url: &str,
@@ -80,6 +80,205 @@ fn admin(
             String::from_utf8_lossy(&out.stderr)
         ),
     ))
+}
+
+/// The coordinator image running on an engine: PKI in its volume, then `serve`, with host
+/// networking so that agents on every engine and the registry on loopback are reachable.
+pub(crate) struct CoordinatorContainer {
+    pub(crate) engine: Engine,
+    pub(crate) name: String,
+    pub(crate) url: String,
+    /// Where its metrics endpoint listens (on the loopback).
+    pub(crate) metrics: String,
+}
+
+impl CoordinatorContainer {
+    /// Starts `serve` as container `name` with `env` (`NAME=VALUE`) besides its listen and
+    /// metrics ports; `options` go to `docker run` too.
+    pub(crate) fn start(
+        cleanup: &Cleanup,
+        name: &str,
+        image: &str,
+        env: &[&str],
+        options: &[&str],
+    ) -> anyhow::Result<CoordinatorContainer> {
+        let engine = cleanup.engine().clone();
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let port = free_port()?;
+        let metrics_port = free_port()?;
+        let metrics_env = format!("PROMETHEUS_PORT={metrics_port}");
+        let url = format!("https://127.0.0.1:{port}");
+        let data = cleanup.create_volume("containers-coordinator")?;
+        let data_mount = format!("{data}:/var/lib/ouroboros");
+        let init = engine.docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &data_mount,
+            image,
+            "pki",
+            "init",
+        ])?;
+        println!("pki init: {init}");
+        let listen = format!("OUROBOROS_LISTEN=127.0.0.1:{port}");
+        let mut args = vec![
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--label",
+            TEST_LABEL_ARG,
+            "--network",
+            "host",
+            "-v",
+            &data_mount,
+            "-e",
+            &listen,
+            // Metrics on a free port of their own (host networking shares the port space).
+            "-e",
+            &metrics_env,
+            "-e",
+            "OUROBOROS_INTERVAL=3600",
+        ];
+        for e in env {
+            args.extend(["-e", e]);
+        }
+        args.extend_from_slice(options);
+        args.extend([image, "serve"]);
+        cleanup.track_container(name)?;
+        engine.docker(&args)?;
+        Ok(CoordinatorContainer {
+            engine,
+            name: name.to_owned(),
+            url,
+            metrics: format!("127.0.0.1:{metrics_port}"),
+        })
+    }
+
+    /// The admin CLI in the coordinator's container; exit code and output.
+    pub(crate) fn admin(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        admin(&self.engine, &self.name, &self.url, args)
+    }
+
+    /// A join token for `uses` hosts.
+    pub(crate) fn token(&self, uses: u32) -> anyhow::Result<String> {
+        let uses = uses.to_string();
+        eventually(CONVERGE, POLL, || {
+            let (code, out) = self.admin(&["token", "create", "--uses", &uses])?;
+            ensure!(code == 0, "token create: exit {code}: {out}");
+            let token = out.lines().last().unwrap_or_default().trim().to_owned();
+            ensure!(token.starts_with("ouro1."), "no token: {out}");
+            Ok(token)
+        })
+        .with_context(|| {
+            self.engine
+                .docker(&["logs", &self.name])
+                .unwrap_or_default()
+        })
+    }
+
+    /// An agent container named `name` on `cleanup`'s engine: the engine's socket, a data
+    /// volume, the token, host networking; `options` go to `docker run` too. Returns the
+    /// container's name and its volume.
+    pub(crate) fn run_agent(
+        &self,
+        cleanup: &Cleanup,
+        image: &str,
+        name: &str,
+        token: &str,
+        host_name: &str,
+        options: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        let engine = cleanup.engine();
+        let socket = engine
+            .socket()
+            .context("the engines here listen on unix sockets")?;
+        let socket_mount = format!("{}:/var/run/docker.sock", socket.display());
+        let volume = cleanup.create_volume("containers-agent")?;
+        let volume_mount = format!("{volume}:/var/lib/ouroboros-agent");
+        let coordinator_env = format!("OUROBOROS_COORDINATOR={}", self.url);
+        let token_env = format!("OUROBOROS_JOIN_TOKEN={token}");
+        let host_env = format!("OUROBOROS_HOST_NAME={host_name}");
+        cleanup.track_container(name)?;
+        let mut args = vec![
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--label",
+            TEST_LABEL_ARG,
+            "--network",
+            "host",
+            "-v",
+            &socket_mount,
+            "-v",
+            &volume_mount,
+            "-e",
+            &coordinator_env,
+            "-e",
+            &token_env,
+            "-e",
+            &host_env,
+        ];
+        args.extend_from_slice(options);
+        args.push(image);
+        engine.docker(&args)?;
+        Ok((name.to_owned(), volume))
+    }
+}
+
+/// Waits until `count` hosts are connected; the `hosts` JSON. On failure the error carries the
+/// coordinator's and the agents' logs.
+pub(crate) fn connected_hosts(
+    engines: &[Engine],
+    coordinator: &str,
+    url: &str,
+    agents: &[(String, String)],
+    count: usize,
+) -> anyhow::Result<Value> {
+    let hosts = eventually(CONVERGE, POLL, || {
+        let (code, out) = admin(
+            &engines[0],
+            coordinator,
+            url,
+            &["hosts", "--output", "json"],
+        )?;
+        ensure!(code == 0, "hosts: exit {code}: {out}");
+        let hosts: Value =
+            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        let connected = hosts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|h| h["connected"] == true)
+            .count();
+        ensure!(
+            connected == count,
+            "{connected} of {count} hosts connected: {hosts}"
+        );
+        Ok(hosts)
+    });
+    hosts.map_err(|error| {
+        let mut logs = String::new();
+        for ((agent, _), engine) in agents.iter().zip(engines) {
+            logs.push_str(&format!(
+                "\n{agent}: {}",
+                engine.docker(&["logs", agent]).unwrap_or_default()
+            ));
+        }
+        anyhow::anyhow!(
+            "{error:#}\ncoordinator: {}{logs}",
+            engines[0]
+                .docker(&["logs", coordinator])
+                .unwrap_or_default()
+        )
+    })
 }
 
 #[test]
@@ -117,139 +316,31 @@ fn three_hosts_run_the_agent_image_enrolled_by_token_and_a_rollout_reaches_all()
         )?);
     }
 
-    // The coordinator image on the first host: PKI in its volume, then serve. Host networking
-    // so that agents on every engine and the registry on loopback are reachable.
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let port = free_port()?;
-    let metrics_env = format!("PROMETHEUS_PORT={}", free_port()?);
-    let url = format!("https://127.0.0.1:{port}");
-    let data = cleanups[0].create_volume("containers-coordinator")?;
-    let data_mount = format!("{data}:/var/lib/ouroboros");
-    let init = engines[0].docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &data_mount,
-        &coordinator_image,
-        "pki",
-        "init",
-    ])?;
-    println!("pki init: {init}");
-    let listen = format!("OUROBOROS_LISTEN=127.0.0.1:{port}");
     let monitor = format!("MONITOR={}", workloads.join(","));
-    let coordinator = cleanups[0].run_container(
-        "containers-coordinator",
-        &[
-            "--network",
-            "host",
-            "-v",
-            &data_mount,
-            "-e",
-            &listen,
-            "-e",
-            &monitor,
-            // Metrics on a free port of their own (host networking shares the port space).
-            "-e",
-            &metrics_env,
-            "-e",
-            "OUROBOROS_INTERVAL=3600",
-        ],
+    let coordinator = CoordinatorContainer::start(
+        &cleanups[0],
+        &unique_name("containers-coordinator"),
         &coordinator_image,
-        &["serve"],
+        &[&monitor],
+        &[],
     )?;
-    let token = eventually(CONVERGE, POLL, || {
-        let (code, out) = admin(
-            &engines[0],
-            &coordinator,
-            &url,
-            &["token", "create", "--uses", "3"],
-        )?;
-        ensure!(code == 0, "token create: exit {code}: {out}");
-        let token = out.lines().last().unwrap_or_default().trim().to_owned();
-        ensure!(token.starts_with("ouro1."), "no token: {out}");
-        Ok(token)
-    })
-    .with_context(|| {
-        engines[0]
-            .docker(&["logs", &coordinator])
-            .unwrap_or_default()
-    })?;
-
-    // An agent container on every host: its engine's socket, a data volume, the token.
-    let coordinator_env = format!("OUROBOROS_COORDINATOR={url}");
-    let token_env = format!("OUROBOROS_JOIN_TOKEN={token}");
+    let token = coordinator.token(3)?;
     let mut agents = Vec::new();
-    for (i, (engine, cleanup)) in engines.iter().zip(&cleanups).enumerate() {
-        let socket = engine
-            .socket()
-            .context("the engines here listen on unix sockets")?;
-        let socket_mount = format!("{}:/var/run/docker.sock", socket.display());
-        let volume = cleanup.create_volume("containers-agent")?;
-        let volume_mount = format!("{volume}:/var/lib/ouroboros-agent");
-        let host_env = format!("OUROBOROS_HOST_NAME=ctr-host-{i}");
-        let agent = cleanup.run_container(
-            "containers-agent",
-            &[
-                "--network",
-                "host",
-                "-v",
-                &socket_mount,
-                "-v",
-                &volume_mount,
-                "-e",
-                &coordinator_env,
-                "-e",
-                &token_env,
-                "-e",
-                &host_env,
-            ],
+    for (i, cleanup) in cleanups.iter().enumerate() {
+        let name = unique_name("containers-agent");
+        agents.push(coordinator.run_agent(
+            cleanup,
             &agent_image,
+            &name,
+            &token,
+            &format!("ctr-host-{i}"),
             &[],
-        )?;
-        agents.push((agent, volume));
+        )?);
     }
+    let (url, coordinator) = (coordinator.url.clone(), coordinator.name.clone());
 
     // All three enrol and connect.
-    let hosts = eventually(CONVERGE, POLL, || {
-        let (code, out) = admin(
-            &engines[0],
-            &coordinator,
-            &url,
-            &["hosts", "--output", "json"],
-        )?;
-        ensure!(code == 0, "hosts: exit {code}: {out}");
-        let hosts: Value =
-            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
-        let connected = hosts
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|h| h["connected"] == true)
-            .count();
-        ensure!(connected == 3, "{connected} of 3 hosts connected: {hosts}");
-        Ok(hosts)
-    });
-    if let Err(error) = hosts {
-        let mut logs = String::new();
-        for ((agent, _), engine) in agents.iter().zip(&engines) {
-            logs.push_str(&format!(
-                "\n{agent}: {}",
-                engine.docker(&["logs", agent]).unwrap_or_default()
-            ));
-        }
-        anyhow::bail!(
-            "{error:#}\ncoordinator: {}{logs}",
-            engines[0]
-                .docker(&["logs", &coordinator])
-                .unwrap_or_default()
-        );
-    }
+    connected_hosts(&engines, &coordinator, &url, &agents, 3)?;
 
     // A new digest of the tag: one check rolls it out to every host.
     let v2 = publish(&cleanups[0], &registry, &repo, "stable", 2)?;

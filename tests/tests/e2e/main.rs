@@ -20,6 +20,7 @@ mod modes;
 mod multiarch;
 mod notify;
 mod rollout;
+mod selfupdate;
 mod shutdown;
 mod steer;
 mod up;

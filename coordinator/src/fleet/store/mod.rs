@@ -42,6 +42,12 @@ const LOCK_FILE: &str = "coordinator.lock";
 pub struct HostRecord {
     pub host: String,
     pub agent_version: String,
+    /// The image the agent's container runs (`repo:tag@sha256:…`); empty outside a container.
+    #[serde(default)]
+    pub agent_image: String,
+    /// The agent's own container id; empty outside a container.
+    #[serde(default)]
+    pub agent_container: String,
     pub engine: EngineInfo,
     pub mode: HostMode,
     pub last_seen_unix_ms: i64,
@@ -450,6 +456,8 @@ mod tests {
         HostRecord {
             host: host.into(),
             agent_version: "0.1.0".into(),
+            agent_image: String::new(),
+            agent_container: String::new(),
             engine: EngineInfo::default(),
             mode: HostMode::Standalone,
             last_seen_unix_ms: 42,

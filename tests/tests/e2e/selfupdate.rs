@@ -1,0 +1,394 @@
+//! Self-update, as it is meant to run: three engines as hosts, each running the agent image
+//! (from a registry tag) as a container enrolled by token, the coordinator image (from a tag
+//! too) on the first, `SELF_UPDATE` on. In order:
+//!
+//! 1. A new agent image on the tag replaces every agent container under its original name, one
+//!    host at a time, and every host reconnects on the new digest.
+//! 2. A new coordinator image: the first host's agent replaces the coordinator's container;
+//!    the new coordinator resumes from the store (history and `ouroboros_updates_total` carry
+//!    on) and every agent reconnects.
+//! 3. A successor that never connects, and the old agent SIGKILLed while it waits: restarted,
+//!    it waits on, abandons at the deadline and removes the successor (one agent container).
+//! 4. A successor image that exits at once: rolled back with its cause; the agents go on.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ouroboros_tests::{
+    Cleanup, Engine, Registry, eventually, http_request, push_image, require_engine, unique_name,
+};
+use serde_json::Value;
+
+use crate::containers::{CoordinatorContainer, connected_hosts};
+use crate::fleet::POLL;
+use crate::images::build_images;
+
+/// Builds `FROM base` plus `lines` as `reference` on `engine` (no network: the base is local).
+fn derive_image(
+    engine: &Engine,
+    base: &str,
+    lines: &[&str],
+    reference: &str,
+) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-selfupdate-")
+        .tempdir()?;
+    let mut dockerfile = vec![format!("FROM {base}")];
+    dockerfile.extend(lines.iter().map(|l| (*l).to_owned()));
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile.join("\n") + "\n")?;
+    let context = dir.path().display().to_string();
+    engine
+        .docker(&[
+            "build",
+            "--quiet",
+            "--network",
+            "none",
+            "--tag",
+            reference,
+            &context,
+        ])
+        .with_context(|| format!("building {reference}"))?;
+    Ok(())
+}
+
+/// Names of every container on `engine` (all states).
+fn names(engine: &Engine) -> anyhow::Result<Vec<String>> {
+    Ok(engine
+        .docker(&["ps", "--all", "--format", "{{.Names}}"])?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Each agent runs `image_id` under its original name, running, with no successor or set-aside
+/// container of it left on its engine.
+fn agents_run(
+    engines: &[Engine],
+    agents: &[(String, String)],
+    image_id: &str,
+) -> anyhow::Result<()> {
+    for ((agent, _), engine) in agents.iter().zip(engines) {
+        let running = engine.inspect(agent, "{{.Image}} {{.State.Running}}")?;
+        ensure!(
+            running == format!("{image_id} true"),
+            "{agent} on {}: {running}, not {image_id} running",
+            engine.host()
+        );
+        let same_family: Vec<String> = names(engine)?
+            .into_iter()
+            .filter(|n| n.starts_with(agent.as_str()))
+            .collect();
+        ensure!(
+            same_family == [agent.clone()],
+            "{} has {same_family:?} besides one {agent}",
+            engine.host()
+        );
+    }
+    Ok(())
+}
+
+/// The agent image digest every host reports (from `hosts --output json`).
+fn reported_digests(hosts: &Value) -> Vec<String> {
+    hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            h["agent_image"]
+                .as_str()
+                .and_then(|i| i.rsplit_once('@'))
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The sum of `ouroboros_updates_total` on the coordinator's metrics endpoint.
+fn updates_total(coordinator: &CoordinatorContainer) -> anyhow::Result<f64> {
+    let text = http_request(&coordinator.metrics, "GET", "/metrics", &[])?.text();
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("ouroboros_updates_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The ids of the rollouts the coordinator remembers.
+fn rollout_ids(coordinator: &CoordinatorContainer) -> anyhow::Result<Vec<String>> {
+    let (code, out) = coordinator.admin(&["rollouts", "--output", "json"])?;
+    ensure!(code == 0, "rollouts: exit {code}: {out}");
+    let list: Value = serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The newest rollout, whole (`rollout ID --output json`).
+fn latest_rollout(coordinator: &CoordinatorContainer) -> anyhow::Result<Value> {
+    let ids = rollout_ids(coordinator)?;
+    let id = ids.first().context("no rollout")?;
+    let (code, out) = coordinator.admin(&["rollout", id, "--output", "json"])?;
+    ensure!(code == 0, "rollout {id}: exit {code}: {out}");
+    let list: Value = serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+    list.get(0)
+        .cloned()
+        .with_context(|| format!("no rollout {id}: {out}"))
+}
+
+/// When a target started updating and when its last transition came (unix ms).
+fn span(target: &Value) -> (i64, i64) {
+    let transitions = target["transitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let at = |t: &Value| t["at_unix_ms"].as_i64().unwrap_or(0);
+    let started = transitions
+        .iter()
+        .find(|t| t["state"] == "updating")
+        .map_or(0, at);
+    (started, transitions.last().map_or(0, at))
+}
+
+#[test]
+fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one_agent()
+-> anyhow::Result<()> {
+    let Some(engine_a) = require_engine() else {
+        return Ok(());
+    };
+    let engines = [engine_a, Engine::start_extra()?, Engine::start_extra()?];
+    let cleanups: Vec<Cleanup> = engines.iter().map(Cleanup::new).collect();
+    let tag = unique_name("selfupdate");
+    let built_agent = format!("ouroboros-agent:{tag}");
+    let built_coordinator = format!("ouroboros-coordinator:{tag}");
+    cleanups[0].track_image(&built_agent)?;
+    cleanups[0].track_image(&built_coordinator)?;
+    build_images(&engines[0], &tag)?;
+
+    // Agents and coordinator run registry tags; v1 is what was built.
+    let registry = Registry::start()?;
+    let agent_ref = registry.reference(&unique_name("ouroboros-agent"), "stable");
+    let coordinator_ref = registry.reference(&unique_name("ouroboros-coordinator"), "stable");
+    for cleanup in &cleanups {
+        cleanup.track_image(&agent_ref)?;
+    }
+    cleanups[0].track_image(&coordinator_ref)?;
+    engines[0].docker(&["tag", &built_agent, &agent_ref])?;
+    engines[0].docker(&["tag", &built_coordinator, &coordinator_ref])?;
+    let v1 = push_image(&engines[0], &agent_ref)?;
+    push_image(&engines[0], &coordinator_ref)?;
+    for engine in &engines[1..] {
+        engine.docker(&["pull", "--quiet", &agent_ref])?;
+    }
+
+    let agent_names: Vec<String> = (0..3).map(|_| unique_name("selfupdate-agent")).collect();
+    let coordinator_name = unique_name("selfupdate-coordinator");
+    let monitor = format!("MONITOR={},{coordinator_name}", agent_names.join(","));
+    let coordinator = CoordinatorContainer::start(
+        &cleanups[0],
+        &coordinator_name,
+        &coordinator_ref,
+        &[&monitor, "SELF_UPDATE=true"],
+        // Its health gate passes in seconds, not the image's 30 s interval.
+        &["--health-interval", "2s", "--health-start-period", "1s"],
+    )?;
+    let token = coordinator.token(3)?;
+    let mut agents = Vec::new();
+    for (i, (cleanup, name)) in cleanups.iter().zip(&agent_names).enumerate() {
+        agents.push(coordinator.run_agent(
+            cleanup,
+            &agent_ref,
+            name,
+            &token,
+            &format!("self-host-{i}"),
+            &[
+                "--restart",
+                "unless-stopped",
+                "-e",
+                "OUROBOROS_HANDOVER_TIMEOUT=30",
+            ],
+        )?);
+    }
+    let logs = || {
+        let mut logs = format!(
+            "coordinator: {}",
+            engines[0]
+                .docker(&["logs", &coordinator.name])
+                .unwrap_or_default()
+        );
+        for ((agent, _), engine) in agents.iter().zip(&engines) {
+            logs.push_str(&format!(
+                "\n{agent}: {}",
+                engine.docker(&["logs", agent]).unwrap_or_default()
+            ));
+        }
+        logs
+    };
+    let connected = || connected_hosts(&engines, &coordinator.name, &coordinator.url, &agents, 3);
+    let hosts = connected()?;
+    ensure!(
+        reported_digests(&hosts) == vec![v1.clone(); 3],
+        "hosts before: {hosts}"
+    );
+    let v1_id = engines[0].inspect(&agent_ref, "{{.Id}}")?;
+    agents_run(&engines, &agents, &v1_id)?;
+
+    // 1. v2 on the agents' tag (the same binary in another image): every agent replaces
+    //    itself, one host at a time.
+    derive_image(
+        &engines[0],
+        &agent_ref,
+        &["LABEL org.ouroboros.test.agent=2"],
+        &agent_ref,
+    )?;
+    let v2 = push_image(&engines[0], &agent_ref)?;
+    let v2_id = engines[0].inspect(&agent_ref, "{{.Id}}")?;
+    cleanups[0].track_image_id(&v1_id)?;
+    let (code, out) = coordinator.admin(&["check", "--output", "json"])?;
+    ensure!(code == 0, "check: exit {code}: {out}\n{}", logs());
+    agents_run(&engines, &agents, &v2_id).with_context(|| format!("{out}\n{}", logs()))?;
+    eventually(Duration::from_secs(60), POLL, || {
+        let hosts = connected()?;
+        ensure!(
+            reported_digests(&hosts) == vec![v2.clone(); 3],
+            "hosts: {hosts}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    let rollout = latest_rollout(&coordinator)?;
+    let spans: Vec<(i64, i64)> = rollout["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(span)
+        .collect();
+    ensure!(spans.len() == 3, "three agent targets: {rollout}");
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            ensure!(
+                a.1 <= b.0 || b.1 <= a.0,
+                "two hand-overs overlapped: {rollout}"
+            );
+        }
+    }
+
+    // 2. v2 of the coordinator: its host's agent replaces it; the new one resumes.
+    let history_before = rollout_ids(&coordinator)?;
+    let counted_before = updates_total(&coordinator)?;
+    let c1_id = engines[0].inspect(&coordinator_ref, "{{.Id}}")?;
+    derive_image(
+        &engines[0],
+        &coordinator_ref,
+        &["LABEL org.ouroboros.test.coordinator=2"],
+        &coordinator_ref,
+    )?;
+    push_image(&engines[0], &coordinator_ref)?;
+    let c2_id = engines[0].inspect(&coordinator_ref, "{{.Id}}")?;
+    cleanups[0].track_image_id(&c1_id)?;
+    // The CLI's connection ends with the coordinator it talks to.
+    let (code, out) = coordinator.admin(&["check", "--output", "json"])?;
+    println!("check during the coordinator's self-update: exit {code}: {out}");
+    eventually(Duration::from_secs(120), POLL, || {
+        let running = engines[0].inspect(&coordinator.name, "{{.Image}} {{.State.Running}}")?;
+        ensure!(running == format!("{c2_id} true"), "coordinator: {running}");
+        connected()?;
+        let ids = rollout_ids(&coordinator)?;
+        ensure!(
+            history_before.iter().all(|id| ids.contains(id))
+                && ids.len() == history_before.len() + 1,
+            "history before {history_before:?}, now {ids:?}"
+        );
+        let rollout = latest_rollout(&coordinator)?;
+        ensure!(
+            rollout["state"] == "completed",
+            "the coordinator's rollout ends: {rollout}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    let counted_after = updates_total(&coordinator)?;
+    ensure!(
+        counted_after == counted_before + 1.0,
+        "ouroboros_updates_total {counted_before} before, {counted_after} after (its own update counted once)"
+    );
+
+    // 3. A successor that never connects (another coordinator address), and the old agent
+    //    SIGKILLed while it waits for it: once started again it waits on, abandons the
+    //    hand-over at the deadline and removes the successor.
+    derive_image(
+        &engines[0],
+        &agent_ref,
+        &[
+            r#"ENTRYPOINT ["/usr/local/bin/ouroboros-agent", "--coordinator", "https://127.0.0.1:9"]"#,
+        ],
+        &agent_ref,
+    )?;
+    push_image(&engines[0], &agent_ref)?;
+    cleanups[0].track_image_id(&v2_id)?;
+    let first = &agents[0].0;
+    let killer = {
+        let (engine, first) = (engines[0].clone(), first.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let prefix = format!("{first}-ouroboros-next-");
+            eventually(Duration::from_secs(60), POLL, || {
+                let successor = names(&engine)?.into_iter().find(|n| n.starts_with(&prefix));
+                let successor = successor.context("no successor yet")?;
+                ensure!(
+                    engine.inspect(&successor, "{{.State.Running}}")? == "true",
+                    "not running yet"
+                );
+                Ok(())
+            })?;
+            engine.docker(&["kill", "--signal", "KILL", &first])?;
+            engine.docker(&["start", &first])?;
+            Ok(())
+        })
+    };
+    let (code, out) = coordinator.admin(&["check", "--output", "json"])?;
+    println!("check with a successor that never connects: exit {code}: {out}");
+    killer.join().expect("killer thread")?;
+    eventually(Duration::from_secs(90), POLL, || {
+        agents_run(&engines, &agents, &v2_id)?;
+        connected()?;
+        Ok(())
+    })
+    .with_context(logs)?;
+    let rollout = latest_rollout(&coordinator)?;
+    ensure!(
+        rollout.to_string().contains("did not take over"),
+        "the cause is reported: {rollout}\n{}",
+        logs()
+    );
+    let id = rollout["id"].as_str().unwrap_or_default();
+    let (code, out) = coordinator.admin(&["rollout", "cancel", id])?;
+    ensure!(code == 0, "rollout cancel: exit {code}: {out}");
+
+    // 4. A successor that exits at once: rolled back with its cause; every agent goes on.
+    derive_image(
+        &engines[0],
+        &agent_ref,
+        &[r#"ENTRYPOINT ["/usr/local/bin/ouroboros-agent", "--no-such-flag"]"#],
+        &agent_ref,
+    )?;
+    push_image(&engines[0], &agent_ref)?;
+    let (code, out) = coordinator.admin(&["check", "--output", "json"])?;
+    println!("check with an exiting successor: exit {code}: {out}");
+    ensure!(
+        out.contains("successor agent exited"),
+        "the rollback is reported with its cause: {out}\n{}",
+        logs()
+    );
+    eventually(Duration::from_secs(30), POLL, || {
+        agents_run(&engines, &agents, &v2_id)?;
+        connected()?;
+        Ok(())
+    })
+    .with_context(logs)?;
+    for cleanup in cleanups.iter().rev() {
+        cleanup.remove_all()?;
+    }
+    Ok(())
+}
