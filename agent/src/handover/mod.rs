@@ -89,6 +89,24 @@ pub struct Handover {
     busy: watch::Sender<bool>,
     /// The hand-over this agent (a successor) completes after it connects.
     successor: std::sync::Mutex<Option<Record>>,
+    /// Fault injection for tests: hang at this step (after telling `reached`), to be aborted
+    /// like a killed agent.
+    pause: Option<(Step, std::sync::Arc<tokio::sync::Notify>)>,
+}
+
+/// The steps of a hand-over where a test can stop it (see [`Handover::with_pause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Old agent: the record is written, no successor exists yet.
+    Recorded,
+    /// Old agent: the successor is created (and recorded), not started.
+    Created,
+    /// Old agent: the successor runs; waiting for the decision.
+    Started,
+    /// Successor: the hand-over is claimed; the old agent still exists.
+    Claimed,
+    /// Successor: the old agent is removed; the name is not taken yet.
+    OldRemoved,
 }
 
 impl Handover {
@@ -99,6 +117,23 @@ impl Handover {
             timeout,
             busy: watch::channel(false).0,
             successor: std::sync::Mutex::new(None),
+            pause: None,
+        }
+    }
+
+    /// Hangs at `step` after notifying `reached` (tests abort the task there, as a SIGKILL
+    /// would end the agent).
+    pub fn with_pause(mut self, step: Step, reached: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.pause = Some((step, reached));
+        self
+    }
+
+    async fn at(&self, step: Step) {
+        if let Some((pause, reached)) = &self.pause
+            && *pause == step
+        {
+            reached.notify_one();
+            std::future::pending::<()>().await;
         }
     }
 
@@ -213,6 +248,7 @@ impl Handover {
         if let Err(e) = self.files.write(&record) {
             return refused(format!("cannot write the hand-over record: {e}"));
         }
+        self.at(Step::Recorded).await;
         report("create");
         self.busy.send_replace(true);
         let created = recreator.create(&plan, &request.op_id).await;
@@ -238,6 +274,7 @@ impl Handover {
                 )
                 .await;
         }
+        self.at(Step::Created).await;
         report("start");
         if let Err(e) = recreator.start(&id).await {
             return self
@@ -250,6 +287,7 @@ impl Handover {
         }
         info!(op = %record.op_id, successor = %record.successor_name, image = %record.image, "Self-update: successor agent started; waiting for it to take over.");
         report("handover");
+        self.at(Step::Started).await;
         self.await_successor(recreator, &record).await
     }
 
@@ -266,6 +304,11 @@ impl Handover {
                         .await;
                 }
                 None => {}
+            }
+            // The record goes only when a successor finished taking over (it clears the
+            // decision with it): this agent is the old one, gone already for the engine.
+            if self.files.read().is_none_or(|r| r.op_id != record.op_id) {
+                return self.taken(record);
             }
             if recreator.is_stopping() {
                 info!(op = %record.op_id, "Stopping during a self-update; the hand-over stays as it is.");
@@ -419,6 +462,7 @@ impl Handover {
             }
             Err(e) => return Err(format!("cannot write the hand-over decision: {e}")),
         }
+        self.at(Step::Claimed).await;
         info!(event = "before_self_cleanup", op = %record.op_id, old = %record.old_id, "Self-update: taking over; the old agent is stopped and removed.");
         if let Err(e) = recreator.stop_as_configured(&record.old_id).await {
             warn!(error = %e, "Cannot stop the old agent gracefully; removing it anyway.");
@@ -427,6 +471,7 @@ impl Handover {
             // Both run: this one is connected, the old one stays off its link (decision).
             error!(error = %e, "Cannot remove the old agent's container; remove it by hand.");
         }
+        self.at(Step::OldRemoved).await;
         let own_name = recreator.name_of(&self.own_id).await.unwrap_or_default();
         if own_name != record.name
             && let Err(e) = recreator.rename(&self.own_id, &record.name).await

@@ -5,5 +5,6 @@
 
 mod dependants;
 mod fidelity;
+mod handover;
 mod recreate;
 mod safety;
