@@ -198,6 +198,7 @@ impl Cli {
             crash: crash_point()?,
             shutdown_timeout: self.shutdown_timeout,
             handover_timeout: Some(self.handover_timeout),
+            updater: false,
         })
     }
 }

@@ -28,15 +28,23 @@ pub struct CommandRunner {
     one_at_a_time: Mutex<()>,
     /// Self-updates, when the agent runs in a container.
     handover: Option<Handover>,
+    /// Self-updates by an updater container (`up`).
+    updater: Option<crate::updater::Updater>,
 }
 
 impl CommandRunner {
-    pub fn new(recreator: Recreator, engine: Engine, handover: Option<Handover>) -> Arc<Self> {
+    pub fn new(
+        recreator: Recreator,
+        engine: Engine,
+        handover: Option<Handover>,
+        updater: Option<crate::updater::Updater>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             recreator,
             engine,
             one_at_a_time: Mutex::new(()),
             handover,
+            updater,
         })
     }
 
@@ -132,7 +140,28 @@ impl CommandRunner {
             }),
             soft_dependants: command.soft_dependants,
             dependant_images: command.dependant_images.into_iter().collect(),
+            skip_pull: false,
         };
+        if let Some(updater) = &self.updater
+            && self
+                .recreator
+                .inspect(&request.container)
+                .await
+                .is_some_and(|c| {
+                    crate::own::same(c.id.as_deref().unwrap_or_default(), updater.own_id())
+                })
+        {
+            info!(op = %op_id, "This is the agent's own container: self-update by an updater container.");
+            let wait =
+                crate::recreate::executor::Deadlines::default().health + Duration::from_secs(60);
+            if let crate::updater::Answer::Now(outcome) =
+                updater.handle(&self.recreator, &request, wait).await
+            {
+                let result = pb::RecreateResult::from(&outcome);
+                self.answer(&tx, op_id, result).await;
+            }
+            return;
+        }
         if let Some(handover) = &self.handover {
             match handover.owns(&self.recreator, &request).await {
                 // The hand-over under way: answered when it ends.

@@ -25,6 +25,7 @@ pub mod own;
 pub mod recreate;
 pub mod renew;
 pub mod schedule;
+pub mod updater;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct AgentConfig {
     /// Self-update: how long a successor container has to take over; `None`: the agent never
     /// hands over (its own container is refused, as in `up`, whose process is the coordinator too).
     pub handover_timeout: Option<Duration>,
+    /// Its own container is recreated by an updater container instead (`up`: see [`updater`]).
+    pub updater: bool,
 }
 
 /// Runs the agent until `shutdown` completes. Waits (with backoff) for the Docker engine when it
@@ -134,13 +137,21 @@ pub async fn run(
             link_config.agent_image = own::image(recreator.docker(), id).await;
         }
         let handover = own_id
+            .clone()
             .zip(config.handover_timeout)
             .map(|(id, timeout)| Handover::new(&config.data_dir, id, timeout));
         let found = match &handover {
             Some(h) => h.found(&recreator).await,
             None => Found::Nothing,
         };
-        let commands = CommandRunner::new(recreator, engine.clone(), handover);
+        let updater = own_id
+            .clone()
+            .filter(|_| config.updater)
+            .map(|id| updater::Updater::new(id, &config.data_dir));
+        if let Some(u) = &updater {
+            u.tidy(&recreator, false).await;
+        }
+        let commands = CommandRunner::new(recreator, engine.clone(), handover, updater);
         match found {
             Found::Nothing | Found::Successor(_) => {}
             Found::Orphan(name) => {

@@ -82,6 +82,8 @@ pub struct Request {
     /// Dependants recreated with the container whose own tag moved too: name →
     /// `repo:tag@sha256:…`; they move to it in the same operation.
     pub dependant_images: BTreeMap<String, String>,
+    /// The image is on the engine already (pulled with credentials by whoever asks): no pull.
+    pub skip_pull: bool,
 }
 
 /// A health gate asked for with one update (rollout policy).

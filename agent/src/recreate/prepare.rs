@@ -49,7 +49,7 @@ impl Recreator {
             Some((pinned, tag)) => (pinned, tag),
             None => (target, None),
         };
-        if !pulled.starts_with("sha256:") {
+        if !pulled.starts_with("sha256:") && !request.skip_pull {
             self.pull(&pulled, request.auth.as_ref())
                 .await
                 .map_err(refused)?;

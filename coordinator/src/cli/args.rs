@@ -77,12 +77,34 @@ pub enum Command {
     /// Exit 0 when the running coordinator's /healthz (the metrics endpoint) answers 200,
     /// 1 otherwise, with one line (the image's HEALTHCHECK).
     Healthcheck(crate::cli::healthcheck::HealthcheckArgs),
+    /// Run by the updater container of `up`'s self-update: recreate `up`'s container.
+    #[command(hide = true, name = "self-recreate")]
+    SelfRecreate(SelfRecreateArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SelfRecreateArgs {
+    /// The container to recreate (`up`'s).
+    #[arg(long, value_name = "ID")]
+    pub container: String,
+    /// The image to recreate it from (on the engine already).
+    #[arg(long, value_name = "REF")]
+    pub image: String,
+    /// The operation's id (its journal entry).
+    #[arg(long, value_name = "ID")]
+    pub op: String,
+    /// The updater's journal.
+    #[arg(long, value_name = "DIR")]
+    pub journal_dir: std::path::PathBuf,
+    /// Docker engine.
+    #[arg(long, env = ouroboros_shared::names::ENV_DOCKER_HOST, default_value = ouroboros_shared::names::DEFAULT_DOCKER_HOST, value_name = "URL")]
+    pub docker_host: String,
 }
 
 #[derive(Debug, Args)]
@@ -531,6 +553,7 @@ impl Command {
                 | Self::Serve(_)
                 | Self::Up(_)
                 | Self::Healthcheck(_)
+                | Self::SelfRecreate(_)
                 | Self::Completions { .. }
         )
     }

@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             .await
         }
         Command::Healthcheck(args) => healthcheck::healthcheck(&args).await,
+        Command::SelfRecreate(args) => self_recreate(&args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();
@@ -147,5 +148,26 @@ fn print_rotated(written: Vec<std::path::PathBuf>) {
             path.display(),
             rotate::backup_path(&path).display()
         );
+    }
+}
+
+/// `self-recreate`: the updater container's run (see `ouroboros_agent::updater`); exits 0 when
+/// the container runs the new image, 1 otherwise.
+async fn self_recreate(args: &args::SelfRecreateArgs) -> Result<(), Failure> {
+    let docker = ouroboros_agent::engine::DockerEndpoint::new(&args.docker_host, false, None)
+        .map_err(|e| Failure::usage(format!("--docker-host: {e}")))?;
+    let outcome = ouroboros_agent::updater::run(
+        &docker,
+        &args.journal_dir,
+        &args.container,
+        &args.image,
+        &args.op,
+    )
+    .await
+    .map_err(Failure::runtime)?;
+    tracing::info!(?outcome, op = %args.op, "Self-recreate finished.");
+    match outcome {
+        ouroboros_agent::recreate::journal::Outcome::Updated { .. } => Ok(()),
+        other => Err(Failure::runtime(format!("{other:?}"))),
     }
 }

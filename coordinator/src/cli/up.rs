@@ -121,6 +121,8 @@ pub async fn up(args: UpArgs) -> Result<(), Failure> {
         shutdown_timeout: args.shutdown_timeout,
         // The embedded agent shares the process with the coordinator: it never hands over.
         handover_timeout: None,
+        // Its own container is recreated by an updater container (see `ouroboros_agent::updater`).
+        updater: true,
     };
     let agent = tokio::spawn(ouroboros_agent::run(agent_config, stopped(stop_agent_rx)));
 

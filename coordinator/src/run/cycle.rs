@@ -273,7 +273,6 @@ impl Cycle {
                 }
             }
         }
-        self.skip_self_update_of_up(&mut detections, &containers);
         let updates = detections
             .iter()
             .filter(|d| matches!(d.decision, Decision::Update { .. }))

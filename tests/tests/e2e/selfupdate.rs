@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Cleanup, Engine, Registry, eventually, http_request, push_image, require_engine, unique_name,
+    Cleanup, Engine, Registry, TEST_LABEL_ARG, eventually, http_request, push_image,
+    require_engine, unique_name,
 };
 use serde_json::Value;
 
@@ -391,4 +392,130 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
         cleanup.remove_all()?;
     }
     Ok(())
+}
+
+#[test]
+fn up_in_a_container_updates_itself_through_an_updater_container() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let cleanup = Cleanup::new(&engine);
+    let tag = unique_name("selfupdate-up");
+    let built = format!("ouroboros-coordinator:{tag}");
+    cleanup.track_image(&built)?;
+    cleanup.track_image(&format!("ouroboros-agent:{tag}"))?;
+    build_images(&engine, &tag)?;
+    let registry = Registry::start()?;
+    let up_ref = registry.reference(&unique_name("ouroboros-up"), "stable");
+    cleanup.track_image(&up_ref)?;
+    engine.docker(&["tag", &built, &up_ref])?;
+    push_image(&engine, &up_ref)?;
+    let v1_id = engine.inspect(&up_ref, "{{.Id}}")?;
+
+    // `up` in a container, as root for the socket, from the registry tag, watching itself.
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let port = free_port()?;
+    let url = format!("https://127.0.0.1:{port}");
+    let name = unique_name("selfupdate-up");
+    let volume = cleanup.create_volume("selfupdate-up")?;
+    let socket = engine
+        .socket()
+        .context("the engine here listens on a unix socket")?;
+    let (socket_mount, data_mount) = (
+        format!("{}:/var/run/docker.sock", socket.display()),
+        format!("{volume}:/var/lib/ouroboros"),
+    );
+    let (listen, metrics, monitor) = (
+        format!("OUROBOROS_LISTEN=127.0.0.1:{port}"),
+        format!("PROMETHEUS_PORT={}", free_port()?),
+        format!("MONITOR={name}"),
+    );
+    cleanup.track_container(&name)?;
+    engine.docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--label",
+        TEST_LABEL_ARG,
+        "--user",
+        "0",
+        "--network",
+        "host",
+        "-v",
+        &socket_mount,
+        "-v",
+        &data_mount,
+        "-e",
+        &listen,
+        "-e",
+        &metrics,
+        "-e",
+        &monitor,
+        "-e",
+        "SELF_UPDATE=true",
+        "-e",
+        "OUROBOROS_INTERVAL=3600",
+        "--health-interval",
+        "2s",
+        "--health-start-period",
+        "1s",
+        &up_ref,
+        "up",
+    ])?;
+    let admin = |args: &[&str]| -> anyhow::Result<(i32, String)> {
+        crate::containers::admin(&engine, &name, &url, args)
+    };
+    let logs = || engine.docker(&["logs", &name]).unwrap_or_default();
+    eventually(Duration::from_secs(60), POLL, || {
+        let (code, out) = admin(&["hosts", "--output", "json"])?;
+        ensure!(
+            code == 0 && out.contains("\"connected\": true"),
+            "hosts: {out}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+
+    // v2 on its tag: the updater recreates `up`'s container; the new `up` ends the rollout.
+    derive_image(
+        &engine,
+        &up_ref,
+        &["LABEL org.ouroboros.test.up=2"],
+        &up_ref,
+    )?;
+    push_image(&engine, &up_ref)?;
+    let v2_id = engine.inspect(&up_ref, "{{.Id}}")?;
+    cleanup.track_image_id(&v1_id)?;
+    let (code, out) = admin(&["check", "--output", "json"])?;
+    println!("check during up's self-update: exit {code}: {out}");
+    let updater_prefix = format!("{name}-ouroboros-updater-");
+    eventually(Duration::from_secs(180), POLL, || {
+        let running = engine.inspect(&name, "{{.Image}} {{.State.Running}}")?;
+        ensure!(running == format!("{v2_id} true"), "{name}: {running}");
+        let (code, out) = admin(&["rollouts", "--output", "json"])?;
+        ensure!(code == 0, "rollouts: exit {code}: {out}");
+        let rollouts: Value = serde_json::from_str(&out)?;
+        ensure!(rollouts[0]["state"] == "completed", "rollouts: {out}");
+        let leftovers: Vec<String> = names(&engine)?
+            .into_iter()
+            .filter(|n| n.starts_with(name.as_str()) && n != &name)
+            .collect();
+        ensure!(leftovers.is_empty(), "left: {leftovers:?}");
+        Ok(())
+    })
+    .with_context(|| {
+        let updater = names(&engine)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|n| n.starts_with(&updater_prefix))
+            .map(|u| engine.docker(&["logs", &u]).unwrap_or_default())
+            .unwrap_or_default();
+        format!("up: {}\nupdater: {updater}", logs())
+    })?;
+    cleanup.remove_all()
 }

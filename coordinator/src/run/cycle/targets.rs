@@ -12,30 +12,7 @@ use crate::detect::{Decision, Detection};
 use crate::plan::deps::Graph;
 use crate::plan::rollout::{Canary, Own, Rollout, RolloutState, Target, TargetState};
 
-/// Why `up`'s own container is not updated by itself.
-pub(crate) const UP_ITSELF: &str = "the container of `up` itself: `up` cannot replace its own process (run `serve` with an agent container to self-update)";
-
 impl Cycle {
-    /// The container of `up` (the coordinator and the host's agent in one process) is skipped
-    /// with the reason: its agent cannot stop the process it runs in, and a refusal would count
-    /// as a failure and hold the rollout.
-    pub(super) fn skip_self_update_of_up(
-        &self,
-        detections: &mut [Detection],
-        containers: &[(String, ContainerInfo)],
-    ) {
-        let Some(own) = coordinator_container() else {
-            return;
-        };
-        let agents: BTreeMap<String, String> = self
-            .fleet
-            .hosts()
-            .into_iter()
-            .map(|h| (h.record.host, h.record.agent_container))
-            .collect();
-        skip_up_itself(own, &agents, detections, containers);
-    }
-
     /// The rollout of this cycle's updates: per host in dependency order, canary hosts first.
     pub(super) fn plan_rollout(
         &self,
@@ -174,85 +151,4 @@ fn coordinator_container() -> Option<&'static str> {
     static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     OWN.get_or_init(ouroboros_agent::own::container_id)
         .as_deref()
-}
-
-/// Skips the update of container `own` where the agent of its host runs in it too (`up`).
-fn skip_up_itself(
-    own: &str,
-    agents: &BTreeMap<String, String>,
-    detections: &mut [Detection],
-    containers: &[(String, ContainerInfo)],
-) {
-    for d in detections.iter_mut() {
-        let is_up = containers.iter().any(|(h, c)| {
-            h == &d.host
-                && c.name == d.container
-                && same(&c.id, own)
-                && agents.get(h).is_some_and(|a| same(a, own))
-        });
-        if is_up && matches!(d.decision, Decision::Update { .. }) {
-            d.decision = Decision::Skip {
-                reason: UP_ITSELF.to_owned(),
-            };
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_container_that_runs_up_itself_is_skipped() {
-        let own = "c".repeat(64);
-        let container = |name: &str, id: String| ContainerInfo {
-            id,
-            name: name.into(),
-            image: "r/c:1".into(),
-            image_id: String::new(),
-            repo_digests: Vec::new(),
-            labels: Default::default(),
-            state: ouroboros_shared::inventory::ContainerState::Running,
-            health: ouroboros_shared::inventory::Health::None,
-            restart_count: 0,
-            created_unix: 0,
-            network_mode: String::new(),
-            links: Vec::new(),
-            pid_mode: String::new(),
-            ipc_mode: String::new(),
-            set_aside: String::new(),
-        };
-        let containers = vec![
-            ("h1".to_owned(), container("up", own.clone())),
-            ("h1".to_owned(), container("app", "a".repeat(64))),
-            // The coordinator's own container on a host whose agent runs elsewhere: `serve`.
-            ("h2".to_owned(), container("up", own.clone())),
-        ];
-        let agents = BTreeMap::from([
-            ("h1".to_owned(), own[..12].to_owned()),
-            ("h2".to_owned(), "b".repeat(64)),
-        ]);
-        let update = Decision::Update {
-            target: "r/c:1@sha256:00".into(),
-            digest: "sha256:00".into(),
-        };
-        let mut detections: Vec<Detection> = [("h1", "up"), ("h1", "app"), ("h2", "up")]
-            .into_iter()
-            .map(|(host, container)| Detection {
-                host: host.into(),
-                container: container.into(),
-                image: "r/c:1".into(),
-                decision: update.clone(),
-            })
-            .collect();
-        skip_up_itself(&own, &agents, &mut detections, &containers);
-        assert_eq!(
-            detections[0].decision,
-            Decision::Skip {
-                reason: UP_ITSELF.into()
-            }
-        );
-        assert_eq!(detections[1].decision, update);
-        assert_eq!(detections[2].decision, update);
-    }
 }
