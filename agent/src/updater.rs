@@ -202,22 +202,7 @@ impl Updater {
             return;
         };
         let prefix = format!("{name}{UPDATER_MARK}");
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-            .all(true)
-            .build();
-        let Ok(listed) = recreator.docker().list_containers(Some(options)).await else {
-            return;
-        };
-        for c in listed {
-            let ours = c
-                .names
-                .iter()
-                .flatten()
-                .any(|n| n.trim_start_matches('/').starts_with(&prefix));
-            if !ours {
-                continue;
-            }
-            let id = c.id.unwrap_or_default();
+        for (id, _) in recreator.named_with_prefix(&prefix).await {
             // One that still runs is at work (at the agent's start, the updater may be
             // waiting for this very container's health): left alone. Once its outcome is in
             // the journal, it is only writing its last words and ends within moments.

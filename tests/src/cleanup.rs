@@ -105,20 +105,25 @@ impl Cleanup {
         command: &[&str],
     ) -> anyhow::Result<String> {
         let name = unique_name(prefix);
-        self.track_container(&name)?;
-        let mut args = vec![
-            "run",
-            "--detach",
-            "--name",
-            &name,
-            "--label",
-            TEST_LABEL_ARG,
-        ];
+        self.run_named(&name, options, image, command)?;
+        Ok(name)
+    }
+
+    /// Like [`Cleanup::run_container`], under `name` (tracked for removal).
+    pub fn run_named(
+        &self,
+        name: &str,
+        options: &[&str],
+        image: &str,
+        command: &[&str],
+    ) -> anyhow::Result<()> {
+        self.track_container(name)?;
+        let mut args = vec!["run", "--detach", "--name", name, "--label", TEST_LABEL_ARG];
         args.extend_from_slice(options);
         args.push(image);
         args.extend_from_slice(command);
         self.engine.docker(&args)?;
-        Ok(name)
+        Ok(())
     }
 
     /// `docker network create --label com.ouroboros.test=1 <options> <unique>`; returns the

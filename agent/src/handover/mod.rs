@@ -418,26 +418,10 @@ impl Handover {
     /// Successors of this agent that no hand-over under way names.
     async fn remove_orphans(&self, recreator: &Recreator, own_name: &str, record: Option<&Record>) {
         let prefix = format!("{own_name}{NEXT_MARK}");
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-            .all(true)
-            .build();
-        let Ok(listed) = recreator.docker().list_containers(Some(options)).await else {
-            return;
-        };
-        for c in listed {
-            let Some(name) = c
-                .names
-                .iter()
-                .flatten()
-                .map(|n| n.trim_start_matches('/'))
-                .find(|n| n.starts_with(&prefix))
-            else {
-                continue;
-            };
+        for (id, name) in recreator.named_with_prefix(&prefix).await {
             if record.is_some_and(|r| r.successor_name == name) {
                 continue;
             }
-            let id = c.id.clone().unwrap_or_default();
             warn!(container = %name, "Removing a successor agent left by an abandoned self-update.");
             if let Err(e) = recreator.remove(&id).await {
                 warn!(container = %name, error = %e, "Cannot remove the leftover successor agent.");

@@ -105,6 +105,31 @@ impl Recreator {
             .flatten()
     }
 
+    /// The containers (all states) whose name starts with `prefix`: (id, name).
+    pub(crate) async fn named_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .build();
+        let listed = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .unwrap_or_default();
+        listed
+            .into_iter()
+            .filter_map(|c| {
+                let name = c
+                    .names
+                    .iter()
+                    .flatten()
+                    .map(|n| n.trim_start_matches('/'))
+                    .find(|n| n.starts_with(prefix))?
+                    .to_owned();
+                Some((c.id.unwrap_or_default(), name))
+            })
+            .collect()
+    }
+
     pub(crate) async fn rename(&self, id: &str, name: &str) -> Result<(), bollard::errors::Error> {
         self.docker
             .rename_container(id, RenameContainerOptionsBuilder::new().name(name).build())

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Cleanup, Engine, Registry, TEST_LABEL_ARG, eventually, publish, require_engine, unique_name,
+    Cleanup, Engine, Registry, eventually, publish, require_engine, unique_name,
 };
 use serde_json::Value;
 
@@ -128,12 +128,6 @@ impl CoordinatorContainer {
         println!("pki init: {init}");
         let listen = format!("OUROBOROS_LISTEN=127.0.0.1:{port}");
         let mut args = vec![
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--label",
-            TEST_LABEL_ARG,
             "--network",
             "host",
             "-v",
@@ -150,9 +144,7 @@ impl CoordinatorContainer {
             args.extend(["-e", e]);
         }
         args.extend_from_slice(options);
-        args.extend([image, "serve"]);
-        cleanup.track_container(name)?;
-        engine.docker(&args)?;
+        cleanup.run_named(name, &args, image, &["serve"])?;
         Ok(CoordinatorContainer {
             engine,
             name: name.to_owned(),
@@ -205,14 +197,7 @@ impl CoordinatorContainer {
         let coordinator_env = format!("OUROBOROS_COORDINATOR={}", self.url);
         let token_env = format!("OUROBOROS_JOIN_TOKEN={token}");
         let host_env = format!("OUROBOROS_HOST_NAME={host_name}");
-        cleanup.track_container(name)?;
         let mut args = vec![
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--label",
-            TEST_LABEL_ARG,
             "--network",
             "host",
             "-v",
@@ -227,8 +212,7 @@ impl CoordinatorContainer {
             &host_env,
         ];
         args.extend_from_slice(options);
-        args.push(image);
-        engine.docker(&args)?;
+        cleanup.run_named(name, &args, image, &[])?;
         Ok((name.to_owned(), volume))
     }
 }

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Cleanup, Engine, Registry, TEST_LABEL_ARG, eventually, http_request, push_image,
-    require_engine, unique_name,
+    Cleanup, Engine, Registry, eventually, http_request, push_image, require_engine, unique_name,
 };
 use serde_json::Value;
 
@@ -434,39 +433,35 @@ fn up_in_a_container_updates_itself_through_an_updater_container() -> anyhow::Re
         format!("PROMETHEUS_PORT={}", free_port()?),
         format!("MONITOR={name}"),
     );
-    cleanup.track_container(&name)?;
-    engine.docker(&[
-        "run",
-        "--detach",
-        "--name",
+    cleanup.run_named(
         &name,
-        "--label",
-        TEST_LABEL_ARG,
-        "--user",
-        "0",
-        "--network",
-        "host",
-        "-v",
-        &socket_mount,
-        "-v",
-        &data_mount,
-        "-e",
-        &listen,
-        "-e",
-        &metrics,
-        "-e",
-        &monitor,
-        "-e",
-        "SELF_UPDATE=true",
-        "-e",
-        "OUROBOROS_INTERVAL=3600",
-        "--health-interval",
-        "2s",
-        "--health-start-period",
-        "1s",
+        &[
+            "--user",
+            "0",
+            "--network",
+            "host",
+            "-v",
+            &socket_mount,
+            "-v",
+            &data_mount,
+            "-e",
+            &listen,
+            "-e",
+            &metrics,
+            "-e",
+            &monitor,
+            "-e",
+            "SELF_UPDATE=true",
+            "-e",
+            "OUROBOROS_INTERVAL=3600",
+            "--health-interval",
+            "2s",
+            "--health-start-period",
+            "1s",
+        ],
         &up_ref,
-        "up",
-    ])?;
+        &["up"],
+    )?;
     let admin = |args: &[&str]| -> anyhow::Result<(i32, String)> {
         crate::containers::admin(&engine, &name, &url, args)
     };
