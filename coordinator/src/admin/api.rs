@@ -538,7 +538,8 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
                     TargetState::Failed { reason, outcome } => format!("{outcome}: {reason}"),
                     TargetState::Skipped { reason }
                     | TargetState::RevertFailed { reason }
-                    | TargetState::Cancelled { reason } => reason.clone(),
+                    | TargetState::Cancelled { reason }
+                    | TargetState::Vetoed { reason } => reason.clone(),
                     _ => String::new(),
                 };
                 let op_id = match &t.state {

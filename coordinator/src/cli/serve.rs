@@ -90,6 +90,10 @@ pub struct ServeConfig {
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
     pub detect_only: bool,
+    /// MONITOR_ONLY (without DRY_RUN): new images fire `notify_update` rather than `dry_run_update`.
+    pub monitor_only: bool,
+    /// Operators' scripts at the hook points (`--hooks-dir`).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl ServeConfig {
@@ -117,6 +121,8 @@ impl ServeConfig {
             agent_lost_after: Duration::from_secs(60),
             schedule: Schedule::Interval(crate::plan::schedule::DEFAULT_INTERVAL),
             detect_only: false,
+            monitor_only: false,
+            hooks: crate::hooks::Hooks::none(),
         }
     }
 }
@@ -221,19 +227,25 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     // Validated by the command line already; a failure here must not open every window.
     let windows = crate::plan::window::Windows::parse(&config.rollout.windows)
         .map_err(ServeError::Windows)?;
-    let cycle = Arc::new(Cycle::new(
-        fleet.clone(),
-        commands.clone(),
-        Arc::new(registry),
-        config.selection.clone(),
-        crate::run::cycle::Cleanup {
-            images: config.cleanup,
-            volumes: config.cleanup_volumes,
-        },
-        config.rollout.clone(),
-        windows,
-        metrics.clone(),
-    ));
+    let cycle = Arc::new(
+        Cycle::new(
+            fleet.clone(),
+            commands.clone(),
+            Arc::new(registry),
+            config.selection.clone(),
+            crate::run::cycle::Cleanup {
+                images: config.cleanup,
+                volumes: config.cleanup_volumes,
+            },
+            config.rollout.clone(),
+            windows,
+            metrics.clone(),
+        )
+        .with_hooks(
+            std::sync::Arc::new(config.hooks.clone()),
+            config.monitor_only,
+        ),
+    );
     let monitoring = match config.metrics_listen {
         Some(addr) => {
             let listener = std::net::TcpListener::bind(addr)

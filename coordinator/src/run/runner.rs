@@ -25,6 +25,7 @@ use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
 use crate::telemetry::metrics::Metrics;
 
 mod cancel;
+mod hooks;
 pub use cancel::{CancelError, CancelTaken};
 
 /// How often the runner looks again without an answer (hosts connect and go).
@@ -38,6 +39,8 @@ struct Answer {
     op_id: String,
     revert: bool,
     result: UpdateResult,
+    /// The hooks that ran around it (`point/file: end`).
+    hooks: Vec<String>,
 }
 
 /// Runs rollouts on the fleet.
@@ -56,6 +59,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     /// Where ended updates are counted.
     metrics: Metrics,
+    /// Operators' scripts around each update.
+    hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// What the runner is running, and the cancels waiting to be picked up.
@@ -135,7 +140,14 @@ impl Runner {
             active: std::sync::Mutex::default(),
             clock: Arc::new(WallClock),
             metrics,
+            hooks: Arc::default(),
         }
+    }
+
+    /// Runs `hooks` around each update it sends.
+    pub fn with_hooks(mut self, hooks: Arc<crate::hooks::Hooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Reads time from `clock` instead of the wall clock.
@@ -198,13 +210,13 @@ impl Runner {
     }
 
     /// Sends the command for target `index` with `op_id` until an answer comes (the agent may
-    /// be away for a while: the rollout's progress deadline ends the attempts).
+    /// be away for a while: the rollout's progress deadline ends the attempts). An update's
+    /// hooks run around it; `resumed` (sent again after a restart) skips the `before_*` ones.
     fn send(
         &self,
         rollout: &Rollout,
         index: usize,
-        op_id: String,
-        revert: bool,
+        (op_id, revert, resumed): (String, bool, bool),
         answers: mpsc::Sender<Answer>,
     ) -> JoinHandle<()> {
         let t = &rollout.targets[index];
@@ -215,7 +227,12 @@ impl Runner {
         } else {
             t.target.clone()
         };
-        let options = RecreateOptions {
+        let mut target_hooks = if revert {
+            None
+        } else {
+            hooks::TargetHooks::of(&self.hooks, rollout, index)
+        };
+        let mut options = RecreateOptions {
             op_id: Some(op_id),
             // Going back keeps the image that was just replaced, in case it is wanted again.
             cleanup: self.cleanup_images && !revert,
@@ -234,6 +251,23 @@ impl Runner {
         let commands = self.commands.clone();
         let answer_op = options.op_id.clone().unwrap_or_default();
         tokio::spawn(async move {
+            if let Some(h) = target_hooks.as_mut().filter(|_| !resumed) {
+                match h.before(options.cleanup).await {
+                    Ok(cleanup) => options.cleanup = cleanup,
+                    Err(vetoed) => {
+                        let _ = answers
+                            .send(Answer {
+                                index,
+                                op_id: answer_op,
+                                revert,
+                                result: vetoed,
+                                hooks: std::mem::take(&mut h.record),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
             loop {
                 match commands
                     .recreate(&host, &container, &image, &options, wait)
@@ -246,12 +280,18 @@ impl Runner {
                         tokio::time::sleep(RESEND).await;
                     }
                     Ok(outcome) => {
+                        let mut hooks = Vec::new();
+                        if let Some(h) = target_hooks.as_mut() {
+                            h.after(&outcome.result).await;
+                            hooks = std::mem::take(&mut h.record);
+                        }
                         let _ = answers
                             .send(Answer {
                                 index,
                                 op_id: answer_op,
                                 revert,
                                 result: outcome.result,
+                                hooks,
                             })
                             .await;
                         return;
@@ -325,7 +365,10 @@ impl Runner {
             };
             rollout.targets[i].state = state;
             info!(rollout = %rollout.id, host = %rollout.targets[i].host, container = %rollout.targets[i].container, op = %op_id, "Resuming: asking the agent for the outcome of an operation in flight.");
-            senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+            senders.insert(
+                i,
+                self.send(&rollout, i, (op_id, revert, true), answers_tx.clone()),
+            );
         }
         loop {
             let now = self.clock.now_ms();
@@ -493,7 +536,10 @@ impl Runner {
                 // Stored before anything it leads to is sent.
                 self.persist(&rollout, history).await;
                 for (i, op_id, revert) in to_send {
-                    senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+                    senders.insert(
+                        i,
+                        self.send(&rollout, i, (op_id, revert, false), answers_tx.clone()),
+                    );
                 }
             }
             let in_flight = rollout.targets.iter().any(|t| !t.state.is_terminal());
@@ -537,7 +583,9 @@ impl Runner {
                         after_update(status, &reason, now)
                     };
                     let t = &rollout.targets[answer.index];
-                    if status.succeeded() {
+                    if status == Status::Vetoed {
+                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, reason = %reason, "Target vetoed by a hook; left as it is.");
+                    } else if status.succeeded() {
                         info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
                     } else {
                         warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target failed.");
@@ -549,6 +597,9 @@ impl Runner {
                     };
                     self.metrics.update_done(&t.host, &t.container, outcome);
                     let canary_was_done = rollout.canary_done_ms > 0;
+                    for line in &answer.hooks {
+                        rollout.targets[answer.index].transitions.push((now, format!("hook {line}")));
+                    }
                     rollout.set(answer.index, state, now);
                     if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
                         info!(rollout = %rollout.id, wait_s = rollout.policy.canary_wait_ms / 1000, "Canary hosts done; the other hosts start once the canary wait has passed without a failure.");

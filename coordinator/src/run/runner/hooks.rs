@@ -1,0 +1,78 @@
+//! The hook points around one target's update, as the runner sends it: `before_update` (a
+//! veto leaves the container as it is: the target is `vetoed`), `before_image_cleanup` when
+//! the command would remove the old image (a veto keeps that image; the update goes on), and
+//! `after_update` with the agent's answer. Each run's end is kept for the rollout's record.
+
+use std::sync::Arc;
+
+use crate::hooks::{Event, Fired, Hooks, Point};
+use crate::plan::outcome::{Status, UpdateResult};
+use crate::plan::rollout::Rollout;
+
+/// The hooks of one target's update.
+pub(super) struct TargetHooks {
+    hooks: Arc<Hooks>,
+    event: Event,
+    /// `point/file: end` of each run so far.
+    pub record: Vec<String>,
+}
+
+impl TargetHooks {
+    /// For target `index` of `rollout`; `None` without hooks.
+    pub fn of(hooks: &Arc<Hooks>, rollout: &Rollout, index: usize) -> Option<Self> {
+        if hooks.is_empty() {
+            return None;
+        }
+        let t = rollout.targets.get(index)?;
+        Some(Self {
+            hooks: hooks.clone(),
+            event: Event {
+                rollout: rollout.id.clone(),
+                host: t.host.clone(),
+                container: t.container.clone(),
+                image: t.image.clone(),
+                old_digest: t.old_digest.clone(),
+                new_digest: t.new_digest.clone(),
+                ..Event::default()
+            },
+            record: Vec::new(),
+        })
+    }
+
+    async fn fire(&mut self, point: Point, event: &Event) -> Fired {
+        let fired = self.hooks.fire(point, event).await;
+        self.record.extend(fired.summaries());
+        fired
+    }
+
+    /// Before the command: `Err` with the target's result when `before_update` vetoes; else
+    /// whether the old image may still be removed (`cleanup`, unless `before_image_cleanup`
+    /// vetoes that).
+    pub async fn before(&mut self, cleanup: bool) -> Result<bool, UpdateResult> {
+        let event = self.event.clone();
+        if let Some(veto) = self.fire(Point::BeforeUpdate, &event).await.veto {
+            tracing::warn!(host = %event.host, container = %event.container, hook = %veto.hook, "A hook vetoed the update; the container is left as it is.");
+            return Err(UpdateResult::with(Status::Vetoed, veto.to_string()));
+        }
+        if !cleanup {
+            return Ok(false);
+        }
+        match self.fire(Point::BeforeImageCleanup, &event).await.veto {
+            Some(veto) => {
+                tracing::info!(host = %event.host, container = %event.container, hook = %veto.hook, "A hook vetoed the image cleanup; the old image is kept.");
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// After the agent's answer (`outcome` and `reason` in the event).
+    pub async fn after(&mut self, result: &UpdateResult) {
+        let event = Event {
+            outcome: result.status.name().to_owned(),
+            reason: result.reason.clone(),
+            ..self.event.clone()
+        };
+        self.fire(Point::AfterUpdate, &event).await;
+    }
+}
