@@ -240,12 +240,20 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
                         .map(|r| dependants_text(&r.dependants))
                         .unwrap_or_default();
                     let detail = match (status(c), c.decision.as_str()) {
-                        (Some(s), _) => [s, cleanup, &dependants]
-                            .iter()
-                            .filter(|p| !p.is_empty())
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join("; "),
+                        (Some(s), _) => [
+                            s,
+                            c.result
+                                .as_ref()
+                                .filter(|_| s == "vetoed")
+                                .map_or("", |r| r.reason.as_str()),
+                            cleanup,
+                            &dependants,
+                        ]
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("; "),
                         (None, "skip") => c.reason.clone(),
                         (None, "update") => format!("would update to {}", c.target),
                         (None, _) => String::new(),
@@ -292,7 +300,8 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
     let failed = named(&|s| {
         !matches!(
             s,
-            "updated" | "already-current" | "not-started" | "cancelled"
+            // A veto is the operator's own hook saying no: not a failure.
+            "updated" | "already-current" | "not-started" | "cancelled" | "vetoed"
         )
     });
     let not_started = named(&|s| matches!(s, "not-started" | "cancelled"));

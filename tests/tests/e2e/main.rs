@@ -14,6 +14,7 @@ mod docker_tls;
 mod enrol;
 mod fleet;
 mod harness;
+mod hooks;
 mod images;
 mod metrics;
 mod modes;
