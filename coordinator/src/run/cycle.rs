@@ -68,7 +68,7 @@ pub struct Cycle {
     /// Operators' scripts (`updates_enumerated`, `dry_run_update`, `notify_update` here; the
     /// runner's around each update).
     hooks: Arc<crate::hooks::Hooks>,
-    /// Scheduled dry runs are MONITOR_ONLY's: new images fire `notify_update`.
+    /// MONITOR_ONLY: dry runs fire `notify_update` for new images, not `dry_run_update`.
     monitor_only: bool,
 }
 
@@ -192,8 +192,8 @@ impl Cycle {
         }
     }
 
-    /// Runs `hooks` at the cycle's points and around each update; `monitor_only`: scheduled
-    /// dry runs are monitor-only ones.
+    /// Runs `hooks` at the cycle's points and around each update; `monitor_only`: the
+    /// coordinator only monitors (dry runs fire `notify_update`).
     pub fn with_hooks(mut self, hooks: Arc<crate::hooks::Hooks>, monitor_only: bool) -> Self {
         self.runner = self.runner.with_hooks(hooks.clone());
         self.hooks = hooks;
@@ -372,7 +372,7 @@ impl Cycle {
                 _ => None,
             })
             .collect();
-        self.fire_detection_hooks(&detections, &containers, dry_run, trigger, &fresh_keys)
+        self.fire_detection_hooks(&detections, &containers, dry_run, &fresh_keys)
             .await;
         let paused = self.fleet.paused();
         let mut results: BTreeMap<(String, String), UpdateResult> = BTreeMap::new();

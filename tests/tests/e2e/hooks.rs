@@ -373,3 +373,65 @@ fn a_hook_past_its_deadline_is_killed_and_vetoes_its_update() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_monitor_only_coordinator_fires_notify_update_once_per_new_image() -> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let bins = Binaries::get()?;
+    let registry = Registry::start()?;
+    let on = Cleanup::new(&engine);
+    let repo = unique_name("hookmon");
+    let v1 = publish(&on, &registry, &repo, "stable", 1)?;
+    let c = on.run_container("hook-mon", &["--network", "none"], &v1.reference, &[])?;
+    let id = engine.inspect(&c, "{{.Id}}")?;
+    let v2 = publish(&on, &registry, &repo, "stable", 2)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-hookmon-")
+        .tempdir()?;
+    let hooks = dir.path().join("hooks");
+    let log = dir.path().join("fired.log");
+    for point in POINTS {
+        script(
+            &hooks,
+            point,
+            "10-record",
+            &format!(
+                "#!/bin/sh\nevent=$(cat)\nprintf '%s %s %s\\n' \"$(date +%s%N)\" \"$OUROBOROS_HOOK\" \"$event\" >> {}\n",
+                log.display()
+            ),
+        )?;
+    }
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["host-a"])?;
+    let hooks_dir = hooks.display().to_string();
+    let _server = coordinator.serve_with_env(
+        "127.0.0.1:0",
+        &[
+            ("MONITOR", &c),
+            ("HOOKS_DIR", &hooks_dir),
+            ("MONITOR_ONLY", "true"),
+        ],
+    )?;
+    let _agent = coordinator.agent(&bins.agent, "host-a", &engine)?;
+    coordinator.wait_planned(1)?;
+    // Once more: the image is no longer new.
+    let (code, again) = coordinator.admin(&["check", "--dry-run"])?;
+    assert_eq!(code, 0, "{again}");
+    let seen = fired(&log)?;
+    let notified = of(&seen, "notify_update", Some(&c));
+    assert_eq!(notified.len(), 1, "{seen:?}");
+    assert_eq!(notified[0].event["new_digest"], v2.digest.as_str());
+    assert_eq!(notified[0].event["old_digest"], v1.digest.as_str());
+    for f in &seen {
+        assert!(
+            ["updates_enumerated", "notify_update"].contains(&f.point.as_str()),
+            "{} fired in monitor-only mode: {seen:?}",
+            f.point
+        );
+    }
+    assert!(of(&seen, "updates_enumerated", None).len() >= 2, "{seen:?}");
+    assert_eq!(engine.inspect(&c, "{{.Id}}")?, id, "monitor-only changed it");
+    Ok(())
+}

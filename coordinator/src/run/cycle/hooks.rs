@@ -1,13 +1,14 @@
 //! The cycle's own hook points, after detection: `updates_enumerated` once with the whole list
 //! of updates (empty too), then on a dry run `dry_run_update` for each update it would make,
-//! or in monitor-only mode `notify_update` for each new image as it is announced (once per
-//! digest, like the notification). Each is informational: none can veto.
+//! or, on a monitor-only coordinator, `notify_update` for each new image as it is announced
+//! (once per digest, with the "updates available" notification, whichever cycle finds it).
+//! Each is informational: none can veto.
 
 use crate::detect::{Decision, Detection};
 use crate::hooks::{Event, Point, Update};
 use ouroboros_shared::inventory::ContainerInfo;
 
-use super::{Cycle, Trigger, old_digest};
+use super::{Cycle, old_digest};
 
 impl Cycle {
     /// Fires the detection points for `detections` (`fresh`: `host/container` keys announced
@@ -17,7 +18,6 @@ impl Cycle {
         detections: &[Detection],
         containers: &[(String, ContainerInfo)],
         dry_run: bool,
-        trigger: Trigger,
         fresh: &[String],
     ) {
         if self.hooks.is_empty() {
@@ -44,9 +44,8 @@ impl Cycle {
         if !dry_run {
             return;
         }
-        let monitoring = self.monitor_only && trigger == Trigger::Schedule;
         for u in updates {
-            let point = if monitoring {
+            let point = if self.monitor_only {
                 if !fresh.contains(&format!("{}/{}", u.host, u.container)) {
                     continue;
                 }
