@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::dependants::{Action, Fixed};
 use super::faults::{CrashMode, CrashPoint, Faults, Hook};
 use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
+use super::lifecycle::Phase;
 use super::ops::{Interrupt, OnStop, StepFailure, failed};
 use super::pull::RegistryAuth;
 use super::spec::{ApiVersion, CreatePlan};
@@ -249,6 +250,19 @@ impl Recreator {
             }
         }
         report("prepare");
+        self.lifecycle(&request.container, Phase::PreCheck).await;
+        let done = self.update(request, report).await;
+        self.lifecycle(&request.container, Phase::PostCheck).await;
+        done
+    }
+
+    /// [`Recreator::run`] from preparing on, between the container's `pre-check` and
+    /// `post-check` commands.
+    async fn update(
+        &self,
+        request: &Request,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Report, RecreateError> {
         let Prepared {
             plan,
             old_id,
@@ -266,6 +280,14 @@ impl Recreator {
                 });
             }
         };
+        // The container's own `pre-update` command, before anything changes.
+        if let Err(outcome) = self.pre_update(&old_id).await {
+            self.finish_without_change(request, &outcome)?;
+            return Ok(Report {
+                outcome,
+                dependants: Vec::new(),
+            });
+        }
         let mut entry = Entry {
             op_id: request.op_id.clone(),
             name: plan.name.clone(),
@@ -280,6 +302,9 @@ impl Recreator {
         self.journal.record(&entry)?;
         let deadlines = self.deadlines_for(request.gate);
         let outcome = self.execute(&mut entry, &plan, &deadlines, report).await?;
+        if let Outcome::Updated { new_id, .. } = &outcome {
+            self.lifecycle(new_id, Phase::PostUpdate).await;
+        }
         if matches!(outcome, Outcome::Interrupted { .. }) {
             // Nothing changed: the operation may be sent again and then runs in full.
             self.journal.forget(&entry.op_id)?;

@@ -5,5 +5,6 @@
 
 mod dependants;
 mod fidelity;
+mod lifecycle;
 mod recreate;
 mod safety;

@@ -432,6 +432,10 @@ fn a_monitor_only_coordinator_fires_notify_update_once_per_new_image() -> anyhow
         );
     }
     assert!(of(&seen, "updates_enumerated", None).len() >= 2, "{seen:?}");
-    assert_eq!(engine.inspect(&c, "{{.Id}}")?, id, "monitor-only changed it");
+    assert_eq!(
+        engine.inspect(&c, "{{.Id}}")?,
+        id,
+        "monitor-only changed it"
+    );
     Ok(())
 }
