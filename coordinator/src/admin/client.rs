@@ -151,6 +151,10 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             "update of {} on {} was interrupted: the agent stopped at {}; nothing changed, run it again when the agent is back",
             container, host, result.step
         ))),
+        Status::Vetoed => Err(Failure::runtime(format!(
+            "update of {} on {} not done: {}",
+            container, host, result.reason
+        ))),
         _ => Err(Failure::runtime(format!(
             "update of {} on {} refused: {}",
             container, host, result.reason

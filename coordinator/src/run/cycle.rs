@@ -192,6 +192,11 @@ impl Cycle {
         }
     }
 
+    /// The hooks (for an update outside a rollout).
+    pub fn hooks(&self) -> Arc<crate::hooks::Hooks> {
+        self.hooks.clone()
+    }
+
     /// Runs `hooks` at the cycle's points and around each update; `monitor_only`: the
     /// coordinator only monitors (dry runs fire `notify_update`).
     pub fn with_hooks(mut self, hooks: Arc<crate::hooks::Hooks>, monitor_only: bool) -> Self {

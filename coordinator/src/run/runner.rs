@@ -27,6 +27,7 @@ use crate::telemetry::metrics::Metrics;
 mod cancel;
 mod hooks;
 pub use cancel::{CancelError, CancelTaken};
+pub use hooks::recreate_with_hooks;
 
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);

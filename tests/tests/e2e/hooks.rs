@@ -363,6 +363,15 @@ fn a_hook_past_its_deadline_is_killed_and_vetoes_its_update() -> anyhow::Result<
         stat.is_empty() || stat.contains(") Z "),
         "the hook's child still runs: {stat}"
     );
+    // One container's update outside a rollout gets the same hooks.
+    let (code, one) = coordinator.admin(&["update", "--host", "host-a", "--container", &c])?;
+    assert_eq!(code, 1, "{one}");
+    assert_eq!(one[0]["status"], "vetoed", "{one}");
+    assert_eq!(
+        one[0]["reason"],
+        "vetoed by hook before_update/10-slow: killed after its deadline (2 s)"
+    );
+    assert_eq!(engine.inspect(&c, "{{.Id}}")?, id, "the container changed");
     let log = server.log();
     assert!(
         log.lines().any(|l| l.contains("Hook failed.")

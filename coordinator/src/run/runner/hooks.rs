@@ -5,9 +5,51 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::hooks::{Event, Fired, Hooks, Point};
 use crate::plan::outcome::{Status, UpdateResult};
 use crate::plan::rollout::Rollout;
+use crate::server::dispatch::{CommandError, Commands, RecreateOptions, Recreated};
+
+/// One update outside a rollout (`update --host H --container C`) with the same hooks around
+/// it: a `before_update` veto answers `vetoed` without sending anything.
+pub async fn recreate_with_hooks(
+    hooks: &Arc<Hooks>,
+    commands: &dyn Commands,
+    event: Event,
+    (host, container, image): (&str, &str, &str),
+    options: &RecreateOptions,
+    timeout: Duration,
+) -> Result<Recreated, CommandError> {
+    let mut options = options.clone();
+    let mut around = (!hooks.is_empty()).then(|| TargetHooks {
+        hooks: hooks.clone(),
+        event,
+        record: Vec::new(),
+    });
+    if let Some(h) = around.as_mut() {
+        match h.before(options.cleanup).await {
+            Ok(cleanup) => options.cleanup = cleanup,
+            Err(vetoed) => {
+                return Ok(Recreated {
+                    op_id: options.op_id.unwrap_or_else(|| commands.new_op_id()),
+                    result: vetoed,
+                    steps: h.record.clone(),
+                });
+            }
+        }
+    }
+    let mut done = commands
+        .recreate(host, container, image, &options, timeout)
+        .await?;
+    if let Some(h) = around.as_mut() {
+        h.after(&done.result).await;
+        done.steps
+            .extend(h.record.iter().map(|r| format!("hook {r}")));
+    }
+    Ok(done)
+}
 
 /// The hooks of one target's update.
 pub(super) struct TargetHooks {
