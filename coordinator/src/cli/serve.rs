@@ -242,7 +242,7 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
             metrics.clone(),
         )
         .with_hooks(
-            std::sync::Arc::new(config.hooks.clone()),
+            Arc::new(config.hooks.clone().with_metrics(metrics.clone())),
             config.monitor_only,
         ),
     );

@@ -60,6 +60,16 @@ impl End {
     pub fn succeeded(&self) -> bool {
         *self == Self::Exited(0)
     }
+
+    /// The outcome label of `ouroboros_hook_runs_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Exited(0) => "ok",
+            Self::Exited(_) | Self::Signalled => "failed",
+            Self::TimedOut(_) => "timeout",
+            Self::NotStarted(_) => "not-started",
+        }
+    }
 }
 
 impl std::fmt::Display for End {

@@ -180,6 +180,8 @@ pub struct Hooks {
     timeout: Duration,
     /// The environment hooks inherit from (filtered): the process's when `None`.
     environment: Option<Vec<(OsString, OsString)>>,
+    /// Where runs are counted (`ouroboros_hook_runs_total`).
+    metrics: Option<crate::telemetry::metrics::Metrics>,
 }
 
 impl Default for Hooks {
@@ -195,6 +197,7 @@ impl Hooks {
             dir: None,
             timeout: DEFAULT_TIMEOUT,
             environment: None,
+            metrics: None,
         }
     }
 
@@ -204,7 +207,14 @@ impl Hooks {
             dir: Some(dir),
             timeout,
             environment: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every run in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::telemetry::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Hooks inherit (what [`exec::kept_environment`] keeps of) `environment` instead of the
@@ -270,6 +280,9 @@ impl Hooks {
             };
             let run = exec::run(&hook, &path, how, input).await;
             log_run(&run, &event);
+            if let Some(m) = &self.metrics {
+                m.hook_run(point.name(), run.end.outcome());
+            }
             let failed = !run.end.succeeded();
             if failed && point.can_veto() {
                 fired.veto = Some(Veto {

@@ -339,3 +339,29 @@ fn the_fourteen_points_and_which_can_veto() {
         ]
     );
 }
+
+#[tokio::test]
+async fn every_run_is_counted_by_point_and_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Point::AfterUpdate;
+    script(dir.path(), p, "10-ok", "#!/bin/sh\nexit 0\n", true);
+    script(dir.path(), p, "20-fails", "#!/bin/sh\nexit 2\n", true);
+    script(dir.path(), p, "30-slow", "#!/bin/sh\nexec sleep 30\n", true);
+    script(dir.path(), p, "40-broken", "#!/nonexistent/sh\n", true);
+    let metrics = crate::telemetry::metrics::Metrics::new(true).unwrap();
+    Hooks::new(dir.path().into(), Duration::from_secs(1))
+        .with_metrics(metrics.clone())
+        .fire(p, &event())
+        .await;
+    let counts = metrics.take_dirty().unwrap().hook_runs;
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("after_update\tok", 1),
+        ("after_update\tfailed", 1),
+        ("after_update\ttimeout", 1),
+        ("after_update\tnot-started", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(counts, expected);
+}
