@@ -23,6 +23,7 @@ pub mod link;
 pub mod recreate;
 pub mod renew;
 pub mod schedule;
+pub mod verdicts;
 
 use std::path::PathBuf;
 use std::sync::Arc;

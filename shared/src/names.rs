@@ -127,6 +127,7 @@ pub const HOOK_ENV_IMAGE: &str = "OUROBOROS_IMAGE";
 pub const HOOK_ENV_OLD_DIGEST: &str = "OUROBOROS_OLD_DIGEST";
 pub const HOOK_ENV_NEW_DIGEST: &str = "OUROBOROS_NEW_DIGEST";
 pub const HOOK_ENV_OUTCOME: &str = "OUROBOROS_OUTCOME";
+pub const HOOK_ENV_DEPENDANT: &str = "OUROBOROS_DEPENDANT";
 pub const HOOK_ENV_REASON: &str = "OUROBOROS_REASON";
 /// `updates_enumerated`: one line per update, `HOST/CONTAINER IMAGE NEW_DIGEST`.
 pub const HOOK_ENV_UPDATES: &str = "OUROBOROS_UPDATES";

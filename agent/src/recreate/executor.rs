@@ -120,6 +120,8 @@ pub struct Recreator {
     pub(crate) fixed: std::sync::Mutex<HashMap<String, Fixed>>,
     /// When the journal was last pruned.
     pruned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where the coordinator's hook points are asked (see [`super::gate`]).
+    pub(crate) gate: std::sync::Mutex<Option<std::sync::Arc<dyn super::gate::HookGate>>>,
 }
 
 /// What preparing found; nothing was changed.
@@ -147,6 +149,7 @@ impl Recreator {
             stopping: watch::channel(false).1,
             fixed: std::sync::Mutex::default(),
             pruned: std::sync::Mutex::default(),
+            gate: std::sync::Mutex::default(),
         }
     }
 
@@ -386,6 +389,7 @@ impl Recreator {
             return Err(RecreateError::Crashed(p));
         }
         report("start dependants");
+        self.ask_before_starting(entry).await?;
         self.start_again(entry, None, &|d| d.action == Action::Restart, None)
             .await;
         report("remove old");
@@ -441,6 +445,8 @@ impl Recreator {
                 step,
                 reason: format!("{reason}; everything is as it was"),
             },
+            // A hook said no before anything was replaced: everything is back.
+            Outcome::RolledBack { step, reason } if step == "hook" => Outcome::Vetoed { reason },
             other => other,
         };
         entry.step = Step::Done {

@@ -13,6 +13,7 @@
 //!   credentials;
 //! - [`journal`] records each step before it is taken, and [`recovery`] finishes or reverts
 //!   what a crash interrupted;
+//! - [`gate`] asks the coordinator at its hook points inside an operation;
 //! - [`lifecycle`] runs the container's own lifecycle commands (labels) around its update;
 //! - [`faults`] injects crashes for tests; [`signal`] reads stop signals.
 
@@ -20,6 +21,7 @@ pub mod dependants;
 pub mod executor;
 pub mod faults;
 mod follow;
+pub mod gate;
 pub mod journal;
 pub mod lifecycle;
 pub mod ops;

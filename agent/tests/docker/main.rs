@@ -5,6 +5,7 @@
 
 mod dependants;
 mod fidelity;
+mod gate;
 mod lifecycle;
 mod recreate;
 mod safety;

@@ -83,6 +83,23 @@ impl Point {
         }
     }
 
+    /// The point named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Whether an agent asks for it inside an operation, when the Docker step is due.
+    pub fn asked_by_agents(self) -> bool {
+        matches!(
+            self,
+            Self::BeforeStopDependsContainer
+                | Self::BeforeStartDependsContainer
+                | Self::BeforeRecreateHardDependsContainer
+                | Self::AfterRecreateHardDependsContainer
+                | Self::BeforeImageCleanup
+        )
+    }
+
     /// Whether a hook failing here stops the step (the `before_*` points).
     pub fn can_veto(self) -> bool {
         self.name().starts_with("before_")
@@ -110,6 +127,9 @@ pub struct Event {
     pub image: String,
     pub old_digest: String,
     pub new_digest: String,
+    /// The dependant the step is about (the `*_depends_container` points).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dependant: String,
     /// How the step ended (`after_*` points): `updated`, `rolled-back`, ...
     pub outcome: String,
     pub reason: String,
@@ -129,6 +149,7 @@ impl Event {
             (HOOK_ENV_OLD_DIGEST, self.old_digest.clone()),
             (HOOK_ENV_NEW_DIGEST, self.new_digest.clone()),
             (HOOK_ENV_OUTCOME, self.outcome.clone()),
+            (HOOK_ENV_DEPENDANT, self.dependant.clone()),
             (HOOK_ENV_REASON, self.reason.clone()),
             (HOOK_ENV_EVENT, json.to_owned()),
         ];
@@ -226,6 +247,21 @@ impl Hooks {
 
     pub fn is_empty(&self) -> bool {
         self.dir.is_none()
+    }
+
+    /// How long an agent waits for the verdict at a point it asks for: every script of the
+    /// fullest point's directory at its deadline, and a margin. Zero without hooks.
+    pub fn verdict_deadline(&self) -> Duration {
+        if self.is_empty() {
+            return Duration::ZERO;
+        }
+        let most = Point::ALL
+            .iter()
+            .map(|p| self.scripts(*p).len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        self.timeout * u32::try_from(most).unwrap_or(u32::MAX) + Duration::from_secs(10)
     }
 
     /// The files of `point`'s directory in name order, with how each is run (`None`: skipped).

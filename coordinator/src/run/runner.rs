@@ -233,7 +233,7 @@ impl Runner {
         } else {
             hooks::TargetHooks::of(&self.hooks, rollout, index)
         };
-        let mut options = RecreateOptions {
+        let options = RecreateOptions {
             op_id: Some(op_id),
             // Going back keeps the image that was just replaced, in case it is wanted again.
             cleanup: self.cleanup_images && !revert,
@@ -247,14 +247,20 @@ impl Runner {
             } else {
                 t.dependant_images.clone()
             },
+            // Going back asks no hook.
+            hook_deadline_ms: if revert {
+                0
+            } else {
+                hooks::millis(self.hooks.verdict_deadline())
+            },
         };
         let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
         let commands = self.commands.clone();
         let answer_op = options.op_id.clone().unwrap_or_default();
         tokio::spawn(async move {
             if let Some(h) = target_hooks.as_mut().filter(|_| !resumed) {
-                match h.before(options.cleanup).await {
-                    Ok(cleanup) => options.cleanup = cleanup,
+                match h.before().await {
+                    Ok(()) => {}
                     Err(vetoed) => {
                         let _ = answers
                             .send(Answer {

@@ -92,6 +92,9 @@ pub struct RecreateOptions {
     pub soft_dependants: Vec<String>,
     /// Recreated with it and moved to these images (name → `repo:tag@digest`).
     pub dependant_images: std::collections::BTreeMap<String, String>,
+    /// With hooks: the agent asks at each hook point inside the operation and waits this long
+    /// for each verdict (0: it asks nothing).
+    pub hook_deadline_ms: i64,
 }
 
 /// The links of connected agents, by host.
@@ -206,6 +209,8 @@ impl Dispatcher {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    ask_hooks: options.hook_deadline_ms > 0,
+                    hook_deadline_ms: options.hook_deadline_ms,
                 })
             })
             .await?;

@@ -103,6 +103,21 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
     on_b.track_image(&v1.reference)?;
     let none = ["--network", "none"];
     let a = on_a.run_container("hook-a", &none, &v1.reference, &[])?;
+    // On host-a, a soft and a hard dependant of a (not watched themselves).
+    let soft_label = format!("com.ouroboros.depends_on={a}");
+    let soft = on_a.run_container(
+        "hook-soft",
+        &["--network", "none", "--label", &soft_label],
+        &v1.reference,
+        &[],
+    )?;
+    let hard_label = format!("com.ouroboros.hard_depends_on={a}");
+    let hard = on_a.run_container(
+        "hook-hard",
+        &["--network", "none", "--label", &hard_label],
+        &v1.reference,
+        &[],
+    )?;
     let b = on_b.run_container("hook-b", &none, &v1.reference, &[])?;
     let b_id = engine_b.inspect(&b, "{{.Id}}")?;
     let v2 = publish(&on_a, &registry, &repo, "stable", 2)?;
@@ -197,9 +212,28 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
     assert_eq!(count("before_update", Some(&b)), 1, "{seen:?}");
     assert_eq!(count("before_image_cleanup", Some(&a)), 1, "{seen:?}");
     assert_eq!(count("after_update", Some(&a)), 1, "{seen:?}");
+    // Asked by host-a's agent inside its operation, each about its dependant.
+    let about = |point: &str, dependant: &str| -> Vec<&Fired> {
+        of(&seen, point, Some(&a))
+            .into_iter()
+            .filter(|f| f.event["dependant"] == dependant && f.event["host"] == "host-a")
+            .collect()
+    };
+    let stop_soft = about("before_stop_depends_container", &soft);
+    let start_soft = about("before_start_depends_container", &soft);
+    let before_hard = about("before_recreate_hard_depends_container", &hard);
+    let after_hard = about("after_recreate_hard_depends_container", &hard);
+    for (name, fired) in [
+        ("before_stop", &stop_soft),
+        ("before_start", &start_soft),
+        ("before_recreate_hard", &before_hard),
+        ("after_recreate_hard", &after_hard),
+    ] {
+        assert_eq!(fired.len(), 1, "{name}: {seen:?}");
+    }
     assert_eq!(
         seen.len(),
-        5,
+        9,
         "nothing more (no after_update or cleanup for the vetoed host, no dry-run point): {seen:?}"
     );
     let after = of(&seen, "after_update", Some(&a))[0];
@@ -235,12 +269,46 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
         "updates_enumerated after before_update"
     );
     ensure!(
-        before_a < cleanup_a && cleanup_a < created,
-        "before_update/before_image_cleanup not before the new container"
+        before_a < created,
+        "before_update not before the new container"
     );
     ensure!(
         after.nanos > started,
         "after_update before the new container started"
+    );
+    // The image cleanup is asked for by the agent once the new container passed its gate,
+    // before its answer.
+    ensure!(
+        started < cleanup_a && cleanup_a < after.nanos,
+        "before_image_cleanup not between the new container's start and after_update"
+    );
+    // The dependants' points, each right before its step, as the engine saw them.
+    let at = |action: &str, name: &str, after: u128| {
+        ev.iter()
+            .filter(|e| e.action == action && e.name == name && e.nanos > after)
+            .map(|e| e.nanos)
+            .min()
+            .with_context(|| format!("no {action} of {name} after {after}: {ev:?}"))
+    };
+    let soft_stopped = at("stop", &soft, 0)?;
+    ensure!(
+        stop_soft[0].nanos < soft_stopped && soft_stopped < created,
+        "before_stop_depends_container not right before the soft dependant's stop"
+    );
+    let soft_started = at("start", &soft, soft_stopped)?;
+    ensure!(
+        started < start_soft[0].nanos && start_soft[0].nanos < soft_started,
+        "before_start_depends_container not between the new container and the soft start"
+    );
+    let hard_created = at("create", &hard, 0)?;
+    ensure!(
+        started < before_hard[0].nanos && before_hard[0].nanos < hard_created,
+        "before_recreate_hard_depends_container not before the hard dependant's recreate"
+    );
+    let hard_started = at("start", &hard, hard_created)?;
+    ensure!(
+        hard_started < after_hard[0].nanos,
+        "after_recreate_hard_depends_container before the hard dependant started"
     );
     let image = engine_a.inspect(&a, "{{.Image}}")?;
     let digests = engine_a.docker(&[
@@ -281,7 +349,6 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
     for line in [
         "hook before_update/10-record: exit 0",
         "hook before_update/20-gate: exit 0",
-        "hook before_image_cleanup/10-record: exit 0",
         "hook after_update/30-python.py: exit 0",
     ] {
         assert!(record.contains(line), "{line} not in {record}");

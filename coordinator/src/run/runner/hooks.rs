@@ -1,7 +1,8 @@
 //! The hook points around one target's update, as the runner sends it: `before_update` (a
-//! veto leaves the container as it is: the target is `vetoed`), `before_image_cleanup` when
-//! the command would remove the old image (a veto keeps that image; the update goes on), and
-//! `after_update` with the agent's answer. Each run's end is kept for the rollout's record.
+//! veto leaves the container as it is: the target is `vetoed`) and `after_update` with the
+//! agent's answer. The points inside the operation (dependants, image cleanup) the agent asks
+//! for when their step is due (the command says how long it waits for each verdict). Each
+//! run's end here is kept for the rollout's record.
 
 use std::sync::Arc;
 
@@ -23,14 +24,15 @@ pub async fn recreate_with_hooks(
     timeout: Duration,
 ) -> Result<Recreated, CommandError> {
     let mut options = options.clone();
+    options.hook_deadline_ms = millis(hooks.verdict_deadline());
     let mut around = (!hooks.is_empty()).then(|| TargetHooks {
         hooks: hooks.clone(),
         event,
         record: Vec::new(),
     });
     if let Some(h) = around.as_mut() {
-        match h.before(options.cleanup).await {
-            Ok(cleanup) => options.cleanup = cleanup,
+        match h.before().await {
+            Ok(()) => {}
             Err(vetoed) => {
                 return Ok(Recreated {
                     op_id: options.op_id.unwrap_or_else(|| commands.new_op_id()),
@@ -49,6 +51,11 @@ pub async fn recreate_with_hooks(
             .extend(h.record.iter().map(|r| format!("hook {r}")));
     }
     Ok(done)
+}
+
+/// `d` in milliseconds, for a command.
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The hooks of one target's update.
@@ -87,25 +94,14 @@ impl TargetHooks {
         fired
     }
 
-    /// Before the command: `Err` with the target's result when `before_update` vetoes; else
-    /// whether the old image may still be removed (`cleanup`, unless `before_image_cleanup`
-    /// vetoes that).
-    pub async fn before(&mut self, cleanup: bool) -> Result<bool, UpdateResult> {
+    /// Before the command: `Err` with the target's result when `before_update` vetoes.
+    pub async fn before(&mut self) -> Result<(), UpdateResult> {
         let event = self.event.clone();
         if let Some(veto) = self.fire(Point::BeforeUpdate, &event).await.veto {
             tracing::warn!(host = %event.host, container = %event.container, hook = %veto.hook, "A hook vetoed the update; the container is left as it is.");
             return Err(UpdateResult::with(Status::Vetoed, veto.to_string()));
         }
-        if !cleanup {
-            return Ok(false);
-        }
-        match self.fire(Point::BeforeImageCleanup, &event).await.veto {
-            Some(veto) => {
-                tracing::info!(host = %event.host, container = %event.container, hook = %veto.hook, "A hook vetoed the image cleanup; the old image is kept.");
-                Ok(false)
-            }
-            None => Ok(true),
-        }
+        Ok(())
     }
 
     /// After the agent's answer (`outcome` and `reason` in the event).
