@@ -107,9 +107,12 @@ impl PolicyArgs {
                     dir.display()
                 )));
             }
-            Some(dir) => {
-                crate::hooks::Hooks::new(dir.clone(), Duration::from_secs(args.hook_timeout))
-            }
+            // Absolute, so that each script is found from its own directory.
+            Some(dir) => crate::hooks::Hooks::new(
+                std::fs::canonicalize(dir)
+                    .map_err(|e| Failure::usage(format!("--hooks-dir {}: {e}", dir.display())))?,
+                Duration::from_secs(args.hook_timeout),
+            ),
             None => crate::hooks::Hooks::none(),
         };
         Ok(ServeConfig {
@@ -298,6 +301,19 @@ mod tests {
         }
         let ok = serve(&["--hook-timeout", "5", "--hooks-dir", "/tmp"]).unwrap();
         assert_eq!(ok.policy.hook_timeout, 5);
+        // A relative directory is made absolute (scripts run from their own directory).
+        let dir = PathBuf::from("/nonexistent");
+        let config = serve(&["--hooks-dir", "src/hooks"])
+            .unwrap()
+            .policy
+            .into_config(dir.clone(), PkiDir::new(dir))
+            .unwrap();
+        let hooks = config.hooks.dir().unwrap();
+        assert!(
+            hooks.is_absolute() && hooks.ends_with("coordinator/src/hooks"),
+            "{}",
+            hooks.display()
+        );
     }
 
     #[test]

@@ -249,6 +249,11 @@ impl Hooks {
         self.dir.is_none()
     }
 
+    /// The directory of the hooks, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// How long an agent waits for the verdict at a point it asks for: every script of the
     /// fullest point's directory at its deadline, and a margin. Zero without hooks.
     pub fn verdict_deadline(&self) -> Duration {
