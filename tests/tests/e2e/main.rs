@@ -16,6 +16,7 @@ mod fleet;
 mod harness;
 mod hooks;
 mod images;
+mod lifecycle;
 mod metrics;
 mod modes;
 mod multiarch;
