@@ -138,6 +138,14 @@ impl Dispatcher {
         }
     }
 
+    /// Whether operation `op_id` was sent to `host`'s current connection and waits for its
+    /// result (an agent may ask for hooks only inside such an operation).
+    pub fn waits_for(&self, host: &str, op_id: &str) -> bool {
+        self.lock()
+            .get(host)
+            .is_some_and(|l| l.waiting.contains_key(op_id))
+    }
+
     /// A progress step from `host`'s agent.
     pub fn progress(&self, host: &str, progress: pb::CommandProgress) {
         if let Some(w) = self
@@ -346,6 +354,10 @@ mod tests {
                     panic!("no Recreate sent");
                 };
                 assert_eq!(cmd.container, "web");
+                // Hooks may be asked for inside this operation only, on this host only.
+                assert!(d.waits_for("h1", &cmd.op_id));
+                assert!(!d.waits_for("h2", &cmd.op_id));
+                assert!(!d.waits_for("h1", "op-other"));
                 d.progress(
                     "h1",
                     pb::CommandProgress {
@@ -378,6 +390,10 @@ mod tests {
             outcome.result.status,
             Outcome::Error,
             "an answer without a status"
+        );
+        assert!(
+            !d.waits_for("h1", &outcome.op_id),
+            "answered: no more hooks"
         );
         agent.await.unwrap();
     }

@@ -353,14 +353,22 @@ impl AgentLink {
 
 impl AgentLink {
     /// Runs the hooks the agent asks for at a point inside its operation (in a task: the
-    /// link goes on meanwhile) and sends the verdict; a point agents do not ask for is refused.
+    /// link goes on meanwhile) and sends the verdict; a point agents do not ask for, or an
+    /// operation the coordinator does not wait for, is refused (an agent cannot run the
+    /// operator's scripts at will).
     fn answer_hook(&self, r: pb::HookRequest) {
         let hooks = self.hooks.clone();
         let outbound = self.outbound.clone();
         let host = self.host.to_string();
+        // Only inside an operation the coordinator sent this host and waits for.
+        let in_flight = self.commands.waits_for(&host, &r.op_id);
         tokio::spawn(async move {
-            let (allowed, reason) = match Point::from_name(&r.point).filter(|p| p.asked_by_agents())
-            {
+            let point = Point::from_name(&r.point).filter(|p| p.asked_by_agents());
+            let (allowed, reason) = match point {
+                _ if !in_flight => (
+                    false,
+                    format!("no operation {} in flight for this host", r.op_id),
+                ),
                 None => (
                     false,
                     format!("no such hook point inside an operation: {:?}", r.point),

@@ -5,7 +5,6 @@
 //! run's end here is kept for the rollout's record.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use crate::hooks::{Event, Fired, Hooks, Point};
@@ -37,7 +36,7 @@ pub async fn recreate_with_hooks(
                 return Ok(Recreated {
                     op_id: options.op_id.unwrap_or_else(|| commands.new_op_id()),
                     result: vetoed,
-                    steps: h.record.clone(),
+                    steps: h.record.iter().map(|r| format!("hook {r}")).collect(),
                 });
             }
         }
