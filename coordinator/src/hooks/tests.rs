@@ -365,3 +365,23 @@ async fn every_run_is_counted_by_point_and_outcome() {
     .collect();
     assert_eq!(counts, expected);
 }
+
+#[test]
+fn an_agent_waits_for_every_script_of_the_fullest_point_and_a_margin() {
+    assert_eq!(Hooks::none().verdict_deadline(), Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = Hooks::new(dir.path().into(), Duration::from_secs(5));
+    // No script yet: one deadline and the margin.
+    assert_eq!(hooks.verdict_deadline(), Duration::from_secs(15));
+    for name in ["a", "b", "c"] {
+        script(
+            dir.path(),
+            Point::BeforeStopDependsContainer,
+            name,
+            "#!/bin/sh\n",
+            true,
+        );
+    }
+    script(dir.path(), Point::AfterUpdate, "x", "#!/bin/sh\n", true);
+    assert_eq!(hooks.verdict_deadline(), Duration::from_secs(25));
+}

@@ -566,3 +566,46 @@ async fn a_before_update_veto_leaves_the_target_untouched_and_is_no_failure() {
         done.targets[0].transitions
     );
 }
+
+/// A target already sent before a coordinator restart is asked for again without its
+/// `before_update` (which ran then): even a hook that would veto now does not undo it.
+#[tokio::test]
+async fn a_resumed_target_does_not_run_before_update_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    for (point, body) in [
+        ("before_update", "echo never >&2; exit 1".to_owned()),
+        (
+            "after_update",
+            format!("echo \"after $OUROBOROS_OUTCOME\" >> {}", log.display()),
+        ),
+    ] {
+        std::fs::create_dir_all(dir.path().join(point)).unwrap();
+        let path = dir.path().join(point).join("10-hook");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let clock = TokioClock::starting_at(BASE_MS);
+    let quick = Reply::After(Duration::from_millis(10), Status::Updated);
+    let agents = Agents::new(clock, &[("web", quick)]);
+    let (runner, _hosts) = fleet_runner(&["h1"], agents.clone(), clock);
+    let runner = runner.with_hooks(Arc::new(crate::hooks::Hooks::new(
+        dir.path().into(),
+        Duration::from_secs(10),
+    )));
+    let mut resumed = rollout(Policy::default(), &[("h1", "web", 1)]);
+    resumed.targets[0].state = TargetState::Dispatched {
+        op_id: "op-before-restart".into(),
+        at_ms: BASE_MS,
+    };
+    let (done, results) = runner.run(resumed, &Windows::default()).await;
+    assert!(
+        matches!(state_of(&done, "web"), TargetState::Updated { .. }),
+        "{:?}",
+        done.targets[0]
+    );
+    assert_eq!(results[&0].status, Status::Updated);
+    assert_eq!(agents.log().len(), 1, "sent again once");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "after updated\n");
+}
