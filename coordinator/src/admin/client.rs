@@ -151,10 +151,6 @@ pub async fn update(args: &UpdateArgs) -> Result<(), Failure> {
             "update of {} on {} was interrupted: the agent stopped at {}; nothing changed, run it again when the agent is back",
             container, host, result.step
         ))),
-        Status::Vetoed => Err(Failure::runtime(format!(
-            "update of {} on {} not done: {}",
-            container, host, result.reason
-        ))),
         _ => Err(Failure::runtime(format!(
             "update of {} on {} refused: {}",
             container, host, result.reason
@@ -244,20 +240,17 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
                         .map(|r| dependants_text(&r.dependants))
                         .unwrap_or_default();
                     let detail = match (status(c), c.decision.as_str()) {
-                        (Some(s), _) => [
-                            s,
-                            c.result
-                                .as_ref()
-                                .filter(|_| s == "vetoed")
-                                .map_or("", |r| r.reason.as_str()),
-                            cleanup,
-                            &dependants,
-                        ]
-                        .iter()
-                        .filter(|p| !p.is_empty())
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                        // A veto says why (the hook and its first line).
+                        (Some("vetoed"), _) => c
+                            .result
+                            .as_ref()
+                            .map_or_else(String::new, |r| r.reason.clone()),
+                        (Some(s), _) => [s, cleanup, &dependants]
+                            .iter()
+                            .filter(|p| !p.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join("; "),
                         (None, "skip") => c.reason.clone(),
                         (None, "update") => format!("would update to {}", c.target),
                         (None, _) => String::new(),

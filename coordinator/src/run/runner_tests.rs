@@ -16,7 +16,7 @@ use crate::fleet::store::MemoryStore;
 use crate::plan::outcome::Pruned;
 use crate::plan::rollout::{Canary, FailureAction, Policy, Target};
 use crate::run::clock::TokioClock;
-use crate::server::dispatch::Recreated;
+use crate::server::dispatch::{CommandError, RecreateOptions, Recreated};
 
 /// 2001-09-09, well away from zero so that "never" (0) cannot pass for a time.
 const BASE_MS: i64 = 1_000_000_000_000;
