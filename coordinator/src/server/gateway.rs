@@ -362,6 +362,7 @@ impl AgentLink {
         let host = self.host.to_string();
         // Only inside an operation the coordinator sent this host and waits for.
         let in_flight = self.commands.waits_for(&host, &r.op_id);
+        let commands = self.commands.clone();
         tokio::spawn(async move {
             let point = Point::from_name(&r.point).filter(|p| p.asked_by_agents());
             let (allowed, reason) = match point {
@@ -384,7 +385,18 @@ impl AgentLink {
                     } else {
                         event.dependant = r.subject.clone();
                     }
-                    match hooks.fire(point, &event).await.veto {
+                    let fired = hooks.fire(point, &event).await;
+                    // With the operation's steps, for the rollout's record.
+                    for run in fired.summaries() {
+                        commands.progress(
+                            &event.host,
+                            pb::CommandProgress {
+                                op_id: r.op_id.clone(),
+                                step: format!("hook {run}"),
+                            },
+                        );
+                    }
+                    match fired.veto {
                         Some(veto) => (false, veto.to_string()),
                         None => (true, String::new()),
                     }

@@ -338,7 +338,8 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
         .cloned()
         .unwrap_or_default();
     assert_eq!(entry["result"], "vetoed", "{history}");
-    // The rollout keeps each hook's end with its target.
+    // The rollout keeps each hook's end with its target, in the order they ran (the agent's
+    // questions between before_update and after_update).
     let target_a = rollout["targets"]
         .as_array()
         .into_iter()
@@ -346,12 +347,20 @@ fn hooks_fire_at_their_points_and_a_before_update_veto_leaves_one_host_untouched
         .find(|t| t["host"] == "host-a")
         .context("no host-a target")?;
     let record = target_a["transitions"].to_string();
+    let mut last = 0;
     for line in [
         "hook before_update/10-record: exit 0",
         "hook before_update/20-gate: exit 0",
+        "hook before_stop_depends_container/10-record: exit 0",
+        "hook before_recreate_hard_depends_container/10-record: exit 0",
+        "hook before_image_cleanup/10-record: exit 0",
         "hook after_update/30-python.py: exit 0",
     ] {
-        assert!(record.contains(line), "{line} not in {record}");
+        let at = record
+            .find(line)
+            .with_context(|| format!("{line} not in {record}"))?;
+        ensure!(at > last, "{line} out of order in {record}");
+        last = at;
     }
 
     // No hook saw the registry credentials.

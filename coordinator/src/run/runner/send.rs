@@ -92,6 +92,14 @@ impl Runner {
                     Ok(outcome) => {
                         let mut hooks = Vec::new();
                         if let Some(h) = target_hooks.as_mut() {
+                            // The hooks the agent asked for inside the operation, in order.
+                            h.record.extend(
+                                outcome
+                                    .steps
+                                    .iter()
+                                    .filter_map(|s| s.strip_prefix("hook "))
+                                    .map(str::to_owned),
+                            );
                             h.after(&outcome.result).await;
                             hooks = std::mem::take(&mut h.record);
                         }
