@@ -30,6 +30,8 @@ pub struct CommandRunner {
     handover: Option<Handover>,
     /// Self-updates by an updater container (`up`).
     updater: Option<crate::updater::Updater>,
+    /// The coordinator's verdicts at its hook points, for the operation in flight.
+    pub verdicts: Arc<crate::verdicts::Verdicts>,
 }
 
 impl CommandRunner {
@@ -45,6 +47,7 @@ impl CommandRunner {
             one_at_a_time: Mutex::new(()),
             handover,
             updater,
+            verdicts: Arc::default(),
         })
     }
 
@@ -191,6 +194,12 @@ impl CommandRunner {
                 _ => {}
             }
         }
+        // The coordinator has hooks: it is asked at each hook point of this operation.
+        let gate = command.ask_hooks.then(|| {
+            let deadline = Duration::from_millis(command.hook_deadline_ms.max(1000) as u64);
+            self.verdicts.gate(tx.clone(), op_id.clone(), deadline)
+        });
+        self.recreator.set_gate(gate.clone());
         // The old image, for the cleanup after a successful update.
         let old_image = if command.cleanup {
             crate::cleanup::image_of(self.recreator.docker(), &request.container).await
@@ -198,17 +207,35 @@ impl CommandRunner {
             None
         };
         let report = progress_reporter(&tx, &op_id);
-        let result = match self.recreator.run(&request, &report).await {
+        let ran = self.recreator.run(&request, &report).await;
+        self.recreator.set_gate(None);
+        let result = match ran {
             Ok(done) => {
                 let mut result = pb::RecreateResult::from(&done);
                 if let (Status::Updated, Some(old)) = (result.status(), &old_image) {
                     report("cleanup");
-                    result.cleanup = crate::cleanup::remove_image_if_unused(
-                        self.recreator.docker(),
-                        old,
-                        &result.image_id,
-                    )
-                    .await;
+                    let asked = match &gate {
+                        Some(gate) => {
+                            gate.ask(crate::recreate::gate::Ask {
+                                point: crate::recreate::gate::BEFORE_IMAGE_CLEANUP,
+                                container: request.container.clone(),
+                                subject: old.clone(),
+                            })
+                            .await
+                        }
+                        None => Ok(()),
+                    };
+                    result.cleanup = match asked {
+                        Ok(()) => {
+                            crate::cleanup::remove_image_if_unused(
+                                self.recreator.docker(),
+                                old,
+                                &result.image_id,
+                            )
+                            .await
+                        }
+                        Err(why) => format!("kept: {why}"),
+                    };
                 }
                 result
             }

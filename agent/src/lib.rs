@@ -26,6 +26,7 @@ pub mod recreate;
 pub mod renew;
 pub mod schedule;
 pub mod updater;
+pub mod verdicts;
 
 use std::path::PathBuf;
 use std::sync::Arc;

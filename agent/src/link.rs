@@ -117,6 +117,8 @@ pub async fn run(
         }
         let started = Instant::now();
         let result = session(&config, &engine, &commands, &alerts, shutdown.clone()).await;
+        // Cut off: a question at a hook point gets no verdict now (a veto, at once).
+        commands.verdicts.link_ended();
         if *shutdown.borrow() {
             return;
         }
@@ -380,6 +382,9 @@ async fn session(
                     let commands = commands.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move { commands.recreate(command, tx).await });
+                }
+                Some(pb::CoordinatorMessage { kind: Some(Kind::HookVerdict(verdict)) }) => {
+                    commands.verdicts.deliver(verdict);
                 }
                 Some(pb::CoordinatorMessage { kind: Some(Kind::PruneVolumes(command)) }) => {
                     let commands = commands.clone();

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: Prometheus metrics, their HTTP endpoint, the InfluxDB export.
 //! - [`detect`]: update detection: registry client, credentials, one probe per tag.
 //! - [`notify`]: notifications (Apprise URLs, delivery, mail).
+//! - [`hooks`]: operators' scripts at the 14 hook points (`--hooks-dir`).
 //! - [`server`]: the agents' side: mutual TLS, the `AgentGateway` stream, commands to agents.
 //! - [`run`]: check cycles and the rollout runner.
 //! - [`admin`]: the `Admin` API and the CLI's client for it, with its rendering.
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod cli;
 pub mod detect;
 pub mod fleet;
+pub mod hooks;
 pub mod notify;
 pub mod plan;
 pub mod run;

@@ -112,6 +112,52 @@ pub const ENV_NOTIFY_API: &str = "OUROBOROS_NOTIFY_API";
 /// Extra CA certificates (PEM file) for notifications over TLS (SMTP).
 pub const ENV_NOTIFY_CA: &str = "OUROBOROS_NOTIFY_CA";
 
+/// Directory of hook scripts, one subdirectory per hook point (`before_update/`, ...), as
+/// in Ouroboros' `hooks/{hookname}/`.
+pub const ENV_HOOKS_DIR: &str = "HOOKS_DIR";
+/// Longest run (s) of one hook script; then its process group is killed.
+pub const ENV_HOOK_TIMEOUT: &str = "OUROBOROS_HOOK_TIMEOUT";
+/// The variables a hook script gets with its event (the same as the JSON on its stdin);
+/// nothing else of the coordinator's environment reaches it but [`HOOK_ENV_KEPT`].
+pub const HOOK_ENV_HOOK: &str = "OUROBOROS_HOOK";
+pub const HOOK_ENV_ROLLOUT: &str = "OUROBOROS_ROLLOUT";
+pub const HOOK_ENV_HOST: &str = "OUROBOROS_HOST";
+pub const HOOK_ENV_CONTAINER: &str = "OUROBOROS_CONTAINER";
+pub const HOOK_ENV_IMAGE: &str = "OUROBOROS_IMAGE";
+pub const HOOK_ENV_OLD_DIGEST: &str = "OUROBOROS_OLD_DIGEST";
+pub const HOOK_ENV_NEW_DIGEST: &str = "OUROBOROS_NEW_DIGEST";
+pub const HOOK_ENV_OUTCOME: &str = "OUROBOROS_OUTCOME";
+pub const HOOK_ENV_DEPENDANT: &str = "OUROBOROS_DEPENDANT";
+pub const HOOK_ENV_REASON: &str = "OUROBOROS_REASON";
+/// `updates_enumerated`: one line per update, `HOST/CONTAINER IMAGE NEW_DIGEST`.
+pub const HOOK_ENV_UPDATES: &str = "OUROBOROS_UPDATES";
+/// The whole event as JSON (what stdin holds).
+pub const HOOK_ENV_EVENT: &str = "OUROBOROS_EVENT";
+/// The only variables of the coordinator's own environment a hook script sees: the basics a
+/// shell or Python needs, never a credential.
+pub const HOOK_ENV_KEPT: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+];
+
+/// Container lifecycle hooks, Watchtower's labels: a command run in the container with
+/// `docker exec` (`sh -c`), before and after the check and the update.
+pub const LABEL_WATCHTOWER_PRE_CHECK: &str = "com.centurylinklabs.watchtower.lifecycle.pre-check";
+pub const LABEL_WATCHTOWER_POST_CHECK: &str = "com.centurylinklabs.watchtower.lifecycle.post-check";
+pub const LABEL_WATCHTOWER_PRE_UPDATE: &str = "com.centurylinklabs.watchtower.lifecycle.pre-update";
+pub const LABEL_WATCHTOWER_POST_UPDATE: &str =
+    "com.centurylinklabs.watchtower.lifecycle.post-update";
+/// Watchtower's deadline labels, in minutes (`...lifecycle.pre-update-timeout`).
+pub const LABEL_WATCHTOWER_TIMEOUT_SUFFIX: &str = "-timeout";
+/// Ouroboros' own lifecycle labels, same meaning (they win over Watchtower's).
+pub const LABEL_HOOK_PRE_CHECK: &str = "com.ouroboros.hook.pre-check";
+pub const LABEL_HOOK_POST_CHECK: &str = "com.ouroboros.hook.post-check";
+pub const LABEL_HOOK_PRE_UPDATE: &str = "com.ouroboros.hook.pre-update";
+pub const LABEL_HOOK_POST_UPDATE: &str = "com.ouroboros.hook.post-update";
+/// Deadline of every `com.ouroboros.hook.*` command of the container, in seconds.
+pub const LABEL_HOOK_TIMEOUT: &str = "com.ouroboros.hook.timeout";
+/// A `pre-update` command exiting with this code skips the update (as in Watchtower).
+pub const LIFECYCLE_SKIP_EXIT: i64 = 75;
+
 /// Agent (and `up`): seconds a stopping agent gives the operation in flight to reach a safe
 /// point before it exits anyway.
 pub const ENV_SHUTDOWN_TIMEOUT: &str = "OUROBOROS_SHUTDOWN_TIMEOUT";

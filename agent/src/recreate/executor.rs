@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::dependants::{Action, Fixed};
 use super::faults::{CrashMode, CrashPoint, Faults, Hook};
 use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
+use super::lifecycle::Phase;
 use super::ops::{Interrupt, OnStop, StepFailure, failed};
 use super::pull::RegistryAuth;
 use super::spec::{ApiVersion, CreatePlan};
@@ -121,6 +122,8 @@ pub struct Recreator {
     pub(crate) fixed: std::sync::Mutex<HashMap<String, Fixed>>,
     /// When the journal was last pruned.
     pruned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where the coordinator's hook points are asked (see [`super::gate`]).
+    pub(crate) gate: std::sync::Mutex<Option<std::sync::Arc<dyn super::gate::HookGate>>>,
 }
 
 /// What preparing found; nothing was changed.
@@ -148,6 +151,7 @@ impl Recreator {
             stopping: watch::channel(false).1,
             fixed: std::sync::Mutex::default(),
             pruned: std::sync::Mutex::default(),
+            gate: std::sync::Mutex::default(),
         }
     }
 
@@ -251,6 +255,19 @@ impl Recreator {
             }
         }
         report("prepare");
+        self.lifecycle(&request.container, Phase::PreCheck).await;
+        let done = self.update(request, report).await;
+        self.lifecycle(&request.container, Phase::PostCheck).await;
+        done
+    }
+
+    /// [`Recreator::run`] from preparing on, between the container's `pre-check` and
+    /// `post-check` commands.
+    async fn update(
+        &self,
+        request: &Request,
+        report: &(dyn Fn(&'static str) + Send + Sync),
+    ) -> Result<Report, RecreateError> {
         let Prepared {
             plan,
             old_id,
@@ -268,6 +285,14 @@ impl Recreator {
                 });
             }
         };
+        // The container's own `pre-update` command, before anything changes.
+        if let Err(outcome) = self.pre_update(&old_id).await {
+            self.finish_without_change(request, &outcome)?;
+            return Ok(Report {
+                outcome,
+                dependants: Vec::new(),
+            });
+        }
         let mut entry = Entry {
             op_id: request.op_id.clone(),
             name: plan.name.clone(),
@@ -282,6 +307,9 @@ impl Recreator {
         self.journal.record(&entry)?;
         let deadlines = self.deadlines_for(request.gate);
         let outcome = self.execute(&mut entry, &plan, &deadlines, report).await?;
+        if let Outcome::Updated { new_id, .. } = &outcome {
+            self.lifecycle(new_id, Phase::PostUpdate).await;
+        }
         if matches!(outcome, Outcome::Interrupted { .. }) {
             // Nothing changed: the operation may be sent again and then runs in full.
             self.journal.forget(&entry.op_id)?;
@@ -363,6 +391,7 @@ impl Recreator {
             return Err(RecreateError::Crashed(p));
         }
         report("start dependants");
+        self.ask_before_starting(entry).await?;
         self.start_again(entry, None, &|d| d.action == Action::Restart, None)
             .await;
         report("remove old");
@@ -418,6 +447,8 @@ impl Recreator {
                 step,
                 reason: format!("{reason}; everything is as it was"),
             },
+            // A hook said no before anything was replaced: everything is back.
+            Outcome::RolledBack { step, reason } if step == "hook" => Outcome::Vetoed { reason },
             other => other,
         };
         entry.step = Step::Done {

@@ -9,7 +9,7 @@ use bollard::models::NetworkConnectRequest;
 use tracing::{info, warn};
 
 use super::dependants::Action;
-use super::executor::{Deadlines, Recreator};
+use super::executor::{Deadlines, RecreateError, Recreator};
 use super::faults::CrashPoint;
 use super::journal::{DependantState, Entry, TagBack};
 use super::ops::{Interrupt, OnStop, StepFailure, failed};
@@ -49,6 +49,11 @@ impl Recreator {
             if !running {
                 continue;
             }
+            let d = &entry.dependants[i];
+            let (name, parent) = (d.name.clone(), entry.name.clone());
+            self.ask_hook(super::gate::BEFORE_STOP_DEPENDS, &parent, &name)
+                .await
+                .map_err(|why| StepFailure::new("hook", why))?;
             let d = &entry.dependants[i];
             report("stop dependant");
             let id = d.old_id.clone();
@@ -99,6 +104,22 @@ impl Recreator {
                 }
                 _ => {}
             }
+            let hard = d.kind == super::dependants::Kind::Hard;
+            if hard
+                && let Err(why) = self
+                    .ask_hook(super::gate::BEFORE_RECREATE_HARD, &entry.name, &d.name)
+                    .await
+            {
+                // It ran on during the update: it keeps its old container.
+                self.set_dependant(
+                    entry,
+                    i,
+                    DependantState::Restored {
+                        reason: format!("not recreated: {why}"),
+                    },
+                )?;
+                continue;
+            }
             report("dependant");
             let first = self
                 .recreate_dependant(entry, i, &new_ids, deadlines, false)
@@ -106,6 +127,11 @@ impl Recreator {
             let failure = match first {
                 Ok(id) => {
                     new_ids.insert(d.name.clone(), id);
+                    if hard {
+                        let _ = self
+                            .ask_hook(super::gate::AFTER_RECREATE_HARD, &entry.name, &d.name)
+                            .await;
+                    }
                     continue;
                 }
                 Err(Interrupt::Crashed(p)) => return Err(Interrupt::Crashed(p)),
@@ -157,6 +183,29 @@ impl Recreator {
                 .await;
             if entry.dependants[i].state == DependantState::Untouched {
                 self.set_dependant(entry, i, DependantState::Restored { reason: why })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the soft dependants start again: each one a hook vetoes stays stopped
+    /// (reported failed, with the veto).
+    pub(crate) async fn ask_before_starting(&self, entry: &mut Entry) -> Result<(), RecreateError> {
+        for i in 0..entry.dependants.len() {
+            let d = &entry.dependants[i];
+            let stopped = matches!(d.state, DependantState::Stopping | DependantState::Stopped);
+            if d.action != Action::Restart || !d.was_running || !stopped {
+                continue;
+            }
+            let name = d.name.clone();
+            if let Err(why) = self
+                .ask_hook(super::gate::BEFORE_START_DEPENDS, &entry.name, &name)
+                .await
+            {
+                entry.dependants[i].state = DependantState::Failed {
+                    reason: format!("left stopped: {why}"),
+                };
+                self.journal.record(entry)?;
             }
         }
         Ok(())

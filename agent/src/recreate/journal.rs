@@ -85,6 +85,8 @@ pub enum Outcome {
     /// The agent was asked to stop before the update could finish; everything is as it was
     /// and the same operation may be sent again (it is not kept in the journal).
     Interrupted { step: String, reason: String },
+    /// The container's `pre-update` command exited 75: skipped, nothing changed.
+    Vetoed { reason: String },
 }
 
 /// Where one dependant stands. Recorded before the Docker call it names, like [`Step`].

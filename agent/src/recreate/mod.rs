@@ -13,13 +13,17 @@
 //!   credentials;
 //! - [`journal`] records each step before it is taken, and [`recovery`] finishes or reverts
 //!   what a crash interrupted;
+//! - [`gate`] asks the coordinator at its hook points inside an operation;
+//! - [`lifecycle`] runs the container's own lifecycle commands (labels) around its update;
 //! - [`faults`] injects crashes for tests; [`signal`] reads stop signals.
 
 pub mod dependants;
 pub mod executor;
 pub mod faults;
 mod follow;
+pub mod gate;
 pub mod journal;
+pub mod lifecycle;
 pub mod ops;
 mod prepare;
 pub mod pull;
@@ -141,6 +145,10 @@ impl From<&Outcome> for pb::RecreateResult {
             Outcome::Interrupted { step, reason } => {
                 r.set_status(Status::Interrupted);
                 r.step.clone_from(step);
+                r.reason.clone_from(reason);
+            }
+            Outcome::Vetoed { reason } => {
+                r.set_status(Status::Vetoed);
                 r.reason.clone_from(reason);
             }
         }

@@ -5,6 +5,8 @@
 
 mod dependants;
 mod fidelity;
+mod gate;
 mod handover;
+mod lifecycle;
 mod recreate;
 mod safety;

@@ -182,6 +182,12 @@ impl pb::admin_server::Admin for AdminApi {
                 .map(|(_, c)| c)
         };
         let before = known(&self.fleet);
+        let digest_of = |c: &ouroboros_shared::inventory::ContainerInfo| {
+            ouroboros_shared::reference::ImageRef::parse(&c.image)
+                .ok()
+                .and_then(|i| i.digest_in(&c.repo_digests).map(str::to_owned))
+                .unwrap_or_default()
+        };
         // No image given: the agent recreates from the container's live configured reference;
         // the credentials are chosen by the registry of the reference the fleet view knows.
         let auth_image = if r.image.is_empty() {
@@ -190,25 +196,31 @@ impl pb::admin_server::Admin for AdminApi {
             None
         };
         let started = ouroboros_shared::time_fmt::now_unix_ms();
-        let outcome = self
-            .commands
-            .recreate(
-                host.as_str(),
-                &r.container,
-                &r.image,
-                &RecreateOptions {
-                    cleanup: self.cycle.cleanup.images,
-                    auth_image,
-                    ..RecreateOptions::default()
-                },
-                self.update_timeout,
-            )
-            .await
-            .map_err(|e| match e {
-                CommandError::NotConnected(_) => Status::failed_precondition(e.to_string()),
-                CommandError::AgentGone { .. } => Status::unavailable(e.to_string()),
-                CommandError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
-            })?;
+        let event = crate::hooks::Event {
+            host: host.to_string(),
+            container: r.container.clone(),
+            image: before.as_ref().map_or(r.image.clone(), |c| c.image.clone()),
+            old_digest: before.as_ref().map(digest_of).unwrap_or_default(),
+            ..Default::default()
+        };
+        let outcome = crate::run::runner::recreate_with_hooks(
+            &self.cycle.hooks(),
+            self.commands.as_ref(),
+            event,
+            (host.as_str(), &r.container, &r.image),
+            &RecreateOptions {
+                cleanup: self.cycle.cleanup.images,
+                auth_image,
+                ..RecreateOptions::default()
+            },
+            self.update_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            CommandError::NotConnected(_) => Status::failed_precondition(e.to_string()),
+            CommandError::AgentGone { .. } => Status::unavailable(e.to_string()),
+            CommandError::TimedOut { .. } => Status::deadline_exceeded(e.to_string()),
+        })?;
         info!(host = %host, container = %r.container, op = %outcome.op_id, "Update finished.");
         {
             let result = &outcome.result;
@@ -219,12 +231,6 @@ impl pb::admin_server::Admin for AdminApi {
             // In the history like a rollout's targets (the agent sent the host's inventory
             // before its answer, so the view shows what runs now).
             if let Some(before) = &before {
-                let digest_of = |c: &ouroboros_shared::inventory::ContainerInfo| {
-                    ouroboros_shared::reference::ImageRef::parse(&c.image)
-                        .ok()
-                        .and_then(|i| i.digest_in(&c.repo_digests).map(str::to_owned))
-                        .unwrap_or_default()
-                };
                 let after = known(&self.fleet);
                 let finished = ouroboros_shared::time_fmt::now_unix_ms();
                 self.fleet
@@ -235,7 +241,9 @@ impl pb::admin_server::Admin for AdminApi {
                         image: before.image.clone(),
                         old_digest: digest_of(before),
                         new_digest: after.as_ref().map(digest_of).unwrap_or_default(),
-                        result: if result.status.succeeded() {
+                        result: if result.status.succeeded()
+                            || result.status == crate::plan::outcome::Status::Vetoed
+                        {
                             status.to_owned()
                         } else {
                             "failed".to_owned()
@@ -553,7 +561,8 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
                     TargetState::Failed { reason, outcome } => format!("{outcome}: {reason}"),
                     TargetState::Skipped { reason }
                     | TargetState::RevertFailed { reason }
-                    | TargetState::Cancelled { reason } => reason.clone(),
+                    | TargetState::Cancelled { reason }
+                    | TargetState::Vetoed { reason } => reason.clone(),
                     _ => String::new(),
                 };
                 let op_id = match &t.state {

@@ -240,6 +240,11 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
                         .map(|r| dependants_text(&r.dependants))
                         .unwrap_or_default();
                     let detail = match (status(c), c.decision.as_str()) {
+                        // A veto says why (the hook and its first line).
+                        (Some("vetoed"), _) => c
+                            .result
+                            .as_ref()
+                            .map_or_else(String::new, |r| r.reason.clone()),
                         (Some(s), _) => [s, cleanup, &dependants]
                             .iter()
                             .filter(|p| !p.is_empty())
@@ -292,7 +297,8 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
     let failed = named(&|s| {
         !matches!(
             s,
-            "updated" | "already-current" | "not-started" | "cancelled"
+            // A veto is the operator's own hook saying no: not a failure.
+            "updated" | "already-current" | "not-started" | "cancelled" | "vetoed"
         )
     });
     let not_started = named(&|s| matches!(s, "not-started" | "cancelled"));

@@ -452,6 +452,14 @@ pub struct PolicyArgs {
     /// Seconds an agent must be away before "agent lost" is notified.
     #[arg(long, env = ENV_AGENT_LOST_AFTER, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub agent_lost_after: u64,
+    /// Directory of hook scripts: `DIR/{point}/` for each of the 14 hook points
+    /// (`before_update`, `updates_enumerated`, ...); executables and `*.py` files run in name
+    /// order.
+    #[arg(long, env = ENV_HOOKS_DIR, value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// Seconds one hook script may run; then it is killed (with what it started).
+    #[arg(long, env = ENV_HOOK_TIMEOUT, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
+    pub hook_timeout: u64,
     /// Days of update history kept.
     #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
     pub history_retention: u64,

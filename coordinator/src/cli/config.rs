@@ -100,6 +100,21 @@ impl PolicyArgs {
             }
             None => None,
         };
+        let hooks = match &args.hooks_dir {
+            Some(dir) if !dir.is_dir() => {
+                return Err(Failure::usage(format!(
+                    "--hooks-dir {}: not a directory",
+                    dir.display()
+                )));
+            }
+            // Absolute, so that each script is found from its own directory.
+            Some(dir) => crate::hooks::Hooks::new(
+                std::fs::canonicalize(dir)
+                    .map_err(|e| Failure::usage(format!("--hooks-dir {}: {e}", dir.display())))?,
+                Duration::from_secs(args.hook_timeout),
+            ),
+            None => crate::hooks::Hooks::none(),
+        };
         Ok(ServeConfig {
             data_dir,
             pki,
@@ -107,6 +122,8 @@ impl PolicyArgs {
             missed_heartbeats: HEARTBEAT_MISSES_ALLOWED,
             schedule,
             detect_only: args.dry_run || args.monitor_only,
+            monitor_only: args.monitor_only && !args.dry_run,
+            hooks,
             selection: Selection {
                 monitor: args.monitor.0,
                 ignore: args.ignore.0,
@@ -268,6 +285,34 @@ mod tests {
         assert_eq!(
             two.policy.canary_hosts,
             CanaryArg(crate::plan::rollout::Canary::Count(2))
+        );
+    }
+
+    #[test]
+    fn a_hooks_dir_must_be_a_directory_and_a_hook_timeout_in_range() {
+        let failure = config_failure(&["--hooks-dir", "/nonexistent/hooks"]);
+        assert_eq!(failure.code, EXIT_USAGE);
+        assert_eq!(
+            failure.message,
+            "--hooks-dir /nonexistent/hooks: not a directory"
+        );
+        for value in ["0", "2592001", "soon"] {
+            refused(&["--hook-timeout", value], "--hook-timeout", value);
+        }
+        let ok = serve(&["--hook-timeout", "5", "--hooks-dir", "/tmp"]).unwrap();
+        assert_eq!(ok.policy.hook_timeout, 5);
+        // A relative directory is made absolute (scripts run from their own directory).
+        let dir = PathBuf::from("/nonexistent");
+        let config = serve(&["--hooks-dir", "src/hooks"])
+            .unwrap()
+            .policy
+            .into_config(dir.clone(), PkiDir::new(dir))
+            .unwrap();
+        let hooks = config.hooks.dir().unwrap();
+        assert!(
+            hooks.is_absolute() && hooks.ends_with("coordinator/src/hooks"),
+            "{}",
+            hooks.display()
         );
     }
 

@@ -33,8 +33,10 @@ use crate::telemetry::metrics::{METRICS_SETTING, Metrics, store_counters};
 
 mod background;
 mod enrolment;
+mod once;
 
 use background::{scheduled_cycles, watch_agents};
+use once::serve_once;
 
 /// Longest an `update` waits for the agent's result (pull, stop, health gate included).
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -79,6 +81,10 @@ pub struct ServeConfig {
     pub schedule: Schedule,
     /// Scheduled cycles only detect and report (DRY_RUN, MONITOR_ONLY).
     pub detect_only: bool,
+    /// MONITOR_ONLY (without DRY_RUN): new images fire `notify_update` rather than `dry_run_update`.
+    pub monitor_only: bool,
+    /// Operators' scripts at the hook points (`--hooks-dir`).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl ServeConfig {
@@ -106,6 +112,8 @@ impl ServeConfig {
             agent_lost_after: Duration::from_secs(60),
             schedule: Schedule::Interval(crate::plan::schedule::DEFAULT_INTERVAL),
             detect_only: false,
+            monitor_only: false,
+            hooks: crate::hooks::Hooks::none(),
         }
     }
 }
@@ -210,19 +218,25 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     // Validated by the command line already; a failure here must not open every window.
     let windows = crate::plan::window::Windows::parse(&config.rollout.windows)
         .map_err(ServeError::Windows)?;
-    let cycle = Arc::new(Cycle::new(
-        fleet.clone(),
-        commands.clone(),
-        Arc::new(registry),
-        config.selection.clone(),
-        crate::run::cycle::Cleanup {
-            images: config.cleanup,
-            volumes: config.cleanup_volumes,
-        },
-        config.rollout.clone(),
-        windows,
-        metrics.clone(),
-    ));
+    let cycle = Arc::new(
+        Cycle::new(
+            fleet.clone(),
+            commands.clone(),
+            Arc::new(registry),
+            config.selection.clone(),
+            crate::run::cycle::Cleanup {
+                images: config.cleanup,
+                volumes: config.cleanup_volumes,
+            },
+            config.rollout.clone(),
+            windows,
+            metrics.clone(),
+        )
+        .with_hooks(
+            Arc::new(config.hooks.clone().with_metrics(metrics.clone())),
+            config.monitor_only,
+        ),
+    );
     let monitoring = match config.metrics_listen {
         Some(addr) => {
             let listener = std::net::TcpListener::bind(addr)
@@ -356,7 +370,8 @@ pub async fn run(
             stop_rx,
             config.notifiers.clone(),
         )
-        .with_enrolment(enrolment.clone()),
+        .with_enrolment(enrolment.clone())
+        .with_hooks(cycle.hooks()),
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(
@@ -416,87 +431,6 @@ pub(crate) async fn serve_command(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
     tracing::info!("Coordinator stopped.");
     Ok(())
-}
-
-/// `serve --run-once`: serve until the known hosts have reported (or the wait ends), run one
-/// cycle, print it, stop.
-async fn serve_once(config: ServeConfig, listen: SocketAddr) -> Result<(), Failure> {
-    let wait = config.run_once.unwrap_or(Duration::from_secs(60));
-    let dry_run = config.detect_only;
-    let (prepared, listener, _) = prepare_and_listen(config, listen).await?;
-    let fleet = prepared.fleet();
-    let cycle = prepared.cycle();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(run(prepared, listener, async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-    let once = async {
-        let missing = wait_for_fleet(&fleet, wait).await;
-        cycle.resume().await;
-        let report = cycle.run(dry_run).await;
-        (missing, report)
-    };
-    let outcome = tokio::select! {
-        done = once => Some(done),
-        () = ouroboros_shared::shutdown::signal() => None,
-    };
-    let _ = stop_tx.send(true);
-    // The server lets notifications under way end (35 s at most).
-    match tokio::time::timeout(Duration::from_secs(40), server).await {
-        Ok(Ok(Err(e))) => return Err(Failure::runtime(e)),
-        Ok(Err(e)) => return Err(Failure::runtime(format!("server task failed: {e}"))),
-        _ => {}
-    }
-    let Some((missing, report)) = outcome else {
-        return Err(Failure::runtime("interrupted before the cycle finished"));
-    };
-    let printed = crate::admin::client::print_check(
-        &crate::admin::api::check_response(report),
-        crate::admin::output::OutputFormat::Table,
-    );
-    if !missing.is_empty() {
-        return Err(Failure::runtime(format!(
-            "host(s) not reporting within {}s: {}",
-            wait.as_secs(),
-            missing.join(", ")
-        )));
-    }
-    printed
-}
-
-/// Waits until every host the store knows is connected and has reported on this connection,
-/// at most `wait`. Returns the hosts still missing. With an empty store (a first run) the
-/// fleet is whoever comes: the wait ends once hosts have reported and no new one came for
-/// [`SETTLE`].
-async fn wait_for_fleet(fleet: &crate::fleet::Fleet, wait: Duration) -> Vec<String> {
-    const SETTLE: Duration = Duration::from_secs(5);
-    let deadline = tokio::time::Instant::now() + wait;
-    let first_run = fleet.hosts().is_empty();
-    let mut known = 0;
-    let mut changed = tokio::time::Instant::now();
-    loop {
-        let hosts = fleet.hosts();
-        if hosts.len() != known {
-            known = hosts.len();
-            changed = tokio::time::Instant::now();
-        }
-        let missing: Vec<String> = hosts
-            .iter()
-            .filter(|h| !(h.connected && h.reported))
-            .map(|h| h.record.host.clone())
-            .collect();
-        let settled = !first_run || changed.elapsed() >= SETTLE;
-        if !hosts.is_empty() && missing.is_empty() && settled {
-            return missing;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            if hosts.is_empty() {
-                return vec!["(no agent connected)".to_owned()];
-            }
-            return missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Checks the PKI, opens the store and binds `listen`, in that order, so bad configuration

@@ -22,6 +22,9 @@ pub enum Status {
     NotStarted,
     /// Never sent: its rollout was cancelled.
     Cancelled,
+    /// A hook said no (a `before_update` script, or the container's `pre-update` command
+    /// exiting 75): nothing changed. Neither a success nor a failure.
+    Vetoed,
 }
 
 impl Status {
@@ -37,6 +40,7 @@ impl Status {
             Self::Error => "error",
             Self::NotStarted => "not-started",
             Self::Cancelled => "cancelled",
+            Self::Vetoed => "vetoed",
         }
     }
 

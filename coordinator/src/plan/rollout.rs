@@ -131,6 +131,11 @@ pub enum TargetState {
     Cancelled {
         reason: String,
     },
+    /// A hook said no (`before_update`, or the container's `pre-update` exiting 75): nothing
+    /// changed. Counts neither as updated nor as failed.
+    Vetoed {
+        reason: String,
+    },
 }
 
 impl TargetState {
@@ -153,6 +158,7 @@ impl TargetState {
             Self::Reverted { .. } => "reverted",
             Self::RevertFailed { .. } => "revert-failed",
             Self::Cancelled { .. } => "cancelled",
+            Self::Vetoed { .. } => "vetoed",
         }
     }
 }
@@ -317,7 +323,7 @@ pub struct HistoryEntry {
     pub image: String,
     pub old_digest: String,
     pub new_digest: String,
-    /// `updated`, `already-current`, `failed`, `skipped`, `reverted`, `revert-failed`.
+    /// `updated`, `already-current`, `failed`, `skipped`, `vetoed`, `reverted`, `revert-failed`.
     pub result: String,
     pub reason: String,
     pub started_ms: i64,
@@ -336,9 +342,9 @@ impl Target {
             TargetState::Failed { reason, outcome } => {
                 ("failed".to_owned(), format!("{outcome}: {reason}"))
             }
-            TargetState::Skipped { reason } | TargetState::RevertFailed { reason } => {
-                (self.state.name().to_owned(), reason.clone())
-            }
+            TargetState::Skipped { reason }
+            | TargetState::RevertFailed { reason }
+            | TargetState::Vetoed { reason } => (self.state.name().to_owned(), reason.clone()),
             other => (other.name().to_owned(), String::new()),
         };
         HistoryEntry {
@@ -528,6 +534,9 @@ pub fn after_update(status: Status, reason: &str, now_ms: i64) -> TargetState {
         Status::AlreadyCurrent => TargetState::Updated {
             at_ms: now_ms,
             already_current: true,
+        },
+        Status::Vetoed => TargetState::Vetoed {
+            reason: reason.to_owned(),
         },
         other => TargetState::Failed {
             reason: reason.to_owned(),
@@ -1119,6 +1128,36 @@ mod tests {
         );
         assert!(matches!(r.targets[0].state, TargetState::Reverted { .. }));
         assert!(matches!(r.targets[1].state, TargetState::Reverted { .. }));
+    }
+
+    #[test]
+    fn vetoed_targets_are_neither_updated_nor_failed() {
+        // No failure tolerated: a single failure would pause. Vetoes do not.
+        let policy = Policy {
+            max_hosts_in_flight: 1,
+            max_failure_ratio: 0.0,
+            ..Policy::default()
+        };
+        let targets = vec![target("a", "x", 1), target("b", "x", 1)];
+        let mut r = rollout(policy, targets);
+        run(&mut r, &|t: &Target| {
+            if t.host == "a" {
+                Status::Vetoed
+            } else {
+                Status::Updated
+            }
+        });
+        assert_eq!(r.state, RolloutState::Completed { failed: 0 });
+        assert_eq!(r.targets[0].state.name(), "vetoed");
+        assert!(matches!(r.targets[1].state, TargetState::Updated { .. }));
+        let vetoed = after_update(Status::Vetoed, "vetoed by hook before_update/x: no", 5);
+        let mut t = target("a", "x", 1);
+        t.state = vetoed;
+        let entry = t.history("r-1");
+        assert_eq!(entry.result, "vetoed");
+        assert_eq!(entry.reason, "vetoed by hook before_update/x: no");
+        // Not a bad digest: the next cycle asks the hook again.
+        assert!(r.bad_digest(&r.targets[0], 5).is_none());
     }
 
     #[test]

@@ -21,7 +21,10 @@ use crate::run::runner::Runner;
 use crate::server::dispatch::Commands;
 use crate::telemetry::metrics::Metrics;
 use ouroboros_shared::inventory::ContainerInfo;
+use ouroboros_shared::reference::ImageRef;
 
+mod announce;
+mod hooks;
 mod operator;
 mod targets;
 
@@ -63,6 +66,11 @@ pub struct Cycle {
     /// Woken after every cycle (for the InfluxDB export).
     pub done: Arc<tokio::sync::Notify>,
     clock: Arc<dyn Clock>,
+    /// Operators' scripts (`updates_enumerated`, `dry_run_update`, `notify_update` here; the
+    /// runner's around each update).
+    hooks: Arc<crate::hooks::Hooks>,
+    /// MONITOR_ONLY: dry runs fire `notify_update` for new images, not `dry_run_update`.
+    monitor_only: bool,
 }
 
 /// Who asked for a cycle.
@@ -117,6 +125,19 @@ fn unanswered(t: &Target, rollout: &Rollout) -> UpdateResult {
     UpdateResult::with(status, reason)
 }
 
+/// The digest `host`'s container `name` runs now, by its image reference's repository.
+fn old_digest(containers: &[(String, ContainerInfo)], host: &str, name: &str) -> String {
+    containers
+        .iter()
+        .find(|(h, c)| h == host && c.name == name)
+        .and_then(|(_, c)| {
+            ImageRef::parse(&c.image)
+                .ok()
+                .and_then(|r| r.digest_in(&c.repo_digests).map(str::to_owned))
+        })
+        .unwrap_or_default()
+}
+
 /// The skip reason of a known-bad digest: what failed, when, and how to try again.
 fn known_bad_reason(b: &crate::plan::rollout::BadDigest) -> String {
     let short = b.digest.get(..19).unwrap_or(&b.digest);
@@ -167,7 +188,23 @@ impl Cycle {
             next_at: std::sync::atomic::AtomicI64::new(0),
             done: Arc::new(tokio::sync::Notify::new()),
             clock: Arc::new(WallClock),
+            hooks: Arc::default(),
+            monitor_only: false,
         }
+    }
+
+    /// The hooks (for an update outside a rollout).
+    pub fn hooks(&self) -> Arc<crate::hooks::Hooks> {
+        self.hooks.clone()
+    }
+
+    /// Runs `hooks` at the cycle's points and around each update; `monitor_only`: the
+    /// coordinator only monitors (dry runs fire `notify_update`).
+    pub fn with_hooks(mut self, hooks: Arc<crate::hooks::Hooks>, monitor_only: bool) -> Self {
+        self.runner = self.runner.with_hooks(hooks.clone());
+        self.hooks = hooks;
+        self.monitor_only = monitor_only;
+        self
     }
 
     /// Reads time (its own and its runner's) from `clock` instead of the wall clock.
@@ -281,12 +318,14 @@ impl Cycle {
         // restarts.
         let announced = self.fleet.announced_digests().unwrap_or_default();
         let mut fresh = Vec::new();
+        let mut fresh_keys = Vec::new();
         for d in &detections {
             if let Decision::Update { digest, .. } = &d.decision {
                 let key = format!("{}/{}", d.host, d.container);
                 if announced.get(&key) != Some(digest) {
                     info!(host = %d.host, container = %d.container, image = %d.image, digest = %digest, "New image available.");
-                    self.fleet.announced(key, digest.clone());
+                    self.fleet.announced(key.clone(), digest.clone());
+                    fresh_keys.push(key);
                     fresh.push(format!(
                         "{}/{}: {} ({digest})",
                         d.host, d.container, d.image
@@ -339,6 +378,8 @@ impl Cycle {
                 _ => None,
             })
             .collect();
+        self.fire_detection_hooks(&detections, &containers, dry_run, &fresh_keys)
+            .await;
         let paused = self.fleet.paused();
         let mut results: BTreeMap<(String, String), UpdateResult> = BTreeMap::new();
         let mut rollout = None;
@@ -425,77 +466,6 @@ impl Cycle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// One message for the updates a rollout made, one for those that failed.
-    fn announce_outcome(&self, done: &Rollout, answers: &BTreeMap<usize, UpdateResult>) {
-        let image = |t: &Target, digest: &str| {
-            format!("{}@{}", t.image, digest.get(..19).unwrap_or(digest))
-        };
-        let updated: Vec<String> = done
-            .targets
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.state,
-                    TargetState::Updated {
-                        already_current: false,
-                        ..
-                    }
-                )
-            })
-            .map(|t| {
-                format!(
-                    "{}/{}: {} -> {}",
-                    t.host,
-                    t.container,
-                    image(t, &t.old_digest),
-                    image(t, &t.new_digest)
-                )
-            })
-            .collect();
-        if !updated.is_empty() {
-            self.notifiers().send(crate::notify::Message {
-                event: "updates-done",
-                kind: crate::notify::Kind::Success,
-                title: format!("Ouroboros: {} container(s) updated", updated.len()),
-                body: updated.join("\n"),
-            });
-        }
-        let failed: Vec<String> = done
-            .targets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match &t.state {
-                TargetState::Failed { reason, outcome } => Some(format!(
-                    "{}/{}: {} ({outcome}: {reason})",
-                    t.host,
-                    t.container,
-                    image(t, &t.new_digest)
-                )),
-                TargetState::Reverted { .. } => Some(format!(
-                    "{}/{}: sent back to {} ({})",
-                    t.host,
-                    t.container,
-                    image(t, &t.old_digest),
-                    answers.get(&i).map_or(String::new(), |r| r.reason.clone())
-                )),
-                _ => None,
-            })
-            .collect();
-        if !failed.is_empty() {
-            self.notifiers().send(crate::notify::Message {
-                event: "update-failed",
-                kind: crate::notify::Kind::Failure,
-                title: format!(
-                    "Ouroboros: {} update(s) failed or rolled back (rollout {} {})",
-                    failed.len(),
-                    done.id,
-                    done.state.name()
-                ),
-                body: failed.join("\n"),
-            });
-        }
     }
 
     /// Each host's unused anonymous volumes, hosts in parallel.

@@ -21,12 +21,15 @@ use crate::plan::rollout::{
 };
 use crate::plan::window::Windows;
 use crate::run::clock::{Clock, WallClock};
-use crate::server::dispatch::{CommandError, Commands, RecreateOptions};
+use crate::server::dispatch::Commands;
 use crate::telemetry::metrics::Metrics;
 
 mod cancel;
+mod hooks;
 mod own;
+mod send;
 pub use cancel::{CancelError, CancelTaken};
+pub use hooks::recreate_with_hooks;
 
 /// How often the runner looks again without an answer (hosts connect and go).
 const TICK: Duration = Duration::from_secs(1);
@@ -39,6 +42,8 @@ struct Answer {
     op_id: String,
     revert: bool,
     result: UpdateResult,
+    /// The hooks that ran around it (`point/file: end`).
+    hooks: Vec<String>,
 }
 
 /// Runs rollouts on the fleet.
@@ -57,6 +62,8 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     /// Where ended updates are counted.
     metrics: Metrics,
+    /// Operators' scripts around each update.
+    hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// What the runner is running, and the cancels waiting to be picked up.
@@ -136,7 +143,14 @@ impl Runner {
             active: std::sync::Mutex::default(),
             clock: Arc::new(WallClock),
             metrics,
+            hooks: Arc::default(),
         }
+    }
+
+    /// Runs `hooks` around each update it sends.
+    pub fn with_hooks(mut self, hooks: Arc<crate::hooks::Hooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Reads time from `clock` instead of the wall clock.
@@ -198,78 +212,6 @@ impl Runner {
         }
     }
 
-    /// Sends the command for target `index` with `op_id` until an answer comes (the agent may
-    /// be away for a while: the rollout's progress deadline ends the attempts).
-    fn send(
-        &self,
-        rollout: &Rollout,
-        index: usize,
-        op_id: String,
-        revert: bool,
-        answers: mpsc::Sender<Answer>,
-    ) -> JoinHandle<()> {
-        let t = &rollout.targets[index];
-        let host = t.host.clone();
-        let container = t.container.clone();
-        let image = if revert {
-            t.previous.clone()
-        } else {
-            t.target.clone()
-        };
-        let options = RecreateOptions {
-            op_id: Some(op_id),
-            // Going back keeps the image that was just replaced, in case it is wanted again.
-            cleanup: self.cleanup_images && !revert,
-            min_healthy_ms: rollout.policy.min_healthy_ms,
-            healthy_deadline_ms: rollout.policy.healthy_deadline_ms,
-            auth_image: None,
-            soft_dependants: t.soft_dependants.clone(),
-            // Going back, each dependant keeps what it runs (its own target goes back itself).
-            dependant_images: if revert {
-                Default::default()
-            } else {
-                t.dependant_images.clone()
-            },
-        };
-        let wait = Duration::from_millis(rollout.policy.progress_deadline_ms.max(1000) as u64);
-        let commands = self.commands.clone();
-        let answer_op = options.op_id.clone().unwrap_or_default();
-        tokio::spawn(async move {
-            loop {
-                match commands
-                    .recreate(&host, &container, &image, &options, wait)
-                    .await
-                {
-                    Ok(outcome) if outcome.result.status == Status::Interrupted => {
-                        // The agent stopped first and changed nothing: the same operation
-                        // again once it is back.
-                        info!(host = %host, container = %container, "The agent stopped before the update could finish; it is sent again when the agent is back.");
-                        tokio::time::sleep(RESEND).await;
-                    }
-                    Ok(outcome) => {
-                        let _ = answers
-                            .send(Answer {
-                                index,
-                                op_id: answer_op,
-                                revert,
-                                result: outcome.result,
-                            })
-                            .await;
-                        return;
-                    }
-                    Err(
-                        e @ (CommandError::NotConnected(_)
-                        | CommandError::AgentGone { .. }
-                        | CommandError::TimedOut { .. }),
-                    ) => {
-                        info!(host = %host, container = %container, error = %e, "No answer yet; the same operation is sent again when the agent is there.");
-                        tokio::time::sleep(RESEND).await;
-                    }
-                }
-            }
-        })
-    }
-
     /// Runs `rollout` until it has ended or is paused with nothing in flight. Returns it with
     /// the agents' last answers by target.
     pub async fn run(
@@ -326,7 +268,10 @@ impl Runner {
             };
             rollout.targets[i].state = state;
             info!(rollout = %rollout.id, host = %rollout.targets[i].host, container = %rollout.targets[i].container, op = %op_id, "Resuming: asking the agent for the outcome of an operation in flight.");
-            senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+            senders.insert(
+                i,
+                self.send(&rollout, i, (op_id, revert, true), answers_tx.clone()),
+            );
         }
         loop {
             let now = self.clock.now_ms();
@@ -495,7 +440,10 @@ impl Runner {
                 self.persist(&rollout, history).await;
                 self.before_self_updates(&rollout, &to_send).await;
                 for (i, op_id, revert) in to_send {
-                    senders.insert(i, self.send(&rollout, i, op_id, revert, answers_tx.clone()));
+                    senders.insert(
+                        i,
+                        self.send(&rollout, i, (op_id, revert, false), answers_tx.clone()),
+                    );
                 }
             }
             let in_flight = rollout.targets.iter().any(|t| !t.state.is_terminal());
@@ -539,7 +487,9 @@ impl Runner {
                         after_update(status, &reason, now)
                     };
                     let t = &rollout.targets[answer.index];
-                    if status.succeeded() {
+                    if status == Status::Vetoed {
+                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, reason = %reason, "Target vetoed by a hook; left as it is.");
+                    } else if status.succeeded() {
                         info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
                     } else {
                         warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target failed.");
@@ -551,6 +501,9 @@ impl Runner {
                     };
                     self.metrics.update_done(&t.host, &t.container, outcome);
                     let canary_was_done = rollout.canary_done_ms > 0;
+                    for line in &answer.hooks {
+                        rollout.targets[answer.index].transitions.push((now, format!("hook {line}")));
+                    }
                     rollout.set(answer.index, state, now);
                     if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
                         info!(rollout = %rollout.id, wait_s = rollout.policy.canary_wait_ms / 1000, "Canary hosts done; the other hosts start once the canary wait has passed without a failure.");

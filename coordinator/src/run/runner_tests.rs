@@ -16,7 +16,7 @@ use crate::fleet::store::MemoryStore;
 use crate::plan::outcome::Pruned;
 use crate::plan::rollout::{Canary, FailureAction, Policy, Target};
 use crate::run::clock::TokioClock;
-use crate::server::dispatch::Recreated;
+use crate::server::dispatch::{CommandError, RecreateOptions, Recreated};
 
 /// 2001-09-09, well away from zero so that "never" (0) cannot pass for a time.
 const BASE_MS: i64 = 1_000_000_000_000;
@@ -480,3 +480,7 @@ async fn a_cancel_with_revert_sends_the_updated_targets_back() {
         "sent back after the cancel"
     );
 }
+
+/// The hooks around updates, with real hook processes.
+#[path = "runner_hooks_tests.rs"]
+mod hooks;

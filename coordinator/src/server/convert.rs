@@ -17,6 +17,7 @@ impl From<Wire> for Status {
             Wire::Interrupted => Self::Interrupted,
             Wire::NotStarted => Self::NotStarted,
             Wire::Cancelled => Self::Cancelled,
+            Wire::Vetoed => Self::Vetoed,
             Wire::Error | Wire::Unspecified => Self::Error,
         }
     }
@@ -34,6 +35,7 @@ impl From<Status> for Wire {
             Status::Error => Self::Error,
             Status::NotStarted => Self::NotStarted,
             Status::Cancelled => Self::Cancelled,
+            Status::Vetoed => Self::Vetoed,
         }
     }
 }
@@ -156,6 +158,7 @@ mod tests {
             Status::Error,
             Status::NotStarted,
             Status::Cancelled,
+            Status::Vetoed,
         ] {
             assert_eq!(Status::from(Wire::from(s)), s);
         }

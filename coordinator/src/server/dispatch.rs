@@ -92,6 +92,9 @@ pub struct RecreateOptions {
     pub soft_dependants: Vec<String>,
     /// Recreated with it and moved to these images (name → `repo:tag@digest`).
     pub dependant_images: std::collections::BTreeMap<String, String>,
+    /// With hooks: the agent asks at each hook point inside the operation and waits this long
+    /// for each verdict (0: it asks nothing).
+    pub hook_deadline_ms: i64,
 }
 
 /// The links of connected agents, by host.
@@ -133,6 +136,14 @@ impl Dispatcher {
         if links.get(host).is_some_and(|l| l.session == session) {
             links.remove(host);
         }
+    }
+
+    /// Whether operation `op_id` was sent to `host`'s current connection and waits for its
+    /// result (an agent may ask for hooks only inside such an operation).
+    pub fn waits_for(&self, host: &str, op_id: &str) -> bool {
+        self.lock()
+            .get(host)
+            .is_some_and(|l| l.waiting.contains_key(op_id))
     }
 
     /// A progress step from `host`'s agent.
@@ -206,6 +217,8 @@ impl Dispatcher {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    ask_hooks: options.hook_deadline_ms > 0,
+                    hook_deadline_ms: options.hook_deadline_ms,
                 })
             })
             .await?;
@@ -341,6 +354,10 @@ mod tests {
                     panic!("no Recreate sent");
                 };
                 assert_eq!(cmd.container, "web");
+                // Hooks may be asked for inside this operation only, on this host only.
+                assert!(d.waits_for("h1", &cmd.op_id));
+                assert!(!d.waits_for("h2", &cmd.op_id));
+                assert!(!d.waits_for("h1", "op-other"));
                 d.progress(
                     "h1",
                     pb::CommandProgress {
@@ -373,6 +390,10 @@ mod tests {
             outcome.result.status,
             Outcome::Error,
             "an answer without a status"
+        );
+        assert!(
+            !d.waits_for("h1", &outcome.op_id),
+            "answered: no more hooks"
         );
         agent.await.unwrap();
     }

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
 use crate::fleet::{Fleet, SessionGuard};
+use crate::hooks::{Event, Hooks, Point};
 use crate::server::dispatch::Dispatcher;
 use crate::server::enrol::Enrolment;
 use crate::server::tls::{PeerInfo, peer};
@@ -41,9 +42,17 @@ pub struct Gateway {
     notifiers: crate::notify::Notifiers,
     /// Serials seen and revoked, and the CA that signs renewals.
     enrolment: Option<Arc<Enrolment>>,
+    /// Run when an agent asks at a hook point inside its operation.
+    hooks: Arc<Hooks>,
 }
 
 impl Gateway {
+    /// Runs `hooks` when an agent asks at a hook point inside its operation.
+    pub fn with_hooks(mut self, hooks: Arc<Hooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
     /// Records the serials of agent certificates, refuses revoked ones and renews.
     pub fn with_enrolment(mut self, enrolment: Arc<Enrolment>) -> Self {
         self.enrolment = Some(enrolment);
@@ -82,6 +91,7 @@ impl Gateway {
             shutdown,
             notifiers,
             enrolment: None,
+            hooks: Arc::default(),
         }
     }
 }
@@ -184,6 +194,7 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
             shutdown: self.shutdown.clone(),
             outbound: tx,
             notifiers: self.notifiers.clone(),
+            hooks: self.hooks.clone(),
         };
         tokio::spawn(link.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -228,6 +239,7 @@ struct AgentLink {
     /// The response stream; open while the link lives.
     outbound: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
     notifiers: crate::notify::Notifiers,
+    hooks: Arc<Hooks>,
 }
 
 /// Why a link ended, and what the agent is told.
@@ -338,8 +350,77 @@ impl AgentLink {
                 });
                 Ok(())
             }
+            Some(Kind::HookRequest(request)) => {
+                self.answer_hook(request);
+                Ok(())
+            }
             Some(Kind::Hello(_)) => Err(Status::invalid_argument("protocol error: second Hello")),
             None => Err(Status::invalid_argument("protocol error: empty message")),
         }
+    }
+}
+
+impl AgentLink {
+    /// Runs the hooks the agent asks for at a point inside its operation (in a task: the
+    /// link goes on meanwhile) and sends the verdict; a point agents do not ask for, or an
+    /// operation the coordinator does not wait for, is refused (an agent cannot run the
+    /// operator's scripts at will).
+    fn answer_hook(&self, r: pb::HookRequest) {
+        let hooks = self.hooks.clone();
+        let outbound = self.outbound.clone();
+        let host = self.host.to_string();
+        // Only inside an operation the coordinator sent this host and waits for.
+        let in_flight = self.commands.waits_for(&host, &r.op_id);
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let point = Point::from_name(&r.point).filter(|p| p.asked_by_agents());
+            let (allowed, reason) = match point {
+                _ if !in_flight => (
+                    false,
+                    format!("no operation {} in flight for this host", r.op_id),
+                ),
+                None => (
+                    false,
+                    format!("no such hook point inside an operation: {:?}", r.point),
+                ),
+                Some(point) => {
+                    let mut event = Event {
+                        host,
+                        container: r.container.clone(),
+                        ..Event::default()
+                    };
+                    if point == Point::BeforeImageCleanup {
+                        event.image = r.subject.clone();
+                    } else {
+                        event.dependant = r.subject.clone();
+                    }
+                    let fired = hooks.fire(point, &event).await;
+                    // With the operation's steps, for the rollout's record.
+                    for run in fired.summaries() {
+                        commands.progress(
+                            &event.host,
+                            pb::CommandProgress {
+                                op_id: r.op_id.clone(),
+                                step: format!("hook {run}"),
+                            },
+                        );
+                    }
+                    match fired.veto {
+                        Some(veto) => (false, veto.to_string()),
+                        None => (true, String::new()),
+                    }
+                }
+            };
+            let verdict = pb::CoordinatorMessage {
+                kind: Some(pb::coordinator_message::Kind::HookVerdict(
+                    pb::HookVerdict {
+                        request_id: r.request_id,
+                        allowed,
+                        reason,
+                    },
+                )),
+            };
+            let _ = outbound.send(Ok(verdict)).await;
+        });
     }
 }

@@ -21,6 +21,9 @@ pub struct Counters {
     pub notifications: BTreeMap<String, u64>,
     /// `host\tcontainer\toutcome` → count (per-container series).
     pub container_updates: BTreeMap<String, u64>,
+    /// `point\toutcome` → count.
+    #[serde(default)]
+    pub hook_runs: BTreeMap<String, u64>,
 }
 
 /// The series of `vec` (labelled `labels`, in that order) as stored: key → count.

@@ -27,13 +27,14 @@ const FLEET_FIELDS: [(Family, bool); 5] = [
     (LAST_CYCLE_TIMESTAMP_SECONDS, false),
 ];
 /// The families written one point per series (the value as an integer field `value`).
-const SERIES: [Family; 6] = [
+const SERIES: [Family; 7] = [
     HOST_CONNECTED,
     CONTAINERS_MONITORED,
     UPDATES_TOTAL,
     REGISTRY_REQUESTS_TOTAL,
     ROLLOUTS,
     NOTIFICATIONS_TOTAL,
+    HOOK_RUNS_TOTAL,
 ];
 /// The histograms, written as their count and sum.
 const HISTOGRAMS: [Family; 2] = [CYCLE_SECONDS, REGISTRY_PROBE_SECONDS];

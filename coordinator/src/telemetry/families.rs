@@ -45,6 +45,7 @@ pub const METHOD: &str = "method";
 pub const CODE: &str = "code";
 pub const SCHEME: &str = "scheme";
 pub const STATE: &str = "state";
+pub const POINT: &str = "point";
 
 /// Histogram buckets (seconds) of registry probes.
 pub const PROBE_BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -142,8 +143,15 @@ pub const NOTIFICATIONS_TOTAL: Family = Family {
     labels: &[SCHEME, OUTCOME],
 };
 
+pub const HOOK_RUNS_TOTAL: Family = Family {
+    name: "ouroboros_hook_runs_total",
+    help: "Hook scripts run (--hooks-dir), by hook point and outcome (ok, failed, timeout, not-started).",
+    kind: MetricType::COUNTER,
+    labels: &[POINT, OUTCOME],
+};
+
 /// Every family, in the order `/metrics` lists them.
-pub const ALL: [Family; 15] = [
+pub const ALL: [Family; 16] = [
     AGENTS_CONNECTED,
     HOSTS,
     HOST_CONNECTED,
@@ -159,4 +167,5 @@ pub const ALL: [Family; 15] = [
     LAST_CYCLE_TIMESTAMP_SECONDS,
     ROLLOUTS,
     NOTIFICATIONS_TOTAL,
+    HOOK_RUNS_TOTAL,
 ];

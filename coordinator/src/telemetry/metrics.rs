@@ -48,6 +48,7 @@ struct Inner {
     last_cycle: Gauge,
     rollouts: IntGaugeVec,
     notifications: IntCounterVec,
+    hook_runs: IntCounterVec,
     /// Counters changed since the last store write.
     dirty: AtomicBool,
     /// One scrape at a time: its fleet gauges are set, then gathered.
@@ -200,6 +201,10 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(opts(&NOTIFICATIONS_TOTAL), NOTIFICATIONS_TOTAL.labels)?,
             )?,
+            hook_runs: register(
+                &r,
+                IntCounterVec::new(opts(&HOOK_RUNS_TOTAL), HOOK_RUNS_TOTAL.labels)?,
+            )?,
             registry: r,
             dirty: AtomicBool::new(false),
             scrape: Mutex::new(()),
@@ -221,6 +226,7 @@ impl Metrics {
             NOTIFICATIONS_TOTAL.labels,
             &stored.notifications,
         );
+        counters::restore(&i.hook_runs, HOOK_RUNS_TOTAL.labels, &stored.hook_runs);
         // Kept with per-container series off too, for when they are on again.
         counters::restore(
             &i.container_updates.counts,
@@ -250,6 +256,7 @@ impl Metrics {
                 &i.container_updates.counts,
                 CONTAINER_UPDATES_TOTAL.labels,
             ),
+            hook_runs: counters::stored(&i.hook_runs, HOOK_RUNS_TOTAL.labels),
         })
     }
 
@@ -301,6 +308,15 @@ impl Metrics {
         {
             g.set(n);
         }
+    }
+
+    /// A hook script at `point` ended with `outcome` (`ok`, `failed`, `timeout`,
+    /// `not-started`).
+    pub fn hook_run(&self, point: &str, outcome: &str) {
+        if let Some(c) = series(&self.0.hook_runs, &[point, outcome]) {
+            c.inc();
+        }
+        self.changed();
     }
 
     /// A notification through `scheme` ended with `outcome`.

@@ -32,7 +32,7 @@ pub(crate) struct Event {
     pub(crate) action: String,
     pub(crate) name: String,
     id: String,
-    nanos: u128,
+    pub(crate) nanos: u128,
 }
 
 /// An engine's container lifecycle events, streamed from when it is made (`docker events`

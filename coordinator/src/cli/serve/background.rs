@@ -49,7 +49,11 @@ pub(super) async fn scheduled_cycles(
         };
         let updates =
             count(&|c| matches!(c.detection.decision, crate::detect::Decision::Update { .. }));
-        let failed = count(&|c| c.result.as_ref().is_some_and(|r| !r.status.succeeded()));
+        let failed = count(&|c| {
+            c.result.as_ref().is_some_and(|r| {
+                !r.status.succeeded() && r.status != crate::plan::outcome::Status::Vetoed
+            })
+        });
         tracing::info!(
             containers = checked.len(),
             updates,

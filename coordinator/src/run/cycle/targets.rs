@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use ouroboros_agent::own::same;
 use ouroboros_shared::inventory::ContainerInfo;
-use ouroboros_shared::reference::ImageRef;
 
 use super::Cycle;
 use crate::detect::{Decision, Detection};
@@ -76,13 +75,7 @@ impl Cycle {
                     .iter()
                     .find(|(h, c)| h == &host && c.name == name)
                     .map(|(_, c)| c);
-                let old_digest = info
-                    .and_then(|c| {
-                        ImageRef::parse(&c.image)
-                            .ok()
-                            .and_then(|r| r.digest_in(&c.repo_digests).map(str::to_owned))
-                    })
-                    .unwrap_or_default();
+                let old_digest = super::old_digest(containers, &host, &name);
                 let tagged = target.split('@').next().unwrap_or(target).to_owned();
                 targets.push(Target {
                     host: host.clone(),

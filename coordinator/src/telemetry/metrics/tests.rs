@@ -75,6 +75,9 @@ fn busy() -> (Metrics, FleetFigures) {
     m.notification("ntfy", "sent");
     m.notification("ntfy", "sent");
     m.notification("smtp", "failed");
+    m.hook_run("before_update", "ok");
+    m.hook_run("before_update", "ok");
+    m.hook_run("before_update", "failed");
     m.cycle(
         1.5,
         1_764_000_000.0,
@@ -194,6 +197,11 @@ fn every_family_keeps_its_name_type_and_label_names() {
             "ouroboros_notifications_total",
             "counter",
             vec!["outcome", "scheme"],
+        ),
+        (
+            "ouroboros_hook_runs_total",
+            "counter",
+            vec!["outcome", "point"],
         ),
     ]
     .into_iter()

@@ -1,0 +1,66 @@
+//! The coordinator's hook points inside an operation (`--hooks-dir` on the coordinator): at
+//! each, the agent asks through a [`HookGate`] and waits for the verdict before the Docker step
+//! it names. A `before_*` point's veto, or no verdict, means the step is not taken: before the
+//! dependants are stopped the update is rolled back and reported `vetoed`; a soft dependant
+//! that may not start stays stopped (reported failed); a hard dependant that may not be
+//! recreated keeps its old container; the old image is kept. Recovery after a crash asks
+//! nothing (it has no coordinator to ask).
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::executor::Recreator;
+
+pub const BEFORE_STOP_DEPENDS: &str = "before_stop_depends_container";
+pub const BEFORE_START_DEPENDS: &str = "before_start_depends_container";
+pub const BEFORE_RECREATE_HARD: &str = "before_recreate_hard_depends_container";
+pub const AFTER_RECREATE_HARD: &str = "after_recreate_hard_depends_container";
+pub const BEFORE_IMAGE_CLEANUP: &str = "before_image_cleanup";
+
+/// One question to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub point: &'static str,
+    /// The container the operation updates.
+    pub container: String,
+    /// The dependant the step is about, or the image to remove.
+    pub subject: String,
+}
+
+/// Where the agent asks: the link to the coordinator, or a fake in tests.
+pub trait HookGate: Send + Sync {
+    /// `Ok` to go on; `Err` with the veto (or why no verdict came).
+    fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<(), String>>;
+}
+
+impl Recreator {
+    /// Asks `gate` at every hook point of the operations from now on (`None`: ask nobody).
+    pub fn set_gate(&self, gate: Option<Arc<dyn HookGate>>) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = gate;
+    }
+
+    /// The verdict at `point` for `container`'s step about `subject` (`Ok` without a gate).
+    pub(crate) async fn ask_hook(
+        &self,
+        point: &'static str,
+        container: &str,
+        subject: &str,
+    ) -> Result<(), String> {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(gate) = gate else {
+            return Ok(());
+        };
+        let verdict = gate
+            .ask(Ask {
+                point,
+                container: container.to_owned(),
+                subject: subject.to_owned(),
+            })
+            .await;
+        if let Err(why) = &verdict {
+            tracing::warn!(container = %container, point, subject = %subject, reason = %why, "Hook point vetoed; the step is not taken.");
+        }
+        verdict
+    }
+}
