@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::engine::{DockerEndpoint, Engine};
 use crate::own;
 use crate::recreate::executor::{Deadlines, Recreator, Request};
-use crate::recreate::journal::{Journal, Outcome, Step};
+use crate::recreate::journal::{Entry, Journal, Outcome, Step};
 use crate::recreate::pull::split_pinned;
 use crate::recreate::short;
 
@@ -66,10 +66,17 @@ impl Updater {
     }
 
     /// The updater's entry for `op_id`: `Some(Some(outcome))` when it ended, `Some(None)`
-    /// while it runs.
+    /// while it runs. Read as a file, not by opening the journal: opening it tidies
+    /// half-written files, which would be the running updater's next step.
     fn entry(&self, op_id: &str) -> Option<Option<Outcome>> {
-        let journal = Journal::open(&self.journal_dir).ok()?;
-        let entry = journal.get(op_id).ok()??;
+        let valid = op_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid || op_id.is_empty() || op_id.starts_with('.') {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.journal_dir.join(format!("{op_id}.json"))).ok()?;
+        let entry: Entry = serde_json::from_str(&text).ok()?;
         Some(match entry.step {
             Step::Done { outcome } => Some(outcome),
             _ => None,

@@ -74,29 +74,35 @@ impl Files {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
-    /// The decision, once made.
-    pub fn decision(&self) -> Option<Decision> {
-        match std::fs::read_to_string(self.dir.join(DECISION_FILE))
-            .ok()?
-            .trim()
-        {
+    /// The decision about hand-over `op_id`, once made (one about another hand-over is none).
+    pub fn decision(&self, op_id: &str) -> Option<Decision> {
+        let text = std::fs::read_to_string(self.dir.join(DECISION_FILE)).ok()?;
+        let (word, op) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+        if op != op_id {
+            return None;
+        }
+        match word {
             "taken" => Some(Decision::Taken),
             // Anything else is not a successor's claim: the old agent keeps its host.
             _ => Some(Decision::Abandoned),
         }
     }
 
-    /// Makes `wanted` the decision unless one stands already; returns the one that stands.
-    /// The file appears whole or not at all (a hard link of a written file fails when the
-    /// name exists), so two agents deciding at once cannot both win.
-    pub fn decide(&self, wanted: Decision) -> std::io::Result<Decision> {
+    /// Makes `wanted` the decision about hand-over `op_id` unless one stands already; returns
+    /// the one that stands. The file appears whole or not at all (a hard link of a written
+    /// file fails when the name exists), so two agents deciding at once cannot both win;
+    /// `who` (the deciding container) keeps their temporary files apart.
+    pub fn decide(&self, op_id: &str, wanted: Decision, who: &str) -> std::io::Result<Decision> {
         let tmp = self.dir.join(format!(
-            "{DECISION_FILE}.{}.{}",
+            "{DECISION_FILE}.{who}.{}.{}",
             std::process::id(),
             now_unix_ms()
         ));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(wanted.as_str().as_bytes())?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(format!("{} {op_id}", wanted.as_str()).as_bytes())?;
         file.sync_all()?;
         let linked = std::fs::hard_link(&tmp, self.dir.join(DECISION_FILE));
         let _ = std::fs::remove_file(&tmp);
@@ -106,7 +112,14 @@ impl Files {
                 Ok(wanted)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Ok(self.decision().unwrap_or(Decision::Abandoned))
+                // A decision about another hand-over is stale: this one's is not made yet.
+                match self.decision(op_id) {
+                    Some(standing) => Ok(standing),
+                    None => {
+                        std::fs::remove_file(self.dir.join(DECISION_FILE))?;
+                        self.decide(op_id, wanted, who)
+                    }
+                }
             }
             Err(e) => Err(e),
         }
@@ -130,16 +143,26 @@ mod tests {
     fn the_first_decision_stands() {
         let dir = tempfile::tempdir().unwrap();
         let files = Files::new(dir.path());
-        assert_eq!(files.decision(), None);
-        assert_eq!(files.decide(Decision::Taken).unwrap(), Decision::Taken);
-        assert_eq!(files.decide(Decision::Abandoned).unwrap(), Decision::Taken);
-        assert_eq!(files.decision(), Some(Decision::Taken));
-        files.clear();
+        assert_eq!(files.decision("op-1"), None);
         assert_eq!(
-            files.decide(Decision::Abandoned).unwrap(),
+            files.decide("op-1", Decision::Taken, "new").unwrap(),
+            Decision::Taken
+        );
+        assert_eq!(
+            files.decide("op-1", Decision::Abandoned, "old").unwrap(),
+            Decision::Taken
+        );
+        assert_eq!(files.decision("op-1"), Some(Decision::Taken));
+        // A decision about another hand-over is no decision about this one (a stale one).
+        assert_eq!(files.decision("op-2"), None);
+        assert_eq!(
+            files.decide("op-2", Decision::Abandoned, "old").unwrap(),
             Decision::Abandoned
         );
-        assert_eq!(files.decide(Decision::Taken).unwrap(), Decision::Abandoned);
+        assert_eq!(
+            files.decide("op-2", Decision::Taken, "new").unwrap(),
+            Decision::Abandoned
+        );
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -164,10 +187,10 @@ mod tests {
         };
         files.write(&record).unwrap();
         assert_eq!(files.read(), Some(record));
-        files.decide(Decision::Taken).unwrap();
+        files.decide("op-1", Decision::Taken, "new").unwrap();
         files.clear();
         assert_eq!(files.read(), None);
-        assert_eq!(files.decision(), None);
+        assert_eq!(files.decision("op-1"), None);
         std::fs::write(dir.path().join(RECORD_FILE), "{not json").unwrap();
         assert_eq!(files.read(), None, "an unreadable record is ignored");
     }

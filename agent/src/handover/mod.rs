@@ -296,7 +296,7 @@ impl Handover {
     pub async fn await_successor(&self, recreator: &Recreator, record: &Record) -> End {
         self.busy.send_replace(true);
         loop {
-            match self.files.decision() {
+            match self.files.decision(&record.op_id) {
                 Some(Decision::Taken) => return self.taken(record),
                 Some(Decision::Abandoned) => {
                     return self
@@ -344,7 +344,10 @@ impl Handover {
     /// Abandons the hand-over (unless the successor claimed it first): the successor goes,
     /// the record is cleared and the answer is "rolled back".
     async fn give_up(&self, recreator: &Recreator, record: &Record, reason: String) -> End {
-        match self.files.decide(Decision::Abandoned) {
+        match self
+            .files
+            .decide(&record.op_id, Decision::Abandoned, &self.own_id)
+        {
             Ok(Decision::Taken) => return self.taken(record),
             Ok(Decision::Abandoned) => {}
             Err(e) => {
@@ -380,7 +383,7 @@ impl Handover {
         let own_name = recreator.name_of(&self.own_id).await.unwrap_or_default();
         let record = self.files.read();
         let found = match &record {
-            Some(r) if own::same(&r.old_id, &self.own_id) => match self.files.decision() {
+            Some(r) if own::same(&r.old_id, &self.own_id) => match self.files.decision(&r.op_id) {
                 Some(Decision::Taken) => Found::Retired,
                 _ => Found::Old(r.clone()),
             },
@@ -436,7 +439,17 @@ impl Handover {
         let Some(record) = self.lock_successor().clone() else {
             return Ok(None);
         };
-        match self.files.decide(Decision::Taken) {
+        // The hand-over must still be this one (the old agent clears it once it gave up).
+        if self.files.read().is_none_or(|r| r.op_id != record.op_id) {
+            return Err(format!(
+                "self-update {} is over (the old agent gave it up) before this successor could take over; this container is removed by it",
+                record.op_id
+            ));
+        }
+        match self
+            .files
+            .decide(&record.op_id, Decision::Taken, &self.own_id)
+        {
             Ok(Decision::Taken) => {}
             Ok(Decision::Abandoned) => {
                 return Err(format!(

@@ -613,14 +613,7 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
                 })
                 .collect();
             pending.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-            let mut busy: Vec<String> = r.hosts().into_iter().filter(|h| r.host_busy(h)).collect();
-            for (i, _) in &pending {
-                let host = &r.targets[*i].host;
-                if !busy.contains(host) && (o.connected)(host) {
-                    busy.push(host.clone());
-                    actions.push(Action::Revert(*i));
-                }
-            }
+            actions.extend(reverts(r, o, &pending));
             // Updates still in flight may yet need their way back: wait for them too.
             let in_flight = r.targets.iter().any(|t| {
                 matches!(
@@ -727,6 +720,39 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
     actions
 }
 
+/// The ways back to start now, of `pending` (target, when updated; the last updated first):
+/// one per host at a time; going back is a self-update too for Ouroboros' own containers, so
+/// one agent at a time and the coordinator only when nothing else is pending or in flight.
+fn reverts(r: &Rollout, o: &Observation<'_>, pending: &[(usize, i64)]) -> Vec<Action> {
+    let in_flight = |t: &Target| {
+        matches!(
+            t.state,
+            TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+        )
+    };
+    let mut agent_busy = r
+        .targets
+        .iter()
+        .any(|t| t.own == Own::Agent && in_flight(t));
+    let others_busy = r.targets.iter().any(in_flight);
+    let mut busy: Vec<String> = r.hosts().into_iter().filter(|h| r.host_busy(h)).collect();
+    let mut actions = Vec::new();
+    for (i, _) in pending {
+        let t = &r.targets[*i];
+        let allowed = match t.own {
+            Own::No => true,
+            Own::Agent => !agent_busy,
+            Own::Coordinator => pending.len() == 1 && !others_busy,
+        };
+        if allowed && !busy.contains(&t.host) && (o.connected)(&t.host) {
+            busy.push(t.host.clone());
+            agent_busy |= t.own == Own::Agent;
+            actions.push(Action::Revert(*i));
+        }
+    }
+    actions
+}
+
 /// Whether target `i`, one of Ouroboros' own containers, may start now: an agent while no other
 /// agent is being replaced (`agent_sent`: one was chosen already in this round), the
 /// coordinator once every other target has ended.
@@ -773,14 +799,7 @@ fn plan_cancel(
             })
             .collect();
         back.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-        let mut busy: Vec<String> = r.hosts().into_iter().filter(|h| r.host_busy(h)).collect();
-        for (i, _) in &back {
-            let host = &r.targets[*i].host;
-            if !busy.contains(host) && (o.connected)(host) {
-                busy.push(host.clone());
-                actions.push(Action::Revert(*i));
-            }
-        }
+        actions.extend(reverts(r, o, &back));
     }
     let in_flight = r.targets.iter().any(|t| {
         matches!(
@@ -974,6 +993,36 @@ mod tests {
         // at a time; the coordinator alone at the end.
         assert_eq!(rounds, vec![vec![0, 3, 5], vec![1], vec![4], vec![2]]);
         assert!(matches!(r.state, RolloutState::Completed { failed: 0 }));
+    }
+
+    #[test]
+    fn going_back_replaces_one_agent_at_a_time_and_the_coordinator_last() {
+        let updated = |host: &str, container: &str, own: Own, at_ms: i64| Target {
+            own,
+            state: TargetState::Updated {
+                at_ms,
+                already_current: false,
+            },
+            ..target(host, container, 1)
+        };
+        let mut r = rollout(
+            Policy {
+                failure_action: FailureAction::Rollback,
+                ..Policy::default()
+            },
+            vec![
+                updated("a", "app", Own::No, 1),
+                updated("b", "agent", Own::Agent, 2),
+                updated("c", "agent", Own::Agent, 3),
+                updated("a", "coordinator", Own::Coordinator, 4),
+            ],
+        );
+        r.state = RolloutState::RollingBack {
+            reason: "test".into(),
+        };
+        let rounds = run(&mut r, &|_| Status::Updated);
+        // The coordinator was updated last but goes back last; agents one at a time.
+        assert_eq!(rounds, vec![vec![2, 0], vec![1], vec![3]]);
     }
 
     /// Runs the rollout to its end; returns the dispatch rounds (which targets each round).

@@ -135,3 +135,44 @@ async fn a_resumed_target_does_not_run_before_update_again() {
     assert_eq!(agents.log().len(), 1, "sent again once");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "after updated\n");
 }
+
+/// Ouroboros' own containers fire `before_self_update` and `after_self_update` (a veto leaves
+/// the agent as it is), not the update points; the others fire the update points.
+#[tokio::test]
+async fn own_containers_fire_the_self_update_points() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    for point in [
+        "before_update",
+        "after_update",
+        "before_self_update",
+        "after_self_update",
+    ] {
+        std::fs::create_dir_all(dir.path().join(point)).unwrap();
+        let path = dir.path().join(point).join("10-log");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{point} $OUROBOROS_CONTAINER $OUROBOROS_OUTCOME\" >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let clock = TokioClock::starting_at(BASE_MS);
+    let quick = Reply::After(Duration::from_millis(10), Status::Updated);
+    let agents = Agents::new(clock, &[("app", quick), ("agent", quick)]);
+    let (runner, _hosts) = fleet_runner(&["h1"], agents.clone(), clock);
+    let hooks = crate::hooks::Hooks::new(dir.path().into(), Duration::from_secs(10));
+    let runner = runner.with_hooks(Arc::new(hooks));
+    let mut planned = rollout(Policy::default(), &[("h1", "app", 1), ("h1", "agent", 1)]);
+    planned.targets[1].own = crate::plan::rollout::Own::Agent;
+    let (done, _) = runner.run(planned, &Windows::default()).await;
+    assert_eq!(done.state, RolloutState::Completed { failed: 0 });
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "before_update app \nafter_update app updated\nbefore_self_update agent \nafter_self_update agent updated\n"
+    );
+}

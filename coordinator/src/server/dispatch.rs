@@ -120,12 +120,31 @@ impl Dispatcher {
 
     /// A new connection of `host`; replaces an older one.
     pub fn register(&self, host: &str, session: SessionId, outbound: Outbound) {
-        self.lock().insert(
+        self.register_successor(host, session, outbound, None);
+    }
+
+    /// A new connection of `host` made by a successor agent completing self-update
+    /// `handover_op`: the caller waiting for that operation's result keeps waiting on it.
+    pub fn register_successor(
+        &self,
+        host: &str,
+        session: SessionId,
+        outbound: Outbound,
+        handover_op: Option<&str>,
+    ) {
+        let mut links = self.lock();
+        let mut waiting = HashMap::new();
+        if let Some(op) = handover_op
+            && let Some(w) = links.get_mut(host).and_then(|l| l.waiting.remove(op))
+        {
+            waiting.insert(op.to_owned(), w);
+        }
+        links.insert(
             host.to_owned(),
             Link {
                 session,
                 outbound,
-                waiting: HashMap::new(),
+                waiting,
             },
         );
     }
@@ -441,6 +460,47 @@ mod tests {
             matches!(gone, Err(CommandError::AgentGone { .. })),
             "{gone:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_successor_agent_answers_the_self_update_the_old_one_was_asked() {
+        let d = Arc::new(Dispatcher::default());
+        let (old_tx, mut old_rx) = mpsc::channel(4);
+        d.register("h1", SessionId::for_tests(1), old_tx);
+        let asked = {
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.recreate(
+                    "h1",
+                    "agent",
+                    "r/agent:2",
+                    &RecreateOptions::default(),
+                    Duration::from_secs(5),
+                )
+                .await
+            })
+        };
+        let Some(Ok(pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Recreate(cmd)),
+        })) = old_rx.recv().await
+        else {
+            panic!("no Recreate sent");
+        };
+        // The successor connects for that op, then an unrelated reconnect would not carry it.
+        let (new_tx, _new_rx) = mpsc::channel(4);
+        d.register_successor("h1", SessionId::for_tests(2), new_tx, Some(&cmd.op_id));
+        let mut result = pb::RecreateResult::default();
+        result.set_status(pb::recreate_result::Status::Updated);
+        d.result(
+            "h1",
+            pb::CommandResult {
+                op_id: cmd.op_id.clone(),
+                recreate: Some(result),
+                prune: None,
+            },
+        );
+        let done = asked.await.unwrap().expect("the successor's answer");
+        assert_eq!(done.result.status, Outcome::Updated);
     }
 
     #[tokio::test]

@@ -183,8 +183,12 @@ impl pb::agent_gateway_server::AgentGateway for Gateway {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
-        self.commands
-            .register(host.as_str(), session.id, tx.clone());
+        self.commands.register_successor(
+            host.as_str(),
+            session.id,
+            tx.clone(),
+            hello.handover_op_id.as_deref(),
+        );
         let link = AgentLink {
             fleet: self.fleet.clone(),
             commands: self.commands.clone(),

@@ -27,6 +27,7 @@ pub async fn recreate_with_hooks(
     let mut around = (!hooks.is_empty()).then(|| TargetHooks {
         hooks: hooks.clone(),
         event,
+        own: false,
         record: Vec::new(),
     });
     if let Some(h) = around.as_mut() {
@@ -61,6 +62,9 @@ pub(super) fn millis(d: Duration) -> i64 {
 pub(super) struct TargetHooks {
     hooks: Arc<Hooks>,
     event: Event,
+    /// One of Ouroboros' own containers: `before_self_update` and `after_self_update` instead
+    /// of `before_update` and `after_update`.
+    own: bool,
     /// `point/file: end` of each run so far.
     pub record: Vec<String>,
 }
@@ -83,6 +87,7 @@ impl TargetHooks {
                 new_digest: t.new_digest.clone(),
                 ..Event::default()
             },
+            own: t.own != crate::plan::rollout::Own::No,
             record: Vec::new(),
         })
     }
@@ -96,7 +101,12 @@ impl TargetHooks {
     /// Before the command: `Err` with the target's result when `before_update` vetoes.
     pub async fn before(&mut self) -> Result<(), UpdateResult> {
         let event = self.event.clone();
-        if let Some(veto) = self.fire(Point::BeforeUpdate, &event).await.veto {
+        let point = if self.own {
+            Point::BeforeSelfUpdate
+        } else {
+            Point::BeforeUpdate
+        };
+        if let Some(veto) = self.fire(point, &event).await.veto {
             tracing::warn!(host = %event.host, container = %event.container, hook = %veto.hook, "A hook vetoed the update; the container is left as it is.");
             return Err(UpdateResult::with(Status::Vetoed, veto.to_string()));
         }
@@ -110,6 +120,11 @@ impl TargetHooks {
             reason: result.reason.clone(),
             ..self.event.clone()
         };
-        self.fire(Point::AfterUpdate, &event).await;
+        let point = if self.own {
+            Point::AfterSelfUpdate
+        } else {
+            Point::AfterUpdate
+        };
+        self.fire(point, &event).await;
     }
 }
