@@ -75,7 +75,11 @@ impl Updater {
         if !valid || op_id.is_empty() || op_id.starts_with('.') {
             return None;
         }
-        let text = std::fs::read_to_string(self.journal_dir.join(format!("{op_id}.json"))).ok()?;
+        let path = self
+            .journal_dir
+            .join(crate::recreate::journal::DIR)
+            .join(format!("{op_id}.json"));
+        let text = std::fs::read_to_string(path).ok()?;
         let entry: Entry = serde_json::from_str(&text).ok()?;
         Some(match entry.step {
             Step::Done { outcome } => Some(outcome),
@@ -266,4 +270,48 @@ pub async fn run(
         .recreate(&request)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_updaters_outcome_is_read_from_its_journal_without_opening_it() {
+        let data = tempfile::tempdir().unwrap();
+        let updater = Updater::new("a".repeat(64), data.path());
+        assert_eq!(updater.entry("op-1"), None, "no updater ran");
+        let journal = Journal::open(&data.path().join(JOURNAL_DIR)).unwrap();
+        let mut entry = Entry {
+            op_id: "op-1".into(),
+            name: "up".into(),
+            old_id: "a".repeat(64),
+            aside_name: "up-ouroboros-old-op-1".into(),
+            was_running: true,
+            target_image: "r/up:2".into(),
+            dependants: Vec::new(),
+            leftovers: Vec::new(),
+            step: Step::Planned,
+        };
+        journal.record(&entry).unwrap();
+        // A half-written file of the running updater stays where it is.
+        let half = data
+            .path()
+            .join(JOURNAL_DIR)
+            .join(crate::recreate::journal::DIR)
+            .join("op-1.json.tmp");
+        std::fs::write(&half, "{").unwrap();
+        assert_eq!(updater.entry("op-1"), Some(None), "under way");
+        assert!(half.exists());
+        let outcome = Outcome::Updated {
+            new_id: "b".repeat(64),
+            image_id: "sha256:00".into(),
+        };
+        entry.step = Step::Done {
+            outcome: outcome.clone(),
+        };
+        journal.record(&entry).unwrap();
+        assert_eq!(updater.entry("op-1"), Some(Some(outcome)));
+        assert_eq!(updater.entry("../op-1"), None, "not a path");
+    }
 }

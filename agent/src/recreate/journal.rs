@@ -261,6 +261,9 @@ impl SetAside {
     }
 }
 
+/// The journal's folder under the data dir.
+pub const DIR: &str = "journal";
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -273,7 +276,7 @@ impl Journal {
     /// Opens (creating) `data_dir/journal` and reads what it holds; unreadable files are moved
     /// to `journal/quarantine/` (see [`Journal::take_quarantined`]).
     pub fn open(data_dir: &Path) -> Result<Self, JournalError> {
-        let dir = data_dir.join("journal");
+        let dir = data_dir.join(DIR);
         fs::create_dir_all(&dir).map_err(|source| JournalError::Write {
             path: dir.clone(),
             source,

@@ -51,7 +51,8 @@ fn one_agent(s: &Setup, name: &str, id: &str) -> anyhow::Result<()> {
 /// The successor container the old agent made, once it exists.
 async fn successor_of(s: &Setup, name: &str) -> anyhow::Result<(String, String)> {
     let prefix = format!("{name}{NEXT_MARK}");
-    for _ in 0..100 {
+    // A pull and a create on a busy machine: up to a minute.
+    for _ in 0..600 {
         if let Some(n) = family(s, name)?
             .into_iter()
             .find(|n| n.starts_with(&prefix))

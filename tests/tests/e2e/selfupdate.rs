@@ -138,18 +138,12 @@ fn latest_rollout(coordinator: &CoordinatorContainer) -> anyhow::Result<Value> {
         .with_context(|| format!("no rollout {id}: {out}"))
 }
 
-/// When a target started updating and when its last transition came (unix ms).
-fn span(target: &Value) -> (i64, i64) {
-    let transitions = target["transitions"]
-        .as_array()
-        .cloned()
+/// Now, for `docker events --since/--until` (unix seconds with nanoseconds).
+fn until_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let at = |t: &Value| t["at_unix_ms"].as_i64().unwrap_or(0);
-    let started = transitions
-        .iter()
-        .find(|t| t["state"] == "updating")
-        .map_or(0, at);
-    (started, transitions.last().map_or(0, at))
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
 #[test]
@@ -234,6 +228,12 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
     );
     let v1_id = engines[0].inspect(&agent_ref, "{{.Id}}")?;
     agents_run(&engines, &agents, &v1_id)?;
+    let old_ids: Vec<String> = agents
+        .iter()
+        .zip(&engines)
+        .map(|((agent, _), engine)| engine.inspect(agent, "{{.Id}}"))
+        .collect::<anyhow::Result<_>>()?;
+    let since = until_now();
 
     // 1. v2 on the agents' tag (the same binary in another image): every agent replaces
     //    itself, one host at a time.
@@ -258,19 +258,37 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
         Ok(())
     })
     .with_context(logs)?;
-    let rollout = latest_rollout(&coordinator)?;
-    let spans: Vec<(i64, i64)> = rollout["targets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(span)
-        .collect();
-    ensure!(spans.len() == 3, "three agent targets: {rollout}");
+    // One host at a time, as the engines saw it: each hand-over runs from the successor's
+    // creation to the old agent's removal, and no two of these overlap.
+    let mut spans = Vec::new();
+    for (((agent, _), engine), old_id) in agents.iter().zip(&engines).zip(&old_ids) {
+        let new_id = engine.inspect(agent, "{{.Id}}")?;
+        let at = |id: &str, event: &str| -> anyhow::Result<i64> {
+            let out = engine.docker(&[
+                "events",
+                "--since",
+                &since,
+                "--until",
+                &until_now(),
+                "--filter",
+                &format!("container={id}"),
+                "--filter",
+                &format!("event={event}"),
+                "--format",
+                "{{.TimeNano}}",
+            ])?;
+            out.lines()
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .with_context(|| format!("no {event} event of {id} on {}", engine.host()))
+        };
+        spans.push((at(&new_id, "create")?, at(old_id, "destroy")?));
+    }
     for (i, a) in spans.iter().enumerate() {
         for b in &spans[i + 1..] {
             ensure!(
                 a.1 <= b.0 || b.1 <= a.0,
-                "two hand-overs overlapped: {rollout}"
+                "two hand-overs overlapped: {spans:?}"
             );
         }
     }
