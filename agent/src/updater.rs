@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::engine::{DockerEndpoint, Engine};
 use crate::own;
 use crate::recreate::executor::{Deadlines, Recreator, Request};
-use crate::recreate::journal::{Entry, Journal, Outcome, Step};
+use crate::recreate::journal::{Journal, Outcome, Step};
 use crate::recreate::pull::split_pinned;
 use crate::recreate::short;
 
@@ -66,22 +66,9 @@ impl Updater {
     }
 
     /// The updater's entry for `op_id`: `Some(Some(outcome))` when it ended, `Some(None)`
-    /// while it runs. Read as a file, not by opening the journal: opening it tidies
-    /// half-written files, which would be the running updater's next step.
+    /// while it runs (see [`Journal::peek`]: the running updater's files stay untouched).
     fn entry(&self, op_id: &str) -> Option<Option<Outcome>> {
-        let valid = op_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !valid || op_id.is_empty() || op_id.starts_with('.') {
-            return None;
-        }
-        let path = self
-            .journal_dir
-            .join(crate::recreate::journal::DIR)
-            .join(format!("{op_id}.json"));
-        let text = std::fs::read_to_string(path).ok()?;
-        let entry: Entry = serde_json::from_str(&text).ok()?;
-        Some(match entry.step {
+        Some(match Journal::peek(&self.journal_dir, op_id)?.step {
             Step::Done { outcome } => Some(outcome),
             _ => None,
         })
@@ -275,6 +262,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recreate::journal::Entry;
 
     #[test]
     fn the_updaters_outcome_is_read_from_its_journal_without_opening_it() {

@@ -264,6 +264,21 @@ impl SetAside {
 /// The journal's folder under the data dir.
 pub const DIR: &str = "journal";
 
+/// The file of operation `op_id` in journal folder `dir`; an op id that is not a plain name
+/// (empty, too long, a path, hidden) is refused.
+fn entry_path(dir: &Path, op_id: &str) -> Result<PathBuf, JournalError> {
+    let valid = !op_id.is_empty()
+        && op_id.len() <= 128
+        && op_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !op_id.starts_with('.');
+    if !valid {
+        return Err(JournalError::InvalidOpId(op_id.to_owned()));
+    }
+    Ok(dir.join(format!("{op_id}.json")))
+}
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -307,16 +322,15 @@ impl Journal {
     }
 
     fn path(&self, op_id: &str) -> Result<PathBuf, JournalError> {
-        let valid = !op_id.is_empty()
-            && op_id.len() <= 128
-            && op_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && !op_id.starts_with('.');
-        if !valid {
-            return Err(JournalError::InvalidOpId(op_id.to_owned()));
-        }
-        Ok(self.dir.join(format!("{op_id}.json")))
+        entry_path(&self.dir, op_id)
+    }
+
+    /// Operation `op_id`'s entry in the journal of `data_dir`, read without opening the
+    /// journal: opening it tidies half-written files, which may be another process's next
+    /// step (the updater of `up`). `None` when there is none or it cannot be read.
+    pub fn peek(data_dir: &Path, op_id: &str) -> Option<Entry> {
+        let path = entry_path(&data_dir.join(DIR), op_id).ok()?;
+        serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
     }
 
     /// Writes `entry` durably: a temporary file, fsync, rename over the old one, fsync of the
