@@ -41,6 +41,13 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
 fi
 command -v docker >/dev/null 2>&1 || { log "missing: docker"; exit 1; }
 
+# --- one build at a time ------------------------------------------------------------------
+# Builds share dist/<arch>/ (removed and restaged below), so two at once (two terminals, or
+# tests building their own tags in parallel) would copy each other's half-staged files.
+mkdir -p dist
+exec 9>dist/.lock
+flock 9
+
 # --- binaries -------------------------------------------------------------------------------
 var="${triple//-/_}"
 export "CC_${var}=musl-gcc"
@@ -61,7 +68,10 @@ source="${SOURCE:-$(git remote get-url origin 2>/dev/null || echo unknown)}"
 for name in agent coordinator; do
   image="ouroboros-$name:$tag"
   log "docker build $image"
-  docker build --quiet --target prebuilt -f "Dockerfile.$name" \
+  # --no-cache: the legacy builder reuses intermediate images of earlier builds, and removing
+  # an earlier image (`docker rmi`) deletes those intermediates, under a build that is using
+  # them ("unable to find image sha256:…"). The stage is only COPY steps: nothing to gain.
+  docker build --quiet --no-cache --target prebuilt -f "Dockerfile.$name" \
     --build-arg "TARGETARCH=$arch" --build-arg "VERSION=$version" --build-arg "SOURCE=$source" \
     -t "$image" . >/dev/null
 done
