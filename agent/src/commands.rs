@@ -68,9 +68,13 @@ impl CommandRunner {
         }
     }
 
-    /// The successor's part of a self-update, after it connected: the result to send, if it
-    /// completed one. Err: this agent lost the hand-over and must stop.
-    pub async fn take_over(&self) -> Result<Option<pb::CommandResult>, String> {
+    /// The successor's part of a self-update, after it connected (the coordinator's hooks are
+    /// asked on `tx`): the result to send, if it completed one. Err: this agent lost the
+    /// hand-over and must stop.
+    pub async fn take_over(
+        &self,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Result<Option<pb::CommandResult>, String> {
         let Some(handover) = &self.handover else {
             return Ok(None);
         };
@@ -80,7 +84,10 @@ impl CommandRunner {
             return Ok(None);
         };
         let _turn = self.one_at_a_time.lock().await;
-        let outcome = handover.take_over(&self.recreator).await?;
+        let gate = handover
+            .successor_hooks()
+            .map(|deadline| self.verdicts.gate(tx.clone(), op_id.clone(), deadline));
+        let outcome = handover.take_over(&self.recreator, gate.as_deref()).await?;
         Ok(outcome.map(|outcome| pb::CommandResult {
             op_id,
             recreate: Some(pb::RecreateResult::from(&outcome)),
@@ -180,7 +187,13 @@ impl CommandRunner {
                 {
                     info!(op = %op_id, "This is the agent's own container: self-update.");
                     let report = progress_reporter(&tx, &op_id);
-                    match handover.start(&self.recreator, &request, &report).await {
+                    let hooks = command
+                        .ask_hooks
+                        .then(|| hook_deadline(command.hook_deadline_ms));
+                    match handover
+                        .start(&self.recreator, &request, hooks, &report)
+                        .await
+                    {
                         End::Taken | End::Interrupted => return,
                         End::Answer(outcome) => {
                             self.record_handover(&op_id, &request.container, &outcome);
@@ -196,8 +209,11 @@ impl CommandRunner {
         }
         // The coordinator has hooks: it is asked at each hook point of this operation.
         let gate = command.ask_hooks.then(|| {
-            let deadline = Duration::from_millis(command.hook_deadline_ms.max(1000) as u64);
-            self.verdicts.gate(tx.clone(), op_id.clone(), deadline)
+            self.verdicts.gate(
+                tx.clone(),
+                op_id.clone(),
+                hook_deadline(command.hook_deadline_ms),
+            )
         });
         self.recreator.set_gate(gate.clone());
         // The old image, for the cleanup after a successful update.
@@ -342,4 +358,10 @@ fn progress_reporter(
         // Progress is informative: never wait for the link because of it.
         let _ = progress.try_send(message);
     }
+}
+
+/// How long the agent waits for the coordinator's verdict at each hook point of a `Recreate`
+/// (its `hook_deadline_ms`).
+fn hook_deadline(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(1000) as u64)
 }

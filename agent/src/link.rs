@@ -246,14 +246,12 @@ async fn session(
         api = %hello.engine.api_version,
         "Connected to the coordinator."
     );
-    // A successor agent completes its self-update now that it is the host's connection.
-    match commands.take_over().await {
-        Ok(Some(result)) => {
-            send(&tx, message(pb::agent_message::Kind::Result(result))).await?;
-        }
-        Ok(None) => {}
-        Err(reason) => return Err(SessionError::Defunct(reason)),
-    }
+    // A successor agent completes its self-update now that it is the host's connection (in a
+    // task: the verdicts of the coordinator's hooks it asks arrive through this loop).
+    let mut taking_over = commands.handover().and_then(|h| h.successor_op()).map(|_| {
+        let (commands, tx) = (commands.clone(), tx.clone());
+        tokio::spawn(async move { commands.take_over(&tx).await })
+    });
     // What recovery (or the journal) found for an operator, now that someone can hear it.
     let pending: Vec<Alert> =
         std::mem::take(&mut *alerts.lock().unwrap_or_else(|p| p.into_inner()));
@@ -357,6 +355,19 @@ async fn session(
                 let engine = engine.clone();
                 let commands = commands.clone();
                 job = Some(tokio::spawn(async move { engine.inventory(|| commands.set_aside()).await }));
+            }
+            taken = join(&mut taking_over) => {
+                taking_over = None;
+                match taken {
+                    Ok(Ok(Some(result))) => {
+                        send(&tx, message(pb::agent_message::Kind::Result(result))).await?;
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(reason)) => return Err(SessionError::Defunct(reason)),
+                    Err(error) => {
+                        return Err(SessionError::Defunct(format!("the take-over failed: {error}")));
+                    }
+                }
             }
             taken = join(&mut job) => {
                 job = None;

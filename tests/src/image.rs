@@ -427,7 +427,8 @@ fn run_tar(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn busybox_path() -> PathBuf {
+/// The static busybox the test images are made of (`OUROBOROS_TEST_BUSYBOX` or `/bin/busybox`).
+pub fn busybox_path() -> PathBuf {
     std::env::var_os(BUSYBOX_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/bin/busybox"))

@@ -25,6 +25,10 @@ pub struct Record {
     pub image_id: String,
     /// After this, the old agent abandons the hand-over.
     pub deadline_unix_ms: i64,
+    /// The coordinator has hooks: the successor asks it at `before_self_cleanup` and
+    /// `after_self_cleanup`, waiting at most this long for each verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_deadline_ms: Option<u64>,
 }
 
 /// Who won the hand-over.
@@ -32,6 +36,9 @@ pub struct Record {
 pub enum Decision {
     Taken,
     Abandoned,
+    /// The successor's `before_self_cleanup` hook said no: the old agent keeps its host and
+    /// answers `vetoed` (the hook's line is the decision's note).
+    Vetoed,
 }
 
 impl Decision {
@@ -39,6 +46,7 @@ impl Decision {
         match self {
             Self::Taken => "taken",
             Self::Abandoned => "abandoned",
+            Self::Vetoed => "vetoed",
         }
     }
 }
@@ -77,15 +85,25 @@ impl Files {
     /// The decision about hand-over `op_id`, once made (one about another hand-over is none).
     pub fn decision(&self, op_id: &str) -> Option<Decision> {
         let text = std::fs::read_to_string(self.dir.join(DECISION_FILE)).ok()?;
-        let (word, op) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+        let first = text.lines().next().unwrap_or_default().trim();
+        let (word, op) = first.split_once(' ').unwrap_or((first, ""));
         if op != op_id {
             return None;
         }
         match word {
             "taken" => Some(Decision::Taken),
+            "vetoed" => Some(Decision::Vetoed),
             // Anything else is not a successor's claim: the old agent keeps its host.
             _ => Some(Decision::Abandoned),
         }
+    }
+
+    /// The note that came with the decision about `op_id` (a veto's reason), if any.
+    pub fn note(&self, op_id: &str) -> Option<String> {
+        self.decision(op_id)?;
+        let text = std::fs::read_to_string(self.dir.join(DECISION_FILE)).ok()?;
+        let note = text.split_once('\n')?.1.trim();
+        (!note.is_empty()).then(|| note.to_owned())
     }
 
     /// Makes `wanted` the decision about hand-over `op_id` unless one stands already; returns
@@ -93,6 +111,17 @@ impl Files {
     /// file fails when the name exists), so two agents deciding at once cannot both win;
     /// `who` (the deciding container) keeps their temporary files apart.
     pub fn decide(&self, op_id: &str, wanted: Decision, who: &str) -> std::io::Result<Decision> {
+        self.decide_with(op_id, wanted, who, "")
+    }
+
+    /// [`Self::decide`], with a note kept with the decision ([`Self::note`]).
+    pub fn decide_with(
+        &self,
+        op_id: &str,
+        wanted: Decision,
+        who: &str,
+        note: &str,
+    ) -> std::io::Result<Decision> {
         let tmp = self.dir.join(format!(
             "{DECISION_FILE}.{who}.{}.{}",
             std::process::id(),
@@ -102,7 +131,8 @@ impl Files {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        file.write_all(format!("{} {op_id}", wanted.as_str()).as_bytes())?;
+        let note = note.replace(['\n', '\r'], " ");
+        file.write_all(format!("{} {op_id}\n{note}", wanted.as_str()).as_bytes())?;
         file.sync_all()?;
         let linked = std::fs::hard_link(&tmp, self.dir.join(DECISION_FILE));
         let _ = std::fs::remove_file(&tmp);
@@ -117,7 +147,7 @@ impl Files {
                     Some(standing) => Ok(standing),
                     None => {
                         std::fs::remove_file(self.dir.join(DECISION_FILE))?;
-                        self.decide(op_id, wanted, who)
+                        self.decide_with(op_id, wanted, who, &note)
                     }
                 }
             }
@@ -163,6 +193,27 @@ mod tests {
             files.decide("op-2", Decision::Taken, "new").unwrap(),
             Decision::Abandoned
         );
+        // A veto carries its reason; the first decision still stands.
+        assert_eq!(
+            files
+                .decide_with("op-3", Decision::Vetoed, "new", "vetoed by hook\nx: busy")
+                .unwrap(),
+            Decision::Vetoed
+        );
+        assert_eq!(
+            files.decide("op-3", Decision::Taken, "new").unwrap(),
+            Decision::Vetoed
+        );
+        assert_eq!(files.decision("op-3"), Some(Decision::Vetoed));
+        assert_eq!(
+            files.note("op-3").as_deref(),
+            Some("vetoed by hook x: busy")
+        );
+        assert_eq!(
+            files.note("op-2"),
+            None,
+            "a note is about its own hand-over"
+        );
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -184,6 +235,7 @@ mod tests {
             image: "r/ouroboros-agent:1".into(),
             image_id: "sha256:00".into(),
             deadline_unix_ms: 1,
+            hook_deadline_ms: Some(60_000),
         };
         files.write(&record).unwrap();
         assert_eq!(files.read(), Some(record));

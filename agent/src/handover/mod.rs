@@ -16,7 +16,10 @@
 //!    whichever comes first; the other side obeys it.
 //! 4. Taken: the successor stops and removes the old agent's container, takes the original name,
 //!    records the outcome in the journal (a repeated op id is answered from it, as for every
-//!    recreate) and clears the record.
+//!    recreate) and clears the record. When the coordinator has hooks, the successor asks it at
+//!    `before_self_cleanup` before it claims (a veto is the decision `vetoed`: the old agent
+//!    keeps the host, removes the successor and answers `vetoed`) and tells it
+//!    `after_self_cleanup` once it holds the original name.
 //! 5. Abandoned (the successor exited, or did not claim within the deadline): the old agent
 //!    removes the successor, clears the record, answers "rolled back" and reconnects.
 //!
@@ -39,6 +42,7 @@ pub use files::{Decision, Files, Record};
 
 use crate::own;
 use crate::recreate::executor::{Recreator, Request};
+use crate::recreate::gate::{AFTER_SELF_CLEANUP, Ask, BEFORE_SELF_CLEANUP, HookGate};
 use crate::recreate::journal::Outcome;
 use crate::recreate::pull::split_pinned;
 use crate::recreate::{short, spec};
@@ -151,6 +155,14 @@ impl Handover {
         self.lock_successor().as_ref().map(|r| r.op_id.clone())
     }
 
+    /// How long a successor waits for each hook verdict, when the coordinator has hooks.
+    pub fn successor_hooks(&self) -> Option<Duration> {
+        self.lock_successor()
+            .as_ref()
+            .and_then(|r| r.hook_deadline_ms)
+            .map(Duration::from_millis)
+    }
+
     fn lock_successor(&self) -> std::sync::MutexGuard<'_, Option<Record>> {
         self.successor.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -167,11 +179,13 @@ impl Handover {
         own::same(target.id.as_deref().unwrap_or_default(), &self.own_id).then_some(true)
     }
 
-    /// Runs the old agent's part of a self-update to `request.image`.
+    /// Runs the old agent's part of a self-update to `request.image`; `hooks`: the coordinator
+    /// has hooks, and each verdict is awaited this long (the successor asks them).
     pub async fn start(
         &self,
         recreator: &Recreator,
         request: &Request,
+        hooks: Option<Duration>,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> End {
         let refused = |reason: String| End::Answer(Outcome::Refused { reason });
@@ -244,6 +258,7 @@ impl Handover {
             image: reference,
             image_id,
             deadline_unix_ms: now_unix_ms() + self.timeout.as_millis() as i64,
+            hook_deadline_ms: hooks.map(|d| d.as_millis() as u64),
         };
         if let Err(e) = self.files.write(&record) {
             return refused(format!("cannot write the hand-over record: {e}"));
@@ -298,7 +313,7 @@ impl Handover {
         loop {
             match self.files.decision(&record.op_id) {
                 Some(Decision::Taken) => return self.taken(record),
-                Some(Decision::Abandoned) => {
+                Some(Decision::Abandoned | Decision::Vetoed) => {
                     return self
                         .give_up(recreator, record, "the hand-over was abandoned".into())
                         .await;
@@ -342,14 +357,23 @@ impl Handover {
     }
 
     /// Abandons the hand-over (unless the successor claimed it first): the successor goes,
-    /// the record is cleared and the answer is "rolled back".
+    /// the record is cleared and the answer is "rolled back" ("vetoed" when the successor's
+    /// `before_self_cleanup` hook said no).
     async fn give_up(&self, recreator: &Recreator, record: &Record, reason: String) -> End {
+        let mut vetoed = None;
         match self
             .files
             .decide(&record.op_id, Decision::Abandoned, &self.own_id)
         {
             Ok(Decision::Taken) => return self.taken(record),
             Ok(Decision::Abandoned) => {}
+            Ok(Decision::Vetoed) => {
+                vetoed = Some(
+                    self.files
+                        .note(&record.op_id)
+                        .unwrap_or_else(|| "vetoed by a before_self_cleanup hook".into()),
+                );
+            }
             Err(e) => {
                 // Without a decision the successor could still claim: keep waiting is safer
                 // than removing it, but the disk is failing; report and keep the record.
@@ -371,6 +395,10 @@ impl Handover {
         }
         self.files.clear();
         self.busy.send_replace(false);
+        if let Some(reason) = vetoed {
+            warn!(op = %record.op_id, %reason, "Self-update vetoed at before_self_cleanup: this agent goes on.");
+            return End::Answer(Outcome::Vetoed { reason });
+        }
         warn!(op = %record.op_id, %reason, "Self-update rolled back: this agent goes on.");
         End::Answer(Outcome::RolledBack {
             step: "handover".into(),
@@ -432,10 +460,16 @@ impl Handover {
         }
     }
 
-    /// The successor's part, once connected: claims the hand-over, removes the old agent and
-    /// takes its name. Err: the old agent abandoned the hand-over first (this agent must
-    /// stop without doing anything).
-    pub async fn take_over(&self, recreator: &Recreator) -> Result<Option<Outcome>, String> {
+    /// The successor's part, once connected: asks `gate` (the coordinator's hooks) at
+    /// `before_self_cleanup`, claims the hand-over, removes the old agent, takes its name and
+    /// tells `gate` `after_self_cleanup`. Err: the old agent abandoned the hand-over first, or
+    /// the hook vetoed it (this agent must stop without doing anything more; the old agent
+    /// removes it).
+    pub async fn take_over(
+        &self,
+        recreator: &Recreator,
+        gate: Option<&dyn HookGate>,
+    ) -> Result<Option<Outcome>, String> {
         let Some(record) = self.lock_successor().clone() else {
             return Ok(None);
         };
@@ -446,12 +480,39 @@ impl Handover {
                 record.op_id
             ));
         }
+        let ask = |point| Ask {
+            point,
+            container: record.name.clone(),
+            subject: record.image.clone(),
+        };
+        if let Some(gate) = gate {
+            info!(event = "before_self_cleanup", op = %record.op_id, "Self-update: asking the coordinator's before_self_cleanup hooks.");
+            if let Err(reason) = gate.ask(ask(BEFORE_SELF_CLEANUP)).await {
+                let note = format!("before_self_cleanup: {reason}");
+                return match self.files.decide_with(
+                    &record.op_id,
+                    Decision::Vetoed,
+                    &self.own_id,
+                    &note,
+                ) {
+                    Ok(Decision::Vetoed) => Err(format!(
+                        "self-update {} {note}; the old agent keeps this host and removes this container",
+                        record.op_id
+                    )),
+                    Ok(_) => Err(format!(
+                        "the old agent abandoned self-update {} before this successor could take over; this container is removed by it",
+                        record.op_id
+                    )),
+                    Err(e) => Err(format!("cannot write the hand-over decision: {e}")),
+                };
+            }
+        }
         match self
             .files
             .decide(&record.op_id, Decision::Taken, &self.own_id)
         {
             Ok(Decision::Taken) => {}
-            Ok(Decision::Abandoned) => {
+            Ok(Decision::Abandoned | Decision::Vetoed) => {
                 return Err(format!(
                     "the old agent abandoned self-update {} before this successor could take over; this container is removed by it",
                     record.op_id
@@ -460,7 +521,7 @@ impl Handover {
             Err(e) => return Err(format!("cannot write the hand-over decision: {e}")),
         }
         self.at(Step::Claimed).await;
-        info!(event = "before_self_cleanup", op = %record.op_id, old = %record.old_id, "Self-update: taking over; the old agent is stopped and removed.");
+        info!(op = %record.op_id, old = %record.old_id, "Self-update: taking over; the old agent is stopped and removed.");
         if let Err(e) = recreator.stop_as_configured(&record.old_id).await {
             warn!(error = %e, "Cannot stop the old agent gracefully; removing it anyway.");
         }
@@ -495,6 +556,12 @@ impl Handover {
         self.files.clear();
         *self.lock_successor() = None;
         info!(event = "after_self_cleanup", op = %record.op_id, name = %record.name, "Self-update done: the old agent is gone and this agent runs under the original name.");
+        if let Some(gate) = gate
+            && let Err(reason) = gate.ask(ask(AFTER_SELF_CLEANUP)).await
+        {
+            // Informational: the hand-over is done whatever the hooks say.
+            warn!(op = %record.op_id, %reason, "The after_self_cleanup hooks did not all succeed.");
+        }
         Ok(Some(outcome))
     }
 }

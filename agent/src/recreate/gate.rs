@@ -17,6 +17,11 @@ pub const BEFORE_START_DEPENDS: &str = "before_start_depends_container";
 pub const BEFORE_RECREATE_HARD: &str = "before_recreate_hard_depends_container";
 pub const AFTER_RECREATE_HARD: &str = "after_recreate_hard_depends_container";
 pub const BEFORE_IMAGE_CLEANUP: &str = "before_image_cleanup";
+/// Asked by a successor agent before it removes the old one (self-update), about the agent's
+/// container (`subject`: the new image); a veto keeps the old agent.
+pub const BEFORE_SELF_CLEANUP: &str = "before_self_cleanup";
+/// Told by a successor agent once the old one is gone and it holds the original name.
+pub const AFTER_SELF_CLEANUP: &str = "after_self_cleanup";
 
 /// One question to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]

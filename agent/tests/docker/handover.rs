@@ -2,15 +2,19 @@
 //! old agent and its successor (the processes are played by [`Handover`] objects sharing one
 //! data dir): the successor takes the old one's place and name; and an agent "killed" (its task
 //! aborted) at each step of the hand-over leaves, after its restart (a fresh `Handover` on the
-//! same data dir), exactly one agent container, under the original name, running.
+//! same data dir), exactly one agent container, under the original name, running. With the
+//! coordinator's hooks, the successor asks `before_self_cleanup` while the old agent still
+//! runs and tells `after_self_cleanup` once it holds the name; a veto keeps the old agent.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use futures_util::future::BoxFuture;
 use ouroboros_agent::handover::{End, Found, Handover, NEXT_MARK, Step};
+use ouroboros_agent::recreate::gate::{AFTER_SELF_CLEANUP, Ask, BEFORE_SELF_CLEANUP, HookGate};
 use ouroboros_agent::recreate::journal::Outcome;
-use ouroboros_tests::{ImageSpec, require_engine};
+use ouroboros_tests::{Engine, ImageSpec, require_engine};
 
 use crate::recreate::{Setup, request};
 
@@ -27,6 +31,41 @@ async fn agent(s: &Setup, prefix: &str) -> anyhow::Result<(String, String)> {
     )?;
     let id = s.inspect(&name, "{{.Id}}")?;
     Ok((name, id))
+}
+
+/// One question: point, container, subject, and the agent's containers at that moment.
+type Asked = (String, String, String, Vec<String>);
+
+/// The coordinator's hooks, played by a script: each question is recorded with the containers
+/// of the agent's family at that moment (from the engine); `veto` points say no.
+struct Hooks {
+    engine: Engine,
+    family: String,
+    veto: Option<&'static str>,
+    asked: Mutex<Vec<Asked>>,
+}
+
+impl HookGate for Hooks {
+    fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<(), String>> {
+        let family: Vec<String> = self
+            .engine
+            .docker(&["ps", "--all", "--format", "{{.Names}}"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|n| n.starts_with(&self.family))
+            .map(str::to_owned)
+            .collect();
+        let answer = if self.veto == Some(ask.point) {
+            Err(format!("vetoed by hook {}/10-test: not now", ask.point))
+        } else {
+            Ok(())
+        };
+        self.asked
+            .lock()
+            .unwrap()
+            .push((ask.point.to_owned(), ask.container, ask.subject, family));
+        Box::pin(async move { answer })
+    }
 }
 
 /// The containers whose name starts with `name` (the agent and any successor of it).
@@ -78,7 +117,8 @@ async fn the_successor_takes_the_old_agents_place_and_name() -> anyhow::Result<(
     let old_side = {
         let (old, recreator) = (old.clone(), s.restarted()?);
         let request = request("op-ho-happy", &name);
-        tokio::spawn(async move { old.start(&recreator, &request, &|_| {}).await })
+        let hooks = Some(Duration::from_secs(7));
+        tokio::spawn(async move { old.start(&recreator, &request, hooks, &|_| {}).await })
     };
     let (successor_name, successor_id) = match successor_of(&s, &name).await {
         Ok(found) => found,
@@ -89,8 +129,16 @@ async fn the_successor_takes_the_old_agents_place_and_name() -> anyhow::Result<(
     let found = successor.found(&recreator).await;
     ensure!(matches!(found, Found::Successor(_)), "{found:?}");
     ensure!(successor.successor_op().as_deref() == Some("op-ho-happy"));
+    // The record carries the coordinator's hook deadline to the successor.
+    ensure!(successor.successor_hooks() == Some(Duration::from_secs(7)));
+    let hooks = Hooks {
+        engine: s.engine.clone(),
+        family: name.clone(),
+        veto: None,
+        asked: Mutex::default(),
+    };
     let outcome = successor
-        .take_over(&recreator)
+        .take_over(&recreator, Some(&hooks))
         .await
         .map_err(anyhow::Error::msg)?;
     ensure!(
@@ -99,11 +147,42 @@ async fn the_successor_takes_the_old_agents_place_and_name() -> anyhow::Result<(
     );
     let end = tokio::time::timeout(TIMEOUT * 4, old_side).await??;
     ensure!(end == End::Taken, "{end:?}");
-    one_agent(&s, &name, &successor_id).context(successor_name)?;
+    one_agent(&s, &name, &successor_id).context(successor_name.clone())?;
     // It runs v2, the image its tag names now.
     ensure!(
         s.inspect(&name, "{{.Image}}")? == s.inspect(&v2.pinned(), "{{.Id}}")?,
         "{name} does not run v2"
+    );
+    // before_self_cleanup while both agents exist, after_self_cleanup once only the successor
+    // does, under the original name; both about the agent's container and its new image.
+    let image = s.v1.reference.clone();
+    let asked = hooks.asked.lock().unwrap().clone();
+    let mut both = vec![name.clone(), successor_name.clone()];
+    both.sort();
+    let expected = vec![
+        (
+            BEFORE_SELF_CLEANUP.to_owned(),
+            name.clone(),
+            image.clone(),
+            both,
+        ),
+        (
+            AFTER_SELF_CLEANUP.to_owned(),
+            name.clone(),
+            image,
+            vec![name.clone()],
+        ),
+    ];
+    let sorted: Vec<_> = asked
+        .into_iter()
+        .map(|(p, c, i, mut f)| {
+            f.sort();
+            (p, c, i, f)
+        })
+        .collect();
+    ensure!(
+        sorted == expected,
+        "asked {sorted:?}, expected {expected:?}"
     );
     // The journal answers the op id again; the record is gone.
     let stored = recreator.recreate(&request("op-ho-happy", &name)).await?;
@@ -135,7 +214,7 @@ async fn an_old_agent_killed_at_any_step_leaves_one_agent_after_its_restart() ->
         let op = format!("op-ho-{step:?}").to_lowercase();
         let task = {
             let request = request(&op, &name);
-            tokio::spawn(async move { old.start(&recreator, &request, &|_| {}).await })
+            tokio::spawn(async move { old.start(&recreator, &request, None, &|_| {}).await })
         };
         tokio::time::timeout(Duration::from_secs(60), reached.notified())
             .await
@@ -185,7 +264,7 @@ async fn a_successor_killed_while_taking_over_finishes_after_its_restart() -> an
         let op = format!("op-ho-{step:?}").to_lowercase();
         let old_side = {
             let (old, recreator, request) = (old.clone(), s.restarted()?, request(&op, &name));
-            tokio::spawn(async move { old.start(&recreator, &request, &|_| {}).await })
+            tokio::spawn(async move { old.start(&recreator, &request, None, &|_| {}).await })
         };
         let (_, successor_id) = successor_of(&s, &name).await?;
         let reached = Arc::new(tokio::sync::Notify::new());
@@ -196,7 +275,7 @@ async fn a_successor_killed_while_taking_over_finishes_after_its_restart() -> an
             successor.found(&recreator).await,
             Found::Successor(_)
         ));
-        let task = tokio::spawn(async move { successor.take_over(&recreator).await });
+        let task = tokio::spawn(async move { successor.take_over(&recreator, None).await });
         tokio::time::timeout(Duration::from_secs(60), reached.notified())
             .await
             .with_context(|| format!("{step:?} not reached"))?;
@@ -213,7 +292,7 @@ async fn a_successor_killed_while_taking_over_finishes_after_its_restart() -> an
             Found::Successor(_)
         ));
         let outcome = restarted
-            .take_over(&recreator)
+            .take_over(&recreator, None)
             .await
             .map_err(anyhow::Error::msg)?;
         ensure!(
@@ -258,4 +337,64 @@ async fn a_successor_no_record_names_is_removed_and_never_takes_part() -> anyhow
     let found = old.found(&s.restarted()?).await;
     ensure!(found == Found::Nothing, "{found:?}");
     one_agent(&s, &name, &old_id)
+}
+
+#[tokio::test]
+async fn a_before_self_cleanup_veto_keeps_the_old_agent_and_is_answered_vetoed()
+-> anyhow::Result<()> {
+    let Some(engine) = require_engine() else {
+        return Ok(());
+    };
+    let s = Setup::new(engine).await?;
+    let data = tempfile::tempdir()?;
+    let (name, old_id) = agent(&s, "ho-veto").await?;
+    s.publish_next(ImageSpec::new(2))?;
+    let old = Arc::new(Handover::new(data.path(), old_id.clone(), TIMEOUT * 10));
+    let old_side = {
+        let (old, recreator) = (old.clone(), s.restarted()?);
+        let request = request("op-ho-veto", &name);
+        let hooks = Some(Duration::from_secs(5));
+        tokio::spawn(async move { old.start(&recreator, &request, hooks, &|_| {}).await })
+    };
+    let (_, successor_id) = successor_of(&s, &name).await?;
+    let successor = Handover::new(data.path(), successor_id, TIMEOUT);
+    let recreator = s.restarted()?;
+    ensure!(matches!(
+        successor.found(&recreator).await,
+        Found::Successor(_)
+    ));
+    let hooks = Hooks {
+        engine: s.engine.clone(),
+        family: name.clone(),
+        veto: Some(BEFORE_SELF_CLEANUP),
+        asked: Mutex::default(),
+    };
+    let refused = successor.take_over(&recreator, Some(&hooks)).await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("vetoed by hook before_self_cleanup/10-test")),
+        "{refused:?}"
+    );
+    // The old agent keeps the host, removes the successor and answers `vetoed` with the line.
+    let end = tokio::time::timeout(TIMEOUT * 4, old_side).await??;
+    ensure!(
+        matches!(&end, End::Answer(Outcome::Vetoed { reason }) if reason.contains("not now")),
+        "{end:?}"
+    );
+    one_agent(&s, &name, &old_id)?;
+    let asked: Vec<String> = hooks
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.0.clone())
+        .collect();
+    ensure!(asked == [BEFORE_SELF_CLEANUP], "asked {asked:?}");
+    ensure!(!data.path().join("handover.json").exists(), "record left");
+    ensure!(
+        !data.path().join("handover.decision").exists(),
+        "decision left"
+    );
+    Ok(())
 }

@@ -97,6 +97,8 @@ impl Point {
                 | Self::BeforeRecreateHardDependsContainer
                 | Self::AfterRecreateHardDependsContainer
                 | Self::BeforeImageCleanup
+                | Self::BeforeSelfCleanup
+                | Self::AfterSelfCleanup
         )
     }
 

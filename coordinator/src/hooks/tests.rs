@@ -385,3 +385,27 @@ fn an_agent_waits_for_every_script_of_the_fullest_point_and_a_margin() {
     script(dir.path(), Point::AfterUpdate, "x", "#!/bin/sh\n", true);
     assert_eq!(hooks.verdict_deadline(), Duration::from_secs(25));
 }
+
+#[test]
+fn agents_may_ask_only_for_the_points_inside_an_operation() {
+    let asked: Vec<&str> = Point::ALL
+        .into_iter()
+        .filter(|p| p.asked_by_agents())
+        .map(Point::name)
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "before_image_cleanup",
+            "before_stop_depends_container",
+            "before_start_depends_container",
+            "before_recreate_hard_depends_container",
+            "after_recreate_hard_depends_container",
+            "before_self_cleanup",
+            "after_self_cleanup",
+        ]
+    );
+    // The rest are the coordinator's own moments: an agent asking for them is refused.
+    assert!(!Point::BeforeUpdate.asked_by_agents());
+    assert!(!Point::BeforeSelfUpdate.asked_by_agents());
+}

@@ -393,7 +393,13 @@ impl AgentLink {
                         container: r.container.clone(),
                         ..Event::default()
                     };
-                    if point == Point::BeforeImageCleanup {
+                    // The image to remove, or the one a successor agent runs.
+                    if matches!(
+                        point,
+                        Point::BeforeImageCleanup
+                            | Point::BeforeSelfCleanup
+                            | Point::AfterSelfCleanup
+                    ) {
                         event.image = r.subject.clone();
                     } else {
                         event.dependant = r.subject.clone();

@@ -16,7 +16,7 @@ use crate::fleet::Coordinator;
 use crate::rollout::{EventLog, newest_rollout};
 
 /// The 14 points, as directory names.
-const POINTS: [&str; 14] = [
+pub(crate) const POINTS: [&str; 14] = [
     "updates_enumerated",
     "before_update",
     "after_update",

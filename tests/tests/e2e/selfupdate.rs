@@ -3,17 +3,23 @@
 //! too) on the first, `SELF_UPDATE` on. In order:
 //!
 //! 1. A new agent image on the tag replaces every agent container under its original name, one
-//!    host at a time, and every host reconnects on the new digest.
+//!    host at a time, and every host reconnects on the new digest. The coordinator's hooks
+//!    (a busybox script at each point, mounted into its container) fire `before_self_update`,
+//!    `before_self_cleanup`, `after_self_cleanup` and `after_self_update` for each agent, in
+//!    that order.
 //! 2. A new coordinator image: the first host's agent replaces the coordinator's container;
 //!    the new coordinator resumes from the store (history and `ouroboros_updates_total` carry
-//!    on) and every agent reconnects.
+//!    on) and every agent reconnects; `before_self_update` and `after_self_update` fire for it.
 //! 3. A successor that never connects, and the old agent SIGKILLed while it waits: restarted,
 //!    it waits on, abandons at the deadline and removes the successor (one agent container).
 //! 4. A successor image that exits at once: rolled back with its cause; the agents go on.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use ouroboros_tests::image::busybox_path;
 use ouroboros_tests::{
     Cleanup, Engine, Registry, eventually, http_request, push_image, require_engine, unique_name,
 };
@@ -49,6 +55,58 @@ fn derive_image(
         ])
         .with_context(|| format!("building {reference}"))?;
     Ok(())
+}
+
+/// Where the hooks directory is mounted in the coordinator's container.
+const HOOKS_MOUNT: &str = "/ouroboros-test-hooks";
+/// The self-update points.
+const SELF_POINTS: [&str; 4] = [
+    "before_self_update",
+    "before_self_cleanup",
+    "after_self_cleanup",
+    "after_self_update",
+];
+
+/// A hooks directory for a coordinator on `scratch` (no shell): busybox, and at each point a
+/// script run by it that appends `POINT JSON` to `fired.log`; all of it readable by the
+/// coordinator's user and the log writable.
+fn hooks_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::copy(busybox_path(), dir.join("busybox")).context("copying busybox")?;
+    let log = dir.join("fired.log");
+    std::fs::write(&log, "")?;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666))?;
+    for point in crate::hooks::POINTS {
+        crate::hooks::script(
+            &dir.join("points"),
+            point,
+            "10-record",
+            &format!(
+                "#!{HOOKS_MOUNT}/busybox sh\nevent=$({HOOKS_MOUNT}/busybox cat)\nprintf '%s %s\\n' \"$OUROBOROS_HOOK\" \"$event\" >> {HOOKS_MOUNT}/fired.log\n"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The self-update points fired for `container` so far, in order, with their events.
+fn self_points(dir: &Path, container: &str) -> anyhow::Result<Vec<(String, Value)>> {
+    let text = std::fs::read_to_string(dir.join("fired.log"))?;
+    let mut fired = Vec::new();
+    for line in text.lines() {
+        let (point, json) = line
+            .split_once(' ')
+            .with_context(|| format!("bad line {line}"))?;
+        if !SELF_POINTS.contains(&point) {
+            continue;
+        }
+        let event: Value =
+            serde_json::from_str(json).with_context(|| format!("not JSON: {line}"))?;
+        if event["container"] == container {
+            fired.push((point.to_owned(), event));
+        }
+    }
+    Ok(fired)
 }
 
 /// Names of every container on `engine` (all states).
@@ -180,13 +238,26 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
     let agent_names: Vec<String> = (0..3).map(|_| unique_name("selfupdate-agent")).collect();
     let coordinator_name = unique_name("selfupdate-coordinator");
     let monitor = format!("MONITOR={},{coordinator_name}", agent_names.join(","));
+    let hooks = tempfile::Builder::new()
+        .prefix("ouroboros-test-selfupdate-hooks-")
+        .tempdir()?;
+    hooks_dir(hooks.path())?;
+    let hooks_mount = format!("{}:{HOOKS_MOUNT}", hooks.path().display());
+    let hooks_env = format!("HOOKS_DIR={HOOKS_MOUNT}/points");
     let coordinator = CoordinatorContainer::start(
         &cleanups[0],
         &coordinator_name,
         &coordinator_ref,
-        &[&monitor, "SELF_UPDATE=true"],
+        &[&monitor, "SELF_UPDATE=true", &hooks_env],
         // Its health gate passes in seconds, not the image's 30 s interval.
-        &["--health-interval", "2s", "--health-start-period", "1s"],
+        &[
+            "--health-interval",
+            "2s",
+            "--health-start-period",
+            "1s",
+            "-v",
+            &hooks_mount,
+        ],
     )?;
     let token = coordinator.token(3)?;
     let mut agents = Vec::new();
@@ -292,6 +363,23 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
             );
         }
     }
+    // The self-update hook points, for each agent in order, on its host; the cleanup pair
+    // about the image the successor runs.
+    for (i, (agent, _)) in agents.iter().enumerate() {
+        let fired = self_points(hooks.path(), agent)?;
+        let points: Vec<&str> = fired.iter().map(|(p, _)| p.as_str()).collect();
+        ensure!(points == SELF_POINTS, "{agent}: {fired:?}\n{}", logs());
+        for (point, event) in &fired {
+            ensure!(
+                event["host"] == format!("self-host-{i}"),
+                "{point}: {event}"
+            );
+        }
+        for (point, event) in &fired[1..3] {
+            ensure!(event["image"] == agent_ref.as_str(), "{point}: {event}");
+        }
+        ensure!(fired[3].1["outcome"] == "updated", "{:?}", fired[3]);
+    }
 
     // 2. v2 of the coordinator: its host's agent replaces it; the new one resumes.
     let history_before = rollout_ids(&coordinator)?;
@@ -323,6 +411,18 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
         ensure!(
             rollout["state"] == "completed",
             "the coordinator's rollout ends: {rollout}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    // Its hooks: before on the old coordinator, after on the new one; no cleanup points (its
+    // agent recreated it like any container).
+    eventually(Duration::from_secs(30), POLL, || {
+        let fired = self_points(hooks.path(), &coordinator.name)?;
+        let points: Vec<&str> = fired.iter().map(|(p, _)| p.as_str()).collect();
+        ensure!(
+            points == ["before_self_update", "after_self_update"],
+            "{fired:?}"
         );
         Ok(())
     })
@@ -405,6 +505,22 @@ fn agents_and_the_coordinator_replace_themselves_and_failed_hand_overs_leave_one
         Ok(())
     })
     .with_context(logs)?;
+    // Neither failed hand-over reached a cleanup point (no successor connected): the first
+    // agent's self-update points are its first update's and two more before/after pairs.
+    let points: Vec<String> = self_points(hooks.path(), first)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    ensure!(
+        points
+            == [
+                &SELF_POINTS[..],
+                &["before_self_update", "after_self_update"],
+                &["before_self_update", "after_self_update"],
+            ]
+            .concat(),
+        "{points:?}"
+    );
     for cleanup in cleanups.iter().rev() {
         cleanup.remove_all()?;
     }

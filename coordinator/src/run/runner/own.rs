@@ -1,7 +1,8 @@
 //! Ouroboros' own containers in a rollout (self-update): the store is flushed before the
 //! coordinator's own container goes, and the moments Ouroboros calls `before_self_update` and
-//! `after_self_update` are logged and notified (the agents log `before_self_cleanup` and
-//! `after_self_cleanup` around the removal of the old agent).
+//! `after_self_update` are logged and notified (a successor agent asks the coordinator's
+//! `before_self_cleanup` and `after_self_cleanup` hooks around its removal of the old agent,
+//! through the gateway's hook requests).
 
 use tracing::{info, warn};
 
