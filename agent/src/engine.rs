@@ -261,6 +261,8 @@ impl Engine {
             containers,
             mode,
             observed_at_unix_ms,
+            cluster_id: String::new(),
+            services: Vec::new(),
         })
     }
 

@@ -184,6 +184,73 @@ pub struct Inventory {
     pub containers: Vec<ContainerInfo>,
     pub mode: HostMode,
     pub observed_at_unix_ms: i64,
+    /// The swarm's id, on a Swarm manager (empty elsewhere).
+    pub cluster_id: String,
+    /// The swarm's services, on a Swarm manager.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// A Swarm service, as a manager reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub id: String,
+    pub name: String,
+    /// The spec's image: `repo:tag@sha256:…` once pinned.
+    pub image: String,
+    /// The service's own labels.
+    pub labels: BTreeMap<String, String>,
+    /// `replicated`, `global`, `replicated-job`, `global-job`.
+    pub mode: String,
+    /// Replicated mode: replicas wanted.
+    pub replicas: u64,
+    /// `Version.Index`.
+    pub version: u64,
+    /// `UpdateStatus.State` (empty: never updated).
+    pub update_state: String,
+    pub update_message: String,
+    /// `Spec.UpdateConfig.FailureAction` (empty: pause).
+    pub failure_action: String,
+}
+
+impl From<ServiceInfo> for pb::Service {
+    fn from(s: ServiceInfo) -> Self {
+        Self {
+            id: s.id,
+            name: s.name,
+            image: s.image,
+            labels: s.labels.into_iter().collect(),
+            mode: s.mode,
+            replicas: s.replicas,
+            version: s.version,
+            update_state: s.update_state,
+            update_message: s.update_message,
+            failure_action: s.failure_action,
+        }
+    }
+}
+
+impl TryFrom<pb::Service> for ServiceInfo {
+    type Error = InvalidMessage;
+    fn try_from(s: pb::Service) -> Result<Self, Self::Error> {
+        if s.id.is_empty() || s.name.is_empty() {
+            return Err(InvalidMessage::new("service", "empty id or name"));
+        }
+        if s.image.is_empty() {
+            return Err(InvalidMessage::new("service", "empty image"));
+        }
+        Ok(Self {
+            id: s.id,
+            name: s.name,
+            image: s.image,
+            labels: s.labels.into_iter().collect(),
+            mode: s.mode,
+            replicas: s.replicas,
+            version: s.version,
+            update_state: s.update_state,
+            update_message: s.update_message,
+            failure_action: s.failure_action,
+        })
+    }
 }
 
 impl From<ContainerState> for pb::ContainerState {
@@ -383,6 +450,8 @@ impl From<Inventory> for pb::Inventory {
             swarm_manager: i.mode == HostMode::SwarmManager,
             observed_at_unix_ms: i.observed_at_unix_ms,
             mode: pb::HostMode::from(i.mode).into(),
+            cluster_id: i.cluster_id,
+            services: i.services.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -399,10 +468,17 @@ impl TryFrom<pb::Inventory> for Inventory {
             .into_iter()
             .map(ContainerInfo::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        let services = i
+            .services
+            .into_iter()
+            .map(ServiceInfo::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             containers,
             mode,
             observed_at_unix_ms: i.observed_at_unix_ms,
+            cluster_id: i.cluster_id,
+            services,
         })
     }
 }

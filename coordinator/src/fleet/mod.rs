@@ -487,6 +487,8 @@ mod tests {
                 .collect(),
             mode,
             observed_at_unix_ms: 5,
+            cluster_id: String::new(),
+            services: Vec::new(),
         }
     }
 

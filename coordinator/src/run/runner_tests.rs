@@ -147,6 +147,8 @@ fn fleet_runner(
                 containers: Vec::new(),
                 mode: HostMode::Standalone,
                 observed_at_unix_ms: BASE_MS,
+                cluster_id: String::new(),
+                services: Vec::new(),
             };
             assert!(fleet.inventory(&name, guard.id, inventory, BASE_MS));
             guard

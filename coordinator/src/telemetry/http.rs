@@ -190,6 +190,8 @@ mod tests {
                 .collect(),
             mode: HostMode::Standalone,
             observed_at_unix_ms: 5,
+            cluster_id: String::new(),
+            services: Vec::new(),
         }
     }
 

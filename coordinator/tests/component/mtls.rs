@@ -177,6 +177,7 @@ fn inventory(names: &[&str]) -> pb::AgentMessage {
             swarm_manager: false,
             observed_at_unix_ms: 1,
             mode: pb::HostMode::Standalone.into(),
+            ..Default::default()
         })),
     }
 }
