@@ -11,6 +11,8 @@ pub const ENV_LABEL_ENABLE: &str = "LABEL_ENABLE";
 pub const ENV_LABELS_ONLY: &str = "LABELS_ONLY";
 /// Update Ouroboros' own containers too, as in Ouroboros.
 pub const ENV_SELF_UPDATE: &str = "SELF_UPDATE";
+/// Update Swarm services (through a manager's agent), as Ouroboros' `SWARM`.
+pub const ENV_SWARM: &str = "SWARM";
 
 /// Seconds between check cycles, as in Ouroboros.
 pub const ENV_INTERVAL: &str = "INTERVAL";

@@ -333,6 +333,11 @@ pub struct PolicyArgs {
     /// Update Ouroboros' own containers too.
     #[arg(long, env = ENV_SELF_UPDATE, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub self_update: bool,
+    /// Update Swarm services too, through an agent on a manager of their swarm (services are
+    /// selected by their service labels and names, like containers); without it services are
+    /// left alone. Task containers are never recreated either way.
+    #[arg(long, env = ENV_SWARM, value_parser = parse_flag, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub swarm: bool,
     /// Registry user for probes and pulls (with --repo-pass).
     #[arg(long, env = ENV_REPO_USER, value_name = "USER", requires = "repo_pass")]
     pub repo_user: Option<String>,

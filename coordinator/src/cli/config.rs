@@ -131,6 +131,7 @@ impl PolicyArgs {
                 labels_only: args.labels_only,
                 self_update: args.self_update,
                 latest_only: args.latest_only,
+                swarm: args.swarm,
             },
             cleanup: args.cleanup,
             cleanup_volumes: args.cleanup_unused_volumes,

@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod registry;
+pub mod swarm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct Selection {
     pub self_update: bool,
     /// Follow each repository's `latest` rather than the container's own tag (LATEST_ONLY).
     pub latest_only: bool,
+    /// Swarm services too (SWARM); without it they are reported and left alone.
+    pub swarm: bool,
 }
 
 fn matches(list: &[String], host: &str, name: &str) -> bool {
@@ -70,6 +73,9 @@ impl Selection {
         if c.name.contains(ASIDE_MARK) {
             return Err("set aside: old container of an update".into());
         }
+        swarm::check(c, self.swarm)?;
+        // A service is named by its service name in MONITOR and IGNORE.
+        let name = c.name.strip_prefix(swarm::SERVICE_MARK).unwrap_or(&c.name);
         let label = enable_label(c);
         if label == Some(false) {
             return Err("labelled enable=false".into());
@@ -81,10 +87,10 @@ impl Selection {
             return Err("not labelled enable=true (LABEL_ENABLE)".into());
         }
         if !self.labels_only {
-            if matches(&self.ignore, host, &c.name) {
+            if matches(&self.ignore, host, name) {
                 return Err("in IGNORE".into());
             }
-            if !self.monitor.is_empty() && !matches(&self.monitor, host, &c.name) {
+            if !self.monitor.is_empty() && !matches(&self.monitor, host, name) {
                 return Err("not in MONITOR".into());
             }
         }
@@ -128,6 +134,12 @@ fn followed(c: &ContainerInfo, latest_only: bool) -> Result<ImageRef, String> {
     let mut image = ImageRef::parse(&c.image).map_err(|e| e.to_string())?;
     if image.is_pinned() {
         return Err("pinned to a digest".into());
+    }
+    if c.name.starts_with(swarm::SERVICE_MARK) && c.repo_digests.is_empty() {
+        return Err(
+            "its spec names no digest (the engine did not resolve the tag when it was deployed); it is updated once deployed with `docker service update --image` resolving it"
+                .into(),
+        );
     }
     if latest_only {
         image.tag = Some("latest".into());

@@ -167,6 +167,8 @@ mod tests {
             last_seen_unix_ms: seen,
             inventory_at_unix_ms: 0,
             containers: vec![],
+            cluster_id: String::new(),
+            services: Vec::new(),
         }
     }
 

@@ -215,6 +215,10 @@ pub struct Target {
     /// Ouroboros' own agent or coordinator container.
     #[serde(default, skip_serializing_if = "Own::is_no")]
     pub own: Own,
+    /// A Swarm service (`container` is `service:NAME`), updated through `host`, a manager of
+    /// its swarm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service: bool,
 }
 
 /// Where a rollout stands.
@@ -868,6 +872,7 @@ mod tests {
             dependant_images: Default::default(),
             op_id: String::new(),
             own: Own::No,
+            service: false,
         }
     }
 

@@ -125,6 +125,21 @@ fn unanswered(t: &Target, rollout: &Rollout) -> UpdateResult {
     UpdateResult::with(status, reason)
 }
 
+impl Cycle {
+    /// What a cycle looks at: every container of the fleet, and each Swarm service once, as
+    /// a unit of the manager it is updated through ([`crate::detect::swarm`]).
+    pub(crate) fn units(&self) -> Vec<(String, ContainerInfo)> {
+        let mut units = self.fleet.containers(None).unwrap_or_default();
+        units.extend(
+            self.fleet
+                .services()
+                .into_iter()
+                .map(|(host, s)| (host, crate::detect::swarm::unit(&s))),
+        );
+        units
+    }
+}
+
 /// The digest `host`'s container `name` runs now, by its image reference's repository.
 fn old_digest(containers: &[(String, ContainerInfo)], host: &str, name: &str) -> String {
     containers
@@ -244,7 +259,7 @@ impl Cycle {
             .collect();
         let mut containers = Vec::new();
         let mut offline = Vec::new();
-        for (host, c) in self.fleet.containers(None).unwrap_or_default() {
+        for (host, c) in self.units() {
             if !in_scope(&host, &c) {
                 continue;
             }
@@ -273,7 +288,7 @@ impl Cycle {
         for host in &connected {
             let nodes: Vec<Node> = containers
                 .iter()
-                .filter(|(h, _)| h == host)
+                .filter(|(h, c)| h == host && !crate::detect::swarm::is_service(&c.name))
                 .map(|(_, c)| Node {
                     id: c.id.clone(),
                     name: c.name.clone(),

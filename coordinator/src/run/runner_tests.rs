@@ -83,12 +83,56 @@ impl Commands for Agents {
         options: &RecreateOptions,
         timeout: Duration,
     ) -> Result<Recreated, CommandError> {
+        assert!(
+            !crate::detect::swarm::is_service(container),
+            "a service is never recreated: {container}"
+        );
+        self.answer(host, container, image, options.op_id.clone(), timeout)
+            .await
+    }
+
+    async fn update_service(
+        &self,
+        host: &str,
+        service: &str,
+        image: &str,
+        op_id: Option<String>,
+        watch: Duration,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
+        assert!(
+            watch < timeout,
+            "the agent must answer before the runner gives up"
+        );
+        let unit = format!("{}{service}", crate::detect::swarm::SERVICE_MARK);
+        self.answer(host, &unit, image, op_id, timeout).await
+    }
+
+    async fn prune_volumes(&self, host: &str, _: Duration) -> Result<Pruned, CommandError> {
+        Ok(Pruned {
+            host: host.to_owned(),
+            ..Pruned::default()
+        })
+    }
+}
+
+impl Agents {
+    /// The scripted answer to a command about `container` (a service's unit name for
+    /// services).
+    async fn answer(
+        &self,
+        host: &str,
+        container: &str,
+        image: &str,
+        op_id: Option<String>,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
         self.log.lock().unwrap().push(Sent {
             at_ms: self.clock.now_ms(),
             container: container.to_owned(),
             image: image.to_owned(),
         });
-        let op_id = options.op_id.clone().unwrap_or_else(|| self.new_op_id());
+        let op_id = op_id.unwrap_or_else(|| self.new_op_id());
         let reply = self
             .replies
             .get(container)
@@ -112,13 +156,6 @@ impl Commands for Agents {
                 })
             }
         }
-    }
-
-    async fn prune_volumes(&self, host: &str, _: Duration) -> Result<Pruned, CommandError> {
-        Ok(Pruned {
-            host: host.to_owned(),
-            ..Pruned::default()
-        })
     }
 }
 
@@ -186,6 +223,7 @@ fn rollout(policy: Policy, targets: &[(&str, &str, u32)]) -> Rollout {
                 dependant_images: BTreeMap::new(),
                 op_id: String::new(),
                 own: Default::default(),
+                service: false,
             })
             .collect(),
         last_host_done_ms: 0,
@@ -486,3 +524,68 @@ async fn a_cancel_with_revert_sends_the_updated_targets_back() {
 /// The hooks around updates, with real hook processes.
 #[path = "runner_hooks_tests.rs"]
 mod hooks;
+
+#[tokio::test(start_paused = true)]
+async fn a_service_goes_to_its_manager_as_a_service_update_and_its_failure_counts() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(
+        clock,
+        &[(
+            "service:api",
+            Reply::After(Duration::from_secs(3), Status::RolledBack),
+        )],
+    );
+    let (runner, _hosts) = fleet_runner(&["m1", "h2"], agents.clone(), clock);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        ..Policy::default()
+    };
+    let mut r = rollout(
+        policy,
+        &[
+            ("m1", "service:web", 1),
+            ("m1", "service:api", 1),
+            ("h2", "b", 1),
+        ],
+    );
+    for t in &mut r.targets {
+        t.service = crate::detect::swarm::is_service(&t.container);
+    }
+    // The fake agents' `recreate` refuses a service: each went through `update_service`.
+    let (done, _) = runner.run(r, &Windows::default()).await;
+    let sent: Vec<(String, String)> = agents
+        .log()
+        .into_iter()
+        .map(|s| (s.container, s.image))
+        .collect();
+    assert_eq!(
+        sent[..2],
+        [
+            (
+                "service:web".to_owned(),
+                "reg/service:web:1@sha256:new".to_owned()
+            ),
+            (
+                "service:api".to_owned(),
+                "reg/service:api:1@sha256:new".to_owned()
+            ),
+        ]
+    );
+    assert!(matches!(
+        state_of(&done, "service:web"),
+        TargetState::Updated { .. }
+    ));
+    // A rolled-back service is a failed target like a rolled-back container: 1 of 3 is over
+    // the default ratio, so the rollout pauses before the next host.
+    assert!(
+        matches!(state_of(&done, "service:api"), TargetState::Failed { outcome, .. } if outcome == "rolled-back"),
+        "{:?}",
+        state_of(&done, "service:api")
+    );
+    assert!(
+        matches!(done.state, RolloutState::Paused { .. }),
+        "{:?}",
+        done.state
+    );
+    assert_eq!(agents.first_sent("b"), None);
+}

@@ -72,6 +72,17 @@ pub trait Commands: Send + Sync {
         options: &RecreateOptions,
         timeout: Duration,
     ) -> Result<Recreated, CommandError>;
+    /// Sends `UpdateService` to `host` (a Swarm manager) and waits (at most `timeout`) for
+    /// its result; the agent watches the update for at most `watch`.
+    async fn update_service(
+        &self,
+        host: &str,
+        service: &str,
+        image: &str,
+        op_id: Option<String>,
+        watch: Duration,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError>;
     /// Sends `PruneVolumes` to `host` and waits for its result.
     async fn prune_volumes(&self, host: &str, timeout: Duration) -> Result<Pruned, CommandError>;
 }
@@ -251,6 +262,40 @@ impl Dispatcher {
         })
     }
 
+    /// Sends `UpdateService` to `host` (a manager of the service's swarm) and waits for its
+    /// result: `service` goes to `image` (`repo:tag@sha256:…`), watched by the agent for at
+    /// most `watch`. The registry credentials of the image go with it (every node pulls).
+    pub async fn update_service(
+        &self,
+        host: &str,
+        service: &str,
+        image: &str,
+        op_id: Option<String>,
+        watch: Duration,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
+        let auth = self.pull_auth(image).await;
+        let (op_id, answer, steps) = self
+            .command(host, op_id, timeout, |op_id| {
+                pb::coordinator_message::Kind::UpdateService(pb::UpdateService {
+                    op_id,
+                    service: service.to_owned(),
+                    image: image.to_owned(),
+                    auth,
+                    deadline_ms: watch.as_millis() as i64,
+                })
+            })
+            .await?;
+        Ok(Recreated {
+            result: answer.recreate.map_or_else(
+                || UpdateResult::with(Outcome::Error, "the agent answered without a result"),
+                UpdateResult::from,
+            ),
+            op_id,
+            steps,
+        })
+    }
+
     /// Sends `PruneVolumes` to `host` and waits for its result.
     pub async fn prune_volumes(
         &self,
@@ -343,6 +388,18 @@ impl Commands for Dispatcher {
         timeout: Duration,
     ) -> Result<Recreated, CommandError> {
         Dispatcher::recreate(self, host, container, image, options, timeout).await
+    }
+
+    async fn update_service(
+        &self,
+        host: &str,
+        service: &str,
+        image: &str,
+        op_id: Option<String>,
+        watch: Duration,
+        timeout: Duration,
+    ) -> Result<Recreated, CommandError> {
+        Dispatcher::update_service(self, host, service, image, op_id, watch, timeout).await
     }
 
     async fn prune_volumes(&self, host: &str, timeout: Duration) -> Result<Pruned, CommandError> {

@@ -61,6 +61,8 @@ fn host(name: &str, containers: Vec<ContainerInfo>) -> HostRecord {
         last_seen_unix_ms: T0,
         inventory_at_unix_ms: T0,
         containers,
+        cluster_id: String::new(),
+        services: Vec::new(),
     }
 }
 
@@ -86,6 +88,7 @@ fn target(host: &str, container: &str, state: TargetState, at: i64) -> Target {
         dependant_images: Default::default(),
         op_id: format!("op-{}-{container}", at / 1000),
         own: Default::default(),
+        service: false,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode};
+use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode, ServiceInfo};
 
 use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -53,6 +53,11 @@ pub struct HostRecord {
     pub last_seen_unix_ms: i64,
     pub inventory_at_unix_ms: i64,
     pub containers: Vec<ContainerInfo>,
+    /// On a Swarm manager: its swarm's id and services (as of the last inventory).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
 }
 
 /// Store failures, each naming what was being done.
@@ -463,6 +468,8 @@ mod tests {
             last_seen_unix_ms: 42,
             inventory_at_unix_ms: 41,
             containers: vec![],
+            cluster_id: String::new(),
+            services: Vec::new(),
         }
     }
 

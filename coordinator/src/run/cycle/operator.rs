@@ -43,7 +43,7 @@ impl Cycle {
         rollout.resume(self.clock.now_ms());
         self.apply_policy(&mut rollout);
         // What its tags name now: a resume never deploys a digest the tag no longer names.
-        let containers = self.fleet.containers(None).unwrap_or_default();
+        let containers = self.units();
         let wanted: Vec<(String, ContainerInfo)> = containers
             .into_iter()
             .filter(|(h, c)| {
@@ -245,9 +245,7 @@ impl Cycle {
 
     /// Containers the selection watches now, from the fleet view (no registry involved).
     pub fn monitored_now(&self) -> usize {
-        self.fleet
-            .containers(None)
-            .unwrap_or_default()
+        self.units()
             .iter()
             .filter(|(h, c)| self.selection.check(h, c).is_ok())
             .count()
@@ -255,7 +253,7 @@ impl Cycle {
 
     /// Updates the last cycle found that the fleet view does not show done yet.
     pub fn pending_now(&self) -> usize {
-        let containers = self.fleet.containers(None).unwrap_or_default();
+        let containers = self.units();
         self.found
             .lock()
             .unwrap_or_else(|p| p.into_inner())

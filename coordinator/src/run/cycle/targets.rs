@@ -104,6 +104,7 @@ impl Cycle {
                     // moved go to their new image in the same operation.
                     op_id: String::new(),
                     own: own_of(&host, info),
+                    service: crate::detect::swarm::is_service(&name),
                     dependant_images: graphs
                         .get(&host)
                         .map(|g| g.recreated_with(&name))

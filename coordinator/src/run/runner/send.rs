@@ -26,6 +26,7 @@ impl Runner {
         let t = &rollout.targets[index];
         let host = t.host.clone();
         let container = t.container.clone();
+        let service = t.service;
         let image = if revert {
             t.previous.clone()
         } else {
@@ -79,10 +80,24 @@ impl Runner {
                 }
             }
             loop {
-                match commands
-                    .recreate(&host, &container, &image, &options, wait)
-                    .await
-                {
+                let sent = if service {
+                    // The agent watches the Swarm update within the rollout's deadline.
+                    commands
+                        .update_service(
+                            &host,
+                            crate::detect::swarm::service_name(&container),
+                            &image,
+                            options.op_id.clone(),
+                            wait * 2 / 3,
+                            wait,
+                        )
+                        .await
+                } else {
+                    commands
+                        .recreate(&host, &container, &image, &options, wait)
+                        .await
+                };
+                match sent {
                     Ok(outcome) if outcome.result.status == Status::Interrupted => {
                         // The agent stopped first and changed nothing: the same operation
                         // again once it is back.
