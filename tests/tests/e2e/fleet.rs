@@ -187,7 +187,7 @@ impl Coordinator {
 
 /// Leaves the Swarm on drop and removes the `docker_gwbridge` network it made, so no bridge
 /// of ours stays on the machine.
-struct SwarmGuard<'a>(&'a Engine);
+pub(crate) struct SwarmGuard<'a>(pub(crate) &'a Engine);
 
 impl Drop for SwarmGuard<'_> {
     fn drop(&mut self) {

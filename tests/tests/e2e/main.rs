@@ -25,5 +25,6 @@ mod rollout;
 mod selfupdate;
 mod shutdown;
 mod steer;
+mod swarm;
 mod up;
 mod update;

@@ -1,0 +1,274 @@
+//! Swarm mode end to end: a single-node swarm on an extra engine, two agents on that manager
+//! (two connected managers of one swarm, as far as the coordinator can tell), services from
+//! the local registry:
+//!
+//! 1. Without `SWARM`: the services are listed as skipped with why, and left alone.
+//! 2. With `SWARM`: a new digest on their tag moves a replicated (2 replicas) and a global
+//!    service to it in one cycle, each updated once (through one manager), with every other
+//!    field of their specs unchanged.
+//! 3. A new digest whose healthcheck never passes: the service ends on the old digest, the
+//!    rollout reports the failure.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ouroboros_tests::{
+    Binaries, Cleanup, Engine, ImageSpec, Registry, eventually, publish, require_engine,
+    unique_name,
+};
+use serde_json::Value;
+
+use crate::fleet::{Coordinator, POLL, SwarmGuard};
+use crate::rollout::newest_rollout;
+
+/// `docker service inspect`'s `Spec` of `service`.
+fn spec(engine: &Engine, service: &str) -> anyhow::Result<Value> {
+    let out = engine.docker(&["service", "inspect", "--format", "{{json .Spec}}", service])?;
+    serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))
+}
+
+/// The image a spec names.
+fn image_of(spec: &Value) -> String {
+    spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The spec without its image (what an update must leave as it was).
+fn without_image(mut spec: Value) -> Value {
+    if let Some(c) = spec["TaskTemplate"]["ContainerSpec"].as_object_mut() {
+        c.remove("Image");
+    }
+    spec
+}
+
+/// Every running task of `service` runs the image of `digest` (and there are `n` of them).
+fn tasks_run(engine: &Engine, service: &str, digest: &str, n: usize) -> anyhow::Result<()> {
+    let out = engine.docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Image}} {{.CurrentState}}",
+    ])?;
+    let tasks: Vec<&str> = out.lines().collect();
+    ensure!(tasks.len() == n, "{service}: {n} tasks wanted: {out}");
+    for t in &tasks {
+        ensure!(
+            t.contains(digest) && t.contains("Running"),
+            "{service}: {t}, not {digest} running"
+        );
+    }
+    Ok(())
+}
+
+/// The unit of `service` in a `check` or `updates` answer.
+fn unit<'a>(answer: &'a Value, service: &str) -> anyhow::Result<&'a Value> {
+    let name = format!("service:{service}");
+    answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["container"] == name.as_str())
+        .with_context(|| format!("{name} not in {answer}"))
+}
+
+#[test]
+fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls_back()
+-> anyhow::Result<()> {
+    if require_engine().is_none() {
+        return Ok(());
+    }
+    let bins = Binaries::get()?;
+    let engine = Engine::start_extra()?;
+    let registry = Registry::start()?;
+    let cleanup = Cleanup::new(&engine);
+    let swarm_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _swarm = SwarmGuard(&engine);
+    engine.docker(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1",
+        "--listen-addr",
+        &format!("127.0.0.1:{swarm_port}"),
+    ])?;
+    let repo = unique_name("swarm-app");
+    let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
+    let web = unique_name("swarm-web");
+    let all = unique_name("swarm-all");
+    let volume = unique_name("swarm-data");
+    let mount = format!("type=volume,source={volume},target=/data");
+    // The docker CLI pins the digest its tag names now, as every deploy does.
+    engine.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--quiet",
+        "--name",
+        &web,
+        "--replicas",
+        "2",
+        "--label",
+        "org.example.tier=front",
+        "--env",
+        "APP_MODE=prod",
+        "--mount",
+        &mount,
+        "--limit-memory",
+        "64m",
+        "--update-parallelism",
+        "1",
+        "--update-monitor",
+        "3s",
+        "--update-delay",
+        "0s",
+        "--stop-grace-period",
+        "2s",
+        &v1.reference,
+    ])?;
+    engine.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--quiet",
+        "--name",
+        &all,
+        "--mode",
+        "global",
+        "--label",
+        "org.example.tier=agent",
+        "--update-monitor",
+        "3s",
+        "--stop-grace-period",
+        "2s",
+        &v1.reference,
+    ])?;
+    eventually(Duration::from_secs(60), POLL, || {
+        tasks_run(&engine, &web, &v1.digest, 2)?;
+        tasks_run(&engine, &all, &v1.digest, 1)
+    })?;
+    let before = [spec(&engine, &web)?, spec(&engine, &all)?];
+    let v2 = publish(&cleanup, &registry, &repo, "stable", 2)?;
+
+    // 1. Without SWARM: skipped, with why; nothing changes.
+    let dir = tempfile::Builder::new()
+        .prefix("ouroboros-test-swarm-")
+        .tempdir()?;
+    let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["mgr-a", "mgr-b"])?;
+    let server = coordinator.serve("127.0.0.1:0")?;
+    let mut agents = vec![
+        coordinator.agent(&bins.agent, "mgr-a", &engine)?,
+        coordinator.agent(&bins.agent, "mgr-b", &engine)?,
+    ];
+    eventually(Duration::from_secs(30), POLL, || {
+        let planned = coordinator.json(&["updates"])?;
+        for service in [&web, &all] {
+            let u = unit(&planned, service)?;
+            ensure!(
+                u["decision"] == "skip"
+                    && u["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("services are updated only with SWARM")),
+                "{u}"
+            );
+        }
+        Ok(())
+    })?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    ensure!(code == 0, "check without SWARM: {checked}");
+    ensure!(image_of(&spec(&engine, &web)?) == image_of(&before[0]));
+    ensure!(image_of(&spec(&engine, &all)?) == image_of(&before[1]));
+    drop(server);
+
+    // 2. With SWARM, both managers connected: each service once, through one manager, in one
+    //    cycle, to v2 by digest, with nothing else in its spec changed.
+    let _server = coordinator.serve_with_env("127.0.0.1:0", &[("SWARM", "true")])?;
+    // The agents follow the coordinator's new address.
+    for a in &mut agents {
+        a.terminate(Duration::from_secs(10))?;
+    }
+    agents = vec![
+        coordinator.agent(&bins.agent, "mgr-a", &engine)?,
+        coordinator.agent(&bins.agent, "mgr-b", &engine)?,
+    ];
+    coordinator.wait_planned(2)?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    ensure!(code == 0, "check: {checked}");
+    let rollout = newest_rollout(&coordinator)?;
+    ensure!(rollout["state"] == "completed", "{rollout}");
+    let targets = rollout["targets"].as_array().cloned().unwrap_or_default();
+    ensure!(targets.len() == 2, "one target per service: {rollout}");
+    for t in &targets {
+        ensure!(
+            t["host"] == "mgr-a" && t["state"] == "updated",
+            "through the first manager: {t}"
+        );
+    }
+    for (service, before, n) in [(&web, &before[0], 2), (&all, &before[1], 1)] {
+        let after = spec(&engine, service)?;
+        ensure!(
+            image_of(&after) == format!("{}@{}", v2.reference, v2.digest),
+            "{service}: {}",
+            image_of(&after)
+        );
+        ensure!(
+            without_image(after.clone()) == without_image(before.clone()),
+            "{service}: the spec changed beyond its image:\nbefore {before}\nafter {after}"
+        );
+        eventually(Duration::from_secs(60), POLL, || {
+            tasks_run(&engine, service, &v2.digest, n)
+        })?;
+    }
+
+    // 3. A v3 that never turns healthy: the service is rolled back to v2, the rollout fails.
+    let v3 = publish(
+        &cleanup,
+        &registry,
+        &repo,
+        "stable",
+        ImageSpec::new(3).unhealthy(),
+    )?;
+    let (code, checked) = coordinator.admin(&["check"])?;
+    ensure!(
+        code == 1,
+        "a failed service update fails the check: {checked}"
+    );
+    let rollout = newest_rollout(&coordinator)?;
+    ensure!(rollout["state"] == "paused", "{rollout}");
+    let failed: Vec<&Value> = rollout["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["state"] == "failed")
+        .collect();
+    ensure!(failed.len() == 1, "the first failure pauses it: {rollout}");
+    ensure!(
+        failed[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rolled-back")),
+        "{rollout}"
+    );
+    for (service, n) in [(&web, 2), (&all, 1)] {
+        ensure!(
+            image_of(&spec(&engine, service)?) == format!("{}@{}", v2.reference, v2.digest),
+            "{service} is back on v2"
+        );
+        eventually(Duration::from_secs(60), POLL, || {
+            tasks_run(&engine, service, &v2.digest, n)
+        })?;
+    }
+    ensure!(!v3.digest.is_empty());
+    let id = rollout["id"].as_str().unwrap_or_default();
+    coordinator.admin(&["rollout", "cancel", id])?;
+    for a in &mut agents {
+        a.terminate(Duration::from_secs(10))?;
+    }
+    engine.docker(&["service", "rm", &web, &all])?;
+    Ok(())
+}
