@@ -8,18 +8,43 @@
 //!    field of their specs unchanged.
 //! 3. A new digest whose healthcheck never passes: the service ends on the old digest, the
 //!    rollout reports the failure.
+//!
+//! And `deploy/swarm-agents.yml` as an operator runs it: the agent image from a registry, the
+//! join token a Swarm secret; the node's agent enrols, reports the swarm, and its own service
+//! is left alone.
 
+use std::io::Write as _;
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Binaries, Cleanup, Engine, ImageSpec, Registry, eventually, publish, require_engine,
-    unique_name,
+    Binaries, Cleanup, Engine, ImageSpec, Registry, eventually, publish, push_image,
+    require_engine, unique_name,
 };
 use serde_json::Value;
 
+use crate::containers::CoordinatorContainer;
 use crate::fleet::{Coordinator, POLL, SwarmGuard};
+use crate::images::build_images;
 use crate::rollout::newest_rollout;
+
+/// Makes `engine` a single-node swarm's manager (left again when the guard drops).
+fn swarm_init(engine: &Engine) -> anyhow::Result<SwarmGuard<'_>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let guard = SwarmGuard(engine);
+    engine.docker(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1",
+        "--listen-addr",
+        &format!("127.0.0.1:{port}"),
+    ])?;
+    Ok(guard)
+}
 
 /// `docker service inspect`'s `Spec` of `service`.
 fn spec(engine: &Engine, service: &str) -> anyhow::Result<Value> {
@@ -86,18 +111,7 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
     let engine = Engine::start_extra()?;
     let registry = Registry::start()?;
     let cleanup = Cleanup::new(&engine);
-    let swarm_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let _swarm = SwarmGuard(&engine);
-    engine.docker(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        "127.0.0.1",
-        "--listen-addr",
-        &format!("127.0.0.1:{swarm_port}"),
-    ])?;
+    let _swarm = swarm_init(&engine)?;
     let repo = unique_name("swarm-app");
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
     let web = unique_name("swarm-web");
@@ -270,5 +284,125 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         a.terminate(Duration::from_secs(10))?;
     }
     engine.docker(&["service", "rm", &web, &all])?;
+    Ok(())
+}
+
+#[test]
+fn the_stack_file_runs_an_agent_on_the_node_enrolled_by_a_secret_token() -> anyhow::Result<()> {
+    let Some(system) = require_engine() else {
+        return Ok(());
+    };
+    let on_system = Cleanup::new(&system);
+    let tag = unique_name("stack");
+    let built_agent = format!("ouroboros-agent:{tag}");
+    let built_coordinator = format!("ouroboros-coordinator:{tag}");
+    on_system.track_image(&built_agent)?;
+    on_system.track_image(&built_coordinator)?;
+    build_images(&system, &tag)?;
+    // The image every node pulls, from a registry.
+    let registry = Registry::start()?;
+    let agent_ref = registry.reference(&unique_name("ouroboros-agent"), "stable");
+    on_system.track_image(&agent_ref)?;
+    system.docker(&["tag", &built_agent, &agent_ref])?;
+    push_image(&system, &agent_ref)?;
+
+    let coordinator = CoordinatorContainer::start(
+        &on_system,
+        &unique_name("stack-coordinator"),
+        &built_coordinator,
+        &["SWARM=true"],
+        &[],
+    )?;
+    let token = coordinator.token(1)?;
+
+    let engine = Engine::start_extra()?;
+    let _swarm = swarm_init(&engine)?;
+    let mut secret = engine
+        .docker_command()
+        .args(["secret", "create", "ouroboros-join-token", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    secret
+        .stdin
+        .take()
+        .context("no stdin")?
+        .write_all(token.as_bytes())?;
+    ensure!(secret.wait()?.success(), "docker secret create failed");
+    let stack = unique_name("stack").replace('-', "_");
+    let stack_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/swarm-agents.yml")
+        .display()
+        .to_string();
+    let socket = engine
+        .socket()
+        .context("the engines here listen on unix sockets")?
+        .display()
+        .to_string();
+    let deployed = engine
+        .docker_command()
+        .args(["stack", "deploy", "--compose-file", &stack_file, &stack])
+        .env("OUROBOROS_COORDINATOR", &coordinator.url)
+        .env("OUROBOROS_AGENT_IMAGE", &agent_ref)
+        .env("OUROBOROS_DOCKER_SOCKET", &socket)
+        .output()?;
+    ensure!(
+        deployed.status.success(),
+        "docker stack deploy: {}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let node = engine
+        .docker(&["info", "--format", "{{.Name}}"])?
+        .trim()
+        .to_owned();
+    let service = format!("{stack}_agent");
+    let logs = || {
+        format!(
+            "agent: {}\ncoordinator: {}",
+            engine
+                .docker(&["service", "logs", "--raw", &service])
+                .unwrap_or_default(),
+            system
+                .docker(&["logs", &coordinator.name])
+                .unwrap_or_default()
+        )
+    };
+    // The node's agent enrols with the secret's token under the node's name, as a manager.
+    eventually(Duration::from_secs(90), POLL, || {
+        let (code, out) = coordinator.admin(&["hosts", "--output", "json"])?;
+        ensure!(code == 0, "hosts: {out}");
+        let hosts: Value =
+            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        let host = hosts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["host"] == node.as_str())
+            .with_context(|| format!("{node} not enrolled: {hosts}"))?;
+        ensure!(
+            host["connected"] == true && host["mode"] == "swarm-manager",
+            "{host}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    // It reports the swarm's services: its own among them, left alone as Ouroboros' own.
+    eventually(Duration::from_secs(30), POLL, || {
+        let (code, out) = coordinator.admin(&["updates", "--output", "json"])?;
+        ensure!(code == 0, "updates: {out}");
+        let planned: Value =
+            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        let own = unit(&planned, &service)?;
+        ensure!(
+            own["decision"] == "skip"
+                && own["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("Ouroboros' own")),
+            "{own}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    engine.docker(&["stack", "rm", &stack])?;
     Ok(())
 }
