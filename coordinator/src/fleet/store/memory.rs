@@ -63,6 +63,13 @@ impl FleetStore for MemoryStore {
         rest.history.extend(batch.history.clone());
         if let Some(before) = batch.history_before {
             rest.history.retain(|e| e.finished_ms >= before);
+            let gone = super::rollouts_to_prune(
+                rest.rollouts.iter().map(|(id, r)| (id.as_str(), r)),
+                before,
+            );
+            for id in gone {
+                rest.rollouts.remove(&id);
+            }
         }
         rest.announced.extend(batch.announced.clone());
         for (k, v) in &batch.bad_digests {

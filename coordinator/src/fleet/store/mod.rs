@@ -102,7 +102,8 @@ pub struct Batch {
     pub rollouts: BTreeMap<String, Rollout>,
     /// Outcomes to add.
     pub history: Vec<HistoryEntry>,
-    /// History older than this (unix ms) is removed.
+    /// History older than this (unix ms) is removed, and so are rollouts that ended before
+    /// it (see [`rollouts_to_prune`]).
     pub history_before: Option<i64>,
     /// Digests announced, by `host/container`.
     pub announced: BTreeMap<String, String>,
@@ -147,6 +148,36 @@ impl Batch {
         self.settings.extend(newer.settings);
         self.bad_digests.extend(newer.bad_digests);
     }
+}
+
+/// Ended rollouts kept at most, whatever their age: the newest ones (a rollout is kept while it
+/// runs or is paused, however old).
+pub const MAX_ENDED_ROLLOUTS: usize = 1000;
+
+/// The ids of the rollouts a prune at `before_ms` removes: those that ended (completed, rolled
+/// back, cancelled) and were last changed before `before_ms`, and the ended ones beyond the
+/// newest [`MAX_ENDED_ROLLOUTS`]. Without this the table grows by a rollout per cycle with an
+/// update, for ever, and every scrape and `rollouts` reads it whole.
+pub(super) fn rollouts_to_prune<'a>(
+    rollouts: impl IntoIterator<Item = (&'a str, &'a Rollout)>,
+    before_ms: i64,
+) -> Vec<String> {
+    let mut ended: Vec<(&str, &Rollout)> = rollouts
+        .into_iter()
+        .filter(|(_, r)| r.state.is_ended())
+        .collect();
+    // Newest first.
+    ended.sort_by(|a, b| {
+        (b.1.updated_ms.max(b.1.created_ms), b.0).cmp(&(a.1.updated_ms.max(a.1.created_ms), a.0))
+    });
+    ended
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, r))| {
+            *i >= MAX_ENDED_ROLLOUTS || r.updated_ms.max(r.created_ms) < before_ms
+        })
+        .map(|(_, (id, _))| (*id).to_owned())
+        .collect()
 }
 
 pub(super) fn history_key(e: &HistoryEntry) -> String {
@@ -299,6 +330,23 @@ impl FleetStore for RedbStore {
                 rollouts
                     .insert(id.as_str(), json.as_slice())
                     .map_err(db_err("write a rollout"))?;
+            }
+            if let Some(before) = batch.history_before {
+                use redb::ReadableTable;
+                let mut stored: Vec<(String, Rollout)> = Vec::new();
+                for row in rollouts.iter().map_err(db_err("read the rollouts"))? {
+                    let (id, json) = row.map_err(db_err("read a rollout"))?;
+                    // An unreadable one is reported where rollouts are loaded; kept here.
+                    if let Ok(r) = serde_json::from_slice::<Rollout>(json.value()) {
+                        stored.push((id.value().to_owned(), r));
+                    }
+                }
+                let gone = rollouts_to_prune(stored.iter().map(|(id, r)| (id.as_str(), r)), before);
+                for id in gone {
+                    rollouts
+                        .remove(id.as_str())
+                        .map_err(db_err("prune a rollout"))?;
+                }
             }
             let mut history = txn
                 .open_table(HISTORY)
@@ -454,129 +502,4 @@ impl RedbStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(host: &str) -> HostRecord {
-        HostRecord {
-            host: host.into(),
-            agent_version: "0.1.0".into(),
-            agent_image: String::new(),
-            agent_container: String::new(),
-            engine: EngineInfo::default(),
-            mode: HostMode::Standalone,
-            last_seen_unix_ms: 42,
-            inventory_at_unix_ms: 41,
-            containers: vec![],
-            cluster_id: String::new(),
-            services: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn redb_store_survives_reopen_and_locks_its_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = RedbStore::open(dir.path()).unwrap();
-            let mut batch = Batch::default();
-            for r in [record("a"), record("b")] {
-                batch.hosts.insert(r.host.clone(), r);
-            }
-            store.save(&batch).unwrap();
-            let mut seen = Batch::default();
-            seen.last_seen.insert("b".into(), 99);
-            store.save(&seen).unwrap();
-            let second = RedbStore::open(dir.path());
-            assert!(matches!(second, Err(StoreError::Locked(_))));
-        }
-        let store = RedbStore::open(dir.path()).unwrap();
-        let mut b = record("b");
-        b.last_seen_unix_ms = 99;
-        assert_eq!(store.load_hosts().unwrap(), vec![record("a"), b]);
-    }
-
-    #[test]
-    fn rollouts_history_announced_and_bad_digests_survive_reopen_and_history_is_pruned() {
-        use crate::plan::rollout::{HistoryEntry, Policy, Rollout, RolloutState};
-        let entry = |finished_ms: i64, container: &str| HistoryEntry {
-            rollout: "r-1".into(),
-            host: "h".into(),
-            container: container.into(),
-            image: "app:1".into(),
-            old_digest: "sha256:old".into(),
-            new_digest: "sha256:new".into(),
-            result: "updated".into(),
-            reason: String::new(),
-            started_ms: finished_ms - 5,
-            finished_ms,
-            duration_ms: 5,
-        };
-        let rollout = Rollout {
-            id: "r-1".into(),
-            created_ms: 1,
-            updated_ms: 2,
-            policy: Policy::default(),
-            state: RolloutState::Paused {
-                reason: "1 of 2 targets failed".into(),
-            },
-            targets: Vec::new(),
-            last_host_done_ms: 0,
-            canary_done_ms: 0,
-            acknowledged_failures: 0,
-            cancel: None,
-        };
-        let bad = crate::plan::rollout::BadDigest {
-            digest: "sha256:bad".into(),
-            at_ms: 7,
-            outcome: "rolled-back".into(),
-            reason: "health gate".into(),
-            rollout: "r-1".into(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = RedbStore::open(dir.path()).unwrap();
-            let mut batch = Batch::default();
-            batch.rollouts.insert(rollout.id.clone(), rollout.clone());
-            batch.history = vec![entry(100, "a"), entry(200, "b"), entry(300, "c")];
-            batch.announced.insert("h/a".into(), "sha256:new".into());
-            batch.bad_digests.insert("h/a".into(), Some(bad.clone()));
-            batch.bad_digests.insert("h/b".into(), Some(bad.clone()));
-            store.save(&batch).unwrap();
-            let mut forget = Batch::default();
-            forget.bad_digests.insert("h/b".into(), None);
-            store.save(&forget).unwrap();
-            store
-                .save(&Batch {
-                    history_before: Some(200),
-                    ..Batch::default()
-                })
-                .unwrap();
-        }
-        let store = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(store.load_rollouts().unwrap(), vec![rollout]);
-        let kept: Vec<String> = store
-            .load_history()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.container)
-            .collect();
-        assert_eq!(
-            kept,
-            vec!["b".to_owned(), "c".to_owned()],
-            "older than 200 pruned"
-        );
-        assert_eq!(
-            store
-                .load_announced()
-                .unwrap()
-                .get("h/a")
-                .map(String::as_str),
-            Some("sha256:new")
-        );
-        assert_eq!(
-            store.load_bad_digests().unwrap(),
-            BTreeMap::from([("h/a".to_owned(), bad)]),
-            "h/b forgotten"
-        );
-    }
-}
+mod tests;
