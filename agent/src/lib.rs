@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`cli`]: flags, environment fallbacks, validation into [`AgentConfig`]; [`enrol`]:
 //!   `--join`, a certificate for a new host from a join token.
-//! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
+//! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events);
+//!   [`services`]: a Swarm manager's services in the inventory.
 //! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
 //!   decides when it takes the next inventory; [`renew`]: a new certificate before expiry.
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
@@ -25,6 +26,7 @@ pub mod own;
 pub mod recreate;
 pub mod renew;
 pub mod schedule;
+pub mod services;
 pub mod updater;
 pub mod verdicts;
 
