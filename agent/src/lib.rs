@@ -10,7 +10,8 @@
 //!   decides when it takes the next inventory; [`renew`]: a new certificate before expiry.
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
 //!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
-//!   old images and unused anonymous volumes.
+//!   old images and unused anonymous volumes; [`swarm`]: the update of one Swarm
+//!   service to a new digest, watched and rolled back.
 //! - [`health`]: the heartbeat file behind `ouroboros-agent healthcheck`.
 
 pub mod backoff;
@@ -27,6 +28,7 @@ pub mod recreate;
 pub mod renew;
 pub mod schedule;
 pub mod services;
+pub mod swarm;
 pub mod updater;
 pub mod verdicts;
 
