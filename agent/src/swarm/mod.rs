@@ -37,6 +37,9 @@ use watch::{Look, Next, Phase, UpdateState};
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 /// How often the service is inspected while an update runs.
 pub const POLL: Duration = Duration::from_millis(500);
+/// The shortest wait for a rollback: a short update deadline must not cut the way back short
+/// (the old tasks still have to start and pass their health checks and monitor period).
+pub const MIN_ROLLBACK_WAIT: Duration = Duration::from_secs(60);
 /// Attempts at sending an update whose version went stale meanwhile.
 const ATTEMPTS: u32 = 5;
 
@@ -50,7 +53,8 @@ pub struct ServiceUpdate {
     pub image: String,
     /// Sent with the update, for the nodes that pull the image.
     pub auth: Option<RegistryAuth>,
-    /// How long the update may take; a rollback then gets as long again.
+    /// How long the update may take; a rollback then gets as long again, at least
+    /// [`MIN_ROLLBACK_WAIT`].
     pub deadline: Duration,
 }
 
@@ -251,7 +255,7 @@ async fn follow(
                 info!(op = %request.op_id, service = %request.service, %why, "The service rolls itself back.");
                 report("rollback");
                 phase = Phase::RollingBack { why };
-                overdue_at = Instant::now() + request.deadline;
+                overdue_at = Instant::now() + request.deadline.max(MIN_ROLLBACK_WAIT);
             }
             Next::RollBack(why) => {
                 info!(op = %request.op_id, service = %request.service, %why, "Rolling the service back.");
@@ -263,7 +267,7 @@ async fn follow(
                     });
                 }
                 phase = Phase::RollingBack { why };
-                overdue_at = Instant::now() + request.deadline;
+                overdue_at = Instant::now() + request.deadline.max(MIN_ROLLBACK_WAIT);
             }
         }
     }

@@ -11,16 +11,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use ouroboros_agent::commands::CommandRunner;
 use ouroboros_agent::engine::{DockerEndpoint, Engine as AgentEngine};
 use ouroboros_agent::recreate::executor::{Deadlines, Recreator};
 use ouroboros_agent::recreate::faults::CrashPoint;
 use ouroboros_agent::recreate::journal::{Journal, Outcome};
+use ouroboros_agent::recreate::pull::{RegistryAuth, registry_auth_header};
 use ouroboros_agent::swarm::{self, ServiceUpdate};
+use ouroboros_proto::v1 as pb;
 use ouroboros_shared::inventory::HostMode;
 use ouroboros_tests::{
     Cleanup, Engine, ImageSpec, Registry, SwarmGuard, TestImage, eventually, publish,
     require_engine, unique_name,
 };
+use pb::agent_message::Kind;
+use pb::recreate_result::Status;
 use serde_json::Value;
 
 /// One swarm at a time on this machine.
@@ -58,7 +63,7 @@ struct Swarm {
     _swarm: SwarmGuard,
     engine: Engine,
     _cleanup: Cleanup,
-    _registry: Registry,
+    registry: Registry,
     v1: TestImage,
     v2: TestImage,
     agent: AgentEngine,
@@ -69,11 +74,27 @@ struct Swarm {
 impl Swarm {
     /// `None` without an engine (outside CI). `v2` is built from `v2_spec`.
     async fn start(v2_spec: ImageSpec) -> anyhow::Result<Option<Swarm>> {
+        Self::start_with(v2_spec, None).await
+    }
+
+    /// Like [`Swarm::start`], with a registry that wants `credentials` (user, password).
+    async fn start_with(
+        v2_spec: ImageSpec,
+        credentials: Option<(&str, &str)>,
+    ) -> anyhow::Result<Option<Swarm>> {
         let Some(system) = require_engine() else {
             return Ok(None);
         };
         let turn = TURN.lock().await;
-        let registry = Registry::start()?;
+        let registry = match credentials {
+            Some((user, password)) => {
+                let registry = Registry::start_with_auth(user, password)?;
+                // This handle's own CLI config: the login reaches no other test.
+                system.login(registry.addr(), user, password)?;
+                registry
+            }
+            None => Registry::start()?,
+        };
         let cleanup = Cleanup::new(&system);
         let repo = unique_name("swarm");
         let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
@@ -86,7 +107,7 @@ impl Swarm {
             _swarm: guard,
             engine,
             _cleanup: cleanup,
-            _registry: registry,
+            registry,
             v1,
             v2,
             agent,
@@ -313,6 +334,11 @@ async fn updates(s: &Swarm, web: &str, global: &str) -> anyhow::Result<()> {
         version,
         "a repeated op id changed the service"
     );
+    // Back to v1: the service's status still says `completed` (of the update to v2); only
+    // a status of this update may end the watch, so the tasks are on v1 when it answers.
+    let back = swarm::update(&s.recreator, &request("op-web-back", web, &v1), &|_| {}).await?;
+    assert!(matches!(back, Outcome::Updated { .. }), "{back:?}");
+    assert_eq!(s.running_images(web)?, vec![v1.clone(); 2]);
     Ok(())
 }
 
@@ -323,33 +349,53 @@ async fn swarm_never_healthy_update_ends_rolled_back() -> anyhow::Result<()> {
     };
     let paused = unique_name("svc-pause");
     let rolling = unique_name("svc-rollback");
+    let late = unique_name("svc-late");
     s.create(&paused, &["--replicas", "2"], 2)?;
     s.create(
         &rolling,
         &["--replicas", "2", "--update-failure-action", "rollback"],
         2,
     )?;
-    let result = rollbacks(&s, &paused, &rolling).await;
-    s.remove(&[&paused, &rolling]);
+    // Failures do not stop this one, and it watches for a minute: it outlasts its deadline.
+    s.create(
+        &late,
+        &[
+            "--replicas",
+            "1",
+            "--update-failure-action",
+            "continue",
+            "--update-monitor",
+            "60s",
+        ],
+        1,
+    )?;
+    let result = rollbacks(&s, [(&paused, 2), (&rolling, 2), (&late, 1)]).await;
+    s.remove(&[&paused, &rolling, &late]);
     result
 }
 
-async fn rollbacks(s: &Swarm, paused: &str, rolling: &str) -> anyhow::Result<()> {
+async fn rollbacks(s: &Swarm, services: [(&str, usize); 3]) -> anyhow::Result<()> {
+    let [(paused, _), (rolling, _), (late, _)] = services;
     let v1 = Swarm::pinned(&s.v1);
     let v2 = Swarm::pinned(&s.v2);
     let steps = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = steps.clone();
     let report = move |step: &'static str| seen.lock().unwrap().push(step);
     let started = Instant::now();
-    let (pause_request, rollback_request) = (
+    let (pause_request, rollback_request, late_request) = (
         request("op-pause", paused, &v2),
         request("op-rollback", rolling, &v2),
+        ServiceUpdate {
+            deadline: Duration::from_secs(4),
+            ..request("op-late", late, &v2)
+        },
     );
-    let (by_agent, by_service) = tokio::join!(
+    let (by_agent, by_service, overdue) = tokio::join!(
         swarm::update(&s.recreator, &pause_request, &report),
         swarm::update(&s.recreator, &rollback_request, &|_| {}),
+        swarm::update(&s.recreator, &late_request, &|_| {}),
     );
-    eprintln!("both rolled back in {:.1?}", started.elapsed());
+    eprintln!("all three rolled back in {:.1?}", started.elapsed());
     match by_agent? {
         Outcome::RolledBack { reason, .. } => {
             assert!(reason.contains("paused"), "{reason}")
@@ -363,11 +409,17 @@ async fn rollbacks(s: &Swarm, paused: &str, rolling: &str) -> anyhow::Result<()>
         }
         other => panic!("update with failure action rollback: {other:?}"),
     }
-    for service in [paused, rolling] {
+    match overdue? {
+        Outcome::RolledBack { reason, .. } => {
+            assert!(reason.contains("deadline"), "{reason}")
+        }
+        other => panic!("update past its deadline: {other:?}"),
+    }
+    for (service, tasks) in services {
         assert_eq!(s.spec_image(service)?, v1, "{service}");
         eventually(CONVERGE, POLL, || {
             let images = s.running_images(service)?;
-            ensure!(images == vec![v1.clone(); 2], "{service}: {images:?}");
+            ensure!(images == vec![v1.clone(); tasks], "{service}: {images:?}");
             Ok(())
         })?;
     }
@@ -451,6 +503,46 @@ async fn stale_and_refusals(s: &Swarm, web: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn swarm_update_carries_the_registry_auth_in_url_safe_base64() -> anyhow::Result<()> {
+    // A password whose auth header differs between standard and URL-safe base64.
+    let (user, password) = ("swarmci", "s3cr?t>>~~??");
+    let Some(s) = Swarm::start_with(ImageSpec::new(2), Some((user, password))).await? else {
+        return Ok(());
+    };
+    let auth = RegistryAuth {
+        username: user.to_owned(),
+        password: password.to_owned(),
+        ..RegistryAuth::default()
+    };
+    let header = registry_auth_header(&auth, s.registry.addr());
+    ensure!(
+        header.contains('-') || header.contains('_'),
+        "the password does not tell the alphabets apart: {header}"
+    );
+    // v1 is on the engine already; the service itself has no auth, so only the update's
+    // header can let the engine pull v2.
+    s.engine.login(s.registry.addr(), user, password)?;
+    s.engine.docker(&["pull", &Swarm::pinned(&s.v1)])?;
+    s.engine.logout(s.registry.addr())?;
+    let web = unique_name("svc-auth");
+    s.create(&web, &["--replicas", "1"], 1)?;
+    let result = async {
+        let v2 = Swarm::pinned(&s.v2);
+        let update = ServiceUpdate {
+            auth: Some(auth),
+            ..request("op-auth", &web, &v2)
+        };
+        let outcome = swarm::update(&s.recreator, &update, &|_| {}).await?;
+        assert!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
+        assert_eq!(s.running_images(&web)?, vec![v2]);
+        anyhow::Ok(())
+    }
+    .await;
+    s.remove(&[&web]);
+    result
+}
+
+#[tokio::test]
 async fn swarm_update_is_refused_on_a_standalone_engine() -> anyhow::Result<()> {
     let Some(system) = require_engine() else {
         return Ok(());
@@ -474,5 +566,40 @@ async fn swarm_update_is_refused_on_a_standalone_engine() -> anyhow::Result<()> 
     );
     let inventory = agent.inventory(|| recreator.journal().set_aside()).await?;
     assert!(inventory.cluster_id.is_empty() && inventory.services.is_empty());
+
+    // Through the command runner, as the link hands the command over: progress, the host's
+    // inventory, then the answer REFUSED with its one-line reason.
+    let commands = CommandRunner::new(recreator, agent, None, None);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let command = pb::UpdateService {
+        op_id: "op-standalone-cmd".into(),
+        service: "web".into(),
+        image,
+        auth: None,
+        deadline_ms: 0,
+    };
+    commands.update_service(command, tx).await;
+    let mut kinds = Vec::new();
+    while let Ok(message) = rx.try_recv() {
+        kinds.push(message.kind.context("a message without kind")?);
+    }
+    assert!(
+        matches!(kinds.first(), Some(Kind::Progress(p)) if p.step == "update"),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(kinds.get(1), Some(Kind::Inventory(_))),
+        "{kinds:?}"
+    );
+    let Some(Kind::Result(result)) = kinds.get(2) else {
+        panic!("no result: {kinds:?}");
+    };
+    let answer = result.recreate.clone().context("no recreate result")?;
+    assert_eq!(answer.status(), Status::Refused);
+    assert!(
+        answer.reason.contains("not a Swarm manager") && !answer.reason.contains('\n'),
+        "{}",
+        answer.reason
+    );
     Ok(())
 }
