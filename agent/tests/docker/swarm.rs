@@ -503,6 +503,51 @@ async fn stale_and_refusals(s: &Swarm, web: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn swarm_stopping_agent_leaves_the_update_to_the_engine_and_resumes_it() -> anyhow::Result<()>
+{
+    let Some(s) = Swarm::start(ImageSpec::new(2)).await? else {
+        return Ok(());
+    };
+    let web = unique_name("svc-stop");
+    s.create(&web, &["--replicas", "1"], 1)?;
+    let result = stop_and_resume(&s, &web).await;
+    s.remove(&[&web]);
+    result
+}
+
+async fn stop_and_resume(s: &Swarm, web: &str) -> anyhow::Result<()> {
+    let v2 = Swarm::pinned(&s.v2);
+    // SIGTERM as the watch begins: the agent answers interrupted and records nothing.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (_, recreator, journal) = agent_on(&s.engine).await?;
+    let recreator = recreator.with_stopping(stopping);
+    let report = move |step: &'static str| {
+        if step == "watch" {
+            let _ = stop.send(true);
+        }
+    };
+    let outcome = swarm::update(&recreator, &request("op-stop", web, &v2), &report).await?;
+    assert!(
+        matches!(outcome, Outcome::Interrupted { .. }),
+        "{outcome:?}"
+    );
+    assert!(recreator.journal().get("op-stop")?.is_none());
+    assert_eq!(s.spec_image(web)?, v2, "the engine was not left the update");
+    // After the restart the same op id picks up the watch of the update still running.
+    let restarted = Recreator::new(
+        &s.agent,
+        Journal::open(journal.path())?,
+        Deadlines::default(),
+        None,
+    );
+    let resumed = swarm::update(&restarted, &request("op-stop", web, &v2), &|_| {}).await?;
+    assert!(matches!(resumed, Outcome::Updated { .. }), "{resumed:?}");
+    assert_eq!(s.running_images(web)?, vec![v2]);
+    assert!(restarted.journal().get("op-stop")?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
 async fn swarm_update_carries_the_registry_auth_in_url_safe_base64() -> anyhow::Result<()> {
     // A password whose auth header differs between standard and URL-safe base64.
     let (user, password) = ("swarmci", "s3cr?t>>~~??");
