@@ -272,6 +272,59 @@ impl CommandRunner {
         self.answer(&tx, op_id, result).await;
     }
 
+    /// Runs an `UpdateService` (one destructive operation at a time, like a recreate) and
+    /// sends its progress and result on `tx`. Refused when this host is not a Swarm manager,
+    /// the service does not exist or the image is not `repo:tag@sha256:…`. A stopping agent
+    /// starts nothing and does not answer; one that stops while the engine replaces the tasks
+    /// answers interrupted (see [`crate::swarm::update`]).
+    pub async fn update_service(
+        &self,
+        command: pb::UpdateService,
+        tx: mpsc::Sender<pb::AgentMessage>,
+    ) {
+        let _turn = self.one_at_a_time.lock().await;
+        let op_id = command.op_id.clone();
+        if self.recreator.is_stopping() || self.handing_over() {
+            info!(op = %op_id, service = %command.service, "Service update not started: the agent is stopping or handing over to its successor.");
+            return;
+        }
+        info!(op = %op_id, service = %command.service, image = %command.image, "Service update requested.");
+        let request = crate::swarm::ServiceUpdate {
+            op_id: op_id.clone(),
+            service: command.service,
+            image: command.image,
+            auth: command.auth.map(|a| RegistryAuth {
+                username: a.username,
+                password: a.password,
+                identity_token: a.identity_token,
+                registry_token: a.registry_token,
+            }),
+            deadline: if command.deadline_ms > 0 {
+                Duration::from_millis(command.deadline_ms as u64)
+            } else {
+                crate::swarm::DEFAULT_DEADLINE
+            },
+        };
+        let report = progress_reporter(&tx, &op_id);
+        let result = match crate::swarm::update(&self.recreator, &request, &report).await {
+            Ok(outcome) => pb::RecreateResult::from(&outcome),
+            Err(RecreateError::ShuttingDown) => {
+                info!(op = %op_id, "Service update not started: the agent is stopping.");
+                return;
+            }
+            Err(error) => {
+                let mut r = pb::RecreateResult {
+                    reason: error.to_string(),
+                    ..Default::default()
+                };
+                r.set_status(Status::Error);
+                r
+            }
+        };
+        info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Service update finished.");
+        self.answer(&tx, op_id, result).await;
+    }
+
     /// Sends `result` for `op_id`, after an inventory of the host as it is now.
     async fn answer(
         &self,

@@ -188,23 +188,7 @@ impl Engine {
             .version()
             .await
             .map_err(self.err("read its version"))?;
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(self.err("read its info"))?;
-        let mode = match info.swarm {
-            Some(swarm)
-                if swarm.local_node_state == Some(bollard::models::LocalNodeState::ACTIVE) =>
-            {
-                if swarm.control_available == Some(true) {
-                    HostMode::SwarmManager
-                } else {
-                    HostMode::SwarmWorker
-                }
-            }
-            _ => HostMode::Standalone,
-        };
+        let (mode, _) = self.role().await?;
         let engine = EngineInfo {
             version: version.version.unwrap_or_default(),
             api_version: self.api_version(),
@@ -214,14 +198,53 @@ impl Engine {
         Ok((engine, mode))
     }
 
+    /// Whether the engine is a Swarm manager, worker or standalone, and on a manager the
+    /// swarm's id (`Swarm.Cluster.ID`), from one `docker info`.
+    async fn role(&self) -> Result<(HostMode, String), EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(self.err("read its info"))?;
+        Ok(match info.swarm {
+            Some(swarm)
+                if swarm.local_node_state == Some(bollard::models::LocalNodeState::ACTIVE) =>
+            {
+                if swarm.control_available == Some(true) {
+                    let cluster = swarm.cluster.and_then(|c| c.id).unwrap_or_default();
+                    (HostMode::SwarmManager, cluster)
+                } else {
+                    (HostMode::SwarmWorker, String::new())
+                }
+            }
+            _ => (HostMode::Standalone, String::new()),
+        })
+    }
+
     /// Every container on the host, running or not; those set aside (as `set_aside` tells,
     /// asked after the list so that no container listed is newer than its answer) are marked.
+    /// On a Swarm manager also the swarm's id and its services.
     pub async fn inventory<S: SetAsideReasons>(
         &self,
         set_aside: impl Fn() -> S,
     ) -> Result<Inventory, EngineError> {
         let observed_at_unix_ms = now_unix_ms();
-        let mode = self.describe().await?.1;
+        let (mode, mut cluster_id) = self.role().await?;
+        let services = if mode == HostMode::SwarmManager {
+            match crate::services::list(&self.docker).await {
+                Ok(services) => services,
+                Err(error) => {
+                    // A manager without quorum cannot list services: its containers are still
+                    // reported, and no cluster id, so that its empty list never stands for
+                    // the swarm's services.
+                    tracing::warn!(%error, "Cannot list the swarm's services; reporting the containers only.");
+                    cluster_id.clear();
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))
@@ -261,8 +284,8 @@ impl Engine {
             containers,
             mode,
             observed_at_unix_ms,
-            cluster_id: String::new(),
-            services: Vec::new(),
+            cluster_id,
+            services,
         })
     }
 

@@ -4,12 +4,14 @@
 //! Layout:
 //! - [`cli`]: flags, environment fallbacks, validation into [`AgentConfig`]; [`enrol`]:
 //!   `--join`, a certificate for a new host from a join token.
-//! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events).
+//! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events);
+//!   [`services`]: a Swarm manager's services in the inventory.
 //! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
 //!   decides when it takes the next inventory; [`renew`]: a new certificate before expiry.
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
 //!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
-//!   old images and unused anonymous volumes.
+//!   old images and unused anonymous volumes; [`swarm`]: the update of one Swarm
+//!   service to a new digest, watched and rolled back.
 //! - [`health`]: the heartbeat file behind `ouroboros-agent healthcheck`.
 
 pub mod backoff;
@@ -25,6 +27,8 @@ pub mod own;
 pub mod recreate;
 pub mod renew;
 pub mod schedule;
+pub mod services;
+pub mod swarm;
 pub mod updater;
 pub mod verdicts;
 

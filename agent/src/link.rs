@@ -394,6 +394,11 @@ async fn session(
                     let tx = tx.clone();
                     tokio::spawn(async move { commands.recreate(command, tx).await });
                 }
+                Some(pb::CoordinatorMessage { kind: Some(Kind::UpdateService(command)) }) => {
+                    let commands = commands.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move { commands.update_service(command, tx).await });
+                }
                 Some(pb::CoordinatorMessage { kind: Some(Kind::HookVerdict(verdict)) }) => {
                     commands.verdicts.deliver(verdict);
                 }

@@ -14,6 +14,7 @@
 //!   htpasswd auth; [`access_log`] parses which requests it served.
 //! - [`image`]: busybox test images per version ([`build_image`], [`push_image`],
 //!   [`publish`]; multi-arch: [`set_architecture`], [`push_manifest_list`]).
+//! - [`swarm`]: [`SwarmGuard`], a single-node swarm on an extra engine, left on drop.
 //! - [`cleanup`]: [`Cleanup`], removing a test's containers, networks, volumes and images on
 //!   drop, even on panic.
 //! - [`process`]: [`Process`], a child with its output in a log file to wait on.
@@ -61,6 +62,7 @@ pub mod poll;
 pub mod process;
 pub mod raw_http;
 pub mod registry;
+pub mod swarm;
 
 pub use access_log::AccessEntry;
 pub use binaries::Binaries;
@@ -77,3 +79,4 @@ pub use poll::eventually;
 pub use process::{LogMark, Process};
 pub use raw_http::{HttpResponse, http_request, http_request_unix, http_request_with_body};
 pub use registry::Registry;
+pub use swarm::SwarmGuard;

@@ -29,11 +29,14 @@ pub enum CrashPoint {
     BeforeRemoveOld,
     /// When a failure is about to be rolled back.
     BeforeRollback,
+    /// A Swarm service update read the service (its spec and version) and is about to send
+    /// the new spec (the Swarm service update).
+    AfterServiceRead,
 }
 
 impl CrashPoint {
     /// Every point, with its name for `OUROBOROS_FAILPOINT`.
-    pub const ALL: [(&'static str, CrashPoint); 11] = [
+    pub const ALL: [(&'static str, CrashPoint); 12] = [
         ("after-dependant-stop", Self::AfterDependantStop),
         ("after-stop", Self::AfterStop),
         ("after-rename", Self::AfterRename),
@@ -45,6 +48,7 @@ impl CrashPoint {
         ("after-dependant-create", Self::AfterDependantCreate),
         ("before-remove-old", Self::BeforeRemoveOld),
         ("before-rollback", Self::BeforeRollback),
+        ("after-service-read", Self::AfterServiceRead),
     ];
 
     /// Parses a name of [`CrashPoint::ALL`] (`after-stop`, `during-health`, ...).

@@ -10,3 +10,4 @@ mod handover;
 mod lifecycle;
 mod recreate;
 mod safety;
+mod swarm;

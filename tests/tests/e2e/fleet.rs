@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use ouroboros_tests::{
-    Binaries, Cleanup, Engine, Process, Registry, eventually, publish, require_engine, unique_name,
+    Binaries, Cleanup, Engine, Process, Registry, SwarmGuard, eventually, publish, require_engine,
+    unique_name,
 };
 use serde_json::Value;
 
@@ -185,17 +186,6 @@ impl Coordinator {
     }
 }
 
-/// Leaves the Swarm on drop and removes the `docker_gwbridge` network it made, so no bridge
-/// of ours stays on the machine.
-pub(crate) struct SwarmGuard<'a>(pub(crate) &'a Engine);
-
-impl Drop for SwarmGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.docker(&["swarm", "leave", "--force"]);
-        let _ = self.0.docker(&["network", "rm", "docker_gwbridge"]);
-    }
-}
-
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 path")
 }
@@ -315,18 +305,7 @@ fn two_hosts_report_reconnect_and_survive_a_coordinator_restart() -> anyhow::Res
         coordinator.container("host-b", &b2)
     })?;
     // Host B becomes a Swarm manager while its agent is connected: the mode follows.
-    let swarm_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let _swarm = SwarmGuard(&engine_b);
-    engine_b.docker(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        "127.0.0.1",
-        "--listen-addr",
-        &format!("127.0.0.1:{swarm_port}"),
-    ])?;
+    let _swarm = SwarmGuard::init(&engine_b)?;
     eventually(CONVERGE, POLL, || {
         let h = coordinator.host("host-b")?;
         ensure!(h["mode"] == "swarm-manager", "mode not updated: {h}");

@@ -19,32 +19,15 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ouroboros_tests::{
-    Binaries, Cleanup, Engine, ImageSpec, Registry, eventually, publish, push_image,
+    Binaries, Cleanup, Engine, ImageSpec, Registry, SwarmGuard, eventually, publish, push_image,
     require_engine, unique_name,
 };
 use serde_json::Value;
 
 use crate::containers::CoordinatorContainer;
-use crate::fleet::{Coordinator, POLL, SwarmGuard};
+use crate::fleet::{Coordinator, POLL};
 use crate::images::build_images;
 use crate::rollout::newest_rollout;
-
-/// Makes `engine` a single-node swarm's manager (left again when the guard drops).
-fn swarm_init(engine: &Engine) -> anyhow::Result<SwarmGuard<'_>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let guard = SwarmGuard(engine);
-    engine.docker(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        "127.0.0.1",
-        "--listen-addr",
-        &format!("127.0.0.1:{port}"),
-    ])?;
-    Ok(guard)
-}
 
 /// `docker service inspect`'s `Spec` of `service`.
 fn spec(engine: &Engine, service: &str) -> anyhow::Result<Value> {
@@ -111,7 +94,7 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
     let engine = Engine::start_extra()?;
     let registry = Registry::start()?;
     let cleanup = Cleanup::new(&engine);
-    let _swarm = swarm_init(&engine)?;
+    let _swarm = SwarmGuard::init(&engine)?;
     let repo = unique_name("swarm-app");
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
     let web = unique_name("swarm-web");
@@ -316,7 +299,7 @@ fn the_stack_file_runs_an_agent_on_the_node_enrolled_by_a_secret_token() -> anyh
     let token = coordinator.token(1)?;
 
     let engine = Engine::start_extra()?;
-    let _swarm = swarm_init(&engine)?;
+    let _swarm = SwarmGuard::init(&engine)?;
     let mut secret = engine
         .docker_command()
         .args(["secret", "create", "ouroboros-join-token", "-"])
