@@ -112,10 +112,14 @@ pub async fn update(
     Ok(outcome)
 }
 
+/// A refusal: nothing was changed, for `reason` (one line).
 fn refused(reason: String) -> Result<End, RecreateError> {
     Ok(End::Answer(Outcome::Refused { reason }))
 }
 
+/// Checks the request, sends the update (again on a stale version) and watches it to its end.
+/// The spec's digest alone tells whether the service is on the target already (the same
+/// content under another repository name is current too).
 async fn run(
     recreator: &Recreator,
     request: &ServiceUpdate,
@@ -182,6 +186,17 @@ async fn run(
                 debug!(op = %request.op_id, attempt, "Service version went stale; reading it again.");
             }
             Err(e) => {
+                // Without an answer (a timeout, a broken connection) the update may still
+                // have reached the engine: only a spec still off the target is a refusal.
+                let answered =
+                    matches!(e, bollard::errors::Error::DockerResponseServerError { .. });
+                if !answered
+                    && let Ok(Some(now)) = spec::read(docker, &id).await
+                    && spec_image(&now.service).and_then(digest_of) == Some(digest.as_str())
+                {
+                    warn!(op = %request.op_id, error = %e, "The update's answer was lost, but the engine took it; watching it.");
+                    break (id, started_at(service.update_status.as_ref()));
+                }
                 return refused(format!(
                     "the engine refused the update of service {:?} (attempt {attempt}): {e}",
                     request.service

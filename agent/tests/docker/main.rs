@@ -11,3 +11,4 @@ mod lifecycle;
 mod recreate;
 mod safety;
 mod swarm;
+mod swarm_failures;
