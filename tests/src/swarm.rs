@@ -2,8 +2,9 @@
 //!
 //! `docker swarm init` makes a `docker_gwbridge` Linux bridge in the machine's network
 //! namespace, which outlives the daemon; the guard removes it. Daemons in one namespace share
-//! that name, so two swarms on this machine must not run at the same time: tests serialize
-//! their swarms. Never init a swarm on the system engine.
+//! that name, so two swarms on this machine must not run at the same time: a guard holds a
+//! lock on a file (`flock`, so test threads and test binaries alike wait for each other) from
+//! before the swarm is made until it is gone. Never init a swarm on the system engine.
 
 use anyhow::{Context as _, ensure};
 
@@ -13,13 +14,26 @@ use crate::engine::Engine;
 /// of ours stays on the machine.
 pub struct SwarmGuard {
     engine: Engine,
+    /// This machine's one swarm at a time (unlocked when dropped, after the swarm is gone).
+    _turn: Option<std::fs::File>,
 }
 
 impl SwarmGuard {
-    /// Guards a swarm the caller makes on `engine` (an extra engine).
+    /// Guards a swarm the caller makes on `engine` (an extra engine), once no other swarm of
+    /// the tests exists (waits for it).
     pub fn new(engine: &Engine) -> SwarmGuard {
+        let path = std::env::temp_dir().join("ouroboros-test-swarm.lock");
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| eprintln!("cannot lock {}: {e}; swarms may overlap", path.display()))
+            .ok();
         SwarmGuard {
             engine: engine.clone(),
+            _turn: turn,
         }
     }
 
@@ -53,5 +67,6 @@ impl Drop for SwarmGuard {
     fn drop(&mut self) {
         let _ = self.engine.docker(&["swarm", "leave", "--force"]);
         let _ = self.engine.docker(&["network", "rm", "docker_gwbridge"]);
+        // `_turn` unlocks after this, when the fields drop.
     }
 }

@@ -51,25 +51,22 @@ fn without_image(mut spec: Value) -> Value {
     spec
 }
 
-/// Every running task of `service` runs the image of `digest` (and there are `n` of them).
+/// `service` has `n` running task containers, each on the image of `digest`.
 fn tasks_run(engine: &Engine, service: &str, digest: &str, n: usize) -> anyhow::Result<()> {
-    let out = engine.docker(&[
-        "service",
+    let ids = engine.docker(&[
         "ps",
-        service,
+        "--quiet",
         "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Image}} {{.CurrentState}}",
+        &format!("label=com.docker.swarm.service.name={service}"),
     ])?;
-    let tasks: Vec<&str> = out.lines().collect();
-    ensure!(tasks.len() == n, "{service}: {n} tasks wanted: {out}");
-    for t in &tasks {
-        ensure!(
-            t.contains(digest) && t.contains("Running"),
-            "{service}: {t}, not {digest} running"
-        );
-    }
+    let images: Vec<String> = ids
+        .split_whitespace()
+        .map(|id| engine.inspect(id, "{{.Config.Image}}"))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        images.len() == n && images.iter().all(|i| i.ends_with(&format!("@{digest}"))),
+        "{service}: {n} tasks on {digest} wanted, running {images:?}"
+    );
     Ok(())
 }
 
@@ -109,6 +106,9 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         "--quiet",
         "--name",
         &web,
+        // The extra engine's bridge has room for one container.
+        "--network",
+        "host",
         "--replicas",
         "2",
         "--label",
@@ -136,6 +136,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         "--quiet",
         "--name",
         &all,
+        "--network",
+        "host",
         "--mode",
         "global",
         "--label",
