@@ -14,6 +14,8 @@ use crate::engine::Engine;
 /// of ours stays on the machine.
 pub struct SwarmGuard {
     engine: Engine,
+    /// Engines that joined as managers (left first).
+    joined: Vec<Engine>,
     /// This machine's one swarm at a time (unlocked when dropped, after the swarm is gone).
     _turn: Option<std::fs::File>,
 }
@@ -33,6 +35,7 @@ impl SwarmGuard {
             .ok();
         SwarmGuard {
             engine: engine.clone(),
+            joined: Vec::new(),
             _turn: turn,
         }
     }
@@ -63,8 +66,56 @@ impl SwarmGuard {
     }
 }
 
+impl SwarmGuard {
+    /// Joins extra engine `other` to this swarm as a second manager. It advertises
+    /// 127.0.0.2 (any loopback address is this machine's): the gossip port (7946) is fixed,
+    /// so two nodes in one network namespace need two addresses.
+    pub fn join_manager(&mut self, other: &Engine) -> anyhow::Result<()> {
+        ensure!(
+            other.is_extra(),
+            "a swarm is only made on an extra engine, never on the system one"
+        );
+        let token = self
+            .engine
+            .docker(&["swarm", "join-token", "--quiet", "manager"])?;
+        let leader = self.engine.docker(&[
+            "info",
+            "--format",
+            "{{range .Swarm.RemoteManagers}}{{.Addr}} {{end}}",
+        ])?;
+        let leader = leader
+            .split_whitespace()
+            .next()
+            .context("the swarm names no manager address")?
+            .to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.2:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port on 127.0.0.2")?
+            .port();
+        self.joined.push(other.clone());
+        other
+            .docker(&[
+                "swarm",
+                "join",
+                "--token",
+                token.trim(),
+                "--advertise-addr",
+                "127.0.0.2",
+                "--listen-addr",
+                &format!("127.0.0.2:{port}"),
+                &leader,
+            ])
+            .context("docker swarm join")?;
+        Ok(())
+    }
+}
+
 impl Drop for SwarmGuard {
     fn drop(&mut self) {
+        for other in &self.joined {
+            let _ = other.docker(&["swarm", "leave", "--force"]);
+            let _ = other.docker(&["network", "rm", "docker_gwbridge"]);
+        }
         let _ = self.engine.docker(&["swarm", "leave", "--force"]);
         let _ = self.engine.docker(&["network", "rm", "docker_gwbridge"]);
         // `_turn` unlocks after this, when the fields drop.

@@ -1,11 +1,10 @@
-//! Swarm mode end to end: a single-node swarm on an extra engine, two agents on that manager
-//! (two connected managers of one swarm, as far as the coordinator can tell), services from
-//! the local registry:
+//! Swarm mode end to end: a swarm of two managers, each an extra engine with its agent, and
+//! services from the local registry:
 //!
 //! 1. Without `SWARM`: the services are listed as skipped with why, and left alone.
 //! 2. With `SWARM`: a new digest on their tag moves a replicated (2 replicas) and a global
-//!    service to it in one cycle, each updated once (through one manager), with every other
-//!    field of their specs unchanged.
+//!    service to it in one cycle, each updated once (through one manager, though both report
+//!    it), with every other field of their specs unchanged.
 //! 3. A new digest whose healthcheck never passes: the service ends on the old digest, the
 //!    rollout reports the failure.
 //!
@@ -51,18 +50,21 @@ fn without_image(mut spec: Value) -> Value {
     spec
 }
 
-/// `service` has `n` running task containers, each on the image of `digest`.
-fn tasks_run(engine: &Engine, service: &str, digest: &str, n: usize) -> anyhow::Result<()> {
-    let ids = engine.docker(&[
-        "ps",
-        "--quiet",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={service}"),
-    ])?;
-    let images: Vec<String> = ids
-        .split_whitespace()
-        .map(|id| engine.inspect(id, "{{.Config.Image}}"))
-        .collect::<anyhow::Result<_>>()?;
+/// `service` has `n` running task containers on the swarm's `nodes`, each on the image of
+/// `digest`.
+fn tasks_run(nodes: &[Engine], service: &str, digest: &str, n: usize) -> anyhow::Result<()> {
+    let mut images = Vec::new();
+    for node in nodes {
+        let ids = node.docker(&[
+            "ps",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+        ])?;
+        for id in ids.split_whitespace() {
+            images.push(node.inspect(id, "{{.Config.Image}}")?);
+        }
+    }
     ensure!(
         images.len() == n && images.iter().all(|i| i.ends_with(&format!("@{digest}"))),
         "{service}: {n} tasks on {digest} wanted, running {images:?}"
@@ -88,10 +90,12 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         return Ok(());
     }
     let bins = Binaries::get()?;
-    let engine = Engine::start_extra()?;
+    let nodes = [Engine::start_extra()?, Engine::start_extra()?];
+    let engine = &nodes[0];
     let registry = Registry::start()?;
-    let cleanup = Cleanup::new(&engine);
-    let _swarm = SwarmGuard::init(&engine)?;
+    let cleanup = Cleanup::new(engine);
+    let mut swarm = SwarmGuard::init(engine)?;
+    swarm.join_manager(&nodes[1])?;
     let repo = unique_name("swarm-app");
     let v1 = publish(&cleanup, &registry, &repo, "stable", 1)?;
     let web = unique_name("swarm-web");
@@ -149,10 +153,10 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         &v1.reference,
     ])?;
     eventually(Duration::from_secs(60), POLL, || {
-        tasks_run(&engine, &web, &v1.digest, 2)?;
-        tasks_run(&engine, &all, &v1.digest, 1)
+        tasks_run(&nodes, &web, &v1.digest, 2)?;
+        tasks_run(&nodes, &all, &v1.digest, 2)
     })?;
-    let before = [spec(&engine, &web)?, spec(&engine, &all)?];
+    let before = [spec(engine, &web)?, spec(engine, &all)?];
     let v2 = publish(&cleanup, &registry, &repo, "stable", 2)?;
 
     // 1. Without SWARM: skipped, with why; nothing changes.
@@ -162,8 +166,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
     let mut coordinator = Coordinator::init(&bins.coordinator, dir.path(), &["mgr-a", "mgr-b"])?;
     let server = coordinator.serve("127.0.0.1:0")?;
     let mut agents = vec![
-        coordinator.agent(&bins.agent, "mgr-a", &engine)?,
-        coordinator.agent(&bins.agent, "mgr-b", &engine)?,
+        coordinator.agent(&bins.agent, "mgr-a", &nodes[0])?,
+        coordinator.agent(&bins.agent, "mgr-b", &nodes[1])?,
     ];
     eventually(Duration::from_secs(30), POLL, || {
         let planned = coordinator.json(&["updates"])?;
@@ -181,8 +185,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
     })?;
     let (code, checked) = coordinator.admin(&["check"])?;
     ensure!(code == 0, "check without SWARM: {checked}");
-    ensure!(image_of(&spec(&engine, &web)?) == image_of(&before[0]));
-    ensure!(image_of(&spec(&engine, &all)?) == image_of(&before[1]));
+    ensure!(image_of(&spec(engine, &web)?) == image_of(&before[0]));
+    ensure!(image_of(&spec(engine, &all)?) == image_of(&before[1]));
     drop(server);
 
     // 2. With SWARM, both managers connected: each service once, through one manager, in one
@@ -193,8 +197,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         a.terminate(Duration::from_secs(10))?;
     }
     agents = vec![
-        coordinator.agent(&bins.agent, "mgr-a", &engine)?,
-        coordinator.agent(&bins.agent, "mgr-b", &engine)?,
+        coordinator.agent(&bins.agent, "mgr-a", &nodes[0])?,
+        coordinator.agent(&bins.agent, "mgr-b", &nodes[1])?,
     ];
     coordinator.wait_planned(2)?;
     let (code, checked) = coordinator.admin(&["check"])?;
@@ -209,8 +213,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
             "through the first manager: {t}"
         );
     }
-    for (service, before, n) in [(&web, &before[0], 2), (&all, &before[1], 1)] {
-        let after = spec(&engine, service)?;
+    for (service, before) in [(&web, &before[0]), (&all, &before[1])] {
+        let after = spec(engine, service)?;
         ensure!(
             image_of(&after) == format!("{}@{}", v2.reference, v2.digest),
             "{service}: {}",
@@ -221,7 +225,7 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
             "{service}: the spec changed beyond its image:\nbefore {before}\nafter {after}"
         );
         eventually(Duration::from_secs(60), POLL, || {
-            tasks_run(&engine, service, &v2.digest, n)
+            tasks_run(&nodes, service, &v2.digest, 2)
         })?;
     }
 
@@ -253,13 +257,13 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
             .is_some_and(|r| r.starts_with("rolled-back")),
         "{rollout}"
     );
-    for (service, n) in [(&web, 2), (&all, 1)] {
+    for service in [&web, &all] {
         ensure!(
-            image_of(&spec(&engine, service)?) == format!("{}@{}", v2.reference, v2.digest),
+            image_of(&spec(engine, service)?) == format!("{}@{}", v2.reference, v2.digest),
             "{service} is back on v2"
         );
         eventually(Duration::from_secs(60), POLL, || {
-            tasks_run(&engine, service, &v2.digest, n)
+            tasks_run(&nodes, service, &v2.digest, 2)
         })?;
     }
     ensure!(!v3.digest.is_empty());
