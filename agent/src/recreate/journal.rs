@@ -325,6 +325,13 @@ impl Journal {
         entry_path(&self.dir, op_id)
     }
 
+    /// Where a note of operation `op_id` of another kind than a recreate (`kind`: a folder
+    /// beside the journal's, e.g. `swarm-sent`) is kept; the op id is checked as for entries.
+    pub fn note_path(&self, kind: &str, op_id: &str) -> Result<PathBuf, JournalError> {
+        let data_dir = self.dir.parent().unwrap_or(&self.dir);
+        entry_path(&data_dir.join(kind), op_id)
+    }
+
     /// Operation `op_id`'s entry in the journal of `data_dir`, read without opening the
     /// journal: opening it tidies half-written files, which may be another process's next
     /// step (the updater of `up`). `None` when there is none or it cannot be read.

@@ -10,7 +10,10 @@
 //! `rollback=previous` (bollard's `Service` has no `PreviousSpec`); one the service's own
 //! failure action rolls back is followed, not repeated.
 //!
-//! Outcomes go to the recreate journal, so that a repeated op id is answered from it.
+//! Outcomes go to the recreate journal, so that a repeated op id is answered from it. Before an
+//! update goes to the engine, the agent notes it (`DATA_DIR/swarm-sent/OP.json`): the same op
+//! id coming again before its outcome is recorded (the agent restarted, or the coordinator sent
+//! it again) is never sent a second time, only watched where the engine is with it.
 
 pub mod spec;
 pub mod watch;
@@ -58,6 +61,46 @@ pub struct ServiceUpdate {
     pub deadline: Duration,
 }
 
+/// The folder (beside the journal's) of the notes of updates sent.
+const SENT_DIR: &str = "swarm-sent";
+
+/// What the agent sent for an operation, noted before it goes to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Sent {
+    service_id: String,
+    target: String,
+    /// `UpdateStatus.StartedAt` before the update (see [`watch::Look::fresh`]).
+    baseline: Option<String>,
+}
+
+fn sent_path(recreator: &Recreator, op_id: &str) -> Result<std::path::PathBuf, RecreateError> {
+    Ok(recreator.journal().note_path(SENT_DIR, op_id)?)
+}
+
+/// The note of `op_id`'s update, if it was sent.
+fn read_sent(recreator: &Recreator, op_id: &str) -> Result<Option<Sent>, RecreateError> {
+    let path = sent_path(recreator, op_id)?;
+    Ok(std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok()))
+}
+
+/// Notes durably that `op_id`'s update is about to be sent.
+fn write_sent(recreator: &Recreator, op_id: &str, sent: &Sent) -> Result<(), String> {
+    let path = sent_path(recreator, op_id).map_err(|e| e.to_string())?;
+    let dir = path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_string(sent).map_err(|e| e.to_string())?;
+    ouroboros_shared::files::write_fresh(&tmp, &json, 0o600)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The digest a reference pins, if any.
 fn digest_of(reference: &str) -> Option<&str> {
     reference.split_once('@').map(|(_, d)| d)
@@ -96,7 +139,11 @@ pub async fn update(
     if recreator.is_stopping() {
         return Err(RecreateError::ShuttingDown);
     }
-    let outcome = match run(recreator, request, report).await? {
+    let ended = match read_sent(recreator, &request.op_id)? {
+        Some(sent) => resume_sent(recreator, request, &sent, report).await,
+        None => run(recreator, request, report).await?,
+    };
+    let outcome = match ended {
         End::Interrupted(outcome) => return Ok(outcome),
         End::Answer(outcome) => outcome,
     };
@@ -108,8 +155,72 @@ pub async fn update(
     };
     if let Err(e) = recreator.record_done(&done, &outcome) {
         warn!(op = %request.op_id, error = %e, "Cannot record the service update's outcome in the journal.");
+    } else if let Ok(path) = sent_path(recreator, &request.op_id) {
+        // The journal answers from now on.
+        let _ = std::fs::remove_file(path);
     }
     Ok(outcome)
+}
+
+/// An update this agent sent before (for the same op id) whose outcome it never recorded: it
+/// is not sent again. On the target, it is watched (an update that has not started yet
+/// included: the tasks tell); rolling back by the service's own failure action, followed; else
+/// it went back (or elsewhere) while the agent was away, which is the answer.
+async fn resume_sent(
+    recreator: &Recreator,
+    request: &ServiceUpdate,
+    sent: &Sent,
+    report: &(dyn Fn(&'static str) + Send + Sync),
+) -> End {
+    let docker = recreator.docker();
+    let service = match inspect(docker, &sent.service_id).await {
+        Ok(Some(service)) => service,
+        Ok(None) => {
+            return End::Answer(Outcome::Refused {
+                reason: format!(
+                    "service {:?} is gone (its update was sent before the agent restarted)",
+                    request.service
+                ),
+            });
+        }
+        Err(e) => {
+            // Not known yet: answer nothing recorded; the same op id comes again.
+            return End::Interrupted(Outcome::Interrupted {
+                step: watch::STEP.to_owned(),
+                reason: format!("cannot inspect service {:?}: {e}", request.service),
+            });
+        }
+    };
+    let now = spec_image(&service).unwrap_or_default().to_owned();
+    let on_target = digest_of(&now) == digest_of(&sent.target);
+    let status = service.update_status.as_ref();
+    let state = status
+        .and_then(|s| s.state)
+        .and_then(|s| UpdateState::parse(s.as_ref()));
+    let fresh = state.is_some() && started_at(status) != sent.baseline;
+    info!(op = %request.op_id, service = %request.service, on_target, ?state, fresh, "Resuming a service update sent before; it is not sent again.");
+    if on_target || (fresh && state == Some(UpdateState::RollbackStarted)) {
+        return follow(
+            recreator,
+            request,
+            &sent.service_id,
+            &sent.target,
+            sent.baseline.clone(),
+            report,
+        )
+        .await;
+    }
+    let how = match (fresh, state) {
+        (true, Some(state)) => format!(
+            " ({state:?}: {})",
+            status.and_then(|s| s.message.clone()).unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    End::Answer(Outcome::RolledBack {
+        step: watch::STEP.to_owned(),
+        reason: format!("while the agent was away the service went back to {now}{how}"),
+    })
 }
 
 /// A refusal: nothing was changed, for `reason` (one line).
@@ -173,6 +284,17 @@ async fn run(
             ));
         };
         let version = read.version();
+        let baseline = started_at(service.update_status.as_ref());
+        let note = Sent {
+            service_id: id.clone(),
+            target: target.clone(),
+            baseline: baseline.clone(),
+        };
+        if let Err(e) = write_sent(recreator, &request.op_id, &note) {
+            return refused(format!(
+                "cannot note the update before sending it (the data dir): {e}"
+            ));
+        }
         info!(op = %request.op_id, service = %request.service, image = %target, version, attempt, "Updating the service.");
         let auth = request.auth.as_ref().map(|a| {
             let server = ImageRef::parse(&target)
@@ -181,7 +303,7 @@ async fn run(
             registry_auth_header(a, &server)
         });
         match send(docker, &id, &spec, version, false, auth).await {
-            Ok(()) => break (id, started_at(service.update_status.as_ref())),
+            Ok(()) => break (id, baseline),
             Err(e) if out_of_sequence(&e) && attempt < ATTEMPTS => {
                 debug!(op = %request.op_id, attempt, "Service version went stale; reading it again.");
             }
@@ -195,7 +317,11 @@ async fn run(
                     && spec_image(&now.service).and_then(digest_of) == Some(digest.as_str())
                 {
                     warn!(op = %request.op_id, error = %e, "The update's answer was lost, but the engine took it; watching it.");
-                    break (id, started_at(service.update_status.as_ref()));
+                    break (id, baseline);
+                }
+                // Refused: nothing was sent, so nothing to resume.
+                if let Ok(path) = sent_path(recreator, &request.op_id) {
+                    let _ = std::fs::remove_file(path);
                 }
                 return refused(format!(
                     "the engine refused the update of service {:?} (attempt {attempt}): {e}",

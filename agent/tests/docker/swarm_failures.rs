@@ -140,5 +140,83 @@ async fn stop_and_resume(s: &Swarm, web: &str) -> anyhow::Result<()> {
     assert!(matches!(resumed, Outcome::Updated { .. }), "{resumed:?}");
     assert_eq!(s.running_images(web)?, vec![v2]);
     assert!(restarted.journal().get("op-stop")?.is_some());
+    // Sent once: the spec before the update is v1's (a second send would have made it v2's).
+    assert_eq!(previous_image(s, web)?, Swarm::pinned(&s.v1));
+    assert!(
+        !journal.path().join("swarm-sent/op-stop.json").exists(),
+        "the note of the update outlived its recorded outcome"
+    );
+    Ok(())
+}
+
+/// The image of the spec before the last update (`PreviousSpec`).
+fn previous_image(s: &Swarm, service: &str) -> anyhow::Result<String> {
+    Ok(s.engine.inspect(
+        service,
+        "{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}",
+    )?)
+}
+
+#[tokio::test]
+async fn swarm_rollback_while_the_agent_is_away_is_answered_and_never_sent_again()
+-> anyhow::Result<()> {
+    let Some(s) = Swarm::start(ImageSpec::new(2).unhealthy()).await? else {
+        return Ok(());
+    };
+    let web = unique_name("svc-away");
+    s.create(
+        &web,
+        &["--replicas", "1", "--update-failure-action", "rollback"],
+        1,
+    )?;
+    let result = rolled_back_while_away(&s, &web).await;
+    s.remove(&[&web]);
+    result
+}
+
+async fn rolled_back_while_away(s: &Swarm, web: &str) -> anyhow::Result<()> {
+    let (v1, v2) = (Swarm::pinned(&s.v1), Swarm::pinned(&s.v2));
+    // The agent stops as the watch begins, with the update sent.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (_, recreator, journal) = agent_on(&s.engine).await?;
+    let recreator = recreator.with_stopping(stopping);
+    let report = move |step: &'static str| {
+        if step == "watch" {
+            let _ = stop.send(true);
+        }
+    };
+    let outcome = swarm::update(&recreator, &request("op-away", web, &v2), &report).await?;
+    assert!(
+        matches!(outcome, Outcome::Interrupted { .. }),
+        "{outcome:?}"
+    );
+    // Meanwhile the service's own failure action takes it back to v1.
+    eventually(Duration::from_secs(90), POLL, || {
+        let state = s.engine.inspect(web, "{{.UpdateStatus.State}}")?;
+        ensure!(state == "rollback_completed", "{state}");
+        Ok(())
+    })?;
+    let version = s.engine.inspect(web, "{{.Version.Index}}")?;
+    // The same op id after the restart: the rollback is the answer; v2 is not sent again.
+    let restarted = Recreator::new(
+        &s.agent,
+        Journal::open(journal.path())?,
+        Deadlines::default(),
+        None,
+    );
+    let resumed = swarm::update(&restarted, &request("op-away", web, &v2), &|_| {}).await?;
+    assert!(
+        matches!(&resumed, Outcome::RolledBack { reason, .. } if reason.contains("went back to")),
+        "{resumed:?}"
+    );
+    assert_eq!(s.spec_image(web)?, v1);
+    assert_eq!(s.engine.inspect(web, "{{.Version.Index}}")?, version);
+    assert_eq!(
+        s.engine.inspect(web, "{{.UpdateStatus.State}}")?,
+        "rollback_completed"
+    );
+    // Answered from the journal from now on.
+    let again = swarm::update(&restarted, &request("op-away", web, &v2), &|_| {}).await?;
+    assert_eq!(again, resumed);
     Ok(())
 }
