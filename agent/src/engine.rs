@@ -355,7 +355,11 @@ impl Engine {
         &self,
         since_unix: i64,
     ) -> impl Stream<Item = Result<EventMessage, EngineError>> + '_ {
-        let filters = HashMap::from([("type", vec!["container", "image", "daemon", "node"])]);
+        // `service`: a manager reports the swarm's services (their image, update status).
+        let filters = HashMap::from([(
+            "type",
+            vec!["container", "image", "daemon", "node", "service"],
+        )]);
         let options = EventsOptionsBuilder::new()
             .since(&since_unix.to_string())
             .filters(&filters)

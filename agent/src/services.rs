@@ -6,13 +6,15 @@ use bollard::models::Service;
 use bollard::query_parameters::ListServicesOptions;
 use ouroboros_shared::inventory::ServiceInfo;
 
-/// The swarm's services as the inventory reports them (call on a manager only).
+/// The swarm's services as the inventory reports them (call on a manager only). Services that
+/// run no container (plugins, network attachments) have no image to update: left out.
 pub async fn list(docker: &Docker) -> Result<Vec<ServiceInfo>, bollard::errors::Error> {
     let mut services: Vec<ServiceInfo> = docker
         .list_services(None::<ListServicesOptions>)
         .await?
         .iter()
         .map(service_info)
+        .filter(|s| !s.image.is_empty() && !s.name.is_empty())
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(services)

@@ -468,11 +468,13 @@ impl TryFrom<pb::Inventory> for Inventory {
             .into_iter()
             .map(ContainerInfo::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        // A service the coordinator cannot use (no image: a plugin) is left out, not the
+        // whole report: the host's containers still count.
         let services = i
             .services
             .into_iter()
-            .map(ServiceInfo::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|s| ServiceInfo::try_from(s).ok())
+            .collect();
         Ok(Self {
             containers,
             mode,
@@ -511,6 +513,35 @@ mod tests {
     fn container_round_trips_through_the_wire() {
         let wire = pb::Container::from(container());
         assert_eq!(ContainerInfo::try_from(wire), Ok(container()));
+    }
+
+    #[test]
+    fn services_round_trip_and_one_without_an_image_is_left_out_not_the_report() {
+        let web = ServiceInfo {
+            id: "s1".into(),
+            name: "web".into(),
+            image: "reg/web:1@sha256:aa".into(),
+            mode: "replicated".into(),
+            replicas: 2,
+            version: 7,
+            ..ServiceInfo::default()
+        };
+        let plugin = pb::Service {
+            id: "s2".into(),
+            name: "plugin".into(),
+            ..pb::Service::default()
+        };
+        let wire = pb::Inventory {
+            containers: vec![pb::Container::from(container())],
+            cluster_id: "c1".into(),
+            services: vec![pb::Service::from(web.clone()), plugin],
+            mode: pb::HostMode::SwarmManager.into(),
+            ..pb::Inventory::default()
+        };
+        let inventory = Inventory::try_from(wire).unwrap();
+        assert_eq!(inventory.services, vec![web]);
+        assert_eq!(inventory.cluster_id, "c1");
+        assert_eq!(inventory.containers, vec![container()]);
     }
 
     #[test]

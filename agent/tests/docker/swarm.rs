@@ -58,10 +58,11 @@ const FAST: &[&str] = &[
 /// A swarm on an extra engine, the registry with v1 and v2 of one repository, and a recreator
 /// (journal) on that engine.
 pub(crate) struct Swarm {
-    _turn: tokio::sync::MutexGuard<'static, ()>,
     // Declared before the engine: the swarm is left before the daemon stops.
     _swarm: SwarmGuard,
     pub(crate) engine: Engine,
+    // Released last, once this swarm and its engine are gone.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     _cleanup: Cleanup,
     registry: Registry,
     pub(crate) v1: TestImage,

@@ -154,6 +154,12 @@ impl pb::admin_server::Admin for AdminApi {
         if r.container.trim().is_empty() {
             return Err(Status::invalid_argument("no container given"));
         }
+        if crate::detect::swarm::is_service(&r.container) {
+            return Err(Status::invalid_argument(format!(
+                "{} is a Swarm service: `update` recreates one container; services are updated by `check` and the schedule, with --swarm",
+                r.container
+            )));
+        }
         if !self
             .fleet
             .hosts()

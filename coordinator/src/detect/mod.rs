@@ -62,6 +62,11 @@ fn enable_label(c: &ContainerInfo) -> Option<bool> {
 impl Selection {
     /// `Ok` when `container` on `host` is watched, else why not.
     pub fn check(&self, host: &str, c: &ContainerInfo) -> Result<(), String> {
+        swarm::check(c, self.swarm)?;
+        // A service left alone this cycle (a job, an update under way or paused) says why.
+        if swarm::is_service(&c.name) && !c.set_aside.is_empty() {
+            return Err(c.set_aside.clone());
+        }
         // An update's set-aside container (the old one, or a replacement not yet confirmed)
         // is never an update of its own; agents say so, and the name tells for older ones.
         if !c.set_aside.is_empty() {
@@ -73,7 +78,6 @@ impl Selection {
         if c.name.contains(ASIDE_MARK) {
             return Err("set aside: old container of an update".into());
         }
-        swarm::check(c, self.swarm)?;
         // A service is named by its service name in MONITOR and IGNORE.
         let name = c.name.strip_prefix(swarm::SERVICE_MARK).unwrap_or(&c.name);
         let label = enable_label(c);

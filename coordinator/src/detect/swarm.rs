@@ -14,6 +14,8 @@ pub const LABEL_TASK_SERVICE: &str = "com.docker.swarm.service.name";
 
 /// `UpdateStatus.State`s of an update (or its rollback) still under way.
 const UNDER_WAY: [&str; 2] = ["updating", "rollback_started"];
+/// `UpdateStatus.State`s of an update stopped half-way: an operator's to resolve.
+const PAUSED: [&str; 2] = ["paused", "rollback_paused"];
 
 /// Whether `name` is a service's unit name.
 pub fn is_service(name: &str) -> bool {
@@ -45,6 +47,9 @@ pub fn check(c: &ContainerInfo, swarm: bool) -> Result<(), String> {
 /// A service as a detection unit (see the module's doc).
 pub fn unit(s: &ServiceInfo) -> ContainerInfo {
     let (image, repo_digests) = match ImageRef::parse(&s.image) {
+        // Pinned by digest alone (`repo@sha256:…`): it follows no tag, like a container
+        // pinned so (detection says "pinned to a digest").
+        Ok(r) if r.tag.is_none() => (s.image.clone(), Vec::new()),
         Ok(r) => match &r.digest {
             Some(digest) => {
                 let named = s.image.split_once('@').map_or(s.image.as_str(), |(n, _)| n);
@@ -58,9 +63,20 @@ pub fn unit(s: &ServiceInfo) -> ContainerInfo {
         // An unparsable reference is refused by detection with its reason.
         Err(_) => (s.image.clone(), Vec::new()),
     };
-    let set_aside = if UNDER_WAY.contains(&s.update_state.as_str()) {
+    // Why the service is left alone this cycle (told as it is, see `Selection::check`).
+    let set_aside = if s.mode.ends_with("-job") {
+        format!(
+            "a Swarm job ({}): updating it would run it again; jobs are left alone",
+            s.mode
+        )
+    } else if UNDER_WAY.contains(&s.update_state.as_str()) {
         format!(
             "a Swarm update of the service is under way ({})",
+            s.update_state
+        )
+    } else if PAUSED.contains(&s.update_state.as_str()) {
+        format!(
+            "a Swarm update of the service is paused ({}): left to an operator (`docker service update` or `docker service rollback`)",
             s.update_state
         )
     } else {
@@ -124,6 +140,24 @@ mod tests {
             ..service("web", &format!("redis:7@{D1}"))
         });
         assert!(busy.set_aside.contains("under way (updating)"));
+        let paused = unit(&ServiceInfo {
+            update_state: "paused".into(),
+            ..service("web", &format!("redis:7@{D1}"))
+        });
+        assert!(paused.set_aside.contains("paused (paused)"));
+        // A job would run again: left alone.
+        let job = unit(&ServiceInfo {
+            mode: "replicated-job".into(),
+            ..service("migrate", &format!("redis:7@{D1}"))
+        });
+        assert!(
+            job.set_aside.contains("would run it again"),
+            "{}",
+            job.set_aside
+        );
+        // Pinned by digest alone: no tag to follow.
+        let pinned = unit(&service("x", &format!("redis@{D1}")));
+        assert_eq!(pinned.image, format!("redis@{D1}"));
         let done = unit(&ServiceInfo {
             update_state: "completed".into(),
             ..service("web", &format!("redis:7@{D1}"))
@@ -144,6 +178,21 @@ mod tests {
             Err("a Swarm service: services are updated only with SWARM (--swarm)".into())
         );
         assert_eq!(on.check("m1", &web), Ok(()));
+        // A service left alone says why, without SWARM too (SWARM's reason first).
+        let job = unit(&ServiceInfo {
+            mode: "global-job".into(),
+            ..service("migrate", &format!("redis:7@{D1}"))
+        });
+        assert!(
+            on.check("m1", &job)
+                .unwrap_err()
+                .starts_with("a Swarm job (global-job)")
+        );
+        assert!(
+            off.check("m1", &job)
+                .unwrap_err()
+                .contains("only with SWARM")
+        );
         // Names and labels select services like containers, by the service's name.
         let only_web = Selection {
             monitor: vec!["web".into()],

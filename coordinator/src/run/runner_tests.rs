@@ -100,8 +100,9 @@ impl Commands for Agents {
         watch: Duration,
         timeout: Duration,
     ) -> Result<Recreated, CommandError> {
+        // The agent's update and its rollback each get `watch`.
         assert!(
-            watch < timeout,
+            watch * 2 < timeout,
             "the agent must answer before the runner gives up"
         );
         let unit = format!("{}{service}", crate::detect::swarm::SERVICE_MARK);
@@ -588,4 +589,44 @@ async fn a_service_goes_to_its_manager_as_a_service_update_and_its_failure_count
         done.state
     );
     assert_eq!(agents.first_sent("b"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_updated_before_a_failure_goes_back_through_a_service_update() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let refused = Reply::After(Duration::from_secs(2), Status::Refused);
+    let agents = Agents::new(clock, &[("b", refused)]);
+    let (runner, _hosts) = fleet_runner(&["m1", "h2"], agents.clone(), clock);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        failure_action: FailureAction::Rollback,
+        ..Policy::default()
+    };
+    let mut r = rollout(policy, &[("m1", "service:web", 1), ("h2", "b", 1)]);
+    r.targets[0].service = true;
+    // The fake agents' `recreate` refuses a service: both ways went through `update_service`.
+    let (done, _) = runner.run(r, &Windows::default()).await;
+    assert!(
+        matches!(done.state, RolloutState::RolledBack { .. }),
+        "{:?}",
+        done.state
+    );
+    assert!(matches!(
+        state_of(&done, "service:web"),
+        TargetState::Reverted { .. }
+    ));
+    let sent: Vec<String> = agents
+        .log()
+        .into_iter()
+        .filter(|s| s.container == "service:web")
+        .map(|s| s.image)
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            "reg/service:web:1@sha256:new",
+            "reg/service:web:1@sha256:old"
+        ],
+        "updated, then sent back"
+    );
 }

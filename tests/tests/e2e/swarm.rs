@@ -229,6 +229,20 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         })?;
     }
 
+    // `update` recreates containers: a service named to it is refused, with why.
+    let unit_name = format!("service:{web}");
+    let refused = std::process::Command::new(&coordinator.bin)
+        .args(["update", "--host", "mgr-a", "--container", &unit_name])
+        .args(["--server", &coordinator.url, "--pki-dir"])
+        .arg(&coordinator.pki)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("is a Swarm service"),
+        "update of a service: {}: {stderr}",
+        refused.status
+    );
+
     // 3. A v3 that never turns healthy: the service is rolled back to v2, the rollout fails.
     let v3 = publish(
         &cleanup,

@@ -81,14 +81,16 @@ impl Runner {
             }
             loop {
                 let sent = if service {
-                    // The agent watches the Swarm update within the rollout's deadline.
+                    // The agent watches the Swarm update for at most this long and a rollback
+                    // as long again: both within the rollout's progress deadline.
+                    let watch = wait.saturating_sub(Duration::from_secs(10)) / 2;
                     commands
                         .update_service(
                             &host,
                             crate::detect::swarm::service_name(&container),
                             &image,
                             options.op_id.clone(),
-                            wait * 2 / 3,
+                            watch.max(Duration::from_secs(1)),
                             wait,
                         )
                         .await
