@@ -48,15 +48,20 @@ pub struct UpdateArgs {
     pub image: Option<String>,
 }
 
+/// A container name or id, or a Swarm service's unit name (`service:NAME`).
 pub fn parse_container(value: &str) -> Result<String, String> {
-    let ok = !value.is_empty()
-        && value
+    let name = crate::detect::swarm::service_name(value);
+    let ok = !name.is_empty()
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(value.to_owned())
     } else {
-        Err("a container name or id: letters, digits, '_', '.' and '-'".into())
+        Err(
+            "a container name or id (letters, digits, '_', '.' and '-'), or service:NAME for a Swarm service"
+                .into(),
+        )
     }
 }
 

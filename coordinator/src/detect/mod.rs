@@ -91,10 +91,14 @@ impl Selection {
             return Err("not labelled enable=true (LABEL_ENABLE)".into());
         }
         if !self.labels_only {
-            if matches(&self.ignore, host, name) {
+            // A service by its name or its unit name (`service:NAME`).
+            let listed = |list: &[String]| {
+                matches(list, host, name) || (name != c.name && matches(list, host, &c.name))
+            };
+            if listed(&self.ignore) {
                 return Err("in IGNORE".into());
             }
-            if !self.monitor.is_empty() && !matches(&self.monitor, host, name) {
+            if !self.monitor.is_empty() && !listed(&self.monitor) {
                 return Err("not in MONITOR".into());
             }
         }

@@ -238,7 +238,8 @@ fn services_move_to_a_new_digest_with_their_specs_intact_and_a_failing_one_rolls
         .output()?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(
-        !refused.status.success() && stderr.contains("is a Swarm service"),
+        !refused.status.success()
+            && stderr.contains("is a Swarm service: `update` recreates one container"),
         "update of a service: {}: {stderr}",
         refused.status
     );
