@@ -136,12 +136,7 @@ impl CommandRunner {
             op_id: op_id.clone(),
             container: command.container,
             image: (!command.image.is_empty()).then_some(command.image),
-            auth: command.auth.map(|a| RegistryAuth {
-                username: a.username,
-                password: a.password,
-                identity_token: a.identity_token,
-                registry_token: a.registry_token,
-            }),
+            auth: command.auth.map(registry_auth),
             gate: (command.min_healthy_ms > 0 || command.healthy_deadline_ms > 0).then(|| {
                 HealthGate {
                     min_healthy: Duration::from_millis(command.min_healthy_ms.max(0) as u64),
@@ -259,14 +254,7 @@ impl CommandRunner {
                 info!(op = %op_id, "Recreate not started: the agent is stopping.");
                 return;
             }
-            Err(error) => {
-                let mut r = pb::RecreateResult {
-                    reason: error.to_string(),
-                    ..Default::default()
-                };
-                r.set_status(Status::Error);
-                r
-            }
+            Err(error) => error_result(&error),
         };
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
         self.answer(&tx, op_id, result).await;
@@ -293,12 +281,7 @@ impl CommandRunner {
             op_id: op_id.clone(),
             service: command.service,
             image: command.image,
-            auth: command.auth.map(|a| RegistryAuth {
-                username: a.username,
-                password: a.password,
-                identity_token: a.identity_token,
-                registry_token: a.registry_token,
-            }),
+            auth: command.auth.map(registry_auth),
             deadline: if command.deadline_ms > 0 {
                 Duration::from_millis(command.deadline_ms as u64)
             } else {
@@ -312,14 +295,7 @@ impl CommandRunner {
                 info!(op = %op_id, "Service update not started: the agent is stopping.");
                 return;
             }
-            Err(error) => {
-                let mut r = pb::RecreateResult {
-                    reason: error.to_string(),
-                    ..Default::default()
-                };
-                r.set_status(Status::Error);
-                r
-            }
+            Err(error) => error_result(&error),
         };
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Service update finished.");
         self.answer(&tx, op_id, result).await;
@@ -417,4 +393,24 @@ fn progress_reporter(
 /// (its `hook_deadline_ms`).
 fn hook_deadline(ms: i64) -> Duration {
     Duration::from_millis(ms.max(1000) as u64)
+}
+
+/// The coordinator's registry credentials, as the agent passes them to the engine.
+fn registry_auth(a: pb::RegistryAuth) -> RegistryAuth {
+    RegistryAuth {
+        username: a.username,
+        password: a.password,
+        identity_token: a.identity_token,
+        registry_token: a.registry_token,
+    }
+}
+
+/// The answer to an operation the agent could not run (journal failure, still in progress).
+fn error_result(error: &RecreateError) -> pb::RecreateResult {
+    let mut r = pb::RecreateResult {
+        reason: error.to_string(),
+        ..Default::default()
+    };
+    r.set_status(Status::Error);
+    r
 }

@@ -111,9 +111,14 @@ async fn swarm_stopping_agent_leaves_the_update_to_the_engine_and_resumes_it() -
     result
 }
 
-async fn stop_and_resume(s: &Swarm, web: &str) -> anyhow::Result<()> {
+/// Sends `op` (service `web` to v2) through an agent that gets SIGTERM as its watch begins:
+/// it answers interrupted and records nothing. The agent's data dir, for its restart.
+async fn stopped_as_the_watch_begins(
+    s: &Swarm,
+    web: &str,
+    op: &str,
+) -> anyhow::Result<tempfile::TempDir> {
     let v2 = Swarm::pinned(&s.v2);
-    // SIGTERM as the watch begins: the agent answers interrupted and records nothing.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (_, recreator, journal) = agent_on(&s.engine).await?;
     let recreator = recreator.with_stopping(stopping);
@@ -122,12 +127,19 @@ async fn stop_and_resume(s: &Swarm, web: &str) -> anyhow::Result<()> {
             let _ = stop.send(true);
         }
     };
-    let outcome = swarm::update(&recreator, &request("op-stop", web, &v2), &report).await?;
+    let outcome = swarm::update(&recreator, &request(op, web, &v2), &report).await?;
     assert!(
         matches!(outcome, Outcome::Interrupted { .. }),
         "{outcome:?}"
     );
-    assert!(recreator.journal().get("op-stop")?.is_none());
+    assert!(recreator.journal().get(op)?.is_none());
+    Ok(journal)
+}
+
+async fn stop_and_resume(s: &Swarm, web: &str) -> anyhow::Result<()> {
+    let v2 = Swarm::pinned(&s.v2);
+    // SIGTERM as the watch begins: the agent answers interrupted and records nothing.
+    let journal = stopped_as_the_watch_begins(s, web, "op-stop").await?;
     assert_eq!(s.spec_image(web)?, v2, "the engine was not left the update");
     // After the restart the same op id picks up the watch of the update still running.
     let restarted = Recreator::new(
@@ -177,19 +189,7 @@ async fn swarm_rollback_while_the_agent_is_away_is_answered_and_never_sent_again
 async fn rolled_back_while_away(s: &Swarm, web: &str) -> anyhow::Result<()> {
     let (v1, v2) = (Swarm::pinned(&s.v1), Swarm::pinned(&s.v2));
     // The agent stops as the watch begins, with the update sent.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (_, recreator, journal) = agent_on(&s.engine).await?;
-    let recreator = recreator.with_stopping(stopping);
-    let report = move |step: &'static str| {
-        if step == "watch" {
-            let _ = stop.send(true);
-        }
-    };
-    let outcome = swarm::update(&recreator, &request("op-away", web, &v2), &report).await?;
-    assert!(
-        matches!(outcome, Outcome::Interrupted { .. }),
-        "{outcome:?}"
-    );
+    let journal = stopped_as_the_watch_begins(s, web, "op-away").await?;
     // Meanwhile the service's own failure action takes it back to v1.
     eventually(Duration::from_secs(90), POLL, || {
         let state = s.engine.inspect(web, "{{.UpdateStatus.State}}")?;
