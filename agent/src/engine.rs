@@ -17,6 +17,8 @@ use ouroboros_shared::time_fmt::now_unix_ms;
 const API_TIMEOUT_SECS: u64 = 120;
 /// Containers inspected at once while taking an inventory.
 const INSPECT_CONCURRENCY: usize = 8;
+/// The label of a Swarm task's container (its task id).
+const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
 
 /// How to reach the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +253,13 @@ impl Engine {
             .await
             .map_err(self.err("list containers"))?;
         let set_aside = &set_aside();
+        // A Swarm task's container is its service's to replace (a manager reports the
+        // service): not reported, so never selected on its own.
+        let summaries = summaries.into_iter().filter(|s| {
+            !s.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(SWARM_TASK_LABEL))
+        });
         let inspected: Vec<Result<Option<ContainerInfo>, EngineError>> =
             futures_util::stream::iter(summaries)
                 .map(|summary| self.container(summary, set_aside))

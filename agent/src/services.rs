@@ -4,7 +4,7 @@
 use bollard::Docker;
 use bollard::models::Service;
 use bollard::query_parameters::ListServicesOptions;
-use ouroboros_shared::inventory::ServiceInfo;
+use ouroboros_shared::inventory::{ServiceInfo, SwarmUpdateConfig};
 
 /// The swarm's services as the inventory reports them (call on a manager only). Services that
 /// run no container (plugins, network attachments) have no image to update: left out.
@@ -18,6 +18,23 @@ pub async fn list(docker: &Docker) -> Result<Vec<ServiceInfo>, bollard::errors::
         .collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(services)
+}
+
+/// A spec's update or rollback config (bollard has a type for each, with the same fields).
+macro_rules! swarm_config {
+    ($u:expr) => {
+        SwarmUpdateConfig {
+            parallelism: $u
+                .parallelism
+                .and_then(|p| u64::try_from(p).ok())
+                .unwrap_or(0),
+            delay_ms: $u.delay.unwrap_or(0) / 1_000_000,
+            monitor_ms: $u.monitor.unwrap_or(0) / 1_000_000,
+            failure_action: $u.failure_action.map(|a| a.to_string()).unwrap_or_default(),
+            max_failure_permille: permille($u.max_failure_ratio),
+            order: $u.order.map(|o| o.to_string()).unwrap_or_default(),
+        }
+    };
 }
 
 /// What the inventory reports about one service.
@@ -52,10 +69,18 @@ pub fn service_info(service: &Service) -> ServiceInfo {
         update_message: status.message.unwrap_or_default(),
         failure_action: spec
             .update_config
+            .as_ref()
             .and_then(|u| u.failure_action)
             .map(|a| a.to_string())
             .unwrap_or_default(),
+        update_config: spec.update_config.as_ref().map(|u| swarm_config!(u)),
+        rollback_config: spec.rollback_config.as_ref().map(|u| swarm_config!(u)),
     }
+}
+
+/// A failure ratio (0.0 to 1.0) in thousandths.
+fn permille(ratio: Option<f64>) -> u32 {
+    (ratio.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0).round() as u32
 }
 
 /// `Spec.TaskTemplate.ContainerSpec.Image`.

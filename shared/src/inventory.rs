@@ -210,6 +210,49 @@ pub struct ServiceInfo {
     pub update_message: String,
     /// `Spec.UpdateConfig.FailureAction` (empty: pause).
     pub failure_action: String,
+    /// `Spec.UpdateConfig` and `Spec.RollbackConfig` (`None`: the engine's defaults).
+    pub update_config: Option<SwarmUpdateConfig>,
+    pub rollback_config: Option<SwarmUpdateConfig>,
+}
+
+/// How Swarm replaces a service's tasks in an update or a rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmUpdateConfig {
+    /// Tasks at once (0: all).
+    pub parallelism: u64,
+    pub delay_ms: i64,
+    pub monitor_ms: i64,
+    pub failure_action: String,
+    /// Failures tolerated, in thousandths of the tasks.
+    pub max_failure_permille: u32,
+    /// `stop-first` or `start-first`.
+    pub order: String,
+}
+
+impl From<SwarmUpdateConfig> for pb::SwarmUpdateConfig {
+    fn from(c: SwarmUpdateConfig) -> Self {
+        Self {
+            parallelism: c.parallelism,
+            delay_ms: c.delay_ms,
+            monitor_ms: c.monitor_ms,
+            failure_action: c.failure_action,
+            max_failure_permille: c.max_failure_permille,
+            order: c.order,
+        }
+    }
+}
+
+impl From<pb::SwarmUpdateConfig> for SwarmUpdateConfig {
+    fn from(c: pb::SwarmUpdateConfig) -> Self {
+        Self {
+            parallelism: c.parallelism,
+            delay_ms: c.delay_ms,
+            monitor_ms: c.monitor_ms,
+            failure_action: c.failure_action,
+            max_failure_permille: c.max_failure_permille,
+            order: c.order,
+        }
+    }
 }
 
 impl From<ServiceInfo> for pb::Service {
@@ -225,6 +268,8 @@ impl From<ServiceInfo> for pb::Service {
             update_state: s.update_state,
             update_message: s.update_message,
             failure_action: s.failure_action,
+            update_config: s.update_config.map(Into::into),
+            rollback_config: s.rollback_config.map(Into::into),
         }
     }
 }
@@ -249,6 +294,8 @@ impl TryFrom<pb::Service> for ServiceInfo {
             update_state: s.update_state,
             update_message: s.update_message,
             failure_action: s.failure_action,
+            update_config: s.update_config.map(Into::into),
+            rollback_config: s.rollback_config.map(Into::into),
         })
     }
 }
@@ -524,6 +571,14 @@ mod tests {
             mode: "replicated".into(),
             replicas: 2,
             version: 7,
+            update_config: Some(SwarmUpdateConfig {
+                parallelism: 1,
+                delay_ms: 0,
+                monitor_ms: 3_000,
+                failure_action: "rollback".into(),
+                max_failure_permille: 250,
+                order: "start-first".into(),
+            }),
             ..ServiceInfo::default()
         };
         let plugin = pb::Service {

@@ -298,6 +298,32 @@ async fn updates(s: &Swarm, web: &str, global: &str) -> anyhow::Result<()> {
     assert_eq!(w.labels["com.ouroboros.enable"], "true");
     assert_eq!(w.version.to_string(), s.version(web)?);
     assert_eq!(w.failure_action, "pause");
+    // The update and rollback settings the service was made with (`FAST`).
+    let update = w.update_config.clone().context("no update config")?;
+    assert_eq!(
+        (update.parallelism, update.monitor_ms),
+        (0, 1000),
+        "{update:?}"
+    );
+    assert_eq!(update.failure_action, "pause");
+    let rollback = w.rollback_config.clone().context("no rollback config")?;
+    assert_eq!(
+        (rollback.parallelism, rollback.monitor_ms),
+        (0, 1000),
+        "{rollback:?}"
+    );
+    // The services' task containers run here, but are theirs to replace: not reported.
+    ensure!(
+        !s.running_images(web)?.is_empty(),
+        "no task of {web} runs on the manager"
+    );
+    let tasks: Vec<&str> = inventory
+        .containers
+        .iter()
+        .filter(|c| c.labels.contains_key("com.docker.swarm.task.id"))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(tasks.is_empty(), "task containers reported: {tasks:?}");
     let g = listed(global)?;
     assert_eq!(g.image, v1);
     assert_eq!(g.mode, "global");
