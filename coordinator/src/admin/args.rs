@@ -109,3 +109,19 @@ impl Failure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_and_service_unit_names_parse_and_nothing_else_with_a_colon() {
+        assert_eq!(parse_container("web-1.a_b"), Ok("web-1.a_b".into()));
+        // The CLI and MONITOR take a service's unit name.
+        assert_eq!(parse_container("service:web"), Ok("service:web".into()));
+        assert!(parse_container("service:").is_err());
+        assert!(parse_container("web:1").is_err());
+        assert!(parse_container("service:a/b").is_err());
+        assert!(parse_container("").is_err());
+    }
+}

@@ -209,12 +209,6 @@ mod tests {
             ..on.clone()
         };
         assert_eq!(unit_named.check("m1", &web), Ok(()));
-        // The CLI and MONITOR take unit names; nothing else with a colon.
-        use crate::admin::args::parse_container;
-        assert_eq!(parse_container("service:web"), Ok("service:web".into()));
-        assert!(parse_container("service:").is_err());
-        assert!(parse_container("web:1").is_err());
-        assert!(parse_container("service:a/b").is_err());
         let labelled = Selection {
             label_enable: true,
             ..on.clone()
