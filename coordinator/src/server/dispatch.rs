@@ -57,6 +57,21 @@ pub struct Recreated {
     pub steps: Vec<String>,
 }
 
+impl Recreated {
+    /// What an agent answered to a `Recreate` or an `UpdateService` (both answer with a
+    /// `RecreateResult`), with the steps it reported.
+    fn from_answer(op_id: String, answer: pb::CommandResult, steps: Vec<String>) -> Self {
+        Recreated {
+            result: answer.recreate.map_or_else(
+                || UpdateResult::with(Outcome::Error, "the agent answered without a result"),
+                UpdateResult::from,
+            ),
+            op_id,
+            steps,
+        }
+    }
+}
+
 /// Commands to the fleet's agents, as the rollout runner and the cycle use them: the
 /// [`Dispatcher`], or a fake in tests.
 #[tonic::async_trait]
@@ -252,14 +267,7 @@ impl Dispatcher {
                 })
             })
             .await?;
-        Ok(Recreated {
-            result: answer.recreate.map_or_else(
-                || UpdateResult::with(Outcome::Error, "the agent answered without a result"),
-                UpdateResult::from,
-            ),
-            op_id,
-            steps,
-        })
+        Ok(Recreated::from_answer(op_id, answer, steps))
     }
 
     /// Sends `UpdateService` to `host` (a manager of the service's swarm) and waits for its
@@ -286,14 +294,7 @@ impl Dispatcher {
                 })
             })
             .await?;
-        Ok(Recreated {
-            result: answer.recreate.map_or_else(
-                || UpdateResult::with(Outcome::Error, "the agent answered without a result"),
-                UpdateResult::from,
-            ),
-            op_id,
-            steps,
-        })
+        Ok(Recreated::from_answer(op_id, answer, steps))
     }
 
     /// Sends `PruneVolumes` to `host` and waits for its result.
