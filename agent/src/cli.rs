@@ -183,8 +183,8 @@ impl Cli {
                 coordinator: self.coordinator,
                 tls,
                 host,
-                reconnect_initial: Duration::from_millis(500),
-                reconnect_max: Duration::from_secs(30),
+                reconnect_initial: ouroboros_shared::backoff::RECONNECT_INITIAL,
+                reconnect_max: ouroboros_shared::backoff::RECONNECT_MAX,
                 renewal: Some(Renewal {
                     cert: cert_path,
                     key: key_path,

@@ -6,7 +6,7 @@
 //!   `--join`, a certificate for a new host from a join token.
 //! - [`engine`]: the local Docker engine (connection, negotiation, inventory, events);
 //!   [`services`]: a Swarm manager's services in the inventory.
-//! - [`link`]: the stream to the coordinator, reconnecting with [`backoff`]; [`schedule`]
+//! - [`link`]: the stream to the coordinator, reconnecting with [`ouroboros_shared::backoff`]; [`schedule`]
 //!   decides when it takes the next inventory; [`renew`]: a new certificate before expiry.
 //! - [`commands`]: the coordinator's commands, one destructive operation at a time;
 //!   [`recreate`]: the safe recreate with its dependants, journal and recovery; [`cleanup`]:
@@ -14,7 +14,6 @@
 //!   service to a new digest, watched and rolled back.
 //! - [`health`]: the heartbeat file behind `ouroboros-agent healthcheck`.
 
-pub mod backoff;
 pub mod cleanup;
 pub mod cli;
 pub mod commands;
@@ -86,8 +85,10 @@ pub async fn run(
     let bound = config.shutdown_timeout;
     let agent = async move {
         let mut stopping = stopping_rx.clone();
-        let mut backoff =
-            backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut backoff = ouroboros_shared::backoff::Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
         let engine = loop {
             match Engine::connect(&config.docker).await {
                 Ok(engine) => break engine,

@@ -23,12 +23,12 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
-use crate::backoff::Backoff;
 use crate::commands::CommandRunner;
 use crate::engine::{Engine, EngineError};
 use crate::recreate::{Alert, Alerts};
 use crate::renew::{RenewError, Renewal, due_in, renew};
 use crate::schedule::InventorySchedule;
+use ouroboros_shared::backoff::Backoff;
 
 /// A session that lasted this long resets the backoff; shorter ones (refused, replaced,
 /// dropped at once) keep backing off.

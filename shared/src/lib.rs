@@ -9,7 +9,10 @@
 //! - [`pki`]: the certificate authority, certificate issuing and peer identities for mutual TLS.
 //! - [`telemetry`]: log setup.
 //! - [`time_fmt`]: timestamps for people and for JSON.
+//! - [`backoff`]: capped, jittered exponential backoff for reconnecting agents (the agent's
+//!   and the fleet simulator's).
 
+pub mod backoff;
 pub mod cli;
 pub mod echo;
 pub mod files;

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// An agent's first delay before reconnecting to the coordinator.
+pub const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+/// An agent's longest delay before reconnecting to the coordinator.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// Delays of `initial * 2^n`, capped at `max`, each drawn uniformly from its upper half.
 #[derive(Debug, Clone)]
 pub struct Backoff {
