@@ -247,9 +247,7 @@ impl pb::admin_server::Admin for AdminApi {
                         image: before.image.clone(),
                         old_digest: digest_of(before),
                         new_digest: after.as_ref().map(digest_of).unwrap_or_default(),
-                        result: if result.status.succeeded()
-                            || result.status == crate::plan::outcome::Status::Vetoed
-                        {
+                        result: if result.status.succeeded() || result.status.left_alone() {
                             status.to_owned()
                         } else {
                             "failed".to_owned()

@@ -297,8 +297,9 @@ pub fn print_check(response: &pb::CheckResponse, format: OutputFormat) -> Result
     let failed = named(&|s| {
         !matches!(
             s,
-            // A veto is the operator's own hook saying no: not a failure.
-            "updated" | "already-current" | "not-started" | "cancelled" | "vetoed"
+            // A veto is the operator's own hook saying no, and a container removed since the
+            // plan has nothing to update: neither is a failure.
+            "updated" | "already-current" | "not-started" | "cancelled" | "vetoed" | "gone"
         )
     });
     let not_started = named(&|s| matches!(s, "not-started" | "cancelled"));

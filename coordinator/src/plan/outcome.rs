@@ -25,6 +25,10 @@ pub enum Status {
     /// A hook said no (a `before_update` script, or the container's `pre-update` command
     /// exiting 75): nothing changed. Neither a success nor a failure.
     Vetoed,
+    /// The container was removed before its update reached it: the agent found no such
+    /// container and the host's inventory (sent just before the answer) no longer lists it.
+    /// Nothing to update; neither a success nor a failure (a fleet with churn must not pause).
+    Gone,
 }
 
 impl Status {
@@ -41,12 +45,19 @@ impl Status {
             Self::NotStarted => "not-started",
             Self::Cancelled => "cancelled",
             Self::Vetoed => "vetoed",
+            Self::Gone => "gone",
         }
     }
 
     /// Whether the container runs the target image now.
     pub fn succeeded(self) -> bool {
         matches!(self, Self::Updated | Self::AlreadyCurrent)
+    }
+
+    /// Whether it ended without an update and without a failure: a hook said no, or the
+    /// container is gone.
+    pub fn left_alone(self) -> bool {
+        matches!(self, Self::Vetoed | Self::Gone)
     }
 
     /// Whether the target was never sent to its agent.

@@ -542,6 +542,9 @@ pub fn after_update(status: Status, reason: &str, now_ms: i64) -> TargetState {
         Status::Vetoed => TargetState::Vetoed {
             reason: reason.to_owned(),
         },
+        Status::Gone => TargetState::Skipped {
+            reason: reason.to_owned(),
+        },
         other => TargetState::Failed {
             reason: reason.to_owned(),
             outcome: other.name().to_owned(),

@@ -171,6 +171,29 @@ impl Runner {
 
     /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
     /// its container; one that runs its target image now clears the mark.
+    /// An update refused because the container no longer exists (removed since the plan; the
+    /// agent's inventory, sent before its answer, no longer lists it) is `gone`, not a failure:
+    /// a fleet whose containers come and go must not pause its rollouts over them.
+    fn gone_is_not_a_failure(&self, t: &crate::plan::rollout::Target, answer: &mut Answer) {
+        if answer.revert || t.service || answer.result.status != Status::Refused {
+            return;
+        }
+        let Ok(host) = ouroboros_shared::host::HostName::parse(&t.host) else {
+            return;
+        };
+        let listed = self
+            .fleet
+            .containers(Some(&host))
+            .map(|cs| cs.iter().any(|(_, c)| c.name == t.container));
+        if listed == Some(false) {
+            answer.result.status = Status::Gone;
+            answer.result.reason = format!(
+                "{} no longer exists on {}: {}",
+                t.container, t.host, answer.result.reason
+            );
+        }
+    }
+
     fn remember_outcome(&self, rollout: &Rollout, index: usize, now: i64) {
         let t = &rollout.targets[index];
         let key = format!("{}/{}", t.host, t.container);
@@ -466,7 +489,7 @@ impl Runner {
                 .unwrap_or(TICK)
                 .min(TICK);
             tokio::select! {
-                Some(answer) = answers.recv() => {
+                Some(mut answer) = answers.recv() => {
                     // Only the answer to what the target waits for now counts (a late answer
                     // to a timed-out command does not).
                     let expected = match &rollout.targets[answer.index].state {
@@ -478,6 +501,7 @@ impl Runner {
                         continue;
                     }
                     senders.remove(&answer.index);
+                    self.gone_is_not_a_failure(&rollout.targets[answer.index], &mut answer);
                     let now = self.clock.now_ms();
                     let status = answer.result.status;
                     let reason = answer.result.reason.clone();
@@ -487,8 +511,8 @@ impl Runner {
                         after_update(status, &reason, now)
                     };
                     let t = &rollout.targets[answer.index];
-                    if status == Status::Vetoed {
-                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, reason = %reason, "Target vetoed by a hook; left as it is.");
+                    if status.left_alone() {
+                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target left as it is (vetoed by a hook, or the container is gone).");
                     } else if status.succeeded() {
                         info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
                     } else {

@@ -1,5 +1,6 @@
 //! The runner's decisions with a fake fleet of agents and paused time: a rollout of hours runs
 //! in microseconds, and every command the runner sends is logged with the (fake) time it went.
+//! (Over 600 lines: one scenario per rollout rule, over the one fake fleet they share.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ouroboros_shared::host::HostName;
-use ouroboros_shared::inventory::{EngineInfo, Hello, HostMode, Inventory};
+use ouroboros_shared::inventory::{
+    ContainerInfo, ContainerState, EngineInfo, Health, Hello, HostMode, Inventory,
+};
 
 use super::*;
 use crate::fleet::SessionGuard;
@@ -160,6 +163,32 @@ impl Agents {
     }
 }
 
+/// The containers every fake host's inventory lists (the tests' target names, and `gone`,
+/// which none lists).
+const LISTED: &[&str] = &[
+    "a", "b", "c", "d", "agent", "app", "canary", "fine", "vetoed", "web",
+];
+
+fn listed(name: &str) -> ContainerInfo {
+    ContainerInfo {
+        id: format!("id-{name}"),
+        name: name.into(),
+        image: format!("reg/{name}:1"),
+        image_id: "sha256:1".into(),
+        repo_digests: vec![format!("reg/{name}@sha256:old")],
+        labels: Default::default(),
+        state: ContainerState::Running,
+        health: Health::None,
+        restart_count: 0,
+        created_unix: 1,
+        network_mode: String::new(),
+        links: Vec::new(),
+        pid_mode: String::new(),
+        ipc_mode: String::new(),
+        set_aside: String::new(),
+    }
+}
+
 /// A runner over `hosts` (connected, reported) and the fake agents; keep the guards alive.
 fn fleet_runner(
     hosts: &[&str],
@@ -182,7 +211,7 @@ fn fleet_runner(
             };
             let (guard, _) = fleet.connect(&name, &hello, "127.0.0.1:1".parse().unwrap(), BASE_MS);
             let inventory = Inventory {
-                containers: Vec::new(),
+                containers: LISTED.iter().map(|c| listed(c)).collect(),
                 mode: HostMode::Standalone,
                 observed_at_unix_ms: BASE_MS,
                 cluster_id: String::new(),
@@ -354,6 +383,44 @@ async fn failures_up_to_the_ratio_are_tolerated_and_one_more_applies_the_failure
         sent_to_a,
         ["reg/a:1@sha256:new", "reg/a:1@sha256:old"],
         "updated, then sent back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_removed_since_the_plan_is_gone_not_failed_and_the_rollout_goes_on() {
+    let refused = Reply::After(Duration::from_secs(2), Status::Refused);
+    let policy = Policy {
+        max_hosts_in_flight: 1,
+        max_failure_ratio: 0.0,
+        ..Policy::default()
+    };
+    let targets = [("h1", "gone", 1), ("h2", "a", 1), ("h3", "b", 1)];
+    let clock = TokioClock::starting_at(BASE_MS);
+    // `gone` is not in h1's inventory any more; `b` still is, so its refusal is a failure.
+    let agents = Agents::new(clock, &[("gone", refused), ("b", refused)]);
+    let (runner, _hosts) = fleet_runner(&["h1", "h2", "h3"], agents.clone(), clock);
+    let (done, results) = runner
+        .run(rollout(policy, &targets), &Windows::default())
+        .await;
+    assert_eq!(results[&0].status, Status::Gone);
+    assert!(
+        results[&0]
+            .reason
+            .starts_with("gone no longer exists on h1: scripted refused"),
+        "{}",
+        results[&0].reason
+    );
+    assert!(matches!(
+        state_of(&done, "gone"),
+        TargetState::Skipped { .. }
+    ));
+    assert!(matches!(state_of(&done, "a"), TargetState::Updated { .. }));
+    // The failure ratio (0) counts `b` only: the rollout pauses after it, not after `gone`.
+    assert_eq!(results[&2].status, Status::Refused);
+    assert!(
+        matches!(&done.state, RolloutState::Paused { reason } if reason.contains("1 of 3 targets failed")),
+        "{:?}",
+        done.state
     );
 }
 

@@ -18,6 +18,7 @@ impl From<Wire> for Status {
             Wire::NotStarted => Self::NotStarted,
             Wire::Cancelled => Self::Cancelled,
             Wire::Vetoed => Self::Vetoed,
+            Wire::Gone => Self::Gone,
             Wire::Error | Wire::Unspecified => Self::Error,
         }
     }
@@ -36,6 +37,7 @@ impl From<Status> for Wire {
             Status::NotStarted => Self::NotStarted,
             Status::Cancelled => Self::Cancelled,
             Status::Vetoed => Self::Vetoed,
+            Status::Gone => Self::Gone,
         }
     }
 }
@@ -159,6 +161,7 @@ mod tests {
             Status::NotStarted,
             Status::Cancelled,
             Status::Vetoed,
+            Status::Gone,
         ] {
             assert_eq!(Status::from(Wire::from(s)), s);
         }
