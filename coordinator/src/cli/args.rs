@@ -465,14 +465,33 @@ pub struct PolicyArgs {
     /// Seconds one hook script may run; then it is killed (with what it started).
     #[arg(long, env = ENV_HOOK_TIMEOUT, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub hook_timeout: u64,
-    /// Days of update history kept.
-    #[arg(long, env = ENV_HISTORY_RETENTION, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
-    pub history_retention: u64,
+    /// How long update history and ended rollouts are kept: days (`90`), or a duration with
+    /// its unit (`12h`, `30m`).
+    #[arg(long, env = ENV_HISTORY_RETENTION, default_value = "90", value_name = "DAYS|DURATION", value_parser = parse_retention)]
+    pub history_retention: std::time::Duration,
 }
 
 /// `--canary-hosts`: names or a count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CanaryArg(pub crate::plan::rollout::Canary);
+
+/// `--history-retention`: a number of days (1 to 36500), or a duration with its unit from one
+/// second to 100 years.
+pub(crate) fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
+    const MAX: std::time::Duration = std::time::Duration::from_secs(36500 * 24 * 3600);
+    let value = value.trim();
+    let retention = match value.parse::<u64>() {
+        Ok(days) if (1..=36500).contains(&days) => std::time::Duration::from_secs(days * 24 * 3600),
+        Ok(days) => return Err(format!("{days} days is not between 1 and 36500")),
+        Err(_) => humantime::parse_duration(value).map_err(|e| {
+            format!("{value:?} is neither a number of days nor a duration such as 12h: {e}")
+        })?,
+    };
+    if retention < std::time::Duration::from_secs(1) || retention > MAX {
+        return Err(format!("{value:?} is not between 1s and 36500 days"));
+    }
+    Ok(retention)
+}
 
 pub(crate) fn parse_canary(value: &str) -> Result<CanaryArg, String> {
     use crate::plan::rollout::Canary;

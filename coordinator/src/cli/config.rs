@@ -154,7 +154,7 @@ impl PolicyArgs {
                 max_failure_ratio: args.max_failure_ratio,
                 windows: args.maintenance_windows.to_string(),
             },
-            history_retention: Duration::from_secs(args.history_retention * 24 * 3600),
+            history_retention: args.history_retention,
             metrics_listen: args
                 .prometheus_port
                 .map(|port| SocketAddr::new(args.prometheus_addr, port)),
@@ -273,6 +273,32 @@ mod tests {
         assert_eq!(blank.policy.canary_hosts, CanaryArg::default());
         let lists = serve(&["--monitor", "web, db", "--canary-hosts", "web-01,web-02"]).unwrap();
         assert_eq!(lists.policy.monitor.0, vec!["web", "db"]);
+    }
+
+    #[test]
+    fn history_retention_is_days_or_a_duration_and_out_of_range_is_refused() {
+        let days = serve(&["--history-retention", "7"]).unwrap();
+        assert_eq!(
+            days.policy.history_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let hours = serve(&["--history-retention", "12h"]).unwrap();
+        assert_eq!(
+            hours.policy.history_retention,
+            Duration::from_secs(12 * 3600)
+        );
+        let default = serve(&[]).unwrap();
+        assert_eq!(
+            default.policy.history_retention,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        for value in ["0", "36501", "0s", "500ms", "soon"] {
+            refused(
+                &["--history-retention", value],
+                "--history-retention",
+                value,
+            );
+        }
     }
 
     #[test]

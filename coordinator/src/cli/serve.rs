@@ -235,7 +235,8 @@ pub fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
         .with_hooks(
             Arc::new(config.hooks.clone().with_metrics(metrics.clone())),
             config.monitor_only,
-        ),
+        )
+        .with_retention(config.history_retention),
     );
     let monitoring = match config.metrics_listen {
         Some(addr) => {
@@ -355,7 +356,6 @@ pub async fn run(
         cycle.clone(),
         config.schedule.clone(),
         config.detect_only,
-        config.history_retention,
         stop_rx.clone(),
     ));
     if config.run_once.is_some() {

@@ -71,6 +71,9 @@ pub struct Cycle {
     hooks: Arc<crate::hooks::Hooks>,
     /// MONITOR_ONLY: dry runs fire `notify_update` for new images, not `dry_run_update`.
     monitor_only: bool,
+    /// `--history-retention`: outcomes and ended rollouts older than this are pruned before
+    /// every cycle, scheduled or asked for (`None`: never).
+    retention: Option<Duration>,
 }
 
 /// Who asked for a cycle.
@@ -205,7 +208,14 @@ impl Cycle {
             clock: Arc::new(WallClock),
             hooks: Arc::default(),
             monitor_only: false,
+            retention: None,
         }
+    }
+
+    /// Prunes history and ended rollouts older than `retention` before every cycle.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// The hooks (for an update outside a rollout).
@@ -245,6 +255,11 @@ impl Cycle {
     ) -> Report {
         let _turn = self.running.lock().await;
         let started = std::time::Instant::now();
+        if let Some(retention) = self.retention {
+            let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            self.fleet
+                .prune_history(self.clock.now_ms().saturating_sub(keep_ms));
+        }
         let in_scope = |h: &str, c: &ContainerInfo| {
             host.is_none_or(|want| want == h)
                 && container.is_none_or(|want| want == c.name || c.id.starts_with(want))

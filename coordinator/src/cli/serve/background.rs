@@ -16,7 +16,6 @@ pub(super) async fn scheduled_cycles(
     cycle: Arc<Cycle>,
     schedule: Schedule,
     detect_only: bool,
-    retention: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     // Rollouts a restart interrupted go on before anything new.
@@ -25,10 +24,6 @@ pub(super) async fn scheduled_cycles(
         _ = stop.wait_for(|s| *s) => return,
     }
     loop {
-        let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        cycle
-            .fleet
-            .prune_history(ouroboros_shared::time_fmt::now_unix_ms().saturating_sub(keep_ms));
         let wait = schedule
             .wait_from(chrono::Utc::now())
             .unwrap_or(crate::plan::schedule::DEFAULT_INTERVAL);
@@ -50,9 +45,9 @@ pub(super) async fn scheduled_cycles(
         let updates =
             count(&|c| matches!(c.detection.decision, crate::detect::Decision::Update { .. }));
         let failed = count(&|c| {
-            c.result.as_ref().is_some_and(|r| {
-                !r.status.succeeded() && r.status != crate::plan::outcome::Status::Vetoed
-            })
+            c.result
+                .as_ref()
+                .is_some_and(|r| !r.status.succeeded() && !r.status.left_alone())
         });
         tracing::info!(
             containers = checked.len(),
