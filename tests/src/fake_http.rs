@@ -18,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -96,11 +97,20 @@ impl Response {
 
 type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
+/// Where the server keeps what it received.
+#[derive(Clone)]
+struct Log {
+    seen: Arc<Mutex<Vec<Request>>>,
+    keep: Arc<AtomicBool>,
+}
+
 /// A running fake server; stops when dropped.
 pub struct FakeHttp {
     addr: SocketAddr,
     tls: bool,
     seen: Arc<Mutex<Vec<Request>>>,
+    /// Whether requests are kept in `seen` (see [`FakeHttp::keep_requests`]).
+    keep: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -129,7 +139,11 @@ impl FakeHttp {
             .enable_all()
             .build()
             .context("starting the fake server's runtime")?;
-        let log = seen.clone();
+        let keep = Arc::new(AtomicBool::new(true));
+        let log = Log {
+            seen: seen.clone(),
+            keep: keep.clone(),
+        };
         let is_tls = tls.is_some();
         let thread = std::thread::Builder::new()
             .name(format!("fake-http-{}", addr.port()))
@@ -150,6 +164,7 @@ impl FakeHttp {
             addr,
             tls: is_tls,
             seen,
+            keep,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -163,6 +178,12 @@ impl FakeHttp {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// Whether requests are kept for [`FakeHttp::requests`] (they are by default). A server
+    /// that answers millions (the fleet simulator's registry) counts in its handler instead.
+    pub fn keep_requests(&self, keep: bool) {
+        self.keep.store(keep, Ordering::Relaxed);
     }
 
     fn seen(&self) -> MutexGuard<'_, Vec<Request>> {
@@ -198,7 +219,7 @@ async fn accept(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Handler,
-    seen: Arc<Mutex<Vec<Request>>>,
+    seen: Log,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -232,7 +253,7 @@ async fn accept(
 async fn answer(
     request: hyper::Request<hyper::body::Incoming>,
     handler: &Handler,
-    seen: &Mutex<Vec<Request>>,
+    log: &Log,
 ) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = body
@@ -258,9 +279,12 @@ async fn answer(
             .collect(),
         body,
     };
-    seen.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(request.clone());
+    if log.keep.load(Ordering::Relaxed) {
+        log.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request.clone());
+    }
     let out = handler(&request);
     if let Some(delay) = out.delay {
         tokio::time::sleep(delay).await;

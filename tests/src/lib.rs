@@ -21,6 +21,8 @@
 //! - [`binaries`]: [`Binaries`], the agent and coordinator built once per test process.
 //! - [`raw_http`]: a tiny HTTP/1.1 client for probes and hand-made requests.
 //! - [`exposition`]: samples of a Prometheus text exposition, read by name and label set.
+//! - [`sim`]: the fleet simulator behind the `fleet-sim` binary: simulated agents against a
+//!   real coordinator.
 //! - [`fake_http`]: [`FakeHttp`], the one fake HTTP server (plain or TLS) tests script
 //!   answers with and read requests from.
 //!
@@ -62,6 +64,7 @@ pub mod poll;
 pub mod process;
 pub mod raw_http;
 pub mod registry;
+pub mod sim;
 pub mod swarm;
 
 pub use access_log::AccessEntry;

@@ -24,6 +24,7 @@ mod notify;
 mod rollout;
 mod selfupdate;
 mod shutdown;
+mod sim;
 mod steer;
 mod swarm;
 mod up;
