@@ -37,8 +37,13 @@ pub async fn connect(args: &AdminArgs) -> Result<AdminClient<Channel>, Failure> 
         .connect()
         .await
         .map_err(|e| connect_failed(args, &e))?;
-    Ok(AdminClient::new(channel))
+    // A large fleet's answers (every container of a `check`: about 300 bytes each) outgrow
+    // tonic's default of 4 MiB at some 15,000 containers.
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER))
 }
+
+/// The largest answer the CLI reads from the coordinator.
+const MAX_ANSWER: usize = 512 * 1024 * 1024;
 
 /// `hosts`.
 pub async fn hosts(args: &AdminArgs) -> Result<(), Failure> {

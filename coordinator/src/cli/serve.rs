@@ -42,6 +42,8 @@ use once::serve_once;
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often heartbeat times (and changed counters) are queued for the store.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// The largest message an agent may send (its inventory).
+const MAX_AGENT_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
@@ -361,17 +363,21 @@ pub async fn run(
     if config.run_once.is_some() {
         scheduler.abort();
     }
-    let gateway = AgentGatewayServer::with_interceptor(
-        Gateway::new(
-            fleet.clone(),
-            commands.clone(),
-            config.heartbeat,
-            config.missed_heartbeats,
-            stop_rx,
-            config.notifiers.clone(),
+    let gateway = tonic::service::interceptor::InterceptedService::new(
+        AgentGatewayServer::new(
+            Gateway::new(
+                fleet.clone(),
+                commands.clone(),
+                config.heartbeat,
+                config.missed_heartbeats,
+                stop_rx,
+                config.notifiers.clone(),
+            )
+            .with_enrolment(enrolment.clone())
+            .with_hooks(cycle.hooks()),
         )
-        .with_enrolment(enrolment.clone())
-        .with_hooks(cycle.hooks()),
+        // A dense host's inventory (thousands of labelled containers) outgrows tonic's 4 MiB.
+        .max_decoding_message_size(MAX_AGENT_MESSAGE),
         require_role(Role::Agent, "AgentGateway"),
     );
     let admin = AdminServer::with_interceptor(

@@ -62,6 +62,14 @@ pub struct HostView {
     pub reported: bool,
 }
 
+/// Whether a host's agent is connected, and has reported on this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub host: String,
+    pub connected: bool,
+    pub reported: bool,
+}
+
 /// A live agent connection registered with [`Fleet::connect`]. Dropping it marks the host
 /// disconnected (unless a newer connection replaced it), whatever ends the connection.
 pub struct SessionGuard {
@@ -397,6 +405,20 @@ impl Fleet {
     pub fn close(&self) {
         self.flush_last_seen();
         self.writer().close();
+    }
+
+    /// Every host's link: connected, reported; by name. Without the records, so that what
+    /// runs often (each turn of a rollout, the agent-lost watch) does not copy the whole
+    /// fleet's inventories.
+    pub fn links(&self) -> Vec<HostLink> {
+        self.lock()
+            .values()
+            .map(|e| HostLink {
+                host: e.record.host.clone(),
+                connected: e.session.is_some(),
+                reported: e.session.as_ref().is_some_and(|s| s.reported),
+            })
+            .collect()
     }
 
     /// Every host, sorted by name.

@@ -171,6 +171,90 @@ impl Runner {
 
     /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
     /// its container; one that runs its target image now clears the mark.
+    /// Applies one agent's answer to `rollout` (its target's new state, metrics, known-bad
+    /// digests, the targets it moved with it); returns the history entries to store with it.
+    /// A late answer (to a command the target no longer waits for) changes nothing.
+    fn take_answer(
+        &self,
+        rollout: &mut Rollout,
+        mut answer: Answer,
+        senders: &mut BTreeMap<usize, JoinHandle<()>>,
+        results: &mut BTreeMap<usize, UpdateResult>,
+    ) -> Vec<HistoryEntry> {
+        // Only the answer to what the target waits for now counts (a late answer
+        // to a timed-out command does not).
+        let expected = match &rollout.targets[answer.index].state {
+            TargetState::Dispatched { op_id, .. } | TargetState::Reverting { op_id, .. } => {
+                op_id == &answer.op_id
+            }
+            _ => false,
+        };
+        if !expected {
+            warn!(rollout = %rollout.id, op = %answer.op_id, "Ignoring a late answer.");
+            return Vec::new();
+        }
+        senders.remove(&answer.index);
+        self.gone_is_not_a_failure(&rollout.targets[answer.index], &mut answer);
+        let now = self.clock.now_ms();
+        let status = answer.result.status;
+        let reason = answer.result.reason.clone();
+        let state = if answer.revert {
+            after_revert(status, &reason, now)
+        } else {
+            after_update(status, &reason, now)
+        };
+        let t = &rollout.targets[answer.index];
+        if status.left_alone() {
+            info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target left as it is (vetoed by a hook, or the container is gone).");
+        } else if status.succeeded() {
+            info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
+        } else {
+            warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target failed.");
+        }
+        let outcome = match (answer.revert, status.succeeded()) {
+            (true, true) => "reverted",
+            (true, false) => "revert-failed",
+            (false, _) => status.name(),
+        };
+        self.metrics.update_done(&t.host, &t.container, outcome);
+        let canary_was_done = rollout.canary_done_ms > 0;
+        for line in &answer.hooks {
+            rollout.targets[answer.index]
+                .transitions
+                .push((now, format!("hook {line}")));
+        }
+        rollout.set(answer.index, state, now);
+        if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
+            info!(rollout = %rollout.id, wait_s = rollout.policy.canary_wait_ms / 1000, "Canary hosts done; the other hosts start once the canary wait has passed without a failure.");
+        }
+        self.remember_outcome(rollout, answer.index, now);
+        let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
+        if !answer.revert {
+            for (i, result) in moved_with(
+                rollout,
+                answer.index,
+                &answer.result,
+                now,
+                &self.metrics,
+            ) {
+                entries.push(rollout.targets[i].history(&rollout.id));
+                self.remember_outcome(rollout, i, now);
+                results.insert(i, result);
+            }
+        }
+        for d in &answer.result.dependants {
+            if matches!(
+                d.action,
+                DependantAction::Failed | DependantAction::Restored
+            ) {
+                warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = d.action.name(), reason = %d.reason, "A dependant did not follow the update.");
+            }
+        }
+        self.after_self_update(&rollout.targets[answer.index], &answer.result);
+        results.insert(answer.index, answer.result);
+        entries
+    }
+
     /// An update refused because the container no longer exists (removed since the plan; the
     /// agent's inventory, sent before its answer, no longer lists it) is `gone`, not a failure:
     /// a fleet whose containers come and go must not pause its rollouts over them.
@@ -303,12 +387,14 @@ impl Runner {
                 rollout.cancel = Some(cancel);
                 rollout.updated_ms = now;
             }
-            let hosts = self.fleet.hosts();
-            let connected = |host: &str| {
-                hosts
-                    .iter()
-                    .any(|h| h.record.host == host && h.connected && h.reported)
-            };
+            let ready: std::collections::HashSet<String> = self
+                .fleet
+                .links()
+                .into_iter()
+                .filter(|l| l.connected && l.reported)
+                .map(|l| l.host)
+                .collect();
+            let connected = |host: &str| ready.contains(host);
             let observation = Observation {
                 now_ms: now,
                 connected: &connected,
@@ -489,65 +575,13 @@ impl Runner {
                 .unwrap_or(TICK)
                 .min(TICK);
             tokio::select! {
-                Some(mut answer) = answers.recv() => {
-                    // Only the answer to what the target waits for now counts (a late answer
-                    // to a timed-out command does not).
-                    let expected = match &rollout.targets[answer.index].state {
-                        TargetState::Dispatched { op_id, .. } | TargetState::Reverting { op_id, .. } => op_id == &answer.op_id,
-                        _ => false,
-                    };
-                    if !expected {
-                        warn!(rollout = %rollout.id, op = %answer.op_id, "Ignoring a late answer.");
-                        continue;
+                Some(answer) = answers.recv() => {
+                    // Every answer already here is taken before the one write: under a wide
+                    // rollout answers come faster than a whole rollout can be stored each.
+                    let mut entries = self.take_answer(&mut rollout, answer, &mut senders, &mut results);
+                    while let Ok(answer) = answers.try_recv() {
+                        entries.extend(self.take_answer(&mut rollout, answer, &mut senders, &mut results));
                     }
-                    senders.remove(&answer.index);
-                    self.gone_is_not_a_failure(&rollout.targets[answer.index], &mut answer);
-                    let now = self.clock.now_ms();
-                    let status = answer.result.status;
-                    let reason = answer.result.reason.clone();
-                    let state = if answer.revert {
-                        after_revert(status, &reason, now)
-                    } else {
-                        after_update(status, &reason, now)
-                    };
-                    let t = &rollout.targets[answer.index];
-                    if status.left_alone() {
-                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target left as it is (vetoed by a hook, or the container is gone).");
-                    } else if status.succeeded() {
-                        info!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), "Target answered.");
-                    } else {
-                        warn!(rollout = %rollout.id, host = %t.host, container = %t.container, status = status.name(), reason = %reason, "Target failed.");
-                    }
-                    let outcome = match (answer.revert, status.succeeded()) {
-                        (true, true) => "reverted",
-                        (true, false) => "revert-failed",
-                        (false, _) => status.name(),
-                    };
-                    self.metrics.update_done(&t.host, &t.container, outcome);
-                    let canary_was_done = rollout.canary_done_ms > 0;
-                    for line in &answer.hooks {
-                        rollout.targets[answer.index].transitions.push((now, format!("hook {line}")));
-                    }
-                    rollout.set(answer.index, state, now);
-                    if !canary_was_done && rollout.canary_done_ms > 0 && rollout.policy.canary_wait_ms > 0 {
-                        info!(rollout = %rollout.id, wait_s = rollout.policy.canary_wait_ms / 1000, "Canary hosts done; the other hosts start once the canary wait has passed without a failure.");
-                    }
-                    self.remember_outcome(&rollout, answer.index, now);
-                    let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
-                    if !answer.revert {
-                        for (i, result) in moved_with(&mut rollout, answer.index, &answer.result, now, &self.metrics) {
-                            entries.push(rollout.targets[i].history(&rollout.id));
-                            self.remember_outcome(&rollout, i, now);
-                            results.insert(i, result);
-                        }
-                    }
-                    for d in &answer.result.dependants {
-                        if matches!(d.action, DependantAction::Failed | DependantAction::Restored) {
-                            warn!(rollout = %rollout.id, host = %rollout.targets[answer.index].host, container = %rollout.targets[answer.index].container, dependant = %d.container, kind = %d.kind, action = d.action.name(), reason = %d.reason, "A dependant did not follow the update.");
-                        }
-                    }
-                    self.after_self_update(&rollout.targets[answer.index], &answer.result);
-                    results.insert(answer.index, answer.result);
                     self.persist(&rollout, entries).await;
                 }
                 () = tokio::time::sleep(wake) => {}

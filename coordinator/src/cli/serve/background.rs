@@ -78,8 +78,8 @@ pub(super) async fn watch_agents(
             () = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        for h in fleet.hosts() {
-            let host = h.record.host.clone();
+        for h in fleet.links() {
+            let host = h.host.clone();
             if h.connected {
                 seen_connected.insert(host.clone());
                 away_since.remove(&host);
