@@ -68,6 +68,8 @@ pub struct HostLink {
     pub host: String,
     pub connected: bool,
     pub reported: bool,
+    /// The agent's own container id; empty outside a container.
+    pub agent_container: String,
 }
 
 /// A live agent connection registered with [`Fleet::connect`]. Dropping it marks the host
@@ -417,6 +419,7 @@ impl Fleet {
                 host: e.record.host.clone(),
                 connected: e.session.is_some(),
                 reported: e.session.as_ref().is_some_and(|s| s.reported),
+                agent_container: e.record.agent_container.clone(),
             })
             .collect()
     }

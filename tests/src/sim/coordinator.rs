@@ -79,15 +79,24 @@ impl SimCoordinator {
 
     /// The highest resident set size of the coordinator so far (`VmHWM`), over restarts.
     pub fn peak_rss(&self) -> u64 {
-        let now = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+        self.status_bytes("VmHWM:").max(self.earlier_peak_rss)
+    }
+
+    /// The coordinator's resident set size now (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// A `kB` field of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             })
-            .map_or(0, |kb| kb * 1024);
-        now.max(self.earlier_peak_rss)
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// CPU time (user and system) the current process used so far.

@@ -219,6 +219,9 @@ async fn drive(
     let mut admin = coordinator.admin().await?;
     wait_reported(&mut admin, n, config.timeout).await?;
     let connect_s = started.elapsed().as_secs_f64();
+    // The coordinator's peak and current RSS after each phase, to see which one sets it.
+    let mut peaks = serde_json::Map::new();
+    peaks.insert("connected".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
 
     // An idle cycle: one HEAD per unique tag, nothing to do.
     registry.take_heads();
@@ -231,6 +234,7 @@ async fn drive(
         decisions(&idle, "update") == 0,
         "the idle cycle planned updates"
     );
+    peaks.insert("idle_cycle".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
 
     // A share of the tags moves: the plan (dry run), then the rollout.
     let share = ((config.tags as f64 * config.rollout_share).round() as usize).max(1);
@@ -241,6 +245,7 @@ async fn drive(
     let plan = check(&mut admin, true).await?;
     let plan_ms = ms(t.elapsed());
     let plan_updates = decisions(&plan, "update");
+    peaks.insert("plan".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
     ensure!(
         plan_updates == expected.len(),
         "the dry run planned {plan_updates} updates, {} containers are on the moved tags",
@@ -260,6 +265,7 @@ async fn drive(
         "the rollout ended {rollout_state:?}, not completed"
     );
     let rollout_targets = rollout.rollout.as_ref().map_or(0, |r| r.targets.len());
+    peaks.insert("rollout".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
     each_updated_once(fleet, registry, &expected)?;
 
     // More tags move, and the coordinator crashes while that rollout runs.
@@ -312,6 +318,7 @@ async fn drive(
         );
         each_updated_once(fleet, registry, &expected)?;
         resumed = json!(ended.state);
+        peaks.insert("restart".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
     }
 
     // Cycles with churn, disconnects and tags moving.
@@ -412,6 +419,7 @@ async fn drive(
         "store_bytes": store_bytes,
         "store_bytes_by_cycle": store_by_cycle,
         "rollouts_stored": rollouts_stored,
+        "coordinator_peak_and_current_rss_bytes_after": peaks,
         "recreate_commands": fleet.commands.load(Ordering::Relaxed),
         "updates_applied": fleet.applied(),
         "updates_applied_twice": fleet.applied_twice(),

@@ -33,10 +33,10 @@ impl Cycle {
         };
         let agents: BTreeMap<String, String> = self
             .fleet
-            .hosts()
+            .links()
             .into_iter()
-            .filter(|h| !h.record.agent_container.is_empty())
-            .map(|h| (h.record.host, h.record.agent_container))
+            .filter(|h| !h.agent_container.is_empty())
+            .map(|h| (h.host, h.agent_container))
             .collect();
         let own_of = |host: &str, info: Option<&ContainerInfo>| {
             let id = info.map(|c| c.id.as_str()).unwrap_or_default();
