@@ -230,13 +230,8 @@ impl Runner {
         self.remember_outcome(rollout, answer.index, now);
         let mut entries = vec![rollout.targets[answer.index].history(&rollout.id)];
         if !answer.revert {
-            for (i, result) in moved_with(
-                rollout,
-                answer.index,
-                &answer.result,
-                now,
-                &self.metrics,
-            ) {
+            for (i, result) in moved_with(rollout, answer.index, &answer.result, now, &self.metrics)
+            {
                 entries.push(rollout.targets[i].history(&rollout.id));
                 self.remember_outcome(rollout, i, now);
                 results.insert(i, result);

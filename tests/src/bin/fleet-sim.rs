@@ -63,7 +63,8 @@ struct Args {
     /// Skip the coordinator crash and restart.
     #[arg(long)]
     no_restart: bool,
-    /// The ouroboros-coordinator binary [default: next to this one].
+    /// The ouroboros-coordinator binary [default: the workspace's, built into this binary's
+    /// profile].
     #[arg(long)]
     coordinator: Option<PathBuf>,
     /// Longest wait for each step (agents reporting, a rollout ending), in seconds.
@@ -75,12 +76,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let coordinator = args.coordinator.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("ouroboros-coordinator")))
-            .unwrap_or_else(|| PathBuf::from("ouroboros-coordinator"))
-    });
+    // By default the workspace's coordinator, built (if need be) into this binary's profile,
+    // as the tests build it.
+    let coordinator = match args.coordinator.clone() {
+        Some(path) => path,
+        None => match ouroboros_tests::Binaries::get() {
+            Ok(binaries) => binaries.coordinator.clone(),
+            Err(e) => {
+                eprintln!("fleet-sim: cannot build the coordinator (or pass --coordinator): {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let mut config = Config::new(args.agents, args.containers, args.tags, coordinator);
     config.rollout_share = args.rollout_share;
     config.tags_per_cycle = args.tags_per_cycle;

@@ -117,7 +117,7 @@ impl Config {
         );
         ensure!(
             self.coordinator_bin.is_file(),
-            "{} does not exist (build it with cargo build --release -p ouroboros-coordinator, or pass --coordinator)",
+            "--coordinator {} does not exist",
             self.coordinator_bin.display()
         );
         Ok(())
@@ -221,7 +221,10 @@ async fn drive(
     let connect_s = started.elapsed().as_secs_f64();
     // The coordinator's peak and current RSS after each phase, to see which one sets it.
     let mut peaks = serde_json::Map::new();
-    peaks.insert("connected".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
+    peaks.insert(
+        "connected".into(),
+        json!([coordinator.peak_rss(), coordinator.rss()]),
+    );
 
     // An idle cycle: one HEAD per unique tag, nothing to do.
     registry.take_heads();
@@ -234,7 +237,10 @@ async fn drive(
         decisions(&idle, "update") == 0,
         "the idle cycle planned updates"
     );
-    peaks.insert("idle_cycle".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
+    peaks.insert(
+        "idle_cycle".into(),
+        json!([coordinator.peak_rss(), coordinator.rss()]),
+    );
 
     // A share of the tags moves: the plan (dry run), then the rollout.
     let share = ((config.tags as f64 * config.rollout_share).round() as usize).max(1);
@@ -245,7 +251,10 @@ async fn drive(
     let plan = check(&mut admin, true).await?;
     let plan_ms = ms(t.elapsed());
     let plan_updates = decisions(&plan, "update");
-    peaks.insert("plan".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
+    peaks.insert(
+        "plan".into(),
+        json!([coordinator.peak_rss(), coordinator.rss()]),
+    );
     ensure!(
         plan_updates == expected.len(),
         "the dry run planned {plan_updates} updates, {} containers are on the moved tags",
@@ -265,7 +274,10 @@ async fn drive(
         "the rollout ended {rollout_state:?}, not completed"
     );
     let rollout_targets = rollout.rollout.as_ref().map_or(0, |r| r.targets.len());
-    peaks.insert("rollout".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
+    peaks.insert(
+        "rollout".into(),
+        json!([coordinator.peak_rss(), coordinator.rss()]),
+    );
     each_updated_once(fleet, registry, &expected)?;
 
     // More tags move, and the coordinator crashes while that rollout runs.
@@ -318,7 +330,10 @@ async fn drive(
         );
         each_updated_once(fleet, registry, &expected)?;
         resumed = json!(ended.state);
-        peaks.insert("restart".into(), json!([coordinator.peak_rss(), coordinator.rss()]));
+        peaks.insert(
+            "restart".into(),
+            json!([coordinator.peak_rss(), coordinator.rss()]),
+        );
     }
 
     // Cycles with churn, disconnects and tags moving.

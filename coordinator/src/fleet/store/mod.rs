@@ -252,9 +252,9 @@ impl RedbStore {
             .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(e.into()),
-        })?;
+                path: path.clone(),
+                source: Box::new(e.into()),
+            })?;
         // Create the tables so that reads never meet a missing table.
         let txn = db.begin_write().map_err(db_err("begin a transaction"))?;
         txn.open_table(HOSTS)
