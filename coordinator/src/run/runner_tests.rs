@@ -225,6 +225,7 @@ fn rollout(policy: Policy, targets: &[(&str, &str, u32)]) -> Rollout {
                 op_id: String::new(),
                 own: Default::default(),
                 service: false,
+                touches: Some(vec![(*container).into()]),
             })
             .collect(),
         last_host_done_ms: 0,
