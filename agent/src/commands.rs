@@ -1,8 +1,11 @@
-//! Commands from the coordinator, run one at a time, with their progress and result sent back
-//! on the link. A command outlives the link it came on: if the stream breaks, the journal still
-//! records its end, and a repeated op id gets that stored result. The containers that refer to
-//! the one updated (soft dependants included) are the recreate's own business
-//! ([`crate::recreate`]), journaled with it.
+//! Commands from the coordinator, with their progress and result sent back on the link.
+//! Recreates of distinct containers run at the same time (the coordinator bounds how many per
+//! host; the recreator keeps each container to one operation, see [`crate::recreate`]); a
+//! self-update, a successor's take-over, a Swarm service update and a volume prune run alone,
+//! after the operations in flight. A command outlives the link it came on: if the stream
+//! breaks, the journal still records its end, and a repeated op id gets that stored result. The
+//! containers that refer to the one updated (soft dependants included) are the recreate's own
+//! business, journaled with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +13,13 @@ use std::time::Duration;
 use ouroboros_proto::v1 as pb;
 use pb::agent_message::Kind;
 use pb::recreate_result::Status;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{RwLock, mpsc};
 use tracing::info;
 
 use crate::engine::Engine;
 use crate::handover::{End, Handover};
 use crate::recreate::executor::{HealthGate, RecreateError, Recreator, Request};
+use crate::recreate::gate::Hooks;
 use crate::recreate::journal::SetAside;
 use crate::recreate::pull::RegistryAuth;
 
@@ -24,8 +28,9 @@ pub struct CommandRunner {
     recreator: Recreator,
     /// For the inventory sent with each result.
     engine: Engine,
-    /// One destructive operation at a time on a host.
-    one_at_a_time: Mutex<()>,
+    /// Recreates share the host (read); what must run alone takes it whole (write), after
+    /// every operation in flight.
+    host: RwLock<()>,
     /// Self-updates, when the agent runs in a container.
     handover: Option<Handover>,
     /// Self-updates by an updater container (`up`).
@@ -44,7 +49,7 @@ impl CommandRunner {
         Arc::new(Self {
             recreator,
             engine,
-            one_at_a_time: Mutex::new(()),
+            host: RwLock::new(()),
             handover,
             updater,
             verdicts: Arc::default(),
@@ -62,7 +67,7 @@ impl CommandRunner {
         let Some(handover) = &self.handover else {
             return;
         };
-        let _turn = self.one_at_a_time.lock().await;
+        let _alone = self.host.write().await;
         if let End::Answer(outcome) = handover.await_successor(&self.recreator, &record).await {
             self.record_handover(&record.op_id, &record.name, &outcome);
         }
@@ -83,7 +88,7 @@ impl CommandRunner {
         let Some(op_id) = handover.successor_op() else {
             return Ok(None);
         };
-        let _turn = self.one_at_a_time.lock().await;
+        let _alone = self.host.write().await;
         let gate = handover
             .successor_hooks()
             .map(|deadline| self.verdicts.gate(tx.clone(), op_id.clone(), deadline));
@@ -111,9 +116,9 @@ impl CommandRunner {
         }
     }
 
-    /// Completes when no command runs (the one in flight, if any, ended).
+    /// Completes when no command runs (every one in flight ended).
     pub async fn idle(&self) {
-        let _turn = self.one_at_a_time.lock().await;
+        let _alone = self.host.write().await;
     }
 
     /// What the journal says about containers set aside, for the inventory.
@@ -123,15 +128,22 @@ impl CommandRunner {
 
     /// Runs a `Recreate` and sends its progress and result on `tx`. A stopping agent starts
     /// nothing and does not answer: the coordinator asks again, with the same op id, when
-    /// the agent is back.
+    /// the agent is back. Recreates run beside each other; the agent's own container (a
+    /// self-update) waits until it is alone on the host.
     pub async fn recreate(&self, command: pb::Recreate, tx: mpsc::Sender<pb::AgentMessage>) {
-        let _turn = self.one_at_a_time.lock().await;
+        let shared = self.host.read().await;
         let op_id = command.op_id.clone();
         if self.recreator.is_stopping() || self.handing_over() {
             info!(op = %op_id, container = %command.container, "Recreate not started: the agent is stopping or handing over to its successor.");
             return;
         }
         info!(op = %op_id, container = %command.container, image = %command.image, "Recreate requested.");
+        let asked = Asked {
+            hooks: command
+                .ask_hooks
+                .then(|| hook_deadline(command.hook_deadline_ms)),
+            cleanup: command.cleanup,
+        };
         let request = Request {
             op_id: op_id.clone(),
             container: command.container,
@@ -146,7 +158,53 @@ impl CommandRunner {
             soft_dependants: command.soft_dependants,
             dependant_images: command.dependant_images.into_iter().collect(),
             skip_pull: false,
+            hooks: None,
         };
+        if !self.is_own(&request).await {
+            self.run_recreate(request, asked, &tx).await;
+            return;
+        }
+        drop(shared);
+        let _alone = self.host.write().await;
+        if self.recreator.is_stopping() || self.handing_over() {
+            info!(op = %op_id, "Self-update not started: the agent is stopping or handing over to its successor.");
+            return;
+        }
+        if !self.self_update(&request, asked.hooks, &tx).await {
+            // Answered from the journal after all.
+            self.run_recreate(request, asked, &tx).await;
+        }
+    }
+
+    /// Whether `request` is about the agent's own container (or the hand-over under way).
+    async fn is_own(&self, request: &Request) -> bool {
+        if let Some(updater) = &self.updater
+            && self
+                .recreator
+                .inspect(&request.container)
+                .await
+                .is_some_and(|c| {
+                    crate::own::same(c.id.as_deref().unwrap_or_default(), updater.own_id())
+                })
+        {
+            return true;
+        }
+        match &self.handover {
+            Some(handover) => handover.owns(&self.recreator, request).await.is_some(),
+            None => false,
+        }
+    }
+
+    /// The agent's own container: a self-update (by an updater container, or a hand-over to a
+    /// successor), answered on `tx` when it ends here. `false` when it is to run as an
+    /// ordinary recreate (its outcome is in the journal already).
+    async fn self_update(
+        &self,
+        request: &Request,
+        hooks: Option<Duration>,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+    ) -> bool {
+        let op_id = request.op_id.clone();
         if let Some(updater) = &self.updater
             && self
                 .recreator
@@ -160,66 +218,69 @@ impl CommandRunner {
             let wait =
                 crate::recreate::executor::Deadlines::default().health + Duration::from_secs(60);
             if let crate::updater::Answer::Now(outcome) =
-                updater.handle(&self.recreator, &request, wait).await
+                updater.handle(&self.recreator, request, wait).await
             {
                 let result = pb::RecreateResult::from(&outcome);
-                self.answer(&tx, op_id, result).await;
+                self.answer(tx, op_id, result).await;
             }
-            return;
+            return true;
         }
-        if let Some(handover) = &self.handover {
-            match handover.owns(&self.recreator, &request).await {
-                // The hand-over under way: answered when it ends.
-                Some(false) => return,
-                Some(true)
-                    if self
-                        .recreator
-                        .journal()
-                        .get(&op_id)
-                        .ok()
-                        .flatten()
-                        .is_none() =>
+        let Some(handover) = &self.handover else {
+            return false;
+        };
+        match handover.owns(&self.recreator, request).await {
+            // The hand-over under way: answered when it ends.
+            Some(false) => true,
+            Some(true)
+                if self
+                    .recreator
+                    .journal()
+                    .get(&op_id)
+                    .ok()
+                    .flatten()
+                    .is_none() =>
+            {
+                info!(op = %op_id, "This is the agent's own container: self-update.");
+                let report = progress_reporter(tx, &op_id);
+                match handover
+                    .start(&self.recreator, request, hooks, &report)
+                    .await
                 {
-                    info!(op = %op_id, "This is the agent's own container: self-update.");
-                    let report = progress_reporter(&tx, &op_id);
-                    let hooks = command
-                        .ask_hooks
-                        .then(|| hook_deadline(command.hook_deadline_ms));
-                    match handover
-                        .start(&self.recreator, &request, hooks, &report)
-                        .await
-                    {
-                        End::Taken | End::Interrupted => return,
-                        End::Answer(outcome) => {
-                            self.record_handover(&op_id, &request.container, &outcome);
-                            let result = pb::RecreateResult::from(&outcome);
-                            self.answer(&tx, op_id, result).await;
-                            return;
-                        }
+                    End::Taken | End::Interrupted => {}
+                    End::Answer(outcome) => {
+                        self.record_handover(&op_id, &request.container, &outcome);
+                        let result = pb::RecreateResult::from(&outcome);
+                        self.answer(tx, op_id, result).await;
                     }
                 }
-                // Answered from the journal, or not this agent's container.
-                _ => {}
+                true
             }
+            // Answered from the journal, or not this agent's container (any more).
+            _ => false,
         }
+    }
+
+    /// The recreate itself, with the cleanup of the old image after it, answered on `tx`.
+    async fn run_recreate(
+        &self,
+        mut request: Request,
+        asked: Asked,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+    ) {
+        let op_id = request.op_id.clone();
         // The coordinator has hooks: it is asked at each hook point of this operation.
-        let gate = command.ask_hooks.then(|| {
-            self.verdicts.gate(
-                tx.clone(),
-                op_id.clone(),
-                hook_deadline(command.hook_deadline_ms),
-            )
-        });
-        self.recreator.set_gate(gate.clone());
+        let gate = asked
+            .hooks
+            .map(|deadline| self.verdicts.gate(tx.clone(), op_id.clone(), deadline));
+        request.hooks = gate.clone().map(Hooks);
         // The old image, for the cleanup after a successful update.
-        let old_image = if command.cleanup {
+        let old_image = if asked.cleanup {
             crate::cleanup::image_of(self.recreator.docker(), &request.container).await
         } else {
             None
         };
-        let report = progress_reporter(&tx, &op_id);
+        let report = progress_reporter(tx, &op_id);
         let ran = self.recreator.run(&request, &report).await;
-        self.recreator.set_gate(None);
         let result = match ran {
             Ok(done) => {
                 let mut result = pb::RecreateResult::from(&done);
@@ -257,10 +318,10 @@ impl CommandRunner {
             Err(error) => error_result(&error),
         };
         info!(op = %op_id, status = ?result.status(), reason = %result.reason, "Recreate finished.");
-        self.answer(&tx, op_id, result).await;
+        self.answer(tx, op_id, result).await;
     }
 
-    /// Runs an `UpdateService` (one destructive operation at a time, like a recreate) and
+    /// Runs an `UpdateService` (alone on the host, after the operations in flight) and
     /// sends its progress and result on `tx`. Refused when this host is not a Swarm manager,
     /// the service does not exist or the image is not `repo:tag@sha256:…`. A stopping agent
     /// starts nothing and does not answer; one that stops while the engine replaces the tasks
@@ -270,7 +331,7 @@ impl CommandRunner {
         command: pb::UpdateService,
         tx: mpsc::Sender<pb::AgentMessage>,
     ) {
-        let _turn = self.one_at_a_time.lock().await;
+        let _alone = self.host.write().await;
         let op_id = command.op_id.clone();
         if self.recreator.is_stopping() || self.handing_over() {
             info!(op = %op_id, service = %command.service, "Service update not started: the agent is stopping or handing over to its successor.");
@@ -346,7 +407,7 @@ impl CommandRunner {
         command: pb::PruneVolumes,
         tx: mpsc::Sender<pb::AgentMessage>,
     ) {
-        let _turn = self.one_at_a_time.lock().await;
+        let _alone = self.host.write().await;
         if self.recreator.is_stopping() || self.handing_over() {
             info!(op = %command.op_id, "Volume prune not started: the agent is stopping or handing over to its successor.");
             return;
@@ -387,6 +448,14 @@ fn progress_reporter(
         // Progress is informative: never wait for the link because of it.
         let _ = progress.try_send(message);
     }
+}
+
+/// What a `Recreate` asks for besides the request itself.
+struct Asked {
+    /// The coordinator has hooks: each verdict is awaited this long.
+    hooks: Option<Duration>,
+    /// Remove the old image after a successful update.
+    cleanup: bool,
 }
 
 /// How long the agent waits for the coordinator's verdict at each hook point of a `Recreate`

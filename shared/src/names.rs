@@ -53,6 +53,8 @@ pub const ENV_RUN_ONCE_WAIT: &str = "OUROBOROS_RUN_ONCE_WAIT";
 
 /// Rollouts: hosts updating at once (0: no limit).
 pub const ENV_MAX_HOSTS_IN_FLIGHT: &str = "OUROBOROS_MAX_HOSTS_IN_FLIGHT";
+/// Rollouts: containers of one host updating at once (those that do not depend on each other).
+pub const ENV_MAX_CONTAINERS_IN_FLIGHT: &str = "OUROBOROS_MAX_CONTAINERS_IN_FLIGHT";
 /// Rollouts: canary hosts (names, or a count), updated first.
 pub const ENV_CANARY_HOSTS: &str = "OUROBOROS_CANARY_HOSTS";
 /// Rollouts: health period (s) after the canary hosts.

@@ -25,6 +25,7 @@ use bollard::models::NetworkConnectRequest;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::claims::{Claim, Claims};
 use super::dependants::{Action, Fixed};
 use super::faults::{CrashMode, CrashPoint, Faults, Hook};
 use super::journal::{DependantEntry, DependantState, Entry, Journal, JournalError, Outcome, Step};
@@ -85,6 +86,8 @@ pub struct Request {
     pub dependant_images: BTreeMap<String, String>,
     /// The image is on the engine already (pulled with credentials by whoever asks): no pull.
     pub skip_pull: bool,
+    /// Where this operation asks the coordinator at its hook points (nobody: `None`).
+    pub hooks: Option<super::gate::Hooks>,
 }
 
 /// A health gate asked for with one update (rollout policy).
@@ -122,8 +125,8 @@ pub struct Recreator {
     pub(crate) fixed: std::sync::Mutex<HashMap<String, Fixed>>,
     /// When the journal was last pruned.
     pruned: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Where the coordinator's hook points are asked (see [`super::gate`]).
-    pub(crate) gate: std::sync::Mutex<Option<std::sync::Arc<dyn super::gate::HookGate>>>,
+    /// What the operations in flight hold (several may run at once).
+    pub(crate) claims: Claims,
 }
 
 /// What preparing found; nothing was changed.
@@ -151,7 +154,7 @@ impl Recreator {
             stopping: watch::channel(false).1,
             fixed: std::sync::Mutex::default(),
             pruned: std::sync::Mutex::default(),
-            gate: std::sync::Mutex::default(),
+            claims: Claims::default(),
         }
     }
 
@@ -222,12 +225,18 @@ impl Recreator {
     }
 
     /// Runs one recreate, calling `report` with the name of each step as it starts; returns
-    /// the outcome and what became of each dependant.
+    /// the outcome and what became of each dependant. Several may run at once on distinct
+    /// containers: one whose container another operation holds waits for it, one with a
+    /// dependant another operation holds is refused (see [`super::claims`]).
     pub async fn run(
         &self,
         request: &Request,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> Result<Report, RecreateError> {
+        let mut claim = self
+            .claims
+            .wait_for(&request.op_id, request.hooks.as_ref().map(|h| h.0.clone()))
+            .await;
         if let Some(entry) = self.journal.get(&request.op_id)? {
             return match entry.step {
                 Step::Done { ref outcome } => Ok(report_of(&entry, outcome.clone())),
@@ -238,10 +247,10 @@ impl Recreator {
             return Err(RecreateError::ShuttingDown);
         }
         // An operation a recovery could not finish holds the host: nothing new starts on it
-        // until it is (recovery is tried again now).
-        if self.journal.has_unfinished().is_some() {
+        // until it is (recovery is tried again now). Those in flight are not such.
+        if self.unfinished_elsewhere().is_some() {
             let _ = self.recover().await;
-            if let Some(op) = self.journal.has_unfinished() {
+            if let Some(op) = self.unfinished_elsewhere() {
                 let outcome = Outcome::Refused {
                     reason: format!(
                         "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
@@ -254,11 +263,31 @@ impl Recreator {
                 });
             }
         }
+        // Its containers, once no other operation holds them (the same container sent twice
+        // waits for the first).
+        let containers: Vec<String> = std::iter::once(&request.container)
+            .chain(&request.soft_dependants)
+            .chain(request.dependant_images.keys())
+            .cloned()
+            .collect();
+        claim.wait_for(&containers).await;
+        if self.is_stopping() {
+            return Err(RecreateError::ShuttingDown);
+        }
         report("prepare");
         self.lifecycle(&request.container, Phase::PreCheck).await;
-        let done = self.update(request, report).await;
+        let done = self.update(request, &mut claim, report).await;
         self.lifecycle(&request.container, Phase::PostCheck).await;
         done
+    }
+
+    /// An unfinished operation in the journal that is not in flight (one a crash interrupted
+    /// and recovery could not finish yet).
+    fn unfinished_elsewhere(&self) -> Option<String> {
+        self.journal
+            .unfinished_ops()
+            .into_iter()
+            .find(|op| !self.claims.is_active(op))
     }
 
     /// [`Recreator::run`] from preparing on, between the container's `pre-check` and
@@ -266,6 +295,7 @@ impl Recreator {
     async fn update(
         &self,
         request: &Request,
+        claim: &mut Claim<'_>,
         report: &(dyn Fn(&'static str) + Send + Sync),
     ) -> Result<Report, RecreateError> {
         let Prepared {
@@ -285,6 +315,28 @@ impl Recreator {
                 });
             }
         };
+        // Everything it may touch, by name and id, is this operation's alone before anything
+        // changes (found only now: the dependants the engine shows).
+        let touched: Vec<String> = [plan.name.clone(), old_id.clone()]
+            .into_iter()
+            .chain(
+                dependants
+                    .iter()
+                    .flat_map(|d| [d.name.clone(), d.old_id.clone()]),
+            )
+            .collect();
+        if let Err((container, holder)) = claim.extend(&touched) {
+            let outcome = Outcome::Refused {
+                reason: format!(
+                    "container {container} is being updated by operation {holder} on this host at the same time; nothing was changed"
+                ),
+            };
+            self.finish_without_change(request, &outcome)?;
+            return Ok(Report {
+                outcome,
+                dependants: Vec::new(),
+            });
+        }
         // The container's own `pre-update` command, before anything changes.
         if let Err(outcome) = self.pre_update(&old_id).await {
             self.finish_without_change(request, &outcome)?;

@@ -51,9 +51,14 @@ impl Recreator {
             }
             let d = &entry.dependants[i];
             let (name, parent) = (d.name.clone(), entry.name.clone());
-            self.ask_hook(super::gate::BEFORE_STOP_DEPENDS, &parent, &name)
-                .await
-                .map_err(|why| StepFailure::new("hook", why))?;
+            self.ask_hook(
+                &entry.op_id,
+                super::gate::BEFORE_STOP_DEPENDS,
+                &parent,
+                &name,
+            )
+            .await
+            .map_err(|why| StepFailure::new("hook", why))?;
             let d = &entry.dependants[i];
             report("stop dependant");
             let id = d.old_id.clone();
@@ -107,7 +112,12 @@ impl Recreator {
             let hard = d.kind == super::dependants::Kind::Hard;
             if hard
                 && let Err(why) = self
-                    .ask_hook(super::gate::BEFORE_RECREATE_HARD, &entry.name, &d.name)
+                    .ask_hook(
+                        &entry.op_id,
+                        super::gate::BEFORE_RECREATE_HARD,
+                        &entry.name,
+                        &d.name,
+                    )
                     .await
             {
                 // It ran on during the update: it keeps its old container.
@@ -129,7 +139,12 @@ impl Recreator {
                     new_ids.insert(d.name.clone(), id);
                     if hard {
                         let _ = self
-                            .ask_hook(super::gate::AFTER_RECREATE_HARD, &entry.name, &d.name)
+                            .ask_hook(
+                                &entry.op_id,
+                                super::gate::AFTER_RECREATE_HARD,
+                                &entry.name,
+                                &d.name,
+                            )
                             .await;
                     }
                     continue;
@@ -199,7 +214,12 @@ impl Recreator {
             }
             let name = d.name.clone();
             if let Err(why) = self
-                .ask_hook(super::gate::BEFORE_START_DEPENDS, &entry.name, &name)
+                .ask_hook(
+                    &entry.op_id,
+                    super::gate::BEFORE_START_DEPENDS,
+                    &entry.name,
+                    &name,
+                )
                 .await
             {
                 entry.dependants[i].state = DependantState::Failed {

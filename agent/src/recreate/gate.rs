@@ -39,21 +39,36 @@ pub trait HookGate: Send + Sync {
     fn ask(&self, ask: Ask) -> BoxFuture<'_, Result<(), String>>;
 }
 
-impl Recreator {
-    /// Asks `gate` at every hook point of the operations from now on (`None`: ask nobody).
-    pub fn set_gate(&self, gate: Option<Arc<dyn HookGate>>) {
-        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = gate;
-    }
+/// Where one operation asks at its hook points (a [`super::executor::Request`]'s `hooks`);
+/// two are equal when they are the same gate.
+#[derive(Clone)]
+pub struct Hooks(pub Arc<dyn HookGate>);
 
-    /// The verdict at `point` for `container`'s step about `subject` (`Ok` without a gate).
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooks(..)")
+    }
+}
+
+impl PartialEq for Hooks {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
+impl Eq for Hooks {}
+
+impl Recreator {
+    /// The verdict at `point` of operation `op_id`, for `container`'s step about `subject`
+    /// (`Ok` when the operation has no gate, as in recovery).
     pub(crate) async fn ask_hook(
         &self,
+        op_id: &str,
         point: &'static str,
         container: &str,
         subject: &str,
     ) -> Result<(), String> {
-        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(gate) = gate else {
+        let Some(gate) = self.claims.gate(op_id) else {
             return Ok(());
         };
         let verdict = gate
@@ -64,7 +79,7 @@ impl Recreator {
             })
             .await;
         if let Err(why) = &verdict {
-            tracing::warn!(container = %container, point, subject = %subject, reason = %why, "Hook point vetoed; the step is not taken.");
+            tracing::warn!(op = %op_id, container = %container, point, subject = %subject, reason = %why, "Hook point vetoed; the step is not taken.");
         }
         verdict
     }

@@ -449,9 +449,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether an operation is still unfinished (a recovery that could not complete).
-    pub fn has_unfinished(&self) -> Option<String> {
-        self.lock_index().unfinished.iter().next().cloned()
+    /// Every operation that has not ended (in flight, or interrupted), by op id.
+    pub fn unfinished_ops(&self) -> Vec<String> {
+        self.lock_index().unfinished.iter().cloned().collect()
     }
 
     /// The files quarantined since the last call.
@@ -650,7 +650,7 @@ mod tests {
         );
         j.forget("op-rb").unwrap();
         assert_eq!(j.get("op-rb").unwrap(), None);
-        assert_eq!(j.has_unfinished(), None);
+        assert!(j.unfinished_ops().is_empty());
     }
 
     #[test]

@@ -12,11 +12,13 @@
 //!   version, starts that are checked by looking, removal), [`pull`] the pull with
 //!   credentials;
 //! - [`journal`] records each step before it is taken, and [`recovery`] finishes or reverts
-//!   what a crash interrupted;
+//!   what a crash interrupted (every operation of the host: several may run at once, each on
+//!   containers [`claims`] keeps for it alone);
 //! - [`gate`] asks the coordinator at its hook points inside an operation;
 //! - [`lifecycle`] runs the container's own lifecycle commands (labels) around its update;
 //! - [`faults`] injects crashes for tests; [`signal`] reads stop signals.
 
+mod claims;
 pub mod dependants;
 pub mod executor;
 pub mod faults;

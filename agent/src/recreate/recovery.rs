@@ -13,6 +13,10 @@
 //!
 //! Whatever cannot be brought back running is logged as an error and becomes an [`Alert`] for
 //! the coordinator, as does a journal file that cannot be read (moved to quarantine).
+//!
+//! Several operations may have been in flight at once (on distinct containers): each is
+//! recovered on its own, one after the other. An operation still running in this agent (a
+//! recovery tried again before a command while others run) is left to itself.
 
 use tracing::{error, info, warn};
 
@@ -65,6 +69,16 @@ impl Recreator {
         for entry in unfinished {
             let op_id = entry.op_id.clone();
             let name = entry.name.clone();
+            // Its containers are the recovery's alone meanwhile; an operation in flight (or
+            // another recovery of it) holds them, and is left alone.
+            let containers = [&entry.name, &entry.old_id]
+                .into_iter()
+                .chain(entry.dependants.iter().flat_map(|d| [&d.name, &d.old_id]))
+                .cloned()
+                .collect();
+            let Some(_claim) = self.claims.try_claim(&op_id, containers, None) else {
+                continue;
+            };
             match self.recover_one(entry).await {
                 Ok((outcome, trouble)) => {
                     if trouble.is_empty() {

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::ensure;
 use futures_util::future::BoxFuture;
-use ouroboros_agent::recreate::gate::{self, Ask, HookGate};
+use ouroboros_agent::recreate::executor::Request;
+use ouroboros_agent::recreate::gate::{self, Ask, HookGate, Hooks};
 use ouroboros_agent::recreate::journal::Outcome;
 use ouroboros_agent::recreate::{DependantReport, Report};
 use ouroboros_tests::{ImageSpec, require_engine};
@@ -35,7 +36,8 @@ impl HookGate for Scripted {
     }
 }
 
-/// `web` with a soft and a hard dependant (all on v1), v2 published; the gate installed.
+/// `web` with a soft and a hard dependant (all on v1), v2 published; the gate made (each
+/// request names it, see [`Stack::request`]).
 struct Stack {
     s: Setup,
     web: String,
@@ -72,7 +74,6 @@ async fn stack(prefix: &str, veto: &[&'static str]) -> anyhow::Result<Option<Sta
         veto: veto.to_vec(),
         asked: Mutex::default(),
     });
-    s.recreator.set_gate(Some(gate.clone()));
     Ok(Some(Stack {
         s,
         web,
@@ -83,6 +84,14 @@ async fn stack(prefix: &str, veto: &[&'static str]) -> anyhow::Result<Option<Sta
 }
 
 impl Stack {
+    /// A request for `container` whose hook points are asked through the scripted gate.
+    fn request(&self, op: &str, container: &str) -> Request {
+        Request {
+            hooks: Some(Hooks(self.gate.clone())),
+            ..request(op, container)
+        }
+    }
+
     fn asked(&self) -> Vec<(String, String)> {
         self.gate.asked.lock().unwrap().clone()
     }
@@ -111,7 +120,7 @@ async fn a_veto_before_a_dependant_stop_rolls_the_update_back_as_vetoed() -> any
         .collect::<anyhow::Result<_>>()?;
     let report =
         st.s.recreator
-            .run(&request("op-gt-stop", &st.web), &|_| {})
+            .run(&st.request("op-gt-stop", &st.web), &|_| {})
             .await?;
     ensure!(
         report.outcome
@@ -142,7 +151,7 @@ async fn each_point_is_asked_in_order_and_a_start_veto_leaves_the_soft_dependant
     let hard_id = st.s.inspect(&st.hard, "{{.Id}}")?;
     let report =
         st.s.recreator
-            .run(&request("op-gt-start", &st.web), &|_| {})
+            .run(&st.request("op-gt-start", &st.web), &|_| {})
             .await?;
     ensure!(
         matches!(report.outcome, Outcome::Updated { .. }),
@@ -185,7 +194,7 @@ async fn a_veto_before_a_hard_recreate_keeps_its_old_container() -> anyhow::Resu
     );
     let report =
         st.s.recreator
-            .run(&request("op-gt-hard", &st.web), &|_| {})
+            .run(&st.request("op-gt-hard", &st.web), &|_| {})
             .await?;
     ensure!(
         matches!(report.outcome, Outcome::Updated { .. }),

@@ -8,6 +8,7 @@ mod fidelity;
 mod gate;
 mod handover;
 mod lifecycle;
+mod parallel;
 mod recreate;
 mod safety;
 mod swarm;

@@ -303,6 +303,9 @@ pub struct ServeArgs {
 /// millisecond clock.
 pub const MAX_WAIT_SECS: u64 = 30 * 24 * 3600;
 
+/// Most containers of one host updating at once (`--max-containers-in-flight`).
+pub const MAX_CONTAINERS_IN_FLIGHT: i64 = 64;
+
 /// What the coordinator checks, when, and how (shared by `serve` and `up`).
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -367,6 +370,10 @@ pub struct PolicyArgs {
     /// Hosts updating at once in a rollout; 0: no limit.
     #[arg(long, env = ENV_MAX_HOSTS_IN_FLIGHT, default_value_t = 0, value_name = "N")]
     pub max_hosts_in_flight: u32,
+    /// Containers of one host updating at once in a rollout, among those that do not depend
+    /// on each other (1 to 64); Ouroboros' own containers and Swarm services go alone.
+    #[arg(long, env = ENV_MAX_CONTAINERS_IN_FLIGHT, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_CONTAINERS_IN_FLIGHT))]
+    pub max_containers_in_flight: u32,
     /// Canary hosts, updated first: host names (comma-separated) or a count.
     #[arg(long, env = ENV_CANARY_HOSTS, value_name = "HOSTS|N", value_parser = parse_canary, default_value = "")]
     pub canary_hosts: CanaryArg,

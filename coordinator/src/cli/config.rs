@@ -144,6 +144,7 @@ impl PolicyArgs {
             run_once: None,
             rollout: crate::plan::rollout::Policy {
                 max_hosts_in_flight: args.max_hosts_in_flight,
+                max_containers_in_flight: args.max_containers_in_flight,
                 canary: args.canary_hosts.0,
                 canary_wait_ms: secs_ms(args.canary_wait),
                 batch_delay_ms: secs_ms(args.batch_delay),
@@ -229,6 +230,33 @@ mod tests {
             }
             assert!(serve(&[option, "2592000"]).is_ok(), "{option}");
         }
+    }
+
+    #[test]
+    fn containers_in_flight_per_host_are_one_to_sixty_four() {
+        for value in ["0", "65", "many"] {
+            refused(
+                &["--max-containers-in-flight", value],
+                "--max-containers-in-flight",
+                value,
+            );
+        }
+        refused(
+            &["--max-containers-in-flight=-1"],
+            "--max-containers-in-flight",
+            "-1",
+        );
+        let dir = PathBuf::from("/nonexistent");
+        let policy = |args: &[&str]| {
+            serve(args)
+                .unwrap()
+                .policy
+                .into_config(dir.clone(), PkiDir::new(dir.clone()))
+                .map(|c| c.rollout.max_containers_in_flight)
+                .ok()
+        };
+        assert_eq!(policy(&[]), Some(1), "one at a time by default");
+        assert_eq!(policy(&["--max-containers-in-flight", "64"]), Some(64));
     }
 
     #[test]

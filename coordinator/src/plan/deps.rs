@@ -249,6 +249,24 @@ impl Graph {
         found
     }
 
+    /// What an update of `name` may touch on its host: itself and every container that
+    /// depends on it, directly or through others, of any kind (the agent stops the soft
+    /// dependants, recreates the hard ones and restarts what shares a restarted container's
+    /// namespace). Two updates whose reaches meet must not run at the same time; two whose
+    /// reaches do not meet have no dependency between them either way.
+    pub fn reach(&self, name: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::from([name.to_owned()]);
+        let mut queue = vec![name.to_owned()];
+        while let Some(at) = queue.pop() {
+            for (dependant, _) in self.dependants.get(&at).into_iter().flatten() {
+                if found.insert(dependant.clone()) {
+                    queue.push(dependant.clone());
+                }
+            }
+        }
+        found
+    }
+
     /// The direct dependants of `name`, with how they depend on it.
     pub fn dependants(&self, name: &str) -> Vec<(String, Kind)> {
         self.dependants
@@ -363,6 +381,39 @@ mod tests {
         // Order holds through a container that is not updated: db before proxy.
         let order = graph.order(&strings(&["proxy", "db"]));
         assert_eq!(order, strings(&["db", "proxy"]));
+    }
+
+    #[test]
+    fn reaches_meet_exactly_when_two_updates_share_a_container() {
+        let mut sidecar = node("sidecar", &[]);
+        sidecar.network_mode = "container:app".into();
+        let nodes = vec![
+            node("db", &[]),
+            node("app", &[(LABEL_HARD_DEPENDS_ON, "db")]),
+            node("worker", &[(LABEL_DEPENDS_ON, "db")]),
+            sidecar,
+            node("proxy", &[(LABEL_DEPENDS_ON, "app,api")]),
+            node("api", &[]),
+            node("cache", &[]),
+        ];
+        let graph = Graph::build(&nodes);
+        let reach = |n: &str| graph.reach(n).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            reach("db"),
+            strings(&["app", "db", "proxy", "sidecar", "worker"]),
+            "everything below it, of every kind"
+        );
+        assert_eq!(reach("app"), strings(&["app", "proxy", "sidecar"]));
+        assert_eq!(reach("worker"), strings(&["worker"]));
+        assert_eq!(reach("cache"), strings(&["cache"]));
+        let meet = |a: &str, b: &str| !graph.reach(a).is_disjoint(&graph.reach(b));
+        // Two children of one parent do not touch each other.
+        assert!(!meet("app", "worker"));
+        // Both restart the proxy around their update.
+        assert!(meet("app", "api"));
+        // A parent and its dependants.
+        assert!(meet("db", "worker") && meet("db", "sidecar"));
+        assert!(!meet("cache", "db"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! ([`crate::run::runner`]) observes, asks [`plan`] what to do now, writes the new state to the store
 //! and only then sends the commands.
 //!
-//! Per host, targets run one at a time in dependency order. Hosts start while fewer than
+//! Per host, targets run in dependency order, at most `max_containers_in_flight` at once (one
+//! by default): a target starts only when what its update touches (its [`Target::touches`])
+//! meets nothing touched by a target of its host in flight or before it in order, and
+//! Ouroboros' own containers, Swarm services and ways back run alone. Hosts start while fewer than
 //! `max_hosts_in_flight` are busy, canary hosts first; the others wait until every canary host
 //! is done and `canary_wait` has passed; a failed canary triggers the failure action whatever
 //! the ratio. After a host finishes, its slot is
@@ -57,6 +60,9 @@ pub enum Canary {
 pub struct Policy {
     /// Hosts updating at once; 0: no limit.
     pub max_hosts_in_flight: u32,
+    /// Containers of one host updating at once (those that do not depend on each other).
+    #[serde(default = "one")]
+    pub max_containers_in_flight: u32,
     pub canary: Canary,
     /// Health period after the canary hosts, before the others start.
     pub canary_wait_ms: i64,
@@ -79,6 +85,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             max_hosts_in_flight: 0,
+            max_containers_in_flight: 1,
             canary: Canary::None,
             canary_wait_ms: 0,
             batch_delay_ms: 0,
@@ -90,6 +97,11 @@ impl Default for Policy {
             windows: String::new(),
         }
     }
+}
+
+/// One container per host at a time, for rollouts stored before the option existed.
+fn one() -> u32 {
+    1
 }
 
 /// One container's part in a rollout.
@@ -219,6 +231,30 @@ pub struct Target {
     /// its swarm.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub service: bool,
+    /// The containers of its host its update may stop or recreate: itself and whatever
+    /// depends on it, directly or not (the dependency graph when the rollout was made). Two
+    /// targets of a host whose sets meet never run at once. `None` (a rollout stored before
+    /// this was kept): unknown, so it runs alone on its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touches: Option<Vec<String>>,
+}
+
+impl Target {
+    /// Runs alone on its host: an own container (a self-update), a Swarm service, or one
+    /// whose reach is unknown.
+    fn alone(&self) -> bool {
+        self.own != Own::No || self.service || self.touches.is_none()
+    }
+
+    /// Whether `self` and `other` (of the same host) may be updated at the same time.
+    fn independent_of(&self, other: &Target) -> bool {
+        match (&self.touches, &other.touches) {
+            (Some(mine), Some(theirs)) if !self.alone() && !other.alone() => {
+                !mine.iter().any(|c| theirs.contains(c))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where a rollout stands.
@@ -413,6 +449,51 @@ impl Rollout {
                     TargetState::Dispatched { .. } | TargetState::Reverting { .. }
                 )
         })
+    }
+
+    /// The pending targets of `host` that may start now, in order, with at most `limit` of
+    /// its targets in flight: each independent of every unfinished target of the host that is
+    /// in flight or comes before it (see [`Target::touches`]). Nothing while a way back, or a
+    /// target that runs alone, is in flight.
+    fn startable(&self, host: &str, limit: usize) -> Vec<usize> {
+        let of_host = || {
+            self.targets
+                .iter()
+                .enumerate()
+                .filter(move |(_, t)| t.host == host)
+        };
+        let mut busy: Vec<&Target> = of_host()
+            .map(|(_, t)| t)
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TargetState::Dispatched { .. } | TargetState::Reverting { .. }
+                )
+            })
+            .collect();
+        if busy
+            .iter()
+            .any(|t| t.alone() || matches!(t.state, TargetState::Reverting { .. }))
+        {
+            return Vec::new();
+        }
+        let mut waiting: Vec<&Target> = Vec::new();
+        let mut picked = Vec::new();
+        for (i, t) in of_host() {
+            if busy.len() >= limit {
+                break;
+            }
+            if t.state != TargetState::Pending {
+                continue;
+            }
+            if busy.iter().chain(&waiting).all(|u| t.independent_of(u)) {
+                picked.push(i);
+                busy.push(t);
+            } else {
+                waiting.push(t);
+            }
+        }
+        picked
     }
 
     fn host_started(&self, host: &str) -> bool {
@@ -696,18 +777,20 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
     };
     // An agent's self-update chosen in this round (one host at a time).
     let mut agent_sent = false;
+    let per_host = r.policy.max_containers_in_flight.max(1) as usize;
     for host in &hosts {
-        if r.host_busy(host) || r.host_done(host) || !(o.connected)(host) || !window_open {
+        if r.host_done(host) || !(o.connected)(host) || !window_open {
             continue;
         }
-        let next = r
-            .targets
-            .iter()
-            .position(|t| &t.host == host && t.state == TargetState::Pending);
-        if next.is_some_and(|i| !own_may_start(r, i, agent_sent)) {
+        let next = r.startable(host, per_host);
+        let Some(&first) = next.first() else {
+            continue;
+        };
+        // An own container runs alone, so it can only be the first (and only) one.
+        if !own_may_start(r, first, agent_sent) {
             continue;
         }
-        agent_sent |= next.is_some_and(|i| r.targets[i].own == Own::Agent);
+        agent_sent |= r.targets[first].own == Own::Agent;
         let started = r.host_started(host);
         if !started {
             let is_canary = canary_hosts.contains(host);
@@ -720,9 +803,7 @@ pub fn plan(r: &Rollout, o: &Observation<'_>) -> Vec<Action> {
             }
             in_flight += 1;
         }
-        if let Some(i) = next {
-            actions.push(Action::Dispatch(i));
-        }
+        actions.extend(next.into_iter().map(Action::Dispatch));
     }
     actions
 }
@@ -876,6 +957,23 @@ mod tests {
             op_id: String::new(),
             own: Own::No,
             service: false,
+            touches: Some(vec![container.into()]),
+        }
+    }
+
+    /// A target whose update touches `touches` besides itself.
+    fn touching(host: &str, container: &str, touches: &[&str]) -> Target {
+        let mut t = target(host, container, 1);
+        if let Some(list) = t.touches.as_mut() {
+            list.extend(touches.iter().map(|c| (*c).to_owned()));
+        }
+        t
+    }
+
+    fn per_host(n: u32) -> Policy {
+        Policy {
+            max_containers_in_flight: n,
+            ..Policy::default()
         }
     }
 
@@ -1672,5 +1770,157 @@ mod tests {
             "{:?}",
             r.state
         );
+    }
+
+    #[test]
+    fn independent_containers_of_a_host_go_out_together_up_to_the_limit() {
+        let targets: Vec<Target> = (0..7)
+            .map(|i| target("a", &format!("c{i}"), 1))
+            .chain([target("b", "x", 1), target("b", "y", 1)])
+            .collect();
+        let mut r = rollout(per_host(3), targets.clone());
+        let rounds = run(&mut r, &ok);
+        assert_eq!(
+            rounds,
+            vec![vec![0, 1, 2, 7, 8], vec![3, 4, 5], vec![6]],
+            "three of a at once, both of b"
+        );
+        assert_eq!(r.state, RolloutState::Completed { failed: 0 });
+        // A freed slot is taken at once, while the others are still in flight.
+        let mut r = rollout(per_host(3), targets);
+        let first = plan_at(&r, 1_000);
+        for a in &first {
+            if let Action::Dispatch(i) = a {
+                r.set(
+                    *i,
+                    TargetState::Dispatched {
+                        op_id: format!("op-{i}"),
+                        at_ms: 1_000,
+                    },
+                    1_000,
+                );
+            }
+        }
+        r.set(1, after_update(Status::Updated, "", 1_500), 1_500);
+        assert_eq!(plan_at(&r, 1_600), vec![Action::Dispatch(3)]);
+        // The host counts once against the hosts in flight.
+        let mut r = rollout(
+            Policy {
+                max_hosts_in_flight: 1,
+                ..per_host(5)
+            },
+            vec![
+                target("a", "x", 1),
+                target("a", "y", 1),
+                target("b", "x", 1),
+            ],
+        );
+        assert_eq!(run(&mut r, &ok), vec![vec![0, 1], vec![2]]);
+    }
+
+    #[test]
+    fn dependent_containers_wait_for_each_other_in_order() {
+        // db's update touches app and worker (its dependants); app's touches the proxy;
+        // api's too. cache is on its own.
+        let mut r = rollout(
+            per_host(10),
+            vec![
+                touching("a", "db", &["app", "worker", "proxy"]),
+                touching("a", "cache", &[]),
+                touching("a", "app", &["proxy"]),
+                touching("a", "worker", &[]),
+                touching("a", "api", &["proxy"]),
+                touching("a", "proxy", &[]),
+            ],
+        );
+        let rounds = run(&mut r, &ok);
+        // Round 1: db and cache; api shares the proxy with app, which waits for db, so it
+        // waits too. Then app and worker; then api; then the proxy.
+        assert_eq!(rounds, vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+    }
+
+    #[test]
+    fn own_containers_services_and_unknown_reaches_run_alone() {
+        let alone =
+            |container: &str, own: Own, service: bool, touches: Option<Vec<String>>| Target {
+                own,
+                service,
+                touches,
+                ..target("a", container, 1)
+            };
+        let mut r = rollout(
+            per_host(10),
+            vec![
+                target("a", "x", 1),
+                target("a", "y", 1),
+                alone(
+                    "service:web",
+                    Own::No,
+                    true,
+                    Some(vec!["service:web".into()]),
+                ),
+                target("a", "z", 1),
+                alone("old", Own::No, false, None),
+                target("a", "w", 1),
+                alone("agent", Own::Agent, false, Some(vec!["agent".into()])),
+                alone(
+                    "coordinator",
+                    Own::Coordinator,
+                    false,
+                    Some(vec!["coordinator".into()]),
+                ),
+            ],
+        );
+        let rounds = run(&mut r, &ok);
+        assert_eq!(
+            rounds,
+            vec![
+                vec![0, 1],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![5],
+                vec![6],
+                vec![7]
+            ]
+        );
+        // A way back in flight holds the host too.
+        let mut r = rollout(per_host(10), vec![target("a", "x", 1), target("a", "y", 1)]);
+        r.set(
+            0,
+            TargetState::Reverting {
+                op_id: "back".into(),
+                at_ms: 1,
+            },
+            1,
+        );
+        assert_eq!(plan_at(&r, 2), vec![]);
+    }
+
+    #[test]
+    fn one_container_per_host_is_the_default_and_old_rollouts_keep_it() {
+        let targets = vec![
+            target("a", "x", 1),
+            target("a", "y", 1),
+            target("b", "x", 1),
+        ];
+        let mut r = rollout(Policy::default(), targets);
+        assert_eq!(run(&mut r, &ok), vec![vec![0, 2], vec![1]]);
+        // A rollout stored before the option and the targets' reaches existed.
+        let mut stored = serde_json::to_value(rollout(Policy::default(), Vec::new())).unwrap();
+        stored["policy"]
+            .as_object_mut()
+            .unwrap()
+            .remove("max_containers_in_flight");
+        let mut old_target = serde_json::to_value(target("a", "x", 1)).unwrap();
+        old_target.as_object_mut().unwrap().remove("touches");
+        stored["targets"] = serde_json::json!([old_target.clone(), old_target]);
+        stored["targets"][1]["container"] = "y".into();
+        let mut back: Rollout = serde_json::from_value(stored).unwrap();
+        assert_eq!(back.policy.max_containers_in_flight, 1);
+        assert_eq!(back.targets[0].touches, None);
+        // Run with a newer configuration allowing more: unknown reaches still go one by one.
+        back.policy.max_containers_in_flight = 5;
+        assert_eq!(run(&mut back, &ok), vec![vec![0], vec![1]]);
     }
 }

@@ -254,6 +254,7 @@ fn rollout(policy: Policy, targets: &[(&str, &str, u32)]) -> Rollout {
                 op_id: String::new(),
                 own: Default::default(),
                 service: false,
+                touches: Some(vec![(*container).into()]),
             })
             .collect(),
         last_host_done_ms: 0,
@@ -311,6 +312,29 @@ async fn a_target_without_an_answer_fails_at_the_progress_deadline_and_pauses_th
         "nothing new starts once paused"
     );
     assert!(!results.contains_key(&0), "a timeout is no agent answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn independent_containers_of_a_host_are_sent_together_up_to_the_limit() {
+    let clock = TokioClock::starting_at(BASE_MS);
+    let agents = Agents::new(clock, &[]);
+    let (runner, _hosts) = fleet_runner(&["h1"], agents.clone(), clock);
+    let policy = Policy {
+        max_containers_in_flight: 2,
+        ..Policy::default()
+    };
+    let (done, _) = runner
+        .run(
+            rollout(policy, &[("h1", "a", 1), ("h1", "b", 1), ("h1", "c", 1)]),
+            &Windows::default(),
+        )
+        .await;
+    assert_eq!(done.state, RolloutState::Completed { failed: 0 });
+    // a and b at once; c once one of them answered (each after 5 s).
+    assert_eq!(agents.first_sent("a"), Some(0));
+    assert_eq!(agents.first_sent("b"), Some(0));
+    let c = agents.first_sent("c").unwrap();
+    assert!((5_000..6_000).contains(&c), "c sent at {c} ms");
 }
 
 #[tokio::test(start_paused = true)]

@@ -89,6 +89,7 @@ fn target(host: &str, container: &str, state: TargetState, at: i64) -> Target {
         op_id: format!("op-{}-{container}", at / 1000),
         own: Default::default(),
         service: false,
+        touches: None,
     }
 }
 

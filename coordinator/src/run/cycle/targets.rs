@@ -77,6 +77,42 @@ impl Cycle {
                     .map(|(_, c)| c);
                 let old_digest = super::old_digest(containers, &host, &name);
                 let tagged = target.split('@').next().unwrap_or(target).to_owned();
+                let soft_dependants: Vec<String> = graphs
+                    .get(&host)
+                    .map(|g| {
+                        g.dependants(&name)
+                            .into_iter()
+                            .filter(|(_, kind)| *kind == crate::plan::deps::Kind::Soft)
+                            .map(|(n, _)| n)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // Recreated by this container's operation anyway: those whose own tag moved
+                // go to their new image in the same operation.
+                let dependant_images: BTreeMap<String, String> = graphs
+                    .get(&host)
+                    .map(|g| g.recreated_with(&name))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|dependant| {
+                        list.iter()
+                            .find(|d| d.container == dependant)
+                            .and_then(|d| match &d.decision {
+                                Decision::Update { target, .. } => {
+                                    Some((dependant.clone(), target.clone()))
+                                }
+                                _ => None,
+                            })
+                    })
+                    .collect();
+                // What its update may stop or recreate, for the containers updating at the
+                // same time on its host (unknown without the host's graph: then it runs alone).
+                let touches = graphs.get(&host).map(|g| {
+                    let mut reach = g.reach(&name);
+                    reach.extend(soft_dependants.iter().cloned());
+                    reach.extend(dependant_images.keys().cloned());
+                    reach.into_iter().collect()
+                });
                 targets.push(Target {
                     host: host.clone(),
                     container: name.clone(),
@@ -90,37 +126,12 @@ impl Cycle {
                     started_ms: 0,
                     finished_ms: 0,
                     transitions: vec![(self.clock.now_ms(), "pending".to_owned())],
-                    soft_dependants: graphs
-                        .get(&host)
-                        .map(|g| {
-                            g.dependants(&name)
-                                .into_iter()
-                                .filter(|(_, kind)| *kind == crate::plan::deps::Kind::Soft)
-                                .map(|(n, _)| n)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    // Recreated by this container's operation anyway: those whose own tag
-                    // moved go to their new image in the same operation.
+                    soft_dependants,
                     op_id: String::new(),
                     own: own_of(&host, info),
                     service: crate::detect::swarm::is_service(&name),
-                    dependant_images: graphs
-                        .get(&host)
-                        .map(|g| g.recreated_with(&name))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|dependant| {
-                            list.iter()
-                                .find(|d| d.container == dependant)
-                                .and_then(|d| match &d.decision {
-                                    Decision::Update { target, .. } => {
-                                        Some((dependant.clone(), target.clone()))
-                                    }
-                                    _ => None,
-                                })
-                        })
-                        .collect(),
+                    dependant_images,
+                    touches,
                 });
             }
         }
