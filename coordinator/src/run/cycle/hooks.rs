@@ -23,6 +23,7 @@ impl Cycle {
         if self.hooks.is_empty() {
             return;
         }
+        let index = super::by_name(containers);
         let updates: Vec<Update> = detections
             .iter()
             .filter_map(|d| match &d.decision {
@@ -30,7 +31,9 @@ impl Cycle {
                     host: d.host.clone(),
                     container: d.container.clone(),
                     image: d.image.clone(),
-                    old_digest: old_digest(containers, &d.host, &d.container),
+                    old_digest: old_digest(
+                        index.get(&(d.host.as_str(), d.container.as_str())).copied(),
+                    ),
                     new_digest: digest.clone(),
                 }),
                 _ => None,

@@ -254,17 +254,16 @@ impl Cycle {
     /// Updates the last cycle found that the fleet view does not show done yet.
     pub fn pending_now(&self) -> usize {
         let containers = self.units();
+        let index = super::by_name(&containers);
         self.found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(host, name, digest)| {
-                !containers.iter().any(|(h, c)| {
-                    h == host
-                        && &c.name == name
-                        && c.repo_digests
-                            .iter()
-                            .any(|d| d.ends_with(&format!("@{digest}")))
+                !index.get(&(host.as_str(), name.as_str())).is_some_and(|c| {
+                    c.repo_digests
+                        .iter()
+                        .any(|d| d.ends_with(&format!("@{digest}")))
                 })
             })
             .count()

@@ -48,6 +48,8 @@ impl Cycle {
                 Own::No
             }
         };
+        let index = super::by_name(containers);
+        let info_of = |host: &str, name: &str| index.get(&(host, name)).copied();
         let mut targets = Vec::new();
         let mut ordered_hosts = hosts.clone();
         ordered_hosts.sort_by_key(|h| (!canary.contains(h), h.clone()));
@@ -57,13 +59,7 @@ impl Cycle {
             let mut order = graphs.get(&host).map(|g| g.order(&names)).unwrap_or(names);
             // Ouroboros' own containers after the host's others: the agent, then the
             // coordinator (see `Own`).
-            order.sort_by_key(|name| {
-                let info = containers
-                    .iter()
-                    .find(|(h, c)| h == &host && &c.name == name)
-                    .map(|(_, c)| c);
-                own_of(&host, info)
-            });
+            order.sort_by_key(|name| own_of(&host, info_of(&host, name)));
             for name in order {
                 let Some(d) = list.iter().find(|d| d.container == name) else {
                     continue;
@@ -71,11 +67,8 @@ impl Cycle {
                 let Decision::Update { target, digest } = &d.decision else {
                     continue;
                 };
-                let info = containers
-                    .iter()
-                    .find(|(h, c)| h == &host && c.name == name)
-                    .map(|(_, c)| c);
-                let old_digest = super::old_digest(containers, &host, &name);
+                let info = info_of(&host, &name);
+                let old_digest = super::old_digest(info);
                 let tagged = target.split('@').next().unwrap_or(target).to_owned();
                 let soft_dependants: Vec<String> = graphs
                     .get(&host)
