@@ -178,21 +178,25 @@ impl CommandRunner {
 
     /// Whether `request` is about the agent's own container (or the hand-over under way).
     async fn is_own(&self, request: &Request) -> bool {
-        if let Some(updater) = &self.updater
-            && self
-                .recreator
-                .inspect(&request.container)
-                .await
-                .is_some_and(|c| {
-                    crate::own::same(c.id.as_deref().unwrap_or_default(), updater.own_id())
-                })
-        {
+        if self.updater_of(request).await.is_some() {
             return true;
         }
         match &self.handover {
             Some(handover) => handover.owns(&self.recreator, request).await.is_some(),
             None => false,
         }
+    }
+
+    /// The updater, when `request` is about the agent's own container and an updater container
+    /// recreates it (`up`).
+    async fn updater_of(&self, request: &Request) -> Option<&crate::updater::Updater> {
+        let updater = self.updater.as_ref()?;
+        let container = self.recreator.inspect(&request.container).await?;
+        crate::own::same(
+            container.id.as_deref().unwrap_or_default(),
+            updater.own_id(),
+        )
+        .then_some(updater)
     }
 
     /// The agent's own container: a self-update (by an updater container, or a hand-over to a
@@ -205,15 +209,7 @@ impl CommandRunner {
         tx: &mpsc::Sender<pb::AgentMessage>,
     ) -> bool {
         let op_id = request.op_id.clone();
-        if let Some(updater) = &self.updater
-            && self
-                .recreator
-                .inspect(&request.container)
-                .await
-                .is_some_and(|c| {
-                    crate::own::same(c.id.as_deref().unwrap_or_default(), updater.own_id())
-                })
-        {
+        if let Some(updater) = self.updater_of(request).await {
             info!(op = %op_id, "This is the agent's own container: self-update by an updater container.");
             let wait =
                 crate::recreate::executor::Deadlines::default().health + Duration::from_secs(60);
