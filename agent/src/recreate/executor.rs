@@ -274,6 +274,23 @@ impl Recreator {
         if self.is_stopping() {
             return Err(RecreateError::ShuttingDown);
         }
+        // The operation it waited for may have ended unfinished (a journal failure): its
+        // containers are recovery's first.
+        if let Some(op) = self.unfinished_elsewhere() {
+            let _ = self.recover().await;
+            if self.unfinished_elsewhere().is_some() {
+                let outcome = Outcome::Refused {
+                    reason: format!(
+                        "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
+                    ),
+                };
+                self.finish_without_change(request, &outcome)?;
+                return Ok(Report {
+                    outcome,
+                    dependants: Vec::new(),
+                });
+            }
+        }
         report("prepare");
         self.lifecycle(&request.container, Phase::PreCheck).await;
         let done = self.update(request, &mut claim, report).await;
@@ -317,11 +334,14 @@ impl Recreator {
         };
         // Everything it may touch, by name and id, is this operation's alone before anything
         // changes (found only now: the dependants the engine shows).
+        // (A dependant left untouched, such as a `--volumes-from` user, is not claimed: the
+        // coordinator may update it at the same time.)
         let touched: Vec<String> = [plan.name.clone(), old_id.clone()]
             .into_iter()
             .chain(
                 dependants
                     .iter()
+                    .filter(|d| d.action != crate::recreate::dependants::Action::Untouched)
                     .flat_map(|d| [d.name.clone(), d.old_id.clone()]),
             )
             .collect();

@@ -398,17 +398,22 @@ impl Journal {
             if !path.is_file() || path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
+            // Another operation may forget (remove) its entry meanwhile: gone is not unreadable.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             let read = fs::metadata(&path)
                 .and_then(|m| m.modified())
-                .map_err(|e| e.to_string())
-                .and_then(|modified| {
-                    let bytes = fs::read(&path).map_err(|e| e.to_string())?;
-                    let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-                    Ok((modified, entry))
-                });
-            match read {
-                Ok(found) => entries.push(found),
-                Err(reason) => self.quarantine(&path, reason),
+                .and_then(|modified| fs::read(&path).map(|bytes| (modified, bytes)));
+            let (modified, bytes) = match read {
+                Ok(read) => read,
+                Err(e) if gone(&e) => continue,
+                Err(e) => {
+                    self.quarantine(&path, e.to_string());
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<Entry>(&bytes) {
+                Ok(entry) => entries.push((modified, entry)),
+                Err(e) => self.quarantine(&path, e.to_string()),
             }
         }
         entries.sort_by_key(|(modified, e)| (*modified, e.op_id.clone()));

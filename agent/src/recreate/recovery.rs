@@ -79,6 +79,12 @@ impl Recreator {
             let Some(_claim) = self.claims.try_claim(&op_id, containers, None) else {
                 continue;
             };
+            // Read again now that it is claimed: the operation may have finished (and let go
+            // of its containers) since the list was read.
+            let entry = match self.journal.get(&op_id) {
+                Ok(Some(entry)) if !entry.is_done() => entry,
+                _ => continue,
+            };
             match self.recover_one(entry).await {
                 Ok((outcome, trouble)) => {
                     if trouble.is_empty() {

@@ -483,7 +483,7 @@ pub struct PolicyArgs {
 pub struct CanaryArg(pub crate::plan::rollout::Canary);
 
 /// `--history-retention`: a number of days (1 to 36500), or a duration with its unit from one
-/// second to 100 years.
+/// second to 36500 days.
 pub(crate) fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
     const MAX: std::time::Duration = std::time::Duration::from_secs(36500 * 24 * 3600);
     let value = value.trim();

@@ -169,8 +169,6 @@ impl Runner {
         format!("r-{}-{n}", self.clock.now_ms())
     }
 
-    /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
-    /// its container; one that runs its target image now clears the mark.
     /// Applies one agent's answer to `rollout` (its target's new state, metrics, known-bad
     /// digests, the targets it moved with it); returns the history entries to store with it.
     /// A late answer (to a command the target no longer waits for) changes nothing.
@@ -273,6 +271,8 @@ impl Runner {
         }
     }
 
+    /// Known-bad digests: a target whose image failed (or was sent back) marks its digest for
+    /// its container; one that runs its target image now clears the mark.
     fn remember_outcome(&self, rollout: &Rollout, index: usize, now: i64) {
         let t = &rollout.targets[index];
         let key = format!("{}/{}", t.host, t.container);

@@ -57,6 +57,9 @@ struct Args {
     /// The coordinator's --max-hosts-in-flight.
     #[arg(long, default_value_t = 50)]
     max_hosts_in_flight: u32,
+    /// The coordinator's --max-containers-in-flight.
+    #[arg(long, default_value_t = 1)]
+    max_containers_in_flight: u32,
     /// The coordinator's --history-retention (days, or a duration such as 30s).
     #[arg(long)]
     history_retention: Option<String>,
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
     config.registry_rtt = Duration::from_millis(args.registry_rtt_ms);
     config.recreate = Duration::from_millis(args.recreate_ms);
     config.max_hosts_in_flight = args.max_hosts_in_flight;
+    config.max_containers_in_flight = args.max_containers_in_flight;
     config.history_retention = args.history_retention;
     config.restart = !args.no_restart;
     config.timeout = Duration::from_secs(args.timeout_s);

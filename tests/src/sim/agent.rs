@@ -41,8 +41,9 @@ pub struct Fleet {
     pub ca_pem: String,
     pub registry_host: String,
     pub recreate: Duration,
-    /// (host, container, digest) → how many times it was applied.
-    pub ledger: Mutex<HashMap<(String, String, String), u32>>,
+    /// (host, container, digest) → the op ids that moved it there or found it there (a
+    /// repeated op id counts once: it is answered from the stored result).
+    pub ledger: Mutex<HashMap<(String, String, String), HashSet<String>>>,
     /// Recreate commands received (repeats of an op id included).
     pub commands: AtomicU64,
 }
@@ -56,13 +57,22 @@ impl Fleet {
         format!("{}/sim/t{tag}", self.registry_host)
     }
 
-    /// Updates applied more than once to the same container and digest.
+    fn record(&self, host: &str, container: &str, digest: &str, op_id: &str) {
+        self.ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((host.to_owned(), container.to_owned(), digest.to_owned()))
+            .or_default()
+            .insert(op_id.to_owned());
+    }
+
+    /// Containers sent to the same digest by more than one operation.
     pub fn applied_twice(&self) -> usize {
         self.ledger
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|n| **n > 1)
+            .filter(|ops| ops.len() > 1)
             .count()
     }
 
@@ -80,8 +90,7 @@ impl Fleet {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&(host.to_owned(), container.to_owned(), digest.to_owned()))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |ops| u32::try_from(ops.len()).unwrap_or(u32::MAX))
     }
 }
 
@@ -309,7 +318,18 @@ impl SimAgent {
                 let _ = tx.send(answer(op_id, result)).await;
                 return;
             }
-            Some(None) => return,
+            // Still running: answered (on this link) when it ends, as the real agent does.
+            Some(None) => {
+                let result = loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Some(result) = self.state().results.get(&op_id).cloned() {
+                        break result;
+                    }
+                };
+                let _ = tx.send(self.inventory(fleet)).await;
+                let _ = tx.send(answer(op_id, result)).await;
+                return;
+            }
             None => {}
         }
         tokio::time::sleep(fleet.recreate).await;
@@ -326,21 +346,19 @@ impl SimAgent {
             let result = match (found, digest) {
                 (None, _) => refused(&format!("no such container: {}", command.container)),
                 (Some(_), None) => refused("the simulator recreates from repo:tag@digest only"),
-                (Some(c), Some(digest)) if c.digest == digest => pb::RecreateResult {
-                    status: Status::AlreadyCurrent as i32,
-                    new_id: c.id.clone(),
-                    image_id: image_id(&digest),
-                    ..Default::default()
-                },
+                (Some(c), Some(digest)) if c.digest == digest => {
+                    fleet.record(&self.host, &c.name, &digest, &op_id);
+                    pb::RecreateResult {
+                        status: Status::AlreadyCurrent as i32,
+                        new_id: c.id.clone(),
+                        image_id: image_id(&digest),
+                        ..Default::default()
+                    }
+                }
                 (Some(c), Some(digest)) => {
                     c.id = container_id(&self.host, &c.name, serial);
                     c.digest = digest.clone();
-                    *fleet
-                        .ledger
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .entry((self.host.clone(), c.name.clone(), digest.clone()))
-                        .or_default() += 1;
+                    fleet.record(&self.host, &c.name, &digest, &op_id);
                     pb::RecreateResult {
                         status: Status::Updated as i32,
                         new_id: c.id.clone(),

@@ -26,6 +26,7 @@ pub struct ServeArgs {
     pub pki: PathBuf,
     pub data: PathBuf,
     pub max_hosts_in_flight: u32,
+    pub max_containers_in_flight: u32,
     /// `--history-retention` (days, or a duration such as `30s`).
     pub history_retention: Option<String>,
 }
@@ -147,6 +148,7 @@ impl SimCoordinator {
 
 fn spawn(args: &ServeArgs, listen: &str) -> anyhow::Result<Process> {
     let max_hosts = args.max_hosts_in_flight.to_string();
+    let max_containers = args.max_containers_in_flight.to_string();
     let mut argv = vec![
         "serve",
         "--listen",
@@ -160,6 +162,8 @@ fn spawn(args: &ServeArgs, listen: &str) -> anyhow::Result<Process> {
         "86400",
         "--max-hosts-in-flight",
         &max_hosts,
+        "--max-containers-in-flight",
+        &max_containers,
         "--log-level",
         "info",
     ];

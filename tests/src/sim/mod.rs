@@ -60,6 +60,8 @@ pub struct Config {
     /// How long a simulated recreate takes.
     pub recreate: Duration,
     pub max_hosts_in_flight: u32,
+    /// The coordinator's `--max-containers-in-flight`.
+    pub max_containers_in_flight: u32,
     /// `--history-retention` for the coordinator.
     pub history_retention: Option<String>,
     /// Kill and restart the coordinator during the second rollout.
@@ -84,6 +86,7 @@ impl Config {
             registry_rtt: Duration::ZERO,
             recreate: Duration::from_millis(100),
             max_hosts_in_flight: 50,
+            max_containers_in_flight: 1,
             history_retention: None,
             restart: true,
             coordinator_bin,
@@ -140,6 +143,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Value> {
         pki: pki.dir().to_owned(),
         data: dir.path().join("data"),
         max_hosts_in_flight: config.max_hosts_in_flight,
+        max_containers_in_flight: config.max_containers_in_flight,
         history_retention: config.history_retention.clone(),
     };
     let mut coordinator =
@@ -229,7 +233,7 @@ async fn drive(
     // An idle cycle: one HEAD per unique tag, nothing to do.
     registry.take_heads();
     let (cpu, t) = (coordinator.cpu_time(), Instant::now());
-    let idle = check(&mut admin, false).await?;
+    let idle = check(&mut admin, false, config.timeout).await?;
     let idle_cycle_ms = ms(t.elapsed());
     let idle_cycle_cpu_ms = ms(coordinator.cpu_time().saturating_sub(cpu));
     let idle_cycle_registry_requests = registry.take_heads();
@@ -248,7 +252,7 @@ async fn drive(
     registry.bump(moved.iter().copied());
     let expected = containers_on(agents, &moved);
     let t = Instant::now();
-    let plan = check(&mut admin, true).await?;
+    let plan = check(&mut admin, true, config.timeout).await?;
     let plan_ms = ms(t.elapsed());
     let plan_updates = decisions(&plan, "update");
     peaks.insert(
@@ -262,7 +266,7 @@ async fn drive(
     );
     registry.take_heads();
     let t = Instant::now();
-    let rollout = check(&mut admin, false).await?;
+    let rollout = check(&mut admin, false, config.timeout).await?;
     let rollout_s = t.elapsed().as_secs_f64();
     let rollout_state = rollout
         .rollout
@@ -288,7 +292,8 @@ async fn drive(
         registry.bump(moved.iter().copied());
         let expected = containers_on(agents, &moved);
         let mut during = coordinator.admin().await?;
-        let in_flight = tokio::spawn(async move { check(&mut during, false).await });
+        let timeout = config.timeout;
+        let in_flight = tokio::spawn(async move { check(&mut during, false, timeout).await });
         // Kill it once a third of the updates are done (or it ended first).
         let before = fleet.applied();
         let deadline = Instant::now() + config.timeout;
@@ -300,6 +305,11 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let running = newest_rollout(&mut admin).await?;
+        ensure!(
+            running.state == "running",
+            "the rollout was {} before the crash, not running (a longer --recreate-ms gives the crash time to land in it)",
+            running.state
+        );
         tokio::task::block_in_place(|| coordinator.crash_and_restart())?;
         let _ = in_flight.await;
         let t = Instant::now();
@@ -356,7 +366,7 @@ async fn drive(
         next_tag = (next_tag + config.tags_per_cycle) % config.tags;
         registry.bump(tags);
         let t = Instant::now();
-        check(&mut admin, false).await?;
+        check(&mut admin, false, config.timeout).await?;
         cycle_ms.push(ms(t.elapsed()));
         if (c + 1) % (config.cycles / 10).max(1) == 0 || c + 1 == config.cycles {
             store_by_cycle.push(json!({"cycle": c + 1, "store_bytes": coordinator.store_bytes()}));
@@ -372,7 +382,7 @@ async fn drive(
 
     // Every agent back, one more cycle, then an idle one: every container on its tag's digest.
     wait_reported(&mut admin, n, config.timeout).await?;
-    let last = check(&mut admin, false).await?;
+    let last = check(&mut admin, false, config.timeout).await?;
     if let Some(r) = &last.rollout {
         ensure!(
             r.state == "completed",
@@ -382,7 +392,7 @@ async fn drive(
         );
     }
     registry.take_heads();
-    let idle = check(&mut admin, false).await?;
+    let idle = check(&mut admin, false, config.timeout).await?;
     ensure!(
         decisions(&idle, "update") == 0,
         "the final idle cycle planned updates"
@@ -414,6 +424,7 @@ async fn drive(
         "registry_rtt_ms": ms(config.registry_rtt),
         "recreate_ms": ms(config.recreate),
         "max_hosts_in_flight": config.max_hosts_in_flight,
+        "max_containers_in_flight": config.max_containers_in_flight,
         "connect_s": connect_s,
         "idle_cycle_ms": idle_cycle_ms,
         "idle_cycle_cpu_ms": idle_cycle_cpu_ms,
@@ -451,13 +462,15 @@ fn ms(d: Duration) -> u64 {
 async fn check(
     admin: &mut ouroboros_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
     dry_run: bool,
+    timeout: Duration,
 ) -> anyhow::Result<pb::CheckResponse> {
-    Ok(admin
-        .check(pb::CheckRequest {
-            dry_run,
-            ..Default::default()
-        })
+    let request = admin.check(pb::CheckRequest {
+        dry_run,
+        ..Default::default()
+    });
+    Ok(tokio::time::timeout(timeout, request)
         .await
+        .map_err(|_| anyhow::anyhow!("a check did not end within {timeout:?}"))?
         .context("check")?
         .into_inner())
 }

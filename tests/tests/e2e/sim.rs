@@ -32,8 +32,10 @@ fn fifty_agents_update_every_container_once_with_one_registry_request_per_tag() 
     config.tags_per_cycle = 5;
     config.churn = 0.1;
     config.disconnect_rate = 0.1;
-    config.recreate = Duration::from_millis(20);
+    config.recreate = Duration::from_millis(50);
     config.max_hosts_in_flight = 10;
+    // Two of a host's four targets at once (independent containers).
+    config.max_containers_in_flight = 2;
     config.timeout = Duration::from_secs(120);
     let report = simulate(&config);
     eprintln!("{report}");
