@@ -199,6 +199,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Value> {
     )
     .await;
     let _ = stop.send(true);
+    // Read while the process is there (a stopped one has no /proc entry).
+    let peak_rss = coordinator.peak_rss();
     let stopped_cleanly = tokio::task::block_in_place(|| coordinator.stop());
     let mut report = match outcome {
         Ok(report) => report,
@@ -207,7 +209,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Value> {
     if let Err(e) = stopped_cleanly {
         bail!("the coordinator did not stop: {e:#}");
     }
-    report["coordinator_peak_rss_bytes"] = json!(coordinator.peak_rss());
+    report["coordinator_peak_rss_bytes"] = json!(peak_rss);
     Ok(report)
 }
 
