@@ -1,5 +1,7 @@
 //! The safe recreate sequence (DESIGN.md sections 5 and 11): never destroy before the
-//! replacement runs, and leave nothing that refers to the container down.
+//! replacement runs, and leave nothing that refers to the container down. (Over 600 lines:
+//! the sequence with the checks that guard its start, claims and unrecovered operations, which
+//! must be read together.)
 //!
 //! 1. Prepare (nothing changes): inspect, pull, derive the replacement; find the dependants
 //!    ([`super::dependants`]) and pull the new images of those whose own tag moved too.
@@ -248,20 +250,8 @@ impl Recreator {
         }
         // An operation a recovery could not finish holds the host: nothing new starts on it
         // until it is (recovery is tried again now). Those in flight are not such.
-        if self.unfinished_elsewhere().is_some() {
-            let _ = self.recover().await;
-            if let Some(op) = self.unfinished_elsewhere() {
-                let outcome = Outcome::Refused {
-                    reason: format!(
-                        "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
-                    ),
-                };
-                self.finish_without_change(request, &outcome)?;
-                return Ok(Report {
-                    outcome,
-                    dependants: Vec::new(),
-                });
-            }
+        if let Some(refused) = self.held_by_unrecovered(request).await? {
+            return Ok(refused);
         }
         // Its containers, once no other operation holds them (the same container sent twice
         // waits for the first).
@@ -276,26 +266,39 @@ impl Recreator {
         }
         // The operation it waited for may have ended unfinished (a journal failure): its
         // containers are recovery's first.
-        if let Some(op) = self.unfinished_elsewhere() {
-            let _ = self.recover().await;
-            if self.unfinished_elsewhere().is_some() {
-                let outcome = Outcome::Refused {
-                    reason: format!(
-                        "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
-                    ),
-                };
-                self.finish_without_change(request, &outcome)?;
-                return Ok(Report {
-                    outcome,
-                    dependants: Vec::new(),
-                });
-            }
+        if let Some(refused) = self.held_by_unrecovered(request).await? {
+            return Ok(refused);
         }
         report("prepare");
         self.lifecycle(&request.container, Phase::PreCheck).await;
         let done = self.update(request, &mut claim, report).await;
         self.lifecycle(&request.container, Phase::PostCheck).await;
         done
+    }
+
+    /// The refusal of `request` while an operation recovery could not finish holds the host
+    /// (recovery is tried again first); `None`: none does.
+    async fn held_by_unrecovered(
+        &self,
+        request: &Request,
+    ) -> Result<Option<Report>, RecreateError> {
+        if self.unfinished_elsewhere().is_none() {
+            return Ok(None);
+        }
+        let _ = self.recover().await;
+        let Some(op) = self.unfinished_elsewhere() else {
+            return Ok(None);
+        };
+        let outcome = Outcome::Refused {
+            reason: format!(
+                "operation {op} on this host could not be recovered yet (see the agent's log); nothing else starts until it is"
+            ),
+        };
+        self.finish_without_change(request, &outcome)?;
+        Ok(Some(Report {
+            outcome,
+            dependants: Vec::new(),
+        }))
     }
 
     /// An unfinished operation in the journal that is not in flight (one a crash interrupted
