@@ -78,7 +78,8 @@ async fn main() {
         .collect();
     let before = requests();
     let started = Instant::now();
-    let out = detect(client.clone(), &fleet, &Selection::default(), 32).await;
+    let units: Vec<_> = fleet.iter().map(|(h, c)| (h.as_str(), c)).collect();
+    let out = detect(client.clone(), &units, &Selection::default(), 32).await;
     let took = started.elapsed();
     let current = out
         .iter()

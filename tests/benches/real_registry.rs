@@ -243,6 +243,7 @@ fn main() -> anyhow::Result<()> {
 
     // (a) The idle cycle: a new client, then the one the coordinator keeps.
     let fleet = fleet(&images);
+    let units: Vec<_> = fleet.iter().map(|(h, c)| (h.as_str(), c)).collect();
     let client = client(&registry, RegistryConfig::default().per_registry);
     // One detection: requests, wall time and CPU (registry, client) of the detection alone.
     let cycle = |label: &str| -> anyhow::Result<(usize, Duration, (Duration, Duration))> {
@@ -251,7 +252,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let out = runtime.block_on(detect(
             client.clone(),
-            &fleet,
+            &units,
             &Selection::default(),
             CYCLE_CONCURRENCY,
         ));

@@ -363,12 +363,10 @@ impl pb::admin_server::Admin for AdminApi {
         let updates_paused = self.fleet.paused().is_some();
         let paused_rollout = self
             .fleet
-            .rollouts()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .find(|r| {
+            .newest_rollout(|r| {
                 matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
-            });
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
         let was_paused = updates_paused || paused_rollout.is_some();
         if paused_rollout.is_none() && (!id.is_empty() || !updates_paused) {
             return Err(Status::failed_precondition(if id.is_empty() {
@@ -424,7 +422,7 @@ impl pb::admin_server::Admin for AdminApi {
         let pending = count(self.cycle.pending_now());
         let rollouts = self
             .fleet
-            .rollouts()
+            .rollout_heads()
             .map_err(|e| Status::internal(e.to_string()))?;
         let active = rollouts
             .iter()
@@ -514,10 +512,8 @@ impl pb::admin_server::Admin for AdminApi {
         let mut changes = self.cycle.runner.progress.subscribe();
         let current = self
             .fleet
-            .rollouts()
+            .rollout(&id)
             .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .find(|r| r.id == id)
             .ok_or_else(|| Status::not_found(format!("no rollout {id}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {

@@ -180,20 +180,22 @@ fn with_tag(image: &str, latest_only: bool) -> String {
 /// `concurrency` at once), then a comparison with the container's own RepoDigest.
 pub async fn detect<S: DigestSource>(
     source: Arc<S>,
-    containers: &[(String, ContainerInfo)],
+    containers: &[(&str, &ContainerInfo)],
     selection: &Selection,
     concurrency: usize,
 ) -> Vec<Detection> {
-    let mut wanted: BTreeMap<usize, Result<ImageRef, String>> = BTreeMap::new();
+    let mut wanted: Vec<Result<ImageRef, String>> = Vec::with_capacity(containers.len());
     let mut tags: BTreeSet<ImageRef> = BTreeSet::new();
-    for (i, (host, c)) in containers.iter().enumerate() {
+    for &(host, c) in containers {
         let target = selection
             .check(host, c)
             .and_then(|()| followed(c, selection.latest_only));
-        if let Ok(image) = &target {
+        if let Ok(image) = &target
+            && !tags.contains(image)
+        {
             tags.insert(image.clone());
         }
-        wanted.insert(i, target);
+        wanted.push(target);
     }
     let probes: BTreeMap<ImageRef, Result<Probe, ProbeError>> = futures_util::stream::iter(tags)
         .map(|image| {
@@ -208,9 +210,9 @@ pub async fn detect<S: DigestSource>(
         .await;
     containers
         .iter()
-        .enumerate()
-        .map(|(i, (host, c))| {
-            let decision = match &wanted[&i] {
+        .zip(&wanted)
+        .map(|(&(host, c), wanted)| {
+            let decision = match wanted {
                 Err(reason) => Decision::Skip {
                     reason: reason.clone(),
                 },
@@ -232,7 +234,7 @@ pub async fn detect<S: DigestSource>(
                 },
             };
             Detection {
-                host: host.clone(),
+                host: host.to_owned(),
                 container: c.name.clone(),
                 image: c.image.clone(),
                 decision,
@@ -300,6 +302,10 @@ mod tests {
         }
     }
 
+    fn borrowed(fleet: &[(String, ContainerInfo)]) -> Vec<(&str, &ContainerInfo)> {
+        fleet.iter().map(|(h, c)| (h.as_str(), c)).collect()
+    }
+
     #[tokio::test]
     async fn one_probe_per_unique_tag_and_a_decision_per_container() {
         let mut fake = Fake::default();
@@ -339,7 +345,7 @@ mod tests {
             ),
         ];
         let fake = Arc::new(fake);
-        let out = detect(fake.clone(), &fleet, &Selection::default(), 4).await;
+        let out = detect(fake.clone(), &borrowed(&fleet), &Selection::default(), 4).await;
         let asked = fake.asked.lock().unwrap().clone();
         assert_eq!(asked.len(), 3, "one probe per unique tag: {asked:?}");
         let d: Vec<&Decision> = out.iter().map(|d| &d.decision).collect();
@@ -380,7 +386,7 @@ mod tests {
             "h1".to_owned(),
             container("a", "registry.lan:5000/app:1", &[&digest], &[]),
         )];
-        let out = detect(Arc::new(fake), &fleet, &Selection::default(), 1).await;
+        let out = detect(Arc::new(fake), &borrowed(&fleet), &Selection::default(), 1).await;
         assert!(
             matches!(&out[0].decision, Decision::Skip { reason } if reason.contains("503")),
             "{out:?}"
@@ -418,7 +424,7 @@ mod tests {
             ..Selection::default()
         };
         let fake = Arc::new(fake);
-        let out = detect(fake.clone(), &fleet, &selection, 4).await;
+        let out = detect(fake.clone(), &borrowed(&fleet), &selection, 4).await;
         assert_eq!(
             out[0].decision,
             Decision::Update {

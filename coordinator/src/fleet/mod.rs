@@ -19,7 +19,7 @@ use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory, ServiceInfo};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::fleet::store::{Batch, FleetStore, HostRecord, StoreError};
+use crate::fleet::store::{Batch, FleetStore, HostRecord, RolloutHead, StoreError};
 use crate::fleet::writer::StoreWriter;
 use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 
@@ -148,12 +148,20 @@ impl Fleet {
     /// Stores `rollout` (and outcomes) and waits until it is on disk: false when the write
     /// failed (it is retried, but the caller must not act on it yet). Blocking.
     pub fn save_rollout(&self, rollout: &Rollout, history: Vec<HistoryEntry>) -> bool {
-        let mut batch = Batch::default();
-        batch.rollouts.insert(rollout.id.clone(), rollout.clone());
-        batch.history = history;
         let writer = self.writer();
-        writer.batch(batch);
+        writer.batch(rollout_batch(Arc::new(rollout.clone()), history));
         writer.sync()
+    }
+
+    /// [`Fleet::save_rollout`] for the async runtime, without a copy of `rollout` or a
+    /// blocking thread: the store writer answers when it is on disk.
+    pub async fn store_rollout(&self, rollout: Arc<Rollout>, history: Vec<HistoryEntry>) -> bool {
+        let stored = {
+            let writer = self.writer();
+            writer.batch(rollout_batch(rollout, history));
+            writer.synced()
+        };
+        stored.await.unwrap_or(false)
     }
 
     /// A stored setting.
@@ -201,11 +209,36 @@ impl Fleet {
         self.writer().batch(batch);
     }
 
-    /// Stored rollouts, newest first.
+    /// Stored rollouts, newest first. Reads them whole: for what runs often (cycles, scrapes,
+    /// a runner's start) [`Fleet::rollout_heads`] and [`Fleet::rollout`] read only what they
+    /// need.
     pub fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
         let mut all = self.store.load_rollouts()?;
         all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         Ok(all)
+    }
+
+    /// Stored rollouts without their targets, newest first.
+    pub fn rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError> {
+        let mut all = self.store.load_rollout_heads()?;
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        Ok(all)
+    }
+
+    /// One stored rollout.
+    pub fn rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        self.store.load_rollout(id)
+    }
+
+    /// The newest stored rollout whose head `matches`.
+    pub fn newest_rollout(
+        &self,
+        matches: impl Fn(&RolloutHead) -> bool,
+    ) -> Result<Option<Rollout>, StoreError> {
+        match self.rollout_heads()?.into_iter().find(matches) {
+            Some(head) => self.rollout(&head.id),
+            None => Ok(None),
+        }
     }
 
     /// Stored outcomes, oldest first.
@@ -286,7 +319,7 @@ impl Fleet {
                     mode: hello.mode,
                     last_seen_unix_ms: 0,
                     inventory_at_unix_ms: 0,
-                    containers: Vec::new(),
+                    containers: Arc::default(),
                     cluster_id: String::new(),
                     services: Vec::new(),
                 },
@@ -343,7 +376,7 @@ impl Fleet {
             if reported && inventory.observed_at_unix_ms < entry.record.inventory_at_unix_ms {
                 return false;
             }
-            entry.record.containers = inventory.containers;
+            entry.record.containers = inventory.containers.into();
             entry.record.mode = inventory.mode;
             entry.record.cluster_id = inventory.cluster_id;
             entry.record.services = inventory.services;
@@ -469,6 +502,14 @@ impl Fleet {
             .collect()
     }
 
+    /// Every host's containers by host name, shared with the fleet view (not copied).
+    pub fn inventories(&self) -> Vec<(String, Arc<[ContainerInfo]>)> {
+        self.lock()
+            .values()
+            .map(|e| (e.record.host.clone(), e.record.containers.clone()))
+            .collect()
+    }
+
     pub fn containers(&self, host: Option<&HostName>) -> Option<Vec<(String, ContainerInfo)>> {
         let hosts = self.lock();
         let pick = |e: &HostEntry| {
@@ -483,6 +524,13 @@ impl Fleet {
             None => Some(hosts.values().flat_map(pick).collect()),
         }
     }
+}
+
+fn rollout_batch(rollout: Arc<Rollout>, history: Vec<HistoryEntry>) -> Batch {
+    let mut batch = Batch::default();
+    batch.rollouts.insert(rollout.id.clone(), rollout);
+    batch.history = history;
+    batch
 }
 
 fn current<'a>(

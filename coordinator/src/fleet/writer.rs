@@ -14,8 +14,8 @@ use crate::fleet::store::{Batch, FleetStore, HostRecord};
 
 enum Job {
     Write(Batch),
-    /// Answered once everything queued before it is stored (or failed).
-    Sync(Sender<bool>),
+    /// Answered once everything queued before it is stored (or failed): true when stored.
+    Sync(Box<dyn FnOnce(bool) + Send>),
 }
 
 /// Queue to the writer thread. Dropping it (or [`StoreWriter::close`]) writes what is queued
@@ -73,8 +73,20 @@ impl StoreWriter {
     /// Blocks until everything queued so far is stored; false if a write failed.
     pub fn sync(&self) -> bool {
         let (tx, rx) = mpsc::channel();
-        self.send(Job::Sync(tx));
+        self.send(Job::Sync(Box::new(move |stored| {
+            let _ = tx.send(stored);
+        })));
         rx.recv().unwrap_or(false)
+    }
+
+    /// Answers true once everything queued so far is stored, false if a write failed (an
+    /// error when the writer has stopped). For async callers: nothing blocks.
+    pub fn synced(&self) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Sync(Box::new(move |stored| {
+            let _ = tx.send(stored);
+        })));
+        rx
     }
 
     /// Writes what is queued and stops the thread.
@@ -92,12 +104,17 @@ impl Drop for StoreWriter {
     }
 }
 
+/// Host records one transaction takes at most; later writes wait for the next one. Without a
+/// bound, 1,000 agents reconnecting at once made one transaction of every inventory: tens of
+/// MiB of records and dirty pages in memory at the same moment.
+const MAX_HOSTS_PER_WRITE: usize = 64;
+
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 fn write_loop(store: &dyn FleetStore, rx: &Receiver<Job>) {
     let mut pending = Batch::default();
-    let mut waiting: Vec<Sender<bool>> = Vec::new();
+    let mut waiting: Vec<Box<dyn FnOnce(bool) + Send>> = Vec::new();
     let mut retry = RETRY_FIRST;
     let mut open = true;
     while open || !pending.is_empty() {
@@ -114,7 +131,9 @@ fn write_loop(store: &dyn FleetStore, rx: &Receiver<Job>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
-        while let Ok(job) = rx.try_recv() {
+        while pending.hosts.len() < MAX_HOSTS_PER_WRITE
+            && let Ok(job) = rx.try_recv()
+        {
             take(job, &mut pending, &mut waiting);
         }
         match store.save(&pending) {
@@ -122,20 +141,20 @@ fn write_loop(store: &dyn FleetStore, rx: &Receiver<Job>) {
                 pending = Batch::default();
                 retry = RETRY_FIRST;
                 for w in waiting.drain(..) {
-                    let _ = w.send(true);
+                    w(true);
                 }
             }
             Err(e) if open => {
                 warn!(error = %e, retry_ms = retry.as_millis(), "Cannot write the fleet view; retrying.");
                 retry = (retry * 2).min(RETRY_MAX);
                 for w in waiting.drain(..) {
-                    let _ = w.send(false);
+                    w(false);
                 }
             }
             Err(e) => {
                 error!(error = %e, hosts = pending.hosts.len(), "Cannot write the fleet view at shutdown; the latest reports of these hosts are lost.");
                 for w in waiting.drain(..) {
-                    let _ = w.send(false);
+                    w(false);
                 }
                 return;
             }
@@ -143,7 +162,7 @@ fn write_loop(store: &dyn FleetStore, rx: &Receiver<Job>) {
     }
 }
 
-fn take(job: Job, pending: &mut Batch, waiting: &mut Vec<Sender<bool>>) {
+fn take(job: Job, pending: &mut Batch, waiting: &mut Vec<Box<dyn FnOnce(bool) + Send>>) {
     match job {
         Job::Write(batch) => pending.merge(batch),
         Job::Sync(tx) => waiting.push(tx),
@@ -166,7 +185,7 @@ mod tests {
             mode: HostMode::Standalone,
             last_seen_unix_ms: seen,
             inventory_at_unix_ms: 0,
-            containers: vec![],
+            containers: Arc::default(),
             cluster_id: String::new(),
             services: Vec::new(),
         }
@@ -190,6 +209,26 @@ mod tests {
         let hosts = store.load_hosts().unwrap();
         assert_eq!(hosts.len(), 2);
         assert_eq!(hosts[0].last_seen_unix_ms, 5);
+    }
+
+    #[test]
+    fn a_burst_of_host_records_is_written_in_bounded_transactions_in_order() {
+        let store = Arc::new(MemoryStore::default());
+        let writer = StoreWriter::spawn(store.clone()).unwrap();
+        for i in 0..1000 {
+            writer.host(record(&format!("h{i:04}"), i));
+        }
+        // Written after all of them: the newer record of h0000 wins.
+        writer.host(record("h0000", 5000));
+        assert!(writer.sync());
+        let hosts = store.load_hosts().unwrap();
+        assert_eq!(hosts.len(), 1000);
+        assert_eq!(hosts[0].last_seen_unix_ms, 5000);
+        assert!(
+            store.widest_write() <= MAX_HOSTS_PER_WRITE,
+            "one write held {} host records",
+            store.widest_write()
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct Runner {
     /// Remove old images after updates (CLEANUP).
     cleanup_images: bool,
     /// The latest state of the rollout being run, for watchers.
-    pub progress: watch::Sender<Option<Rollout>>,
+    pub progress: watch::Sender<Option<Arc<Rollout>>>,
     /// Told when a rollout pauses.
     pub notifiers: std::sync::Mutex<crate::notify::Notifiers>,
     next_id: AtomicU64,
@@ -298,15 +298,13 @@ impl Runner {
     /// keeps trying: nothing may be sent before its state is stored.
     async fn persist(&self, rollout: &Rollout, history: Vec<HistoryEntry>) {
         let mut history = history;
+        // One copy, shared by the store writer and the watchers (a 5,000-target rollout is
+        // some MiB, stored after every batch of answers).
+        let shared = Arc::new(rollout.clone());
         loop {
-            let fleet = self.fleet.clone();
-            let r = rollout.clone();
             let h = std::mem::take(&mut history);
-            let stored = tokio::task::spawn_blocking(move || fleet.save_rollout(&r, h))
-                .await
-                .unwrap_or(false);
-            if stored {
-                let _ = self.progress.send(Some(rollout.clone()));
+            if self.fleet.store_rollout(shared.clone(), h).await {
+                let _ = self.progress.send(Some(shared));
                 return;
             }
             warn!(rollout = %rollout.id, "Cannot store the rollout; retrying before going on.");
@@ -326,11 +324,8 @@ impl Runner {
             active.running.insert(rollout.id.clone());
             // A cancel stored while nobody ran it.
             if rollout.cancel.is_none()
-                && let Ok(stored) = self.fleet.rollouts()
-                && let Some(cancel) = stored
-                    .into_iter()
-                    .find(|r| r.id == rollout.id)
-                    .and_then(|r| r.cancel)
+                && let Ok(Some(stored)) = self.fleet.rollout(&rollout.id)
+                && let Some(cancel) = stored.cancel
             {
                 rollout.cancel = Some(cancel);
             }

@@ -37,7 +37,7 @@ pub fn fleet_figures(fleet: &Fleet) -> FleetFigures {
         figures.containers.insert(h.record.host.clone(), names);
         figures.host_connected.insert(h.record.host, h.connected);
     }
-    for r in fleet.rollouts().unwrap_or_default() {
+    for r in fleet.rollout_heads().unwrap_or_default() {
         *figures
             .rollouts
             .entry(r.state.name().to_owned())
@@ -87,7 +87,7 @@ pub async fn serve(
 /// Whether the store answers (read off the async runtime).
 async fn ready(fleet: &Arc<Fleet>) -> Result<(), String> {
     let f = fleet.clone();
-    tokio::task::spawn_blocking(move || f.rollouts().map(|_| ()).map_err(|e| e.to_string()))
+    tokio::task::spawn_blocking(move || f.rollout_heads().map(|_| ()).map_err(|e| e.to_string()))
         .await
         .unwrap_or_else(|e| Err(e.to_string()))
 }

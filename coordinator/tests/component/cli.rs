@@ -60,7 +60,7 @@ fn host(name: &str, containers: Vec<ContainerInfo>) -> HostRecord {
         mode: HostMode::Standalone,
         last_seen_unix_ms: T0,
         inventory_at_unix_ms: T0,
-        containers,
+        containers: containers.into(),
         cluster_id: String::new(),
         services: Vec::new(),
     }
@@ -207,8 +207,8 @@ fn fill(data: &Path) {
                 .map(|t| t.history(&r.id))
         })
         .collect::<Vec<HistoryEntry>>();
-    batch.rollouts.insert(done.id.clone(), done);
-    batch.rollouts.insert(paused.id.clone(), paused);
+    batch.rollouts.insert(done.id.clone(), done.into());
+    batch.rollouts.insert(paused.id.clone(), paused.into());
     batch
         .settings
         .insert("paused".into(), Some("change freeze".into()));

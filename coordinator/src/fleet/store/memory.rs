@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::{Batch, FleetStore, HostRecord, StoreError, history_key};
 use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
@@ -13,12 +13,19 @@ pub struct MemoryStore {
     hosts: Mutex<BTreeMap<String, HostRecord>>,
     rest: Mutex<Batch>,
     fail_writes: AtomicBool,
+    /// The most host records one write held.
+    widest_write: AtomicUsize,
 }
 
 impl MemoryStore {
     /// Makes every following write fail (or succeed again).
     pub fn fail_writes(&self, fail: bool) {
         self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// The most host records one write held so far.
+    pub fn widest_write(&self) -> usize {
+        self.widest_write.load(Ordering::SeqCst)
     }
 }
 
@@ -35,6 +42,8 @@ impl FleetStore for MemoryStore {
                 source: Box::new(redb::Error::Io(std::io::Error::other("injected failure"))),
             });
         }
+        self.widest_write
+            .fetch_max(batch.hosts.len(), Ordering::SeqCst);
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         for (host, record) in &batch.hosts {
             let kept_seen = hosts.get(host).map_or(0, |r| r.last_seen_unix_ms);
@@ -64,7 +73,7 @@ impl FleetStore for MemoryStore {
         if let Some(before) = batch.history_before {
             rest.history.retain(|e| e.finished_ms >= before);
             let gone = super::rollouts_to_prune(
-                rest.rollouts.iter().map(|(id, r)| (id.as_str(), r)),
+                rest.rollouts.iter().map(|(id, r)| (id.as_str(), &**r)),
                 before,
             );
             for id in gone {
@@ -106,7 +115,17 @@ impl FleetStore for MemoryStore {
 
     fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
         let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(rest.rollouts.values().cloned().collect())
+        Ok(rest.rollouts.values().map(|r| (**r).clone()).collect())
+    }
+
+    fn load_rollout_heads(&self) -> Result<Vec<super::RolloutHead>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest.rollouts.values().map(|r| (&**r).into()).collect())
+    }
+
+    fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest.rollouts.get(id).map(|r| (**r).clone()))
     }
 
     fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode, ServiceInfo};
 
-use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
+use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout, RolloutState};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,9 @@ pub struct HostRecord {
     pub mode: HostMode,
     pub last_seen_unix_ms: i64,
     pub inventory_at_unix_ms: i64,
-    pub containers: Vec<ContainerInfo>,
+    /// Shared, not copied, by the fleet view's readers (a cycle, `/metrics`) and the store
+    /// writer: at 50,000 containers each copy was tens of MiB.
+    pub containers: std::sync::Arc<[ContainerInfo]>,
     /// On a Swarm manager: its swarm's id and services (as of the last inventory).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_id: String,
@@ -98,8 +100,9 @@ pub enum StoreError {
 pub struct Batch {
     pub hosts: BTreeMap<String, HostRecord>,
     pub last_seen: BTreeMap<String, i64>,
-    /// Rollouts by id (the latest state wins).
-    pub rollouts: BTreeMap<String, Rollout>,
+    /// Rollouts by id (the latest state wins); shared with the runner, which keeps running
+    /// the rollout while the writer stores it.
+    pub rollouts: BTreeMap<String, std::sync::Arc<Rollout>>,
     /// Outcomes to add.
     pub history: Vec<HistoryEntry>,
     /// History older than this (unix ms) is removed, and so are rollouts that ended before
@@ -196,6 +199,27 @@ pub(super) fn history_key(e: &HistoryEntry) -> String {
     )
 }
 
+/// A stored rollout without its targets: enough to count rollouts by state and to find a
+/// paused or running one. Read without the targets (serde skips them), since the store keeps up
+/// to [`MAX_ENDED_ROLLOUTS`] rollouts of up to thousands of targets each, and reading them all
+/// whole at every cycle and scrape cost hundreds of MiB at fleet scale.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutHead {
+    pub id: String,
+    pub created_ms: i64,
+    pub state: RolloutState,
+}
+
+impl From<&Rollout> for RolloutHead {
+    fn from(r: &Rollout) -> Self {
+        Self {
+            id: r.id.clone(),
+            created_ms: r.created_ms,
+            state: r.state.clone(),
+        }
+    }
+}
+
 /// Persistence of the fleet view.
 pub trait FleetStore: Send + Sync {
     /// Every stored host, with its latest stored last-seen time.
@@ -204,6 +228,10 @@ pub trait FleetStore: Send + Sync {
     fn save(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Every stored rollout.
     fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
+    /// Every stored rollout's head (see [`RolloutHead`]).
+    fn load_rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError>;
+    /// One stored rollout, by id.
+    fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError>;
     /// Every stored outcome, oldest first.
     fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
     /// The digests announced, by `host/container`.
@@ -433,6 +461,27 @@ impl FleetStore for RedbStore {
 
     fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
         self.load_json(ROLLOUTS, "rollout")
+    }
+
+    fn load_rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError> {
+        self.load_json(ROLLOUTS, "rollout")
+    }
+
+    fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = txn
+            .open_table(ROLLOUTS)
+            .map_err(db_err("open the rollouts table"))?;
+        let Some(value) = table.get(id).map_err(db_err("read a rollout"))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|source| StoreError::CorruptRecord {
+                what: "rollout",
+                key: id.to_owned(),
+                source,
+            })
     }
 
     fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -12,7 +12,7 @@ fn record(host: &str) -> HostRecord {
         mode: HostMode::Standalone,
         last_seen_unix_ms: 42,
         inventory_at_unix_ms: 41,
-        containers: vec![],
+        containers: Default::default(),
         cluster_id: String::new(),
         services: Vec::new(),
     }
@@ -81,7 +81,9 @@ fn rollouts_history_announced_and_bad_digests_survive_reopen_and_history_is_prun
     {
         let store = RedbStore::open(dir.path()).unwrap();
         let mut batch = Batch::default();
-        batch.rollouts.insert(rollout.id.clone(), rollout.clone());
+        batch
+            .rollouts
+            .insert(rollout.id.clone(), rollout.clone().into());
         batch.history = vec![entry(100, "a"), entry(200, "b"), entry(300, "c")];
         batch.announced.insert("h/a".into(), "sha256:new".into());
         batch.bad_digests.insert("h/a".into(), Some(bad.clone()));
@@ -145,7 +147,7 @@ fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
     // Recent ended ones, three more than are kept.
     for i in 0..MAX_ENDED_ROLLOUTS as i64 + 3 {
         let r = rollout(format!("r-new-{i:05}"), 10_000 + i, completed.clone());
-        batch.rollouts.insert(r.id.clone(), r);
+        batch.rollouts.insert(r.id.clone(), r.into());
     }
     // Old ones: two ended, and one still paused (kept however old).
     for (id, state) in [
@@ -165,7 +167,7 @@ fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
     ] {
         batch
             .rollouts
-            .insert(id.into(), rollout(id.into(), 50, state));
+            .insert(id.into(), rollout(id.into(), 50, state).into());
     }
     let dir = tempfile::tempdir().unwrap();
     let redb = RedbStore::open(dir.path()).unwrap();
@@ -198,4 +200,61 @@ fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
         }
         assert!(kept.contains(&"r-new-00003".to_owned()));
     }
+}
+
+#[test]
+fn a_rollout_is_read_by_id_and_heads_are_read_without_targets() {
+    use crate::plan::rollout::{Policy, Rollout, RolloutState};
+    let rollout = |id: &str, created_ms: i64, state: RolloutState| Rollout {
+        id: id.into(),
+        created_ms,
+        updated_ms: created_ms + 1,
+        policy: Policy::default(),
+        state,
+        targets: Vec::new(),
+        last_host_done_ms: 0,
+        canary_done_ms: 0,
+        acknowledged_failures: 0,
+        cancel: None,
+    };
+    let paused = |why: &str| RolloutState::Paused { reason: why.into() };
+    let stored = [
+        rollout("r-1", 10, paused("old")),
+        rollout("r-2", 20, RolloutState::Completed { failed: 0 }),
+        rollout("r-3", 30, paused("new")),
+        rollout("r-4", 40, RolloutState::Running),
+    ];
+    let mut batch = Batch::default();
+    for r in &stored {
+        batch.rollouts.insert(r.id.clone(), r.clone().into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redb = RedbStore::open(dir.path()).unwrap();
+    let memory = MemoryStore::default();
+    for store in [&redb as &dyn FleetStore, &memory] {
+        store.save(&batch).unwrap();
+        let mut heads = store.load_rollout_heads().unwrap();
+        heads.sort_by(|a, b| a.id.cmp(&b.id));
+        let expected: Vec<RolloutHead> = stored.iter().map(RolloutHead::from).collect();
+        assert_eq!(heads, expected);
+        assert_eq!(
+            store.load_rollout("r-3").unwrap().as_ref(),
+            Some(&stored[2])
+        );
+        assert_eq!(store.load_rollout("r-9").unwrap(), None);
+    }
+    // The newest that matches, read whole.
+    let fleet = crate::fleet::Fleet::open(std::sync::Arc::new(memory)).unwrap();
+    let newest_paused = fleet
+        .newest_rollout(|h| matches!(h.state, RolloutState::Paused { .. }))
+        .unwrap();
+    assert_eq!(newest_paused.as_ref(), Some(&stored[2]));
+    assert_eq!(
+        fleet
+            .newest_rollout(|h| h.id == "r-1")
+            .unwrap()
+            .map(|r| r.id),
+        Some("r-1".to_owned())
+    );
+    assert_eq!(fleet.newest_rollout(|h| h.id == "r-9").unwrap(), None);
 }

@@ -6,7 +6,6 @@
 
 use crate::detect::{Decision, Detection};
 use crate::hooks::{Event, Point, Update};
-use ouroboros_shared::inventory::ContainerInfo;
 
 use super::{Cycle, old_digest};
 
@@ -16,7 +15,7 @@ impl Cycle {
     pub(super) async fn fire_detection_hooks(
         &self,
         detections: &[Detection],
-        containers: &[(String, ContainerInfo)],
+        containers: &[super::Unit<'_>],
         dry_run: bool,
         fresh: &[String],
     ) {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ouroboros_shared::inventory::ContainerInfo;
 use tracing::{info, warn};
 
 use super::{Cycle, PROBE_CONCURRENCY};
@@ -19,10 +18,9 @@ impl Cycle {
     /// A stored rollout that is paused, if any.
     pub(super) fn paused_rollout(&self) -> Option<Rollout> {
         self.fleet
-            .rollouts()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| matches!(r.state, RolloutState::Paused { .. }))
+            .newest_rollout(|r| matches!(r.state, RolloutState::Paused { .. }))
+            .ok()
+            .flatten()
     }
 
     /// The operator resumes a paused rollout (`id`, or the newest paused one): under the cycle
@@ -31,24 +29,23 @@ impl Cycle {
         let turn = self.running.lock().await;
         let Some(mut rollout) = self
             .fleet
-            .rollouts()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|r| {
+            .newest_rollout(|r| {
                 matches!(r.state, RolloutState::Paused { .. }) && (id.is_empty() || r.id == id)
             })
+            .map_err(|e| e.to_string())?
         else {
             return Ok(None);
         };
         rollout.resume(self.clock.now_ms());
         self.apply_policy(&mut rollout);
         // What its tags name now: a resume never deploys a digest the tag no longer names.
-        let containers = self.units();
-        let wanted: Vec<(String, ContainerInfo)> = containers
+        let units = self.units();
+        let wanted: Vec<super::Unit<'_>> = units
+            .list()
             .into_iter()
             .filter(|(h, c)| {
                 rollout.targets.iter().any(|t| {
-                    t.state == TargetState::Pending && &t.host == h && t.container == c.name
+                    t.state == TargetState::Pending && t.host == *h && t.container == c.name
                 })
             })
             .collect();
@@ -197,7 +194,7 @@ impl Cycle {
                         && r.id == id
                         && r.cancel.is_some()
                     {
-                        return Ok(r);
+                        return Ok((*r).clone());
                     }
                     if tokio::time::timeout_at(deadline, watch.changed())
                         .await
@@ -246,6 +243,7 @@ impl Cycle {
     /// Containers the selection watches now, from the fleet view (no registry involved).
     pub fn monitored_now(&self) -> usize {
         self.units()
+            .list()
             .iter()
             .filter(|(h, c)| self.selection.check(h, c).is_ok())
             .count()
@@ -253,7 +251,8 @@ impl Cycle {
 
     /// Updates the last cycle found that the fleet view does not show done yet.
     pub fn pending_now(&self) -> usize {
-        let containers = self.units();
+        let units = self.units();
+        let containers = units.list();
         let index = super::by_name(&containers);
         self.found
             .lock()

@@ -16,7 +16,7 @@ impl Cycle {
     pub(super) fn plan_rollout(
         &self,
         detections: &[Detection],
-        containers: &[(String, ContainerInfo)],
+        containers: &[super::Unit<'_>],
         graphs: &BTreeMap<String, Graph>,
     ) -> Rollout {
         let mut by_host: BTreeMap<String, Vec<&Detection>> = BTreeMap::new();

@@ -38,10 +38,8 @@ impl Runner {
         }
         let mut rollout = self
             .fleet
-            .rollouts()
+            .rollout(id)
             .map_err(|e| CancelError::Unavailable(e.to_string()))?
-            .into_iter()
-            .find(|r| r.id == id)
             .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
         if rollout.state.is_ended() {
             return Err(CancelError::AlreadyEnded {
