@@ -371,7 +371,11 @@ async fn drive(
         check(&mut admin, false, config.timeout).await?;
         cycle_ms.push(ms(t.elapsed()));
         if (c + 1) % (config.cycles / 10).max(1) == 0 || c + 1 == config.cycles {
-            store_by_cycle.push(json!({"cycle": c + 1, "store_bytes": coordinator.store_bytes()}));
+            store_by_cycle.push(json!({
+                "cycle": c + 1,
+                "store_bytes": coordinator.store_bytes(),
+                "coordinator_rss_bytes": coordinator.rss(),
+            }));
         }
     }
     let store_bytes = coordinator.store_bytes();

@@ -156,8 +156,9 @@ impl Batch {
 /// redb's page cache. Its default (1 GiB) is a ceiling, not a reservation, but every page
 /// written stays cached under it: with 1,000 hosts the coordinator kept some 100 MiB of store
 /// pages it never reads again (the fleet view is in memory; the store is read at start). The
-/// interior pages of the hosts and rollouts tables fit many times over.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// interior pages of the hosts and rollouts tables fit many times over. 8 MiB rather than 16:
+/// at 1,000 agents the 5,000-target rollout took as long, and the peak RSS fell by 15 MiB.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Ended rollouts kept at most, whatever their age: the newest ones (a rollout is kept while it
 /// runs or is paused, however old).
