@@ -127,21 +127,30 @@ fn rollouts_history_announced_and_bad_digests_survive_reopen_and_history_is_prun
     );
 }
 
-#[test]
-fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
-    use crate::plan::rollout::{Policy, Rollout, RolloutState};
-    let rollout = |id: String, at_ms: i64, state: RolloutState| Rollout {
-        id,
-        created_ms: at_ms - 10,
-        updated_ms: at_ms,
-        policy: Policy::default(),
+/// A rollout without targets, last changed at `updated_ms` (created 10 ms before).
+fn rollout_at(
+    id: &str,
+    updated_ms: i64,
+    state: crate::plan::rollout::RolloutState,
+) -> crate::plan::rollout::Rollout {
+    crate::plan::rollout::Rollout {
+        id: id.into(),
+        created_ms: updated_ms - 10,
+        updated_ms,
+        policy: crate::plan::rollout::Policy::default(),
         state,
         targets: Vec::new(),
         last_host_done_ms: 0,
         canary_done_ms: 0,
         acknowledged_failures: 0,
         cancel: None,
-    };
+    }
+}
+
+#[test]
+fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
+    use crate::plan::rollout::RolloutState;
+    let rollout = |id: String, at_ms: i64, state: RolloutState| rollout_at(&id, at_ms, state);
     let completed = RolloutState::Completed { failed: 0 };
     let mut batch = Batch::default();
     // Recent ended ones, three more than are kept.
@@ -204,19 +213,9 @@ fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
 
 #[test]
 fn a_rollout_is_read_by_id_and_heads_are_read_without_targets() {
-    use crate::plan::rollout::{Policy, Rollout, RolloutState};
-    let rollout = |id: &str, created_ms: i64, state: RolloutState| Rollout {
-        id: id.into(),
-        created_ms,
-        updated_ms: created_ms + 1,
-        policy: Policy::default(),
-        state,
-        targets: Vec::new(),
-        last_host_done_ms: 0,
-        canary_done_ms: 0,
-        acknowledged_failures: 0,
-        cancel: None,
-    };
+    use crate::plan::rollout::RolloutState;
+    // Created at `created_ms`.
+    let rollout = |id: &str, created_ms: i64, state| rollout_at(id, created_ms + 10, state);
     let paused = |why: &str| RolloutState::Paused { reason: why.into() };
     let stored = [
         rollout("r-1", 10, paused("old")),
