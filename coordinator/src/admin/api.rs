@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::detect::Decision;
 use crate::fleet::Fleet;
+use crate::fleet::store::RolloutSummary;
 use crate::plan::rollout::{Rollout, RolloutState, TargetState};
 use crate::run::cycle::Cycle;
 use crate::run::runner::CancelError;
@@ -310,18 +311,30 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-        let id = request.into_inner().id;
-        let rollouts: Vec<pb::Rollout> = self
-            .fleet
-            .rollouts()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .iter()
-            .filter(|r| id.is_empty() || r.id == id)
-            .map(rollout_pb)
-            .collect();
-        if !id.is_empty() && rollouts.is_empty() {
-            return Err(Status::not_found(format!("no rollout {id}")));
-        }
+        let pb::ListRolloutsRequest { id, summary } = request.into_inner();
+        let rollouts: Vec<pb::Rollout> = if id.is_empty() && summary {
+            self.fleet
+                .rollout_summaries()
+                .map_err(|e| Status::internal(e.to_string()))?
+                .iter()
+                .map(rollout_summary_pb)
+                .collect()
+        } else if id.is_empty() {
+            self.fleet
+                .rollouts()
+                .map_err(|e| Status::internal(e.to_string()))?
+                .iter()
+                .map(rollout_pb)
+                .collect()
+        } else {
+            // One read by key, not every stored rollout.
+            let one = self
+                .fleet
+                .rollout(&id)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::not_found(format!("no rollout {id}")))?;
+            vec![rollout_pb(&one)]
+        };
         Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
     }
 
@@ -537,22 +550,43 @@ impl pb::admin_server::Admin for AdminApi {
     }
 }
 
-/// A rollout as the admin API shows it.
-pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
-    let reason = match &r.state {
+/// Why a rollout is in its state, as the admin API shows it (empty: nothing to say).
+fn state_reason(state: &RolloutState) -> String {
+    match state {
         RolloutState::Paused { reason }
         | RolloutState::RollingBack { reason }
         | RolloutState::RolledBack { reason }
         | RolloutState::Cancelled { reason } => reason.clone(),
         RolloutState::Completed { failed } if *failed > 0 => format!("{failed} target(s) failed"),
         _ => String::new(),
-    };
+    }
+}
+
+/// A rollout's summary as the admin API shows it: no targets, their counts.
+fn rollout_summary_pb(r: &RolloutSummary) -> pb::Rollout {
+    pb::Rollout {
+        id: r.head.id.clone(),
+        state: r.head.state.name().to_owned(),
+        reason: state_reason(&r.head.state),
+        created_unix_ms: r.head.created_ms,
+        updated_unix_ms: r.updated_ms,
+        targets: Vec::new(),
+        targets_total: u32::try_from(r.targets_total).unwrap_or(u32::MAX),
+        targets_updated: u32::try_from(r.targets_updated).unwrap_or(u32::MAX),
+    }
+}
+
+/// A rollout as the admin API shows it.
+pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
+    let counts = RolloutSummary::from(r);
     pb::Rollout {
         id: r.id.clone(),
         state: r.state.name().to_owned(),
-        reason,
+        reason: state_reason(&r.state),
         created_unix_ms: r.created_ms,
         updated_unix_ms: r.updated_ms,
+        targets_total: u32::try_from(counts.targets_total).unwrap_or(u32::MAX),
+        targets_updated: u32::try_from(counts.targets_updated).unwrap_or(u32::MAX),
         targets: r
             .targets
             .iter()

@@ -340,6 +340,8 @@ pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure>
     let rollouts = client
         .list_rollouts(pb::ListRolloutsRequest {
             id: id.unwrap_or_default().to_owned(),
+            // The table shows counts only: the coordinator reads no target's details.
+            summary: id.is_none() && args.output == OutputFormat::Table,
         })
         .await
         .map_err(call_failed(args, "the rollouts list"))?
@@ -355,11 +357,10 @@ pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure>
             let rows: Vec<Vec<String>> = rollouts
                 .iter()
                 .map(|r| {
-                    let done = r.targets.iter().filter(|t| t.state == "updated").count();
                     vec![
                         r.id.clone(),
                         r.state.clone(),
-                        format!("{done}/{}", r.targets.len()),
+                        format!("{}/{}", r.targets_updated, r.targets_total),
                         age(r.created_unix_ms, now),
                         r.reason.clone(),
                     ]
@@ -578,7 +579,10 @@ pub async fn rollout(args: &AdminArgs, id: &str, watch: bool) -> Result<(), Fail
     use std::io::IsTerminal;
     let mut client = connect(args).await?;
     let mut stream = client
-        .watch_rollout(pb::ListRolloutsRequest { id: id.to_owned() })
+        .watch_rollout(pb::ListRolloutsRequest {
+            id: id.to_owned(),
+            summary: false,
+        })
         .await
         .map_err(call_failed(args, "the watch"))?
         .into_inner();

@@ -19,7 +19,7 @@ use ouroboros_shared::inventory::{ContainerInfo, Hello, Inventory, ServiceInfo};
 use ouroboros_shared::time_fmt::now_unix_ms;
 use tokio::sync::watch;
 
-use crate::fleet::store::{Batch, FleetStore, HostRecord, RolloutHead, StoreError};
+use crate::fleet::store::{Batch, FleetStore, HostRecord, RolloutHead, RolloutSummary, StoreError};
 use crate::fleet::writer::StoreWriter;
 use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout};
 
@@ -222,6 +222,13 @@ impl Fleet {
     pub fn rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError> {
         let mut all = self.store.load_rollout_heads()?;
         all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        Ok(all)
+    }
+
+    /// Stored rollouts' summaries, newest first.
+    pub fn rollout_summaries(&self) -> Result<Vec<RolloutSummary>, StoreError> {
+        let mut all = self.store.load_rollout_summaries()?;
+        all.sort_by(|a, b| (b.head.created_ms, &b.head.id).cmp(&(a.head.created_ms, &a.head.id)));
         Ok(all)
     }
 

@@ -935,10 +935,11 @@ fn chrono_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn target(host: &str, container: &str, batch: u32) -> Target {
+    /// A pending target of `host` (also for the store's tests).
+    pub(crate) fn target(host: &str, container: &str, batch: u32) -> Target {
         Target {
             host: host.into(),
             container: container.into(),

@@ -380,7 +380,10 @@ async fn drive(
     }
     let store_bytes = coordinator.store_bytes();
     let rollouts_stored = admin
-        .list_rollouts(pb::ListRolloutsRequest::default())
+        .list_rollouts(pb::ListRolloutsRequest {
+            summary: true,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .rollouts
@@ -493,7 +496,10 @@ async fn newest_rollout(
     admin: &mut ouroboros_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
 ) -> anyhow::Result<pb::Rollout> {
     admin
-        .list_rollouts(pb::ListRolloutsRequest::default())
+        .list_rollouts(pb::ListRolloutsRequest {
+            summary: true,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .rollouts

@@ -123,6 +123,11 @@ impl FleetStore for MemoryStore {
         Ok(rest.rollouts.values().map(|r| (&**r).into()).collect())
     }
 
+    fn load_rollout_summaries(&self) -> Result<Vec<super::RolloutSummary>, StoreError> {
+        let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rest.rollouts.values().map(|r| (&**r).into()).collect())
+    }
+
     fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
         let rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
         Ok(rest.rollouts.get(id).map(|r| (**r).clone()))

@@ -221,6 +221,71 @@ impl From<&Rollout> for RolloutHead {
     }
 }
 
+/// A stored rollout as `rollouts` lists it: its head, and how many targets it has and how many
+/// are updated, read without the targets' details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutSummary {
+    pub head: RolloutHead,
+    pub updated_ms: i64,
+    pub targets_total: usize,
+    pub targets_updated: usize,
+}
+
+impl From<&Rollout> for RolloutSummary {
+    fn from(r: &Rollout) -> Self {
+        Self {
+            head: r.into(),
+            updated_ms: r.updated_ms,
+            targets_total: r.targets.len(),
+            targets_updated: r
+                .targets
+                .iter()
+                .filter(|t| matches!(t.state, crate::plan::rollout::TargetState::Updated { .. }))
+                .count(),
+        }
+    }
+}
+
+/// What a summary reads of a stored rollout (serde skips the rest).
+#[derive(Deserialize)]
+struct SummaryRecord {
+    id: String,
+    created_ms: i64,
+    updated_ms: i64,
+    state: RolloutState,
+    targets: Vec<TargetRecord>,
+}
+
+/// A stored target's state tag (`{"state": {"state": "updated", …}, …}`).
+#[derive(Deserialize)]
+struct TargetRecord {
+    state: StateTag,
+}
+
+#[derive(Deserialize)]
+struct StateTag {
+    state: String,
+}
+
+impl From<SummaryRecord> for RolloutSummary {
+    fn from(r: SummaryRecord) -> Self {
+        Self {
+            targets_total: r.targets.len(),
+            targets_updated: r
+                .targets
+                .iter()
+                .filter(|t| t.state.state == "updated")
+                .count(),
+            updated_ms: r.updated_ms,
+            head: RolloutHead {
+                id: r.id,
+                created_ms: r.created_ms,
+                state: r.state,
+            },
+        }
+    }
+}
+
 /// Persistence of the fleet view.
 pub trait FleetStore: Send + Sync {
     /// Every stored host, with its latest stored last-seen time.
@@ -233,6 +298,8 @@ pub trait FleetStore: Send + Sync {
     fn load_rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError>;
     /// One stored rollout, by id.
     fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError>;
+    /// Every stored rollout's summary (see [`RolloutSummary`]).
+    fn load_rollout_summaries(&self) -> Result<Vec<RolloutSummary>, StoreError>;
     /// Every stored outcome, oldest first.
     fn load_history(&self) -> Result<Vec<HistoryEntry>, StoreError>;
     /// The digests announced, by `host/container`.
@@ -466,6 +533,11 @@ impl FleetStore for RedbStore {
 
     fn load_rollout_heads(&self) -> Result<Vec<RolloutHead>, StoreError> {
         self.load_json(ROLLOUTS, "rollout")
+    }
+
+    fn load_rollout_summaries(&self) -> Result<Vec<RolloutSummary>, StoreError> {
+        let records: Vec<SummaryRecord> = self.load_json(ROLLOUTS, "rollout")?;
+        Ok(records.into_iter().map(Into::into).collect())
     }
 
     fn load_rollout(&self, id: &str) -> Result<Option<Rollout>, StoreError> {

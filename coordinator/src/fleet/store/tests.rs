@@ -212,17 +212,32 @@ fn ended_rollouts_are_pruned_by_age_and_beyond_the_newest_thousand() {
 }
 
 #[test]
-fn a_rollout_is_read_by_id_and_heads_are_read_without_targets() {
-    use crate::plan::rollout::RolloutState;
+fn a_rollout_is_read_by_id_and_heads_and_summaries_without_targets() {
+    use crate::plan::rollout::{RolloutState, TargetState};
     // Created at `created_ms`.
     let rollout = |id: &str, created_ms: i64, state| rollout_at(id, created_ms + 10, state);
     let paused = |why: &str| RolloutState::Paused { reason: why.into() };
-    let stored = [
+    let mut stored = [
         rollout("r-1", 10, paused("old")),
         rollout("r-2", 20, RolloutState::Completed { failed: 0 }),
         rollout("r-3", 30, paused("new")),
         rollout("r-4", 40, RolloutState::Running),
     ];
+    // r-4: three targets, one updated, one failed, one still pending.
+    let target = crate::plan::rollout::tests::target;
+    stored[3].targets = vec![
+        target("h", "a", 1),
+        target("h", "b", 1),
+        target("h", "c", 1),
+    ];
+    stored[3].targets[0].state = TargetState::Updated {
+        at_ms: 41,
+        already_current: false,
+    };
+    stored[3].targets[1].state = TargetState::Failed {
+        reason: "health gate".into(),
+        outcome: "rolled back".into(),
+    };
     let mut batch = Batch::default();
     for r in &stored {
         batch.rollouts.insert(r.id.clone(), r.clone().into());
@@ -241,6 +256,28 @@ fn a_rollout_is_read_by_id_and_heads_are_read_without_targets() {
             Some(&stored[2])
         );
         assert_eq!(store.load_rollout("r-9").unwrap(), None);
+        let mut summaries = store.load_rollout_summaries().unwrap();
+        summaries.sort_by(|a, b| a.head.id.cmp(&b.head.id));
+        let counts: Vec<(&str, i64, usize, usize)> = summaries
+            .iter()
+            .map(|s| {
+                (
+                    s.head.id.as_str(),
+                    s.updated_ms,
+                    s.targets_total,
+                    s.targets_updated,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("r-1", 20, 0, 0),
+                ("r-2", 30, 0, 0),
+                ("r-3", 40, 0, 0),
+                ("r-4", 50, 3, 1)
+            ]
+        );
     }
     // The newest that matches, read whole.
     let fleet = crate::fleet::Fleet::open(std::sync::Arc::new(memory)).unwrap();
