@@ -8,14 +8,15 @@ use ouroboros_shared::host::HostName;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::detect::Decision;
 use crate::fleet::Fleet;
-use crate::fleet::store::RolloutSummary;
-use crate::plan::rollout::{Rollout, RolloutState, TargetState};
+use crate::plan::rollout::RolloutState;
 use crate::run::cycle::Cycle;
 use crate::run::runner::CancelError;
 use crate::server::dispatch::{CommandError, Dispatcher, RecreateOptions};
 use crate::server::enrol::{Enrolment, token_info};
+
+use super::convert::rollout_summary_pb;
+pub use super::convert::{check_response, rollout_pb};
 
 /// The `Admin` service.
 pub struct AdminApi {
@@ -547,111 +548,5 @@ impl pb::admin_server::Admin for AdminApi {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
-    }
-}
-
-/// Why a rollout is in its state, as the admin API shows it (empty: nothing to say).
-fn state_reason(state: &RolloutState) -> String {
-    match state {
-        RolloutState::Paused { reason }
-        | RolloutState::RollingBack { reason }
-        | RolloutState::RolledBack { reason }
-        | RolloutState::Cancelled { reason } => reason.clone(),
-        RolloutState::Completed { failed } if *failed > 0 => format!("{failed} target(s) failed"),
-        _ => String::new(),
-    }
-}
-
-/// A rollout's summary as the admin API shows it: no targets, their counts.
-fn rollout_summary_pb(r: &RolloutSummary) -> pb::Rollout {
-    pb::Rollout {
-        id: r.head.id.clone(),
-        state: r.head.state.name().to_owned(),
-        reason: state_reason(&r.head.state),
-        created_unix_ms: r.head.created_ms,
-        updated_unix_ms: r.updated_ms,
-        targets: Vec::new(),
-        targets_total: u32::try_from(r.targets_total).unwrap_or(u32::MAX),
-        targets_updated: u32::try_from(r.targets_updated).unwrap_or(u32::MAX),
-    }
-}
-
-/// A rollout as the admin API shows it.
-pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
-    let counts = RolloutSummary::from(r);
-    pb::Rollout {
-        id: r.id.clone(),
-        state: r.state.name().to_owned(),
-        reason: state_reason(&r.state),
-        created_unix_ms: r.created_ms,
-        updated_unix_ms: r.updated_ms,
-        targets_total: u32::try_from(counts.targets_total).unwrap_or(u32::MAX),
-        targets_updated: u32::try_from(counts.targets_updated).unwrap_or(u32::MAX),
-        targets: r
-            .targets
-            .iter()
-            .map(|t| {
-                let reason = match &t.state {
-                    TargetState::Failed { reason, outcome } => format!("{outcome}: {reason}"),
-                    TargetState::Skipped { reason }
-                    | TargetState::RevertFailed { reason }
-                    | TargetState::Cancelled { reason }
-                    | TargetState::Vetoed { reason } => reason.clone(),
-                    _ => String::new(),
-                };
-                let op_id = match &t.state {
-                    TargetState::Dispatched { op_id, .. }
-                    | TargetState::Reverting { op_id, .. } => op_id.clone(),
-                    _ => t.op_id.clone(),
-                };
-                pb::RolloutTarget {
-                    host: t.host.clone(),
-                    container: t.container.clone(),
-                    image: t.image.clone(),
-                    old_digest: t.old_digest.clone(),
-                    new_digest: t.new_digest.clone(),
-                    state: t.state.name().to_owned(),
-                    reason,
-                    op_id,
-                    started_unix_ms: t.started_ms,
-                    finished_unix_ms: t.finished_ms,
-                    transitions: t
-                        .transitions
-                        .iter()
-                        .map(|(at, s)| format!("{at} {s}"))
-                        .collect(),
-                }
-            })
-            .collect(),
-    }
-}
-
-/// A cycle's report as the admin API answers it.
-pub fn check_response(report: crate::run::cycle::Report) -> pb::CheckResponse {
-    let containers = report
-        .checked
-        .into_iter()
-        .map(|c| {
-            let d = c.detection;
-            let (decision, reason, target) = match d.decision {
-                Decision::Current => ("current", String::new(), String::new()),
-                Decision::Update { target, .. } => ("update", String::new(), target),
-                Decision::Skip { reason } => ("skip", reason, String::new()),
-            };
-            pb::ContainerCheck {
-                host: d.host,
-                container: d.container,
-                image: d.image,
-                decision: decision.to_owned(),
-                reason,
-                target,
-                result: c.result.as_ref().map(Into::into),
-            }
-        })
-        .collect();
-    pb::CheckResponse {
-        containers,
-        pruned: report.pruned.iter().map(Into::into).collect(),
-        rollout: report.rollout.as_ref().map(rollout_pb),
     }
 }

@@ -340,8 +340,7 @@ pub async fn rollouts(args: &AdminArgs, id: Option<&str>) -> Result<(), Failure>
     let rollouts = client
         .list_rollouts(pb::ListRolloutsRequest {
             id: id.unwrap_or_default().to_owned(),
-            // The table shows counts only: the coordinator reads no target's details.
-            summary: id.is_none() && args.output == OutputFormat::Table,
+            summary: id.is_none() && args.output == OutputFormat::Table, // counts only
         })
         .await
         .map_err(call_failed(args, "the rollouts list"))?

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod args;
 pub mod client;
+mod convert;
 pub mod failure;
 pub mod forget;
 pub mod output;

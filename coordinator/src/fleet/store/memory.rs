@@ -72,10 +72,9 @@ impl FleetStore for MemoryStore {
         rest.history.extend(batch.history.clone());
         if let Some(before) = batch.history_before {
             rest.history.retain(|e| e.finished_ms >= before);
-            let gone = super::rollouts_to_prune(
-                rest.rollouts.iter().map(|(id, r)| (id.as_str(), &**r)),
-                before,
-            );
+            let heads: Vec<super::RolloutHead> =
+                rest.rollouts.values().map(|r| (&**r).into()).collect();
+            let gone = super::rollouts_to_prune(&heads, before);
             for id in gone {
                 rest.rollouts.remove(&id);
             }

@@ -169,24 +169,21 @@ pub const MAX_ENDED_ROLLOUTS: usize = 1000;
 /// newest [`MAX_ENDED_ROLLOUTS`]. Without this the table grows by a rollout per cycle with an
 /// update, for ever, and every scrape and `rollouts` reads it whole.
 pub(super) fn rollouts_to_prune<'a>(
-    rollouts: impl IntoIterator<Item = (&'a str, &'a Rollout)>,
+    rollouts: impl IntoIterator<Item = &'a RolloutHead>,
     before_ms: i64,
 ) -> Vec<String> {
-    let mut ended: Vec<(&str, &Rollout)> = rollouts
+    let mut ended: Vec<&RolloutHead> = rollouts
         .into_iter()
-        .filter(|(_, r)| r.state.is_ended())
+        .filter(|r| r.state.is_ended())
         .collect();
+    let changed = |r: &RolloutHead| r.updated_ms.max(r.created_ms);
     // Newest first.
-    ended.sort_by(|a, b| {
-        (b.1.updated_ms.max(b.1.created_ms), b.0).cmp(&(a.1.updated_ms.max(a.1.created_ms), a.0))
-    });
+    ended.sort_by(|a, b| (changed(b), &b.id).cmp(&(changed(a), &a.id)));
     ended
         .iter()
         .enumerate()
-        .filter(|(i, (_, r))| {
-            *i >= MAX_ENDED_ROLLOUTS || r.updated_ms.max(r.created_ms) < before_ms
-        })
-        .map(|(_, (id, _))| (*id).to_owned())
+        .filter(|(i, r)| *i >= MAX_ENDED_ROLLOUTS || changed(r) < before_ms)
+        .map(|(_, r)| r.id.clone())
         .collect()
 }
 
@@ -208,6 +205,7 @@ pub(super) fn history_key(e: &HistoryEntry) -> String {
 pub struct RolloutHead {
     pub id: String,
     pub created_ms: i64,
+    pub updated_ms: i64,
     pub state: RolloutState,
 }
 
@@ -216,6 +214,7 @@ impl From<&Rollout> for RolloutHead {
         Self {
             id: r.id.clone(),
             created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
             state: r.state.clone(),
         }
     }
@@ -226,7 +225,6 @@ impl From<&Rollout> for RolloutHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutSummary {
     pub head: RolloutHead,
-    pub updated_ms: i64,
     pub targets_total: usize,
     pub targets_updated: usize,
 }
@@ -235,7 +233,6 @@ impl From<&Rollout> for RolloutSummary {
     fn from(r: &Rollout) -> Self {
         Self {
             head: r.into(),
-            updated_ms: r.updated_ms,
             targets_total: r.targets.len(),
             targets_updated: r
                 .targets
@@ -276,10 +273,10 @@ impl From<SummaryRecord> for RolloutSummary {
                 .iter()
                 .filter(|t| t.state.state == "updated")
                 .count(),
-            updated_ms: r.updated_ms,
             head: RolloutHead {
                 id: r.id,
                 created_ms: r.created_ms,
+                updated_ms: r.updated_ms,
                 state: r.state,
             },
         }
@@ -438,15 +435,18 @@ impl FleetStore for RedbStore {
             }
             if let Some(before) = batch.history_before {
                 use redb::ReadableTable;
-                let mut stored: Vec<(String, Rollout)> = Vec::new();
+                // Heads only: this runs with every cycle's prune, and whole rollouts at the cap
+                // of 1,000 were hundreds of MiB read at each.
+                let mut stored: Vec<RolloutHead> = Vec::new();
                 for row in rollouts.iter().map_err(db_err("read the rollouts"))? {
                     let (id, json) = row.map_err(db_err("read a rollout"))?;
                     // An unreadable one is reported where rollouts are loaded; kept here.
-                    if let Ok(r) = serde_json::from_slice::<Rollout>(json.value()) {
-                        stored.push((id.value().to_owned(), r));
+                    if let Ok(mut head) = serde_json::from_slice::<RolloutHead>(json.value()) {
+                        id.value().clone_into(&mut head.id);
+                        stored.push(head);
                     }
                 }
-                let gone = rollouts_to_prune(stored.iter().map(|(id, r)| (id.as_str(), r)), before);
+                let gone = rollouts_to_prune(&stored, before);
                 for id in gone {
                     rollouts
                         .remove(id.as_str())

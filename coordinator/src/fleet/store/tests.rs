@@ -263,7 +263,7 @@ fn a_rollout_is_read_by_id_and_heads_and_summaries_without_targets() {
             .map(|s| {
                 (
                     s.head.id.as_str(),
-                    s.updated_ms,
+                    s.head.updated_ms,
                     s.targets_total,
                     s.targets_updated,
                 )
