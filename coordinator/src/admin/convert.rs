@@ -34,15 +34,7 @@ pub(super) fn rollout_summary_pb(r: &RolloutSummary) -> pb::Rollout {
 
 /// A rollout as the admin API shows it.
 pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
-    let counts = RolloutSummary::from(r);
     pb::Rollout {
-        id: r.id.clone(),
-        state: r.state.name().to_owned(),
-        reason: state_reason(&r.state),
-        created_unix_ms: r.created_ms,
-        updated_unix_ms: r.updated_ms,
-        targets_total: u32::try_from(counts.targets_total).unwrap_or(u32::MAX),
-        targets_updated: u32::try_from(counts.targets_updated).unwrap_or(u32::MAX),
         targets: r
             .targets
             .iter()
@@ -79,6 +71,7 @@ pub fn rollout_pb(r: &Rollout) -> pb::Rollout {
                 }
             })
             .collect(),
+        ..rollout_summary_pb(&r.into())
     }
 }
 

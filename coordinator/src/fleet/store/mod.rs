@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ouroboros_shared::inventory::{ContainerInfo, EngineInfo, HostMode, ServiceInfo};
 
-use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout, RolloutState};
+use crate::plan::rollout::{BadDigest, HistoryEntry, Rollout, RolloutState, TargetState};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -229,57 +229,44 @@ pub struct RolloutSummary {
     pub targets_updated: usize,
 }
 
-impl From<&Rollout> for RolloutSummary {
-    fn from(r: &Rollout) -> Self {
+impl RolloutSummary {
+    fn new<'a>(head: RolloutHead, targets: impl IntoIterator<Item = &'a TargetState>) -> Self {
+        let (mut targets_total, mut targets_updated) = (0, 0);
+        for state in targets {
+            targets_total += 1;
+            targets_updated += usize::from(matches!(state, TargetState::Updated { .. }));
+        }
         Self {
-            head: r.into(),
-            targets_total: r.targets.len(),
-            targets_updated: r
-                .targets
-                .iter()
-                .filter(|t| matches!(t.state, crate::plan::rollout::TargetState::Updated { .. }))
-                .count(),
+            head,
+            targets_total,
+            targets_updated,
         }
     }
 }
 
-/// What a summary reads of a stored rollout (serde skips the rest).
+impl From<&Rollout> for RolloutSummary {
+    fn from(r: &Rollout) -> Self {
+        Self::new(r.into(), r.targets.iter().map(|t| &t.state))
+    }
+}
+
+/// What a summary reads of a stored rollout: its head and its targets' states (serde skips
+/// the rest).
 #[derive(Deserialize)]
 struct SummaryRecord {
-    id: String,
-    created_ms: i64,
-    updated_ms: i64,
-    state: RolloutState,
+    #[serde(flatten)]
+    head: RolloutHead,
     targets: Vec<TargetRecord>,
 }
 
-/// A stored target's state tag (`{"state": {"state": "updated", …}, …}`).
 #[derive(Deserialize)]
 struct TargetRecord {
-    state: StateTag,
-}
-
-#[derive(Deserialize)]
-struct StateTag {
-    state: String,
+    state: TargetState,
 }
 
 impl From<SummaryRecord> for RolloutSummary {
     fn from(r: SummaryRecord) -> Self {
-        Self {
-            targets_total: r.targets.len(),
-            targets_updated: r
-                .targets
-                .iter()
-                .filter(|t| t.state.state == "updated")
-                .count(),
-            head: RolloutHead {
-                id: r.id,
-                created_ms: r.created_ms,
-                updated_ms: r.updated_ms,
-                state: r.state,
-            },
-        }
+        Self::new(r.head, r.targets.iter().map(|t| &t.state))
     }
 }
 
